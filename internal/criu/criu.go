@@ -1,0 +1,226 @@
+// Package criu is the only part of Cedana that talks to CRIU.
+//
+// It drives CRIU through its RPC interface (`criu swrk`, via go-criu) and
+// owns the mapping from Cedana's option structs to CRIU's protobuf options,
+// so that no CRIU type leaks into the rest of the code. When CRIU fails,
+// the returned *Error carries the relevant lines of CRIU's log, the log's
+// path, and a hint that tells the user how to fix the problem when the
+// cause is known.
+package criu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	gocriu "github.com/checkpoint-restore/go-criu/v8"
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+)
+
+// MinVersion is the oldest CRIU that Cedana accepts: kernels from 6.13 on
+// split the vDSO in a way only CRIU ≥ 4.1 understands, and 6.16 changed
+// socket options in a way only 4.2 handles.
+const MinVersion = 40200
+
+// ErrNotFound means no CRIU binary could be found.
+var ErrNotFound = errors.New("criu not found")
+
+// Client runs CRIU operations. The zero value is not usable; call New.
+type Client struct {
+	path string
+}
+
+// New returns a Client that runs the CRIU binary at path, or the one on
+// PATH when path is empty.
+func New(path string) *Client {
+	if path == "" {
+		path = "criu"
+	}
+	return &Client{path: path}
+}
+
+// Path returns the resolved path of the CRIU binary, or ErrNotFound.
+func (c *Client) Path() (string, error) {
+	p, err := exec.LookPath(c.path)
+	if err != nil {
+		return "", fmt.Errorf("%w (looked for %q): run `make setup` to install CRIU ≥ %s", ErrNotFound, c.path, FormatVersion(MinVersion))
+	}
+	return p, nil
+}
+
+func (c *Client) swrk() (*gocriu.Criu, error) {
+	p, err := c.Path()
+	if err != nil {
+		return nil, err
+	}
+	g := gocriu.MakeCriu()
+	g.SetCriuPath(p)
+	return g, nil
+}
+
+// Version returns CRIU's version as major*10000+minor*100+sublevel.
+func (c *Client) Version() (int, error) {
+	g, err := c.swrk()
+	if err != nil {
+		return 0, err
+	}
+	v, err := g.GetCriuVersion()
+	if err != nil {
+		return 0, fmt.Errorf("ask criu for its version: %w", err)
+	}
+	return v, nil
+}
+
+// CheckVersion returns the version, or an error saying what to do when the
+// installed CRIU is too old for this kernel.
+func (c *Client) CheckVersion() (int, error) {
+	v, err := c.Version()
+	if err != nil {
+		return 0, err
+	}
+	if v < MinVersion {
+		return v, fmt.Errorf("criu %s is too old: this kernel needs CRIU ≥ %s; run `make setup`", FormatVersion(v), FormatVersion(MinVersion))
+	}
+	return v, nil
+}
+
+// FormatVersion turns 40201 into "4.2.1".
+func FormatVersion(v int) string {
+	return fmt.Sprintf("%d.%d.%d", v/10000, v/100%100, v%100)
+}
+
+// Dump checkpoints the tree rooted at o.PID into o.ImagesDir.
+func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
+	g, err := c.swrk()
+	if err != nil {
+		return nil, err
+	}
+	imgDir, err := os.Open(o.ImagesDir)
+	if err != nil {
+		return nil, fmt.Errorf("open images dir: %w", err)
+	}
+	defer imgDir.Close()
+	logDir, err := os.Open(o.LogDir)
+	if err != nil {
+		return nil, fmt.Errorf("open log dir: %w", err)
+	}
+	defer logDir.Close()
+
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:    ptr(int32(imgDir.Fd())),
+		WorkDirFd:      ptr(int32(logDir.Fd())),
+		LogFile:        ptr(o.LogFile),
+		LogLevel:       ptr(int32(4)),
+		Pid:            ptr(int32(o.PID)),
+		LeaveRunning:   ptr(o.LeaveRunning),
+		TcpEstablished: ptr(o.TCPEstablished),
+		ShellJob:       ptr(o.ShellJob),
+		ExtUnixSk:      ptr(o.ExtUnixSockets),
+		FileLocks:      ptr(o.FileLocks),
+		LinkRemap:      ptr(o.LinkRemap),
+		ManageCgroups:  ptr(true),
+		NetworkLock:    networkLock(o.NetworkLock).Enum(),
+	}
+	if o.LeaveStopped && !o.LeaveRunning {
+		opts.LeaveStopped = ptr(true)
+	}
+	if o.GhostLimit > 0 {
+		lim := o.GhostLimit
+		if lim > 1<<32-1 {
+			lim = 1<<32 - 1
+		}
+		opts.GhostLimit = ptr(uint32(lim))
+	}
+	logPath := filepath.Join(o.LogDir, o.LogFile)
+	if err := g.Dump(opts, nil); err != nil {
+		return nil, newError("dump", err, logPath)
+	}
+	res := &DumpResult{LogPath: logPath}
+	if s, err := stats.CriuGetDumpStats(imgDir); err == nil {
+		res.Stats = &DumpStats{
+			FreezingTimeUS: s.GetFreezingTime(),
+			FrozenTimeUS:   s.GetFrozenTime(),
+			MemdumpTimeUS:  s.GetMemdumpTime(),
+			MemwriteTimeUS: s.GetMemwriteTime(),
+			PagesScanned:   s.GetPagesScanned(),
+			PagesWritten:   s.GetPagesWritten(),
+		}
+	}
+	return res, nil
+}
+
+// Restore brings back the tree saved in o.ImagesDir.
+func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
+	g, err := c.swrk()
+	if err != nil {
+		return nil, err
+	}
+	imgDir, err := os.Open(o.ImagesDir)
+	if err != nil {
+		return nil, fmt.Errorf("open images dir: %w", err)
+	}
+	defer imgDir.Close()
+	logDir, err := os.Open(o.LogDir)
+	if err != nil {
+		return nil, fmt.Errorf("open log dir: %w", err)
+	}
+	defer logDir.Close()
+
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:    ptr(int32(imgDir.Fd())),
+		WorkDirFd:      ptr(int32(logDir.Fd())),
+		LogFile:        ptr(o.LogFile),
+		LogLevel:       ptr(int32(4)),
+		TcpEstablished: ptr(o.TCPEstablished),
+		ShellJob:       ptr(o.ShellJob),
+		ExtUnixSk:      ptr(o.ExtUnixSockets),
+		FileLocks:      ptr(o.FileLocks),
+		LinkRemap:      ptr(o.LinkRemap),
+		ManageCgroups:  ptr(true),
+		RstSibling:     ptr(o.Detach),
+		NetworkLock:    networkLock(o.NetworkLock).Enum(),
+	}
+	n := &restoreNotify{}
+	logPath := filepath.Join(o.LogDir, o.LogFile)
+	if err := g.Restore(opts, n); err != nil {
+		return nil, newError("restore", err, logPath)
+	}
+	return &RestoreResult{PID: int(n.pid), LogPath: logPath}, nil
+}
+
+// restoreNotify records the PID CRIU reports once the tree is restored.
+type restoreNotify struct {
+	gocriu.NoNotify
+	pid int32
+}
+
+func (n *restoreNotify) PostRestore(pid int32) error {
+	n.pid = pid
+	return nil
+}
+
+func networkLock(l NetworkLock) rpc.CriuNetworkLockMethod {
+	switch l {
+	case NetworkLockIPTables:
+		return rpc.CriuNetworkLockMethod_IPTABLES
+	case NetworkLockSkip:
+		return rpc.CriuNetworkLockMethod_SKIP
+	default:
+		// CRIU 4.x has nftables built in and needs no external binary;
+		// iptables is not installed on many hosts.
+		return rpc.CriuNetworkLockMethod_NFTABLES
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// isExecMissing reports whether err means the binary could not be run.
+func isExecMissing(err error) bool {
+	return errors.Is(err, exec.ErrNotFound) || errors.Is(err, syscall.ENOENT) ||
+		strings.Contains(err.Error(), "executable file not found")
+}

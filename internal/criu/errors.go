@@ -1,0 +1,179 @@
+package criu
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// Error is a failed CRIU operation, explained.
+type Error struct {
+	// Op is "dump" or "restore".
+	Op string
+	// Err is what go-criu reported (usually only "operation failed").
+	Err error
+	// LogPath is CRIU's log for the operation.
+	LogPath string
+	// Lines are the lines of the log that say why, oldest first.
+	Lines []string
+	// Cause names a known cause (see the Cause constants), or "".
+	Cause Cause
+	// Hint tells the user how to fix a known cause, or is "".
+	Hint string
+}
+
+// Cause is a known reason for CRIU to fail, which callers may branch on.
+type Cause string
+
+// Known causes.
+const (
+	CauseTCPEstablished Cause = "tcp-established"  // a TCP connection and no --tcp-established
+	CauseNetworkLock    Cause = "network-lock"     // locking the network failed
+	CauseExtUnixSocket  Cause = "ext-unix-socket"  // unix socket connected outside the tree
+	CauseShellJob       Cause = "shell-job"        // terminal or session outside the tree
+	CauseGhostLimit     Cause = "ghost-limit"      // a deleted open file over the ghost limit
+	CausePIDInUse       Cause = "pid-in-use"       // restore: a PID of the tree is taken
+	CauseNoCapResource  Cause = "cap-sys-resource" // another user's process, no CAP_SYS_RESOURCE
+	CauseCRIUTooOld     Cause = "criu-too-old"     // kernel newer than CRIU understands
+	CauseFileChanged    Cause = "file-changed"     // restore: a file differs from the dump
+	CauseFileMissing    Cause = "file-missing"     // restore: a file the process had open is gone
+	CauseTraced         Cause = "traced"           // the process is traced (gdb, strace)
+	CauseExtMount       Cause = "external-mount"   // a file on a mount CRIU cannot see
+)
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "criu %s failed", e.Op)
+	if len(e.Lines) > 0 {
+		b.WriteString(":")
+		for _, l := range e.Lines {
+			b.WriteString("\n    ")
+			b.WriteString(l)
+		}
+	} else if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	if e.LogPath != "" {
+		fmt.Fprintf(&b, "\n  full log: %s", e.LogPath)
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(&b, "\n  fix: %s", e.Hint)
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// IsCause reports whether err is a CRIU error with the given cause.
+func IsCause(err error, c Cause) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Cause == c
+}
+
+// maxLogLines bounds how much of CRIU's log an error repeats.
+const maxLogLines = 8
+
+// harmless matches log lines that look like errors but are not the reason
+// for any failure (seen on every run in sandboxes without CAP_SYS_RESOURCE).
+var harmless = []*regexp.Regexp{
+	regexp.MustCompile(`Can't setup RLIMIT_NOFILE for self`),
+}
+
+// hints maps log patterns to a cause and the fix a user can apply. The
+// first match, in this order, wins.
+var hints = []struct {
+	re    *regexp.Regexp
+	cause Cause
+	hint  string
+}{
+	{regexp.MustCompile(`vdso: Unexpected rt vDSO area bounds|Unexpected vDSO`), CauseCRIUTooOld,
+		"this kernel needs a newer CRIU (≥ 4.2): run `make setup`"},
+	{regexp.MustCompile(`Can't get rlimit|rlimit.*Operation not permitted`), CauseNoCapResource,
+		"the process belongs to another user and this root lacks CAP_SYS_RESOURCE, so CRIU cannot read its limits; run the process as root, or checkpoint on a host where root has CAP_SYS_RESOURCE"},
+	{regexp.MustCompile(`(?i)connected tcp socket|consider using --tcp-established`), CauseTCPEstablished,
+		"the process has an established TCP connection: retry with --tcp-established"},
+	{regexp.MustCompile(`(?i)iptables|nftables|Failed to lock TCP connection|network.?lock`), CauseNetworkLock,
+		"locking the network failed: use --network-lock nftables (built into CRIU ≥ 4; `make setup` installs it), or install iptables and use --network-lock iptables"},
+	{regexp.MustCompile(`(?i)external socket is used|ext-unix-sk|Unix socket.*(peer|external)`), CauseExtUnixSocket,
+		"the process has a unix socket connected to a process outside the dumped tree: retry with --ext-unix-sk (the peer must exist again at restore), or dump the peer's tree instead"},
+	{regexp.MustCompile(`(?i)session leader|shell.?job|tty.*(not|outside)|Can't dump tty`), CauseShellJob,
+		"the process is attached to a terminal or a session outside the dumped tree: retry with --shell-job (and restore from a terminal)"},
+	{regexp.MustCompile(`(?i)ghost.*(limit|too big|size)|Can't dump ghost file`), CauseGhostLimit,
+		"the process holds a deleted file larger than the ghost limit: retry with a larger --ghost-limit (e.g. --ghost-limit 64MiB)"},
+	{regexp.MustCompile(`(?i)can't fork for \d+|File exists.*clone|clone.*File exists`), CausePIDInUse,
+		"a PID of the checkpointed tree is in use: stop that process (or wait until its parent reaps it) and retry"},
+	{regexp.MustCompile(`(?i)(bad size|size mismatch|has changed)`), CauseFileChanged,
+		"a file the process had open changed since the checkpoint; put back the file as it was (or restore with --replace-files to write the archived copy)"},
+	{regexp.MustCompile(`(?i)(Can't open|Unable to open|Can't lookup).*(No such file|ENOENT)`), CauseFileMissing,
+		"a file the process had open is missing on this machine; recreate it (same path) and retry"},
+	{regexp.MustCompile(`(?i)seize.*(Operation not permitted|busy)|is traced|ptrace.*EPERM`), CauseTraced,
+		"CRIU cannot attach to the process: detach any debugger or tracer (gdb, strace) and retry"},
+	{regexp.MustCompile(`(?i)Can't lookup mount=|mount.*(not found|external)|Unreachable mount`), CauseExtMount,
+		"the process uses a file on a mount CRIU cannot see (for example a bind mount from outside its namespace); close it or run the process inside a namespace that contains the mount"},
+}
+
+// newError builds an *Error from go-criu's error and CRIU's log.
+func newError(op string, err error, logPath string) error {
+	if isExecMissing(err) {
+		return fmt.Errorf("%w: run `make setup`", ErrNotFound)
+	}
+	e := &Error{Op: op, Err: err, LogPath: logPath}
+	lines, _ := errorLines(logPath)
+	e.Lines = lines
+	e.Cause, e.Hint = diagnose(lines)
+	return e
+}
+
+// errorLines returns the error lines of a CRIU log, the harmless ones
+// left out, at most maxLogLines of them (the last ones: CRIU logs the
+// root cause first, but the first line after a cascade is kept too).
+func errorLines(logPath string) ([]string, error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if !isErrorLine(line) || isHarmless(line) {
+			continue
+		}
+		out = append(out, strings.TrimSpace(line))
+	}
+	if len(out) > maxLogLines {
+		out = append(out[:1], out[len(out)-maxLogLines+1:]...)
+	}
+	return out, sc.Err()
+}
+
+func isErrorLine(l string) bool {
+	return strings.Contains(l, "Error (") || strings.Contains(l, "Error:") ||
+		strings.Contains(l, "Warn  (") && strings.Contains(l, "consider")
+}
+
+func isHarmless(l string) bool {
+	for _, re := range harmless {
+		if re.MatchString(l) {
+			return true
+		}
+	}
+	return false
+}
+
+// diagnose finds the first known cause in the log lines.
+func diagnose(lines []string) (Cause, string) {
+	for _, h := range hints {
+		for _, l := range lines {
+			if h.re.MatchString(l) {
+				return h.cause, h.hint
+			}
+		}
+	}
+	return "", ""
+}

@@ -1,0 +1,110 @@
+package criu
+
+// NetworkLock is how CRIU isolates a process's TCP connections from the
+// network while it dumps or restores them.
+type NetworkLock string
+
+// Network lock methods. The zero value lets the Client pick the best one
+// available (nftables with CRIU ≥ 4, which needs no iptables binary).
+const (
+	NetworkLockAuto     NetworkLock = ""
+	NetworkLockNFTables NetworkLock = "nftables"
+	NetworkLockIPTables NetworkLock = "iptables"
+	NetworkLockSkip     NetworkLock = "skip"
+)
+
+// Valid reports whether l names a known method.
+func (l NetworkLock) Valid() bool {
+	switch l {
+	case NetworkLockAuto, NetworkLockNFTables, NetworkLockIPTables, NetworkLockSkip:
+		return true
+	}
+	return false
+}
+
+// DumpOptions say what to dump and how. They are Cedana's own terms;
+// CRIU's RPC types never leave this package.
+type DumpOptions struct {
+	// PID is the root of the process tree to dump. Its descendants are
+	// dumped with it.
+	PID int
+	// ImagesDir is an existing, empty directory that receives the images.
+	ImagesDir string
+	// LogDir is an existing directory for CRIU's log; LogFile is the log's
+	// base name in it (CRIU allows no subdirectories).
+	LogDir  string
+	LogFile string
+
+	// LeaveRunning resumes the tree after the dump instead of killing it.
+	LeaveRunning bool
+	// LeaveStopped keeps the tree frozen (SIGSTOP) after a successful dump,
+	// so that the caller can persist the images before it kills the tree,
+	// or resume it if persisting fails. Ignored when LeaveRunning is set.
+	LeaveStopped bool
+
+	// TCPEstablished dumps established TCP connections (TCP repair mode).
+	TCPEstablished bool
+	// ShellJob allows a tree attached to a terminal, or whose session or
+	// process group leader is outside the tree.
+	ShellJob bool
+	// ExtUnixSockets allows unix sockets connected to peers outside the
+	// tree; on restore the peer must exist again.
+	ExtUnixSockets bool
+	// FileLocks dumps POSIX/flock file locks.
+	FileLocks bool
+	// LinkRemap allows files that were unlinked-but-open or hard-linked in
+	// ways CRIU must remap.
+	LinkRemap bool
+	// GhostLimit is the largest deleted-but-open file CRIU copies into the
+	// images, in bytes. 0 keeps CRIU's default (1 MiB).
+	GhostLimit uint64
+	// NetworkLock is the method used to lock TCP connections.
+	NetworkLock NetworkLock
+}
+
+// RestoreOptions say how to bring a tree back from images.
+type RestoreOptions struct {
+	// ImagesDir holds the images written by a dump.
+	ImagesDir string
+	// LogDir and LogFile: as in DumpOptions.
+	LogDir  string
+	LogFile string
+
+	// The following must match what the dump used.
+	TCPEstablished bool
+	ShellJob       bool
+	ExtUnixSockets bool
+	FileLocks      bool
+	LinkRemap      bool
+	NetworkLock    NetworkLock
+
+	// Detach restores the tree as a sibling of CRIU: a child of the calling
+	// process, which may wait for it or exit and leave it to init.
+	Detach bool
+}
+
+// DumpResult reports on a successful dump.
+type DumpResult struct {
+	// LogPath is the path of CRIU's log for this dump.
+	LogPath string
+	// Stats are CRIU's own measurements; nil if CRIU wrote none.
+	Stats *DumpStats
+}
+
+// DumpStats are CRIU's measurements of a dump (from its stats-dump image).
+type DumpStats struct {
+	FreezingTimeUS uint32
+	FrozenTimeUS   uint32
+	MemdumpTimeUS  uint32
+	MemwriteTimeUS uint32
+	PagesScanned   uint64
+	PagesWritten   uint64
+}
+
+// RestoreResult reports on a successful restore.
+type RestoreResult struct {
+	// PID is the PID of the restored tree's root.
+	PID int
+	// LogPath is the path of CRIU's log for this restore.
+	LogPath string
+}
