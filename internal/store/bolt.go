@@ -1,0 +1,302 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// DefaultLockTimeout is how long Open waits for another process to release
+// the store file before it returns ErrLocked.
+const DefaultLockTimeout = time.Second
+
+// Options tune OpenWithOptions. The zero value is Open's behaviour.
+type Options struct {
+	// LockTimeout is how long to wait for the file lock; 0 means
+	// DefaultLockTimeout.
+	LockTimeout time.Duration
+}
+
+// boltStore is the Store backed by a bbolt file; see schema.go.
+type boltStore struct {
+	db *bolt.DB
+}
+
+var _ Store = (*boltStore)(nil)
+
+// Open opens the bolt store at path, creating the file (mode 0600) and its
+// directory (0700) when missing, and migrates it to SchemaVersion. It
+// returns a *LockedError (ErrLocked) if another process has the file open,
+// and a *SchemaError (ErrSchemaTooNew) if a newer cedana wrote it.
+func Open(path string) (Store, error) {
+	return OpenWithOptions(path, Options{})
+}
+
+// OpenWithOptions is Open with options.
+func OpenWithOptions(path string, opts Options) (Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = DefaultLockTimeout
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open state store: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, &LockedError{Path: path, PID: lockHolder(path)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state store %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return migrate(tx, path) }); err != nil {
+		_ = db.Close()
+		var se *SchemaError
+		if errors.As(err, &se) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("open state store %s: %w", path, err)
+	}
+	return &boltStore{db: db}, nil
+}
+
+// Close implements Store.
+func (s *boltStore) Close() error { return s.db.Close() }
+
+// view and update run fn in a read or write transaction, after checking
+// ctx, and translate bbolt's "not open" into ErrClosed.
+func (s *boltStore) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return closedErr(s.db.View(fn))
+}
+
+func (s *boltStore) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return closedErr(s.db.Update(fn))
+}
+
+func closedErr(err error) error {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
+}
+
+// CreateJob implements Store.
+func (s *boltStore) CreateJob(ctx context.Context, j *Job) error {
+	if err := prepareJob(j, now()); err != nil {
+		return err
+	}
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		jobs, names := tx.Bucket(bucketJobs), tx.Bucket(bucketJobNames)
+		if jobs.Get([]byte(j.ID)) != nil {
+			return nameTaken(j.ID, j.ID)
+		}
+		if owner := names.Get([]byte(j.ID)); owner != nil {
+			return nameTaken(j.ID, string(owner))
+		}
+		if err := checkNameFree(tx, j.Name, j.ID); err != nil {
+			return err
+		}
+		return putJob(tx, j)
+	})
+}
+
+// checkNameFree returns ErrExists if name is another job's name or ID.
+func checkNameFree(tx *bolt.Tx, name, id string) error {
+	if owner := tx.Bucket(bucketJobNames).Get([]byte(name)); owner != nil && string(owner) != id {
+		return nameTaken(name, string(owner))
+	}
+	if name != id && tx.Bucket(bucketJobs).Get([]byte(name)) != nil {
+		return nameTaken(name, name)
+	}
+	return nil
+}
+
+func putJob(tx *bolt.Tx, j *Job) error {
+	b, err := encode(j)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketJobs).Put([]byte(j.ID), b); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketJobNames).Put([]byte(j.Name), []byte(j.ID))
+}
+
+func getJob(tx *bolt.Tx, id string) (*Job, error) {
+	b := tx.Bucket(bucketJobs).Get([]byte(id))
+	if b == nil {
+		return nil, jobNotFound(id)
+	}
+	return decodeJob(b)
+}
+
+// UpdateJob implements Store.
+func (s *boltStore) UpdateJob(ctx context.Context, id string, fn func(*Job) error) (*Job, error) {
+	var out *Job
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		j, err := getJob(tx, id)
+		if err != nil {
+			return err
+		}
+		oldName := j.Name
+		if err := applyJobUpdate(j, fn, now()); err != nil {
+			return err
+		}
+		if j.Name != oldName {
+			if err := checkNameFree(tx, j.Name, j.ID); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketJobNames).Delete([]byte(oldName)); err != nil {
+				return err
+			}
+		}
+		if err := putJob(tx, j); err != nil {
+			return err
+		}
+		out, err = getJob(tx, id) // a copy that fn cannot still be holding
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GetJob implements Store.
+func (s *boltStore) GetJob(ctx context.Context, idOrName string) (*Job, error) {
+	var out *Job
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(bucketJobs)
+		b := jobs.Get([]byte(idOrName))
+		if b == nil {
+			if id := tx.Bucket(bucketJobNames).Get([]byte(idOrName)); id != nil {
+				b = jobs.Get(id)
+			}
+		}
+		if b == nil {
+			return jobNotFound(idOrName)
+		}
+		var err error
+		out, err = decodeJob(b)
+		return err
+	})
+	return out, err
+}
+
+// ListJobs implements Store.
+func (s *boltStore) ListJobs(ctx context.Context) ([]*Job, error) {
+	out := []*Job{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			j, err := decodeJob(v)
+			if err != nil {
+				return fmt.Errorf("job %q: %w", k, err)
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	sortJobs(out)
+	return out, nil
+}
+
+// DeleteJob implements Store.
+func (s *boltStore) DeleteJob(ctx context.Context, id string) error {
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		j, err := getJob(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketJobs).Delete([]byte(id)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketJobNames).Delete([]byte(j.Name)); err != nil {
+			return err
+		}
+		if err := deleteJobCheckpoints(tx, id); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+			return err
+		}
+		return nil
+	})
+}
+
+// AddEvent implements Store.
+func (s *boltStore) AddEvent(ctx context.Context, e Event) (Event, error) {
+	if err := prepareEvent(&e, now()); err != nil {
+		return Event{}, err
+	}
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketJobs).Get([]byte(e.JobID)) == nil {
+			return fmt.Errorf("add event: %w", jobNotFound(e.JobID))
+		}
+		eb, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(e.JobID))
+		if err != nil {
+			return err
+		}
+		if e.Seq, err = eb.NextSequence(); err != nil {
+			return err
+		}
+		b, err := encode(e)
+		if err != nil {
+			return err
+		}
+		return eb.Put(seqKey(e.Seq), b)
+	})
+	if err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// ListEvents implements Store.
+func (s *boltStore) ListEvents(ctx context.Context, jobID string, afterSeq uint64, limit int) ([]Event, error) {
+	out := []Event{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketJobs).Get([]byte(jobID)) == nil {
+			return jobNotFound(jobID)
+		}
+		eb := tx.Bucket(bucketEvents).Bucket([]byte(jobID))
+		if eb == nil || afterSeq == math.MaxUint64 {
+			return nil
+		}
+		c := eb.Cursor()
+		for k, v := c.Seek(seqKey(afterSeq + 1)); k != nil; k, v = c.Next() {
+			if limit > 0 && len(out) >= limit {
+				break
+			}
+			e, err := decodeEvent(v)
+			if err != nil {
+				return fmt.Errorf("event %d of job %s: %w", binary.BigEndian.Uint64(k), jobID, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// seqKey is an event's key: Seq, 8 bytes big-endian, so keys sort by Seq.
+func seqKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq)
+}
