@@ -38,6 +38,61 @@ type Config struct {
 	// StagingDir holds CRIU images while an archive is written or read.
 	// Empty: /dev/shm when it has room, else next to the archive.
 	StagingDir string `json:"staging_dir"`
+	// Daemon configures `cedana daemon start` and how the CLI reaches it.
+	Daemon Daemon `json:"daemon"`
+	// Policy is the default policy of new jobs.
+	Policy Policy `json:"policy"`
+	// Hooks are scripts run around dumps and restores.
+	Hooks Hooks `json:"hooks"`
+}
+
+// Daemon configures the daemon.
+type Daemon struct {
+	// Socket is the unix socket of the gRPC API.
+	Socket string `json:"socket"`
+	// SocketGroup, if set, may also use the socket (mode 0660).
+	SocketGroup string `json:"socket_group"`
+	// StateDir holds the state store and job logs.
+	StateDir string `json:"state_dir"`
+	// CheckpointDir holds jobs' archives; empty: StateDir/checkpoints.
+	CheckpointDir string `json:"checkpoint_dir"`
+	// MetricsAddr serves Prometheus /metrics; empty turns it off.
+	MetricsAddr string `json:"metrics_addr"`
+	// TCPAddr, if set, also serves the API on TCP; it requires TokenFile
+	// or TLS client certificates.
+	TCPAddr string `json:"tcp_addr"`
+	// TokenFile holds the bearer token TCP clients must present.
+	TokenFile string `json:"token_file"`
+	// TLSCert and TLSKey are the server's certificate; with TLSClientCA,
+	// TCP clients must present a certificate signed by it.
+	TLSCert     string `json:"tls_cert"`
+	TLSKey      string `json:"tls_key"`
+	TLSClientCA string `json:"tls_client_ca"`
+	// DrainOnSIGTERM checkpoints and stops every running job when the
+	// daemon receives SIGTERM (the preemption case).
+	DrainOnSIGTERM bool `json:"drain_on_sigterm"`
+	// ShutdownGrace bounds how long that drain may take.
+	ShutdownGrace Duration `json:"shutdown_grace"`
+	// RestoreBackoff is the delay before the first automatic restore; it
+	// doubles with each further one.
+	RestoreBackoff Duration `json:"restore_backoff"`
+}
+
+// Policy is the default policy of new jobs; a job's own flags override it.
+type Policy struct {
+	CheckpointEvery  Duration `json:"checkpoint_every"`
+	Keep             int      `json:"keep"`
+	KeepBytes        int64    `json:"keep_bytes"`
+	RestoreOnFailure bool     `json:"restore_on_failure"`
+	MaxRestores      int      `json:"max_restores"`
+}
+
+// Hooks are shell commands run around dumps and restores.
+type Hooks struct {
+	PreDump     string `json:"pre_dump"`
+	PostDump    string `json:"post_dump"`
+	PreRestore  string `json:"pre_restore"`
+	PostRestore string `json:"post_restore"`
 }
 
 // SharedStorage says where checkpoints go.
@@ -105,6 +160,15 @@ func Default() Config {
 			CarryTotalMaxBytes: 64 << 20,
 			PIDWait:            Duration{10 * time.Second},
 		},
+		Daemon: Daemon{
+			Socket:         "/run/cedana/cedana.sock",
+			StateDir:       "/var/lib/cedana",
+			MetricsAddr:    "127.0.0.1:9464",
+			DrainOnSIGTERM: true,
+			ShutdownGrace:  Duration{30 * time.Second},
+			RestoreBackoff: Duration{time.Second},
+		},
+		Policy: Policy{Keep: 5, MaxRestores: 3},
 	}
 }
 
@@ -299,7 +363,13 @@ func setValue(f reflect.Value, s string) error {
 			return fmt.Errorf("want true or false")
 		}
 		f.SetBool(b)
-	case reflect.Int64, reflect.Int:
+	case reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("want a whole number")
+		}
+		f.SetInt(int64(n))
+	case reflect.Int64:
 		n, err := ParseSize(s)
 		if err != nil {
 			return err

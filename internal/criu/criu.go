@@ -125,6 +125,7 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 		LinkRemap:      ptr(o.LinkRemap),
 		ManageCgroups:  ptr(true),
 		NetworkLock:    networkLock(o.NetworkLock).Enum(),
+		External:       o.ExternalTTYs,
 	}
 	if o.LeaveStopped && !o.LeaveRunning {
 		opts.LeaveStopped = ptr(true)
@@ -184,6 +185,9 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 		ManageCgroups:  ptr(true),
 		RstSibling:     ptr(o.Detach),
 		NetworkLock:    networkLock(o.NetworkLock).Enum(),
+	}
+	for key, f := range o.TTYs {
+		g.AddInheritFd(key, f)
 	}
 	n := &restoreNotify{}
 	logPath := filepath.Join(o.LogDir, o.LogFile)

@@ -1,5 +1,11 @@
 package criu
 
+import (
+	"fmt"
+	"os"
+	"syscall"
+)
+
 // NetworkLock is how CRIU isolates a process's TCP connections from the
 // network while it dumps or restores them.
 type NetworkLock string
@@ -60,6 +66,9 @@ type DumpOptions struct {
 	GhostLimit uint64
 	// NetworkLock is the method used to lock TCP connections.
 	NetworkLock NetworkLock
+	// ExternalTTYs are terminals outside the tree ("tty[rdev:dev]" keys, see
+	// TTYKey); a restore must hand CRIU a terminal for each of them.
+	ExternalTTYs []string
 }
 
 // RestoreOptions say how to bring a tree back from images.
@@ -81,6 +90,9 @@ type RestoreOptions struct {
 	// Detach restores the tree as a sibling of CRIU: a child of the calling
 	// process, which may wait for it or exit and leave it to init.
 	Detach bool
+	// TTYs maps the dump's external terminal keys to the terminal that
+	// replaces each of them (usually the restoring user's terminal).
+	TTYs map[string]*os.File
 }
 
 // DumpResult reports on a successful dump.
@@ -107,4 +119,14 @@ type RestoreResult struct {
 	PID int
 	// LogPath is the path of CRIU's log for this restore.
 	LogPath string
+}
+
+// TTYKey returns CRIU's key for an external terminal ("tty[rdev:dev]", in
+// hex) from the terminal's path, e.g. /proc/PID/fd/0 or /dev/pts/3.
+func TTYKey(path string) (string, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return "", fmt.Errorf("stat terminal %s: %w", path, err)
+	}
+	return fmt.Sprintf("tty[%x:%x]", st.Rdev, st.Dev), nil
 }

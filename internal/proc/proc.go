@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ErrNoProcess means no process has the given PID.
@@ -27,6 +28,8 @@ type Stat struct {
 	TTYNr     int
 	StartTime uint64 // clock ticks after boot: with PID, identifies a process
 	RSSPages  int64
+	UTime     uint64 // user CPU time, clock ticks
+	STime     uint64 // system CPU time, clock ticks
 }
 
 // Root is the proc filesystem's mount point.
@@ -76,6 +79,8 @@ func parseStat(s string) (*Stat, error) {
 	if st.RSSPages, err = strconv.ParseInt(f[21], 10, 64); err != nil {
 		return nil, fmt.Errorf("malformed stat rss: %w", err)
 	}
+	st.UTime, _ = strconv.ParseUint(f[11], 10, 64)
+	st.STime, _ = strconv.ParseUint(f[12], 10, 64)
 	return st, nil
 }
 
@@ -224,4 +229,51 @@ func PIDHolders(pids []int) map[int]*Stat {
 		}
 	}
 	return out
+}
+
+// ResourceUse is a live process's resource use.
+type ResourceUse struct {
+	RSS        int64     // resident bytes of the whole tree
+	CPUPercent float64   // average CPU use of the root since it started
+	Started    time.Time // when the root started
+}
+
+// Usage measures the tree rooted at pid, if pid is still the process that
+// started at startTime.
+func Usage(pid int, startTime uint64) (ResourceUse, bool) {
+	st, err := ReadStat(pid)
+	if err != nil || st.StartTime != startTime {
+		return ResourceUse{}, false
+	}
+	const hz = 100 // USER_HZ on every Linux architecture Cedana runs on
+	boot := bootTime()
+	started := boot.Add(time.Duration(st.StartTime) * time.Second / hz)
+	u := ResourceUse{Started: started}
+	tree, _ := Tree(pid)
+	page := int64(os.Getpagesize())
+	for _, p := range tree {
+		if s, err := ReadStat(p); err == nil {
+			u.RSS += s.RSSPages * page
+		}
+	}
+	if up := time.Since(started).Seconds(); up > 0 {
+		u.CPUPercent = 100 * float64(st.UTime+st.STime) / hz / up
+	}
+	return u, true
+}
+
+// bootTime reads the machine's boot time from /proc/stat.
+func bootTime() time.Time {
+	data, err := os.ReadFile(filepath.Join(Root, "stat"))
+	if err != nil {
+		return time.Time{}
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(n, 0)
+			}
+		}
+	}
+	return time.Time{}
 }
