@@ -1,0 +1,200 @@
+package archive
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// FormatVersion is the version of the archive layout and manifest schema
+// written by this build. Readers accept every version from
+// MinReadableVersion up to FormatVersion and refuse anything newer, so an
+// old binary never misreads an archive from the future.
+//
+// History:
+//
+//	1: initial format (zip; manifest.json; images/ and files/ entries).
+const FormatVersion = 1
+
+// MinReadableVersion is the oldest format version this build can restore.
+const MinReadableVersion = 1
+
+// ManifestName is the name of the manifest entry inside the zip.
+const ManifestName = "manifest.json"
+
+// Entry name prefixes. Every entry other than the manifest lives below one
+// of them; readers refuse anything else.
+const (
+	ImagesPrefix = "images/" // CRIU image files, flat (no subdirectories)
+	FilesPrefix  = "files/"  // contents of carried files, named by index
+)
+
+// Manifest describes a checkpoint archive. It is stored as JSON in the
+// entry "manifest.json", written last so that it can hold the digest of
+// every other entry.
+//
+// Compatibility rules: fields are only ever added. A reader ignores fields
+// it does not know only within the same FormatVersion; a change that an
+// older reader would misinterpret bumps FormatVersion.
+type Manifest struct {
+	// FormatVersion is the archive format version (see FormatVersion).
+	FormatVersion int `json:"format_version"`
+	// Kind is what was checkpointed: "process" for now.
+	Kind string `json:"kind"`
+	// Created is when the dump finished, in UTC.
+	Created time.Time `json:"created"`
+	// Cedana is the version of the cedana binary that wrote the archive.
+	Cedana string `json:"cedana_version"`
+	// CRIU is the version of CRIU that produced the images.
+	CRIU CRIUInfo `json:"criu"`
+	// Host describes the machine the checkpoint was taken on.
+	Host HostInfo `json:"host"`
+	// RootPID is the PID of the top of the dumped process tree.
+	RootPID int `json:"root_pid"`
+	// Processes is the dumped tree, root first, then in breadth-first order.
+	Processes []Process `json:"processes"`
+	// Options records the choices made for CRIU at dump time; restore
+	// reuses them (e.g. a shell job must also be restored as one).
+	Options DumpOptions `json:"options"`
+	// Entries lists every entry of the archive except the manifest, with
+	// its uncompressed size and SHA-256.
+	Entries []EntryInfo `json:"entries"`
+	// CarriedFiles are files the processes had open for writing whose
+	// contents travel in the archive (entries under files/).
+	CarriedFiles []CarriedFile `json:"carried_files,omitempty"`
+	// Stats holds CRIU's own timings and counters for the dump, when known.
+	Stats *DumpStats `json:"stats,omitempty"`
+}
+
+// CRIUInfo identifies the CRIU that wrote the images.
+type CRIUInfo struct {
+	// Version is CRIU's version as major*10000+minor*100+sublevel.
+	Version int `json:"version"`
+	// VersionString is the human form, e.g. "4.2.1".
+	VersionString string `json:"version_string"`
+}
+
+// HostInfo describes the machine where a checkpoint was taken.
+type HostInfo struct {
+	Hostname string `json:"hostname"`
+	Kernel   string `json:"kernel"` // uname -r
+	Arch     string `json:"arch"`   // GOARCH, e.g. "amd64"
+}
+
+// Process is one task of the dumped tree, as seen just before the dump.
+type Process struct {
+	PID     int      `json:"pid"`
+	PPID    int      `json:"ppid"`
+	PGID    int      `json:"pgid"`
+	SID     int      `json:"sid"`
+	Name    string   `json:"name"` // comm
+	Exe     string   `json:"exe,omitempty"`
+	Cmdline []string `json:"cmdline,omitempty"`
+	Cwd     string   `json:"cwd,omitempty"`
+	UID     int      `json:"uid"`
+	GID     int      `json:"gid"`
+	// RSS is the resident set size in bytes.
+	RSS uint64 `json:"rss_bytes"`
+	// TTY is the controlling terminal's device path, if any.
+	TTY     string       `json:"tty,omitempty"`
+	Files   []OpenFile   `json:"files,omitempty"`
+	Sockets []SocketInfo `json:"sockets,omitempty"`
+}
+
+// OpenFile is one file descriptor of a process.
+type OpenFile struct {
+	FD int `json:"fd"`
+	// Path is the fd's target as /proc/PID/fd shows it (a path, or a
+	// pseudo name such as "pipe:[123]" or "socket:[456]").
+	Path string `json:"path"`
+	// Type is "file", "dir", "pipe", "socket", "tty", "device", "anon" or
+	// "deleted" (a regular file that was unlinked while open).
+	Type string `json:"type"`
+	// Flags are the open flags from /proc/PID/fdinfo (octal there).
+	Flags int `json:"flags"`
+	// Pos is the file offset.
+	Pos int64 `json:"pos"`
+}
+
+// SocketInfo describes an inet or unix socket held by a process.
+type SocketInfo struct {
+	FD     int    `json:"fd"`
+	Family string `json:"family"` // "tcp", "tcp6", "udp", "udp6", "unix"
+	State  string `json:"state"`  // e.g. "LISTEN", "ESTABLISHED"
+	Local  string `json:"local,omitempty"`
+	Remote string `json:"remote,omitempty"`
+	Inode  uint64 `json:"inode"`
+}
+
+// DumpOptions are the CRIU-related choices made for a dump, in Cedana's
+// own terms (never CRIU's protobuf types).
+type DumpOptions struct {
+	TCPEstablished bool   `json:"tcp_established,omitempty"`
+	ShellJob       bool   `json:"shell_job,omitempty"`
+	ExtUnixSockets bool   `json:"ext_unix_sockets,omitempty"`
+	FileLocks      bool   `json:"file_locks,omitempty"`
+	LinkRemap      bool   `json:"link_remap,omitempty"`
+	GhostLimit     uint64 `json:"ghost_limit,omitempty"`
+	NetworkLock    string `json:"network_lock,omitempty"` // "nftables", "iptables", "skip"
+	LeaveRunning   bool   `json:"leave_running,omitempty"`
+	// ExternalTTYs are the terminals the tree was attached to, as CRIU's
+	// "tty[rdev:dev]" keys; a restore attaches them to its own terminal.
+	ExternalTTYs []string `json:"external_ttys,omitempty"`
+}
+
+// EntryInfo is the integrity record of one archive entry.
+type EntryInfo struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`   // uncompressed bytes
+	SHA256 string `json:"sha256"` // hex, of the uncompressed bytes
+}
+
+// CarriedFile is a file the process had open for writing whose content is
+// stored in the archive so that a restore on another machine with the same
+// root filesystem finds it.
+type CarriedFile struct {
+	// Path is the absolute path the process had open.
+	Path string `json:"path"`
+	// Entry is the archive entry holding the content ("files/N").
+	Entry string `json:"entry"`
+	// Size is the file's size at dump time.
+	Size int64 `json:"size"`
+	// Mode is the file's permission bits.
+	Mode uint32 `json:"mode"`
+	UID  int    `json:"uid"`
+	GID  int    `json:"gid"`
+}
+
+// DumpStats are CRIU's own measurements of a dump (from stats-dump).
+type DumpStats struct {
+	FreezingTimeUS uint32 `json:"freezing_time_us"`
+	FrozenTimeUS   uint32 `json:"frozen_time_us"`
+	MemdumpTimeUS  uint32 `json:"memdump_time_us"`
+	MemwriteTimeUS uint32 `json:"memwrite_time_us"`
+	PagesWritten   uint64 `json:"pages_written"`
+}
+
+// ImagesSize returns the total uncompressed size of the CRIU images.
+func (m *Manifest) ImagesSize() int64 {
+	var n int64
+	for _, e := range m.Entries {
+		if len(e.Name) > len(ImagesPrefix) && e.Name[:len(ImagesPrefix)] == ImagesPrefix {
+			n += e.Size
+		}
+	}
+	return n
+}
+
+// ParseManifest decodes and validates a manifest. It refuses unknown
+// format versions and structurally invalid content with a descriptive
+// error; it never panics on any input.
+func ParseManifest(data []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest is not valid JSON: %v", ErrCorrupt, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
