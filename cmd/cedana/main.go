@@ -1,0 +1,30 @@
+// Command cedana checkpoints running Linux processes into portable
+// archives and restores them. See README.md for usage.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run executes the CLI and returns the process exit code. A panic is a
+// bug: it is reported as one, without a stack trace for the user.
+func run(args []string) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "cedana: internal error: %v\nThis is a bug; please report it with the command you ran.\n", r)
+			code = ExitInternal
+		}
+	}()
+	root := newRootCmd()
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
+	if err != nil {
+		return report(cmd, err)
+	}
+	return ExitOK
+}

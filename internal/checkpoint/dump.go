@@ -1,0 +1,341 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/proc"
+)
+
+// DumpRequest asks for a checkpoint of a process tree.
+type DumpRequest struct {
+	// PID is the root of the tree.
+	PID int
+	// Dir receives the archive; it is created (0700) if missing.
+	Dir string
+	// Path, if set, is the exact archive path (Dir is then ignored).
+	Path string
+	// LeaveRunning keeps the tree running after the dump.
+	LeaveRunning bool
+	// Overrides of the automatic choices; nil means "decide for me".
+	TCPEstablished *bool
+	ShellJob       *bool
+	// ExtUnixSockets, FileLocks and LinkRemap are off unless asked for.
+	ExtUnixSockets bool
+	FileLocks      bool
+	LinkRemap      bool
+	// GhostLimit overrides Settings.GhostLimit when > 0.
+	GhostLimit uint64
+	// NetworkLock overrides Settings.NetworkLock when set.
+	NetworkLock criu.NetworkLock
+	// Progress, if set, receives progress reports.
+	Progress Progress
+	// HookEnv is added to the environment of hook scripts.
+	HookEnv []string
+}
+
+// DumpResult describes a finished checkpoint.
+type DumpResult struct {
+	// Path is the archive written.
+	Path string
+	// Size is the archive's size in bytes.
+	Size int64
+	// Manifest is the archive's manifest.
+	Manifest *archive.Manifest
+	// Reasons explains the options chosen automatically.
+	Reasons []string
+	// Skipped lists files open for writing that were too large to carry.
+	Skipped []string
+	// Timings of each phase.
+	CRIUTime, ArchiveTime, Total time.Duration
+	// LogPath is CRIU's log.
+	LogPath string
+	// Warnings are problems that did not fail the dump (a post-dump hook).
+	Warnings []string
+}
+
+// Dump checkpoints the tree rooted at req.PID into a new archive.
+//
+// The tree is frozen by CRIU and stays frozen until the archive is durable
+// on disk (written, fsynced, renamed into place); only then is it killed
+// (or resumed, with LeaveRunning). If anything fails, the tree is resumed
+// and no archive appears under the final name.
+func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error) {
+	start := time.Now()
+	prog := req.Progress
+	if prog == nil {
+		prog = noProgress{}
+	}
+	if req.PID <= 0 {
+		return nil, fmt.Errorf("%w: PID must be a positive number, got %d", ErrInvalidInput, req.PID)
+	}
+	if !proc.Exists(req.PID) {
+		return nil, fmt.Errorf("%w: no process with PID %d", ErrInvalidInput, req.PID)
+	}
+	snap, err := takeSnapshot(req.PID)
+	if err != nil {
+		if errors.Is(err, proc.ErrNoProcess) {
+			return nil, fmt.Errorf("%w: no process with PID %d", ErrInvalidInput, req.PID)
+		}
+		return nil, err
+	}
+	if snap.pids[os.Getpid()] {
+		return nil, fmt.Errorf("%w: PID %d is an ancestor of cedana itself; run cedana from outside the tree you want to checkpoint", ErrInvalidInput, req.PID)
+	}
+	criuVersion, err := s.criu.CheckVersion()
+	if err != nil {
+		return nil, err
+	}
+	copts, reasons := s.chooseOptions(req, snap)
+
+	path, err := archivePath(req, snap.processes[0].Name, start)
+	if err != nil {
+		return nil, err
+	}
+	logDir, err := s.logDir()
+	if err != nil {
+		return nil, err
+	}
+	staging, err := s.stagingDir(filepath.Dir(path), int64(snap.rss()))
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(staging)
+	imagesDir := filepath.Join(staging, "images")
+	if err := os.Mkdir(imagesDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create staging dir: %w", err)
+	}
+	copts.ImagesDir = imagesDir
+	copts.LogDir = logDir
+	copts.LogFile = logName("dump", SanitizeName(snap.processes[0].Name), start)
+
+	if err := runHook(ctx, "pre-dump", s.set.Hooks.PreDump, req.PID, path, req.HookEnv); err != nil {
+		return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
+	}
+	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging, "reasons", strings.Join(reasons, "; "))
+	prog.Start("checkpointing", 0)
+	criuStart := time.Now()
+	res, err := s.criu.Dump(copts)
+	prog.Done()
+	if err != nil {
+		// CRIU resumes the tree itself when a dump fails.
+		return nil, fmt.Errorf("checkpoint of PID %d failed, the process is still running: %w", req.PID, err)
+	}
+	criuTime := time.Since(criuStart)
+	// From here on, a stopped tree must be killed or resumed. What CRIU
+	// dumped is the truth: the tree may have forked since the snapshot.
+	frozen := copts.LeaveStopped
+	if tasks, terr := criu.DumpedTasks(imagesDir); terr == nil {
+		pids := make([]int, len(tasks))
+		for i, t := range tasks {
+			pids[i] = t.PID
+		}
+		if post, serr := snapshotOf(req.PID, pids); serr == nil {
+			snap = post
+		}
+	} else {
+		s.log.Warn("cannot read the dumped tree; using the snapshot taken before the dump", "err", terr)
+	}
+
+	m := &archive.Manifest{
+		FormatVersion: archive.FormatVersion,
+		Kind:          "process",
+		Created:       time.Now().UTC(),
+		Cedana:        Version,
+		CRIU:          archive.CRIUInfo{Version: criuVersion, VersionString: criu.FormatVersion(criuVersion)},
+		Host:          hostInfo(),
+		RootPID:       req.PID,
+		Processes:     snap.processes,
+		Options: archive.DumpOptions{
+			TCPEstablished: copts.TCPEstablished, ShellJob: copts.ShellJob, ExtUnixSockets: copts.ExtUnixSockets,
+			FileLocks: copts.FileLocks, LinkRemap: copts.LinkRemap, GhostLimit: copts.GhostLimit,
+			NetworkLock: string(effectiveLock(copts.NetworkLock)), LeaveRunning: copts.LeaveRunning,
+			ExternalTTYs: copts.ExternalTTYs,
+		},
+	}
+	if st := res.Stats; st != nil {
+		m.Stats = &archive.DumpStats{FreezingTimeUS: st.FreezingTimeUS, FrozenTimeUS: st.FrozenTimeUS,
+			MemdumpTimeUS: st.MemdumpTimeUS, MemwriteTimeUS: st.MemwriteTimeUS, PagesWritten: st.PagesWritten}
+	}
+	files, skipped := snap.carriedFiles(s.set.CarryFileMax, s.set.CarryTotalMax)
+
+	archStart := time.Now()
+	prog.Start("writing archive", dirSize(imagesDir)+sumSizes(files))
+	m, size, err := archive.Create(path, m, imagesDir, files, archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
+	prog.Done()
+	if err != nil {
+		if frozen {
+			if rerr := resume(snap); rerr != nil {
+				return nil, fmt.Errorf("writing the archive failed (%v) and resuming the process failed too: %w", err, rerr)
+			}
+			return nil, fmt.Errorf("writing the archive failed, the process was resumed: %w", err)
+		}
+		return nil, fmt.Errorf("writing the archive failed (the process kept running): %w", err)
+	}
+	if frozen {
+		kill(snap)
+	}
+	out := &DumpResult{
+		Path: path, Size: size, Manifest: m, Reasons: reasons, Skipped: skipped,
+		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
+		LogPath: res.LogPath,
+	}
+	if err := runHook(ctx, "post-dump", s.set.Hooks.PostDump, req.PID, path, req.HookEnv); err != nil {
+		out.Warnings = append(out.Warnings, err.Error())
+	}
+	return out, nil
+}
+
+// chooseOptions maps a request and what the snapshot found to CRIU
+// options, explaining each automatic choice.
+func (s *Service) chooseOptions(req DumpRequest, snap *snapshot) (criu.DumpOptions, []string) {
+	o := criu.DumpOptions{
+		PID:            req.PID,
+		LeaveRunning:   req.LeaveRunning,
+		LeaveStopped:   !req.LeaveRunning,
+		TCPEstablished: snap.tcpEstablished,
+		ShellJob:       snap.shellJob,
+		ExtUnixSockets: req.ExtUnixSockets,
+		FileLocks:      req.FileLocks,
+		LinkRemap:      req.LinkRemap,
+		GhostLimit:     s.set.GhostLimit,
+		NetworkLock:    s.set.NetworkLock,
+		ExternalTTYs:   snap.ttys,
+	}
+	reasons := append([]string(nil), snap.why...)
+	if req.TCPEstablished != nil {
+		o.TCPEstablished = *req.TCPEstablished
+		reasons = append(reasons, fmt.Sprintf("tcp-established=%v: set by flag", o.TCPEstablished))
+	}
+	if req.ShellJob != nil {
+		o.ShellJob = *req.ShellJob
+		reasons = append(reasons, fmt.Sprintf("shell-job=%v: set by flag", o.ShellJob))
+	}
+	if req.GhostLimit > 0 {
+		o.GhostLimit = req.GhostLimit
+	}
+	if req.NetworkLock != criu.NetworkLockAuto {
+		o.NetworkLock = req.NetworkLock
+	}
+	return o, reasons
+}
+
+func effectiveLock(l criu.NetworkLock) criu.NetworkLock {
+	if l == criu.NetworkLockAuto {
+		return criu.NetworkLockNFTables
+	}
+	return l
+}
+
+// archivePath picks a new archive path that does not exist yet.
+func archivePath(req DumpRequest, name string, t time.Time) (string, error) {
+	if req.Path != "" {
+		if _, err := os.Lstat(req.Path); err == nil {
+			return "", fmt.Errorf("%w: %s already exists", ErrInvalidInput, req.Path)
+		}
+		return req.Path, nil
+	}
+	if req.Dir == "" {
+		return "", fmt.Errorf("%w: no directory for the archive (use -d or set shared_storage.dump_storage_dir)", ErrInvalidInput)
+	}
+	if err := os.MkdirAll(req.Dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", req.Dir, err)
+	}
+	if st, err := os.Stat(req.Dir); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("%w: %s is not a directory", ErrInvalidInput, req.Dir)
+	}
+	if err := syscall.Access(req.Dir, 2 /* W_OK */); err != nil {
+		return "", fmt.Errorf("%w: cannot write to %s: %v", ErrInvalidInput, req.Dir, err)
+	}
+	for n := 0; n < 1000; n++ {
+		p := filepath.Join(req.Dir, ArchiveName(name, t, n))
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no free archive name in %s", req.Dir)
+}
+
+// resume continues every task of a tree that CRIU left stopped.
+func resume(s *snapshot) error {
+	var errs []error
+	for _, p := range s.processes {
+		if err := signalIfSame(p.PID, s.startTimes[p.PID], syscall.SIGCONT); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// kill ends every task of a dumped tree.
+func kill(s *snapshot) {
+	for _, p := range s.processes {
+		_ = signalIfSame(p.PID, s.startTimes[p.PID], syscall.SIGKILL)
+	}
+}
+
+// signalIfSame signals pid only if it is still the process that started
+// at startTime, never a newcomer that reused the PID.
+func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return nil // gone already
+	}
+	if st.StartTime != startTime {
+		return nil
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %v to PID %d: %w", sig, pid, err)
+	}
+	return nil
+}
+
+func hostInfo() archive.HostInfo {
+	h := archive.HostInfo{Arch: runtime.GOARCH}
+	h.Hostname, _ = os.Hostname()
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		h.Kernel = cstr(u.Release[:])
+	}
+	return h
+}
+
+func cstr(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
+}
+
+func sumSizes(files []archive.FileSource) int64 {
+	var n int64
+	for _, f := range files {
+		n += f.Meta.Size
+	}
+	return n
+}

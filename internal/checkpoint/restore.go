@@ -1,0 +1,222 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/proc"
+)
+
+// RestoreRequest asks to bring a checkpoint back.
+type RestoreRequest struct {
+	// Path is the archive. It is only read, never modified or removed.
+	Path string
+	// ReplaceFiles writes the archived copy of carried files over files
+	// that changed since the dump (the current file is kept as a backup).
+	ReplaceFiles bool
+	// PIDWait overrides Settings.PIDWait when > 0.
+	PIDWait time.Duration
+	// TTY is the terminal a shell job comes back on (the restoring user's).
+	// Required when the checkpointed tree was attached to a terminal.
+	TTY *os.File
+	// Progress, if set, receives progress reports.
+	Progress Progress
+	// HookEnv is added to the environment of hook scripts.
+	HookEnv []string
+}
+
+// RestoreResult describes a restored tree.
+type RestoreResult struct {
+	// PID is the restored tree's root.
+	PID int
+	// Manifest is the archive's manifest.
+	Manifest *archive.Manifest
+	// FilesWritten lists carried files put back on disk.
+	FilesWritten []string
+	// Timings of each phase.
+	ExtractTime, CRIUTime, Total time.Duration
+	// LogPath is CRIU's log.
+	LogPath string
+	// Warnings are problems that did not fail the restore (a post-restore hook).
+	Warnings []string
+}
+
+// Restore verifies the archive at req.Path and restores its process tree,
+// detached from the caller. Nothing is restored or written outside the
+// private staging directory until every entry has been verified.
+func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResult, error) {
+	start := time.Now()
+	prog := req.Progress
+	if prog == nil {
+		prog = noProgress{}
+	}
+	r, err := archive.Open(req.Path, archive.DefaultLimits())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", req.Path, err)
+	}
+	defer r.Close()
+	m := r.Manifest
+	if err := s.checkCompatible(m); err != nil {
+		return nil, err
+	}
+	if len(m.Options.ExternalTTYs) > 0 && req.TTY == nil {
+		return nil, fmt.Errorf("%w: %s was attached to a terminal (%s); run the restore from a terminal, where it will come back", ErrInvalidInput, m.Processes[0].Name, m.Processes[0].TTY)
+	}
+
+	staging, err := s.stagingDir(filepath.Dir(req.Path), m.ImagesSize())
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(staging)
+	prog.Start("verifying and extracting", totalSize(m))
+	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
+	prog.Done()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
+	}
+	extractTime := time.Since(start)
+
+	written, err := putBackFiles(staging, m.CarriedFiles, req.ReplaceFiles)
+	if err != nil {
+		return nil, err
+	}
+	wait := s.set.PIDWait
+	if req.PIDWait > 0 {
+		wait = req.PIDWait
+	}
+	if err := waitPIDsFree(ctx, m.Processes, wait); err != nil {
+		return nil, err
+	}
+
+	logDir, err := s.logDir()
+	if err != nil {
+		return nil, err
+	}
+	o := m.Options
+	ropts := criu.RestoreOptions{
+		ImagesDir:      filepath.Join(staging, "images"),
+		LogDir:         logDir,
+		LogFile:        logName("restore", SanitizeName(m.Processes[0].Name), start),
+		TCPEstablished: o.TCPEstablished,
+		ShellJob:       o.ShellJob,
+		ExtUnixSockets: o.ExtUnixSockets,
+		FileLocks:      o.FileLocks,
+		LinkRemap:      o.LinkRemap,
+		NetworkLock:    criu.NetworkLock(o.NetworkLock),
+		Detach:         true,
+	}
+	if len(m.Options.ExternalTTYs) > 0 {
+		ropts.TTYs = map[string]*os.File{}
+		for _, key := range m.Options.ExternalTTYs {
+			ropts.TTYs[key] = req.TTY
+		}
+	}
+	if err := runHook(ctx, "pre-restore", s.set.Hooks.PreRestore, m.RootPID, req.Path, req.HookEnv); err != nil {
+		return nil, fmt.Errorf("restore not started: %w", err)
+	}
+	s.log.Info("restoring", "archive", req.Path, "root_pid", m.RootPID, "staging", staging)
+	prog.Start("restoring", 0)
+	criuStart := time.Now()
+	res, err := s.criu.Restore(ropts)
+	prog.Done()
+	if err != nil {
+		return nil, fmt.Errorf("restore of %s failed: %w", req.Path, err)
+	}
+	out := &RestoreResult{
+		PID: res.PID, Manifest: m, FilesWritten: written,
+		ExtractTime: extractTime, CRIUTime: time.Since(criuStart), Total: time.Since(start),
+		LogPath: res.LogPath,
+	}
+	if err := runHook(ctx, "post-restore", s.set.Hooks.PostRestore, res.PID, req.Path, req.HookEnv); err != nil {
+		out.Warnings = append(out.Warnings, err.Error())
+	}
+	return out, nil
+}
+
+// checkCompatible refuses archives this machine cannot restore.
+func (s *Service) checkCompatible(m *archive.Manifest) error {
+	if m.Host.Arch != "" && m.Host.Arch != runtime.GOARCH {
+		return fmt.Errorf("%w: the checkpoint was taken on %s, this machine is %s", ErrInvalidInput, m.Host.Arch, runtime.GOARCH)
+	}
+	if !criu.NetworkLock(m.Options.NetworkLock).Valid() {
+		return fmt.Errorf("%w: unknown network lock %q in manifest", archive.ErrCorrupt, m.Options.NetworkLock)
+	}
+	v, err := s.criu.CheckVersion()
+	if err != nil {
+		return err
+	}
+	// Image formats only grow; an older CRIU may not understand images
+	// from a newer one. Compare major.minor.
+	if m.CRIU.Version/100 > v/100 {
+		return fmt.Errorf("%w: the checkpoint was made by CRIU %s but this machine has CRIU %s; install CRIU ≥ %s (make setup)",
+			ErrInvalidInput, m.CRIU.VersionString, criu.FormatVersion(v), m.CRIU.VersionString)
+	}
+	return nil
+}
+
+func totalSize(m *archive.Manifest) int64 {
+	var n int64
+	for _, e := range m.Entries {
+		n += e.Size
+	}
+	return n
+}
+
+// waitPIDsFree waits until no PID of the tree is taken, for at most wait.
+// A dumped process's PID stays taken until its parent reaps it, which on
+// hosts without a reaping init can take a while.
+func waitPIDsFree(ctx context.Context, procs []archive.Process, wait time.Duration) error {
+	pids := make([]int, len(procs))
+	for i, p := range procs {
+		pids[i] = p.PID
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		holders := proc.PIDHolders(pids)
+		if len(holders) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range pids {
+				if st := holders[pid]; st != nil {
+					return pidBusyError(pid, st)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// pidBusyError explains who holds pid and what to do about it.
+func pidBusyError(pid int, st *proc.Stat) error {
+	who := st.Comm
+	if cmd := strings.Join(proc.Cmdline(st.PID), " "); cmd != "" {
+		who = cmd
+	}
+	switch {
+	case st.PID == pid && st.State == 'Z':
+		return fmt.Errorf("%w: PID %d (%s) is a zombie that its parent (PID %d) has not reaped yet; the restore needs that PID back. Wait for the parent to reap it, or end the parent", ErrPIDBusy, pid, st.Comm, st.PPID)
+	case st.PID == pid:
+		return fmt.Errorf("%w: PID %d is used by a running process (%s); the checkpointed process needs that PID back. Stop it (kill %d) if it is the original, or restore on another machine", ErrPIDBusy, pid, who, pid)
+	default:
+		state := "running"
+		if st.State == 'Z' {
+			state = fmt.Sprintf("a zombie not yet reaped by PID %d", st.PPID)
+		}
+		return fmt.Errorf("%w: PID %d is still the process group or session ID of PID %d (%s, %s); the restore needs it free. Wait for that process to end (or end it)", ErrPIDBusy, pid, st.PID, who, state)
+	}
+}
+
+var errUnsafeFile = errors.New("refusing to write carried file")
