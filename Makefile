@@ -1,0 +1,53 @@
+# Cedana — build, set up, test, benchmark.
+#
+#   make demo    install what is missing (CRIU included), build, checkpoint and restore a sample process
+#   make test    install what is missing, build, vet, and run the whole test suite (real CRIU, as root)
+#   make build   build bin/cedana
+#   make setup   provision system dependencies (idempotent)
+#   make bench   benchmark cedana against raw criu (writes the figures to stdout; see docs/benchmarks.md)
+#   make fuzz    run every fuzz target for FUZZTIME each
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/cedana/cedana/internal/checkpoint.Version=$(VERSION)
+BIN      := bin/cedana
+FUZZTIME ?= 10s
+# Short fuzz runs in `make test`; the seed corpora always run as unit tests.
+TEST_FUZZTIME ?= 5s
+
+.PHONY: all build setup test unit fuzz demo bench vet clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cedana
+
+setup:
+	bash scripts/setup.sh
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 ./internal/...
+
+test: setup build vet
+	CEDANA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+fuzz:
+	@for pkg in $$($(GO) list ./internal/...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+demo: setup build
+	bash scripts/demo.sh
+
+bench: setup build
+	bash scripts/bench.sh
+
+clean:
+	rm -rf bin
