@@ -1,0 +1,448 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/cedana/cedana/api/cedana/v1"
+	"github.com/cedana/cedana/internal/config"
+)
+
+// policyFlags are the policy flags of run, manage and policy.
+type policyFlags struct {
+	every            time.Duration
+	keep             int
+	keepBytes        string
+	restoreOnFailure bool
+	maxRestores      int
+}
+
+func (p *policyFlags) register(fs *pflag.FlagSet) {
+	fs.DurationVar(&p.every, "checkpoint-every", 0, "checkpoint the job periodically, e.g. 30s (default: policy.checkpoint_every)")
+	fs.IntVar(&p.keep, "keep", 0, "keep the last N checkpoints (default: policy.keep)")
+	fs.StringVar(&p.keepBytes, "keep-bytes", "", "keep at most this many bytes of checkpoints, e.g. 10GiB")
+	fs.BoolVar(&p.restoreOnFailure, "restore-on-failure", false, "restore from the latest checkpoint when the job dies unexpectedly")
+	fs.IntVar(&p.maxRestores, "max-restores", 0, "automatic restores before giving up (default: policy.max_restores)")
+}
+
+func (p *policyFlags) toPB() (*pb.Policy, error) {
+	out := &pb.Policy{CheckpointEveryMs: p.every.Milliseconds(), Keep: int32(p.keep),
+		RestoreOnFailure: p.restoreOnFailure, MaxRestores: int32(p.maxRestores)}
+	if p.every < 0 || p.keep < 0 || p.maxRestores < 0 {
+		return nil, usagef("policy values must not be negative")
+	}
+	if p.every > 0 && p.every < time.Second {
+		return nil, usagef("--checkpoint-every must be at least 1s")
+	}
+	if p.keepBytes != "" {
+		n, err := config.ParseSize(p.keepBytes)
+		if err != nil {
+			return nil, usagef("--keep-bytes: %v", err)
+		}
+		out.KeepBytes = n
+	}
+	return out, nil
+}
+
+// client returns an API client, or a clear error when no daemon runs.
+func (g *globals) client() (pb.CedanaClient, func(), error) {
+	conn, err := g.dial()
+	if err != nil {
+		return nil, nil, err
+	}
+	return pb.NewCedanaClient(conn), func() { conn.Close() }, nil
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	var (
+		name  string
+		pidns bool
+		pf    policyFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Start CMD as a managed job (detached, own session, output to a log)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := pf.toPB()
+			if err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			wd, _ := os.Getwd()
+			j, err := c.Run(context.Background(), &pb.RunRequest{Name: name, Cmd: args, Dir: wd, Env: os.Environ(),
+				Policy: pol, PidNamespace: pidns})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "job name (default: command name and a suffix)")
+	cmd.Flags().BoolVar(&pidns, "pid-namespace", false, "run the job in its own PID namespace, so restores never clash on PIDs")
+	pf.register(cmd.Flags())
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newManageCmd(g *globals) *cobra.Command {
+	var (
+		name string
+		pf   policyFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "manage PID",
+		Short: "Adopt a running process (and its children) as a managed job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pid, err := strconv.Atoi(args[0])
+			if err != nil || pid <= 0 {
+				return usagef("want a process ID (a positive number), not %q", args[0])
+			}
+			pol, err := pf.toPB()
+			if err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			j, err := c.Manage(context.Background(), &pb.ManageRequest{Pid: int32(pid), Name: name, Policy: pol})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "job name (default: process name and PID)")
+	pf.register(cmd.Flags())
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newPolicyCmd(g *globals) *cobra.Command {
+	var pf policyFlags
+	cmd := &cobra.Command{
+		Use:   "policy JOB",
+		Short: "Change a job's policy (periodic checkpoints, retention, restore on failure)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := pf.toPB()
+			if err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			j, err := c.UpdatePolicy(context.Background(), &pb.UpdatePolicyRequest{Job: args[0], Policy: pol})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	pf.register(cmd.Flags())
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newPsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List managed jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := c.ListJobs(context.Background(), &pb.ListJobsRequest{})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProtoList(resp.GetJobs())
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tPID\tRSS\tCPU\tUPTIME\tLAST CHECKPOINT\tRESTORES")
+			for _, j := range resp.GetJobs() {
+				pid, rss, cpu, up := "-", "-", "-", "-"
+				if j.GetState() == "running" {
+					pid = strconv.Itoa(int(j.GetPid()))
+					if j.GetStartedUnixMs() > 0 {
+						rss = humanBytes(j.GetRssBytes())
+						cpu = fmt.Sprintf("%.1f%%", j.GetCpuPercent())
+						up = time.Since(time.UnixMilli(j.GetStartedUnixMs())).Round(time.Second).String()
+					}
+				}
+				last := "-"
+				if ms := j.GetLastCheckpointUnixMs(); ms > 0 {
+					last = time.Since(time.UnixMilli(ms)).Round(time.Second).String() + " ago"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", j.GetId(), j.GetName(), j.GetState(), pid, rss, cpu, up, last, j.GetRestores())
+			}
+			return tw.Flush()
+		},
+	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	var (
+		follow bool
+		tail   int64
+	)
+	cmd := &cobra.Command{
+		Use:   "logs JOB",
+		Short: "Print a job's output (continues across restores with -f)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stream, err := c.Logs(ctx, &pb.LogsRequest{Job: args[0], Follow: follow, TailBytes: tail})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			for {
+				chunk, err := stream.Recv()
+				if err == io.EOF {
+					return nil
+				}
+				if err != nil {
+					return g.rpcError(err)
+				}
+				if _, err := os.Stdout.Write(chunk.GetData()); err != nil {
+					return nil // stdout closed (e.g. piped into head)
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().Int64Var(&tail, "tail-bytes", 0, "start this many bytes before the end")
+	return cmd
+}
+
+func newKillCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "kill JOB",
+		Short: "Kill a job's processes (its checkpoints remain)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			j, err := c.KillJob(context.Background(), &pb.KillJobRequest{Job: args[0]})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newDumpJobCmd(g *globals) *cobra.Command {
+	var leaveRunning bool
+	cmd := &cobra.Command{
+		Use:   "job JOB",
+		Short: "Checkpoint a managed job now (through the daemon)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ck, err := c.DumpJob(context.Background(), &pb.DumpJobRequest{Job: args[0], LeaveRunning: leaveRunning})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProto(ck)
+			}
+			fmt.Println(ck.GetPath())
+			fmt.Fprintf(os.Stderr, "Checkpoint %s of job %s: %s in %.3fs.\n", ck.GetId(), args[0], humanBytes(ck.GetSize()), ck.GetDumpSeconds())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&leaveRunning, "leave-running", false, "keep the job running after the checkpoint")
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newRestoreJobCmd(g *globals) *cobra.Command {
+	var ckpt string
+	cmd := &cobra.Command{
+		Use:   "job JOB",
+		Short: "Restore a managed job from its latest checkpoint (or --checkpoint ID)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			j, err := c.RestoreJob(context.Background(), &pb.RestoreJobRequest{Job: args[0], CheckpointId: ckpt})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	cmd.Flags().StringVar(&ckpt, "checkpoint", "", "checkpoint ID (default: the latest complete one)")
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newCheckpointsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "checkpoints [JOB]",
+		Short: "List checkpoints, newest first (of one job, or all)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			job := ""
+			if len(args) == 1 {
+				job = args[0]
+			}
+			resp, err := c.ListCheckpoints(context.Background(), &pb.ListCheckpointsRequest{Job: job})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProtoList(resp.GetCheckpoints())
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tJOB\tSTATE\tCREATED\tSIZE\tDUMP\tPATH")
+			for _, ck := range resp.GetCheckpoints() {
+				path := ck.GetPath()
+				if ck.GetError() != "" {
+					path = "error: " + truncate(ck.GetError(), 60)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2fs\t%s\n", ck.GetId(), ck.GetJobId(), ck.GetState(),
+					time.UnixMilli(ck.GetCreatedUnixMs()).Format(time.DateTime), humanBytes(ck.GetSize()), ck.GetDumpSeconds(), path)
+			}
+			return tw.Flush()
+		},
+	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+func newCheckpointCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "checkpoint", Short: "Manage one checkpoint"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rm ID",
+		Short: "Delete a checkpoint and its archive",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			if _, err := c.DeleteCheckpoint(context.Background(), &pb.DeleteCheckpointRequest{Id: args[0]}); err != nil {
+				return g.rpcError(err)
+			}
+			fmt.Fprintf(os.Stderr, "Deleted checkpoint %s.\n", args[0])
+			return nil
+		},
+	})
+	return cmd
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "events JOB",
+		Short: "Show a job's history: starts, checkpoints, deaths, restores",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := c.ListEvents(context.Background(), &pb.ListEventsRequest{Job: args[0]})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProtoList(resp.GetEvents())
+			}
+			for _, e := range resp.GetEvents() {
+				fmt.Printf("%s  %-16s %s\n", time.UnixMilli(e.GetUnixMs()).Format("2006-01-02 15:04:05.000"), e.GetType(), e.GetMessage())
+			}
+			return nil
+		},
+	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+// printJob prints a job as one line, or as JSON with -o json.
+func (g *globals) printJob(j *pb.Job) error {
+	if g.output == "json" {
+		return printProto(j)
+	}
+	fmt.Printf("%s\t%s\t%s\tpid %d\n", j.GetId(), j.GetName(), j.GetState(), j.GetPid())
+	return nil
+}
+
+var jsonOpts = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+func printProto(m proto.Message) error {
+	b, err := jsonOpts.Marshal(m)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+func printProtoList[T proto.Message](items []T) error {
+	parts := make([]string, 0, len(items))
+	for _, it := range items {
+		b, err := jsonOpts.Marshal(it)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, string(b))
+	}
+	fmt.Printf("[%s]\n", strings.Join(parts, ",\n"))
+	return nil
+}

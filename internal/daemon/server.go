@@ -1,0 +1,191 @@
+// Package daemon runs Cedana's long-running service: the gRPC API on a
+// unix socket (and optionally on TCP, with a token or TLS client
+// certificates), the standard gRPC health service, Prometheus metrics, and
+// the job manager behind them.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	pb "github.com/cedana/cedana/api/cedana/v1"
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/config"
+	"github.com/cedana/cedana/internal/jobs"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// Options configure a daemon.
+type Options struct {
+	// Config is the loaded configuration (its Daemon section above all).
+	Config config.Config
+	// Engine is the checkpoint engine shared with the standalone client.
+	Engine *checkpoint.Service
+	// Log receives structured logs.
+	Log *slog.Logger
+	// Ready, if set, is called once every listener is up.
+	Ready func()
+}
+
+// Run runs the daemon until ctx is done or a signal arrives. SIGTERM
+// drains first (checkpoints and stops every running job) when
+// daemon.drain_on_sigterm is set; SIGINT stops the daemon and leaves jobs
+// running, to be adopted again by the next daemon.
+func Run(ctx context.Context, o Options) error {
+	d := o.Config.Daemon
+	log := o.Log
+	if err := os.MkdirAll(d.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(d.StateDir, "cedana.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ckptDir := d.CheckpointDir
+	if ckptDir == "" {
+		ckptDir = filepath.Join(d.StateDir, "checkpoints")
+	}
+	p := o.Config.Policy
+	mgr := jobs.New(jobs.Config{
+		CheckpointDir: ckptDir,
+		LogDir:        filepath.Join(d.StateDir, "logs"),
+		DefaultPolicy: store.Policy{CheckpointEvery: p.CheckpointEvery.Duration, Keep: p.Keep, KeepBytes: p.KeepBytes,
+			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores},
+		MaxRestores:    p.MaxRestores,
+		RestoreBackoff: d.RestoreBackoff.Duration,
+	}, st, o.Engine, log, jobs.NewMetrics(reg, st))
+	defer mgr.Close()
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("recover jobs: %w", err)
+	}
+
+	svc := &service{m: mgr}
+	hs := health.NewServer()
+	unixSrv := grpc.NewServer()
+	pb.RegisterCedanaServer(unixSrv, svc)
+	healthpb.RegisterHealthServer(unixSrv, hs)
+	ul, err := listenUnix(d.Socket, d.SocketGroup)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.Socket)
+	errc := make(chan error, 3)
+	go func() { errc <- unixSrv.Serve(ul) }()
+	defer unixSrv.Stop()
+
+	if d.TCPAddr != "" {
+		tcpSrv, tl, err := listenTCP(d)
+		if err != nil {
+			return err
+		}
+		pb.RegisterCedanaServer(tcpSrv, svc)
+		healthpb.RegisterHealthServer(tcpSrv, hs)
+		go func() { errc <- tcpSrv.Serve(tl) }()
+		defer tcpSrv.Stop()
+		log.Info("serving the API on TCP", "addr", tl.Addr().String())
+	}
+	if d.MetricsAddr != "" {
+		ml, err := net.Listen("tcp", d.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener %s: %w", d.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { errc <- hsrv.Serve(ml) }()
+		defer hsrv.Close()
+		log.Info("serving metrics", "addr", ml.Addr().String())
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	log.Info("cedana daemon ready", "socket", d.Socket, "state_dir", d.StateDir, "pid", os.Getpid())
+	if o.Ready != nil {
+		o.Ready()
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case sig := <-sigs:
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		if sig == syscall.SIGTERM && d.DrainOnSIGTERM {
+			log.Info("SIGTERM: checkpointing every running job before exit", "grace", d.ShutdownGrace.Duration)
+			dctx, cancel := context.WithTimeout(context.Background(), d.ShutdownGrace.Duration)
+			cks, errs := mgr.Drain(dctx)
+			cancel()
+			log.Info("drained", "checkpoints", len(cks), "errors", len(errs))
+			for _, e := range errs {
+				log.Error("drain", "err", e)
+			}
+		} else {
+			log.Info("stopping; jobs keep running and will be adopted by the next daemon", "signal", sig.String())
+		}
+	}
+	return nil
+}
+
+// listenUnix listens on a unix socket readable only by root, or by root
+// and group when one is configured. A stale socket from a dead daemon is
+// replaced; a live one is an error.
+func listenUnix(path, group string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another cedana daemon is already listening on %s", path)
+	}
+	_ = os.Remove(path)
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	mode := os.FileMode(0o600)
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("daemon.socket_group: %w", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(path, 0, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("chown %s: %w", path, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}

@@ -1,0 +1,240 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/cedana/cedana/api/cedana/v1"
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/jobs"
+	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// service implements the gRPC API over a jobs.Manager. It converts
+// requests and replies and, in toStatus, errors; it holds no logic.
+type service struct {
+	pb.UnimplementedCedanaServer
+	m *jobs.Manager
+}
+
+var _ pb.CedanaServer = (*service)(nil)
+
+func (s *service) Run(ctx context.Context, r *pb.RunRequest) (*pb.Job, error) {
+	j, err := s.m.Run(ctx, jobs.RunSpec{Name: r.GetName(), Cmd: r.GetCmd(), Dir: r.GetDir(), Env: r.GetEnv(),
+		Policy: policyFromPB(r.GetPolicy()), PIDNamespace: r.GetPidNamespace()})
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) Manage(ctx context.Context, r *pb.ManageRequest) (*pb.Job, error) {
+	j, err := s.m.Manage(ctx, int(r.GetPid()), r.GetName(), policyFromPB(r.GetPolicy()))
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	js, err := s.m.List(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListJobsResponse{Jobs: make([]*pb.Job, 0, len(js))}
+	for _, j := range js {
+		out.Jobs = append(out.Jobs, jobToPB(j))
+	}
+	return out, nil
+}
+
+func (s *service) GetJob(ctx context.Context, r *pb.GetJobRequest) (*pb.Job, error) {
+	j, err := s.m.Get(ctx, r.GetJob())
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) DumpJob(ctx context.Context, r *pb.DumpJobRequest) (*pb.Checkpoint, error) {
+	c, err := s.m.Dump(ctx, r.GetJob(), r.GetLeaveRunning())
+	return checkpointToPB(c), toStatus(err)
+}
+
+func (s *service) RestoreJob(ctx context.Context, r *pb.RestoreJobRequest) (*pb.Job, error) {
+	j, err := s.m.Restore(ctx, r.GetJob(), r.GetCheckpointId())
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) KillJob(ctx context.Context, r *pb.KillJobRequest) (*pb.Job, error) {
+	j, err := s.m.Kill(ctx, r.GetJob())
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) UpdatePolicy(ctx context.Context, r *pb.UpdatePolicyRequest) (*pb.Job, error) {
+	j, err := s.m.UpdatePolicy(ctx, r.GetJob(), policyFromPB(r.GetPolicy()))
+	return jobToPB(j), toStatus(err)
+}
+
+func (s *service) ListCheckpoints(ctx context.Context, r *pb.ListCheckpointsRequest) (*pb.ListCheckpointsResponse, error) {
+	cs, err := s.m.Checkpoints(ctx, r.GetJob())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListCheckpointsResponse{Checkpoints: make([]*pb.Checkpoint, 0, len(cs))}
+	for _, c := range cs {
+		out.Checkpoints = append(out.Checkpoints, checkpointToPB(c))
+	}
+	return out, nil
+}
+
+func (s *service) DeleteCheckpoint(ctx context.Context, r *pb.DeleteCheckpointRequest) (*pb.DeleteCheckpointResponse, error) {
+	return &pb.DeleteCheckpointResponse{}, toStatus(s.m.DeleteCheckpoint(ctx, r.GetId()))
+}
+
+func (s *service) ListEvents(ctx context.Context, r *pb.ListEventsRequest) (*pb.ListEventsResponse, error) {
+	es, err := s.m.Events(ctx, r.GetJob(), r.GetAfterSeq(), int(r.GetLimit()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListEventsResponse{Events: make([]*pb.Event, 0, len(es))}
+	for _, e := range es {
+		out.Events = append(out.Events, &pb.Event{JobId: e.JobID, Seq: e.Seq, UnixMs: e.Time.UnixMilli(), Type: e.Type, Message: e.Message})
+	}
+	return out, nil
+}
+
+// Logs streams a job's log file. The file keeps its path across
+// restores (the restored process reopens it), so following it follows the
+// job.
+func (s *service) Logs(r *pb.LogsRequest, stream pb.Cedana_LogsServer) error {
+	ctx := stream.Context()
+	j, err := s.m.Get(ctx, r.GetJob())
+	if err != nil {
+		return toStatus(err)
+	}
+	if j.LogPath == "" {
+		return toStatus(jobs.ErrNoLog)
+	}
+	f, err := os.Open(j.LogPath)
+	if err != nil {
+		return toStatus(err)
+	}
+	defer f.Close()
+	if t := r.GetTailBytes(); t > 0 {
+		if st, err := f.Stat(); err == nil && st.Size() > t {
+			_, _ = f.Seek(st.Size()-t, io.SeekStart)
+		}
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if err := stream.Send(&pb.LogChunk{Data: append([]byte(nil), buf[:n]...)}); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return toStatus(err)
+		}
+		if !r.GetFollow() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (s *service) Drain(ctx context.Context, _ *pb.DrainRequest) (*pb.DrainResponse, error) {
+	cks, errs := s.m.Drain(ctx)
+	out := &pb.DrainResponse{}
+	for _, c := range cks {
+		out.Checkpoints = append(out.Checkpoints, checkpointToPB(c))
+	}
+	for _, e := range errs {
+		out.Errors = append(out.Errors, e.Error())
+	}
+	return out, nil
+}
+
+// toStatus converts an error to a gRPC status: the only place where that
+// happens.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var ce *criu.Error
+	code := codes.Internal
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoLog), errors.Is(err, os.ErrNotExist):
+		code = codes.NotFound
+	case errors.Is(err, store.ErrExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, jobs.ErrIllegalTransition), errors.Is(err, jobs.ErrNoCheckpoint), errors.As(err, &ce):
+		code = codes.FailedPrecondition
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, checkpoint.ErrInvalidInput), errors.Is(err, proc.ErrNoProcess):
+		code = codes.InvalidArgument
+	case errors.Is(err, checkpoint.ErrPIDBusy):
+		code = codes.Unavailable
+	case errors.Is(err, archive.ErrCorrupt), errors.Is(err, archive.ErrUnsafeEntry), errors.Is(err, archive.ErrNotArchive),
+		errors.Is(err, archive.ErrUnsupportedVersion), errors.Is(err, archive.ErrTooLarge):
+		code = codes.DataLoss
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Error(code, err.Error())
+}
+
+func policyFromPB(p *pb.Policy) store.Policy {
+	if p == nil {
+		return store.Policy{}
+	}
+	return store.Policy{
+		CheckpointEvery: time.Duration(p.GetCheckpointEveryMs()) * time.Millisecond,
+		Keep:            int(p.GetKeep()), KeepBytes: p.GetKeepBytes(),
+		RestoreOnFailure: p.GetRestoreOnFailure(), MaxRestores: int(p.GetMaxRestores()),
+	}
+}
+
+func policyToPB(p store.Policy) *pb.Policy {
+	return &pb.Policy{CheckpointEveryMs: p.CheckpointEvery.Milliseconds(), Keep: int32(p.Keep), KeepBytes: p.KeepBytes,
+		RestoreOnFailure: p.RestoreOnFailure, MaxRestores: int32(p.MaxRestores)}
+}
+
+func jobToPB(j *store.Job) *pb.Job {
+	if j == nil {
+		return nil
+	}
+	out := &pb.Job{Id: j.ID, Name: j.Name, State: j.State, Pid: int32(j.PID), Cmd: j.Cmd, LogPath: j.LogPath,
+		Adopted: j.Adopted, Policy: policyToPB(j.Policy), Restores: int32(j.Restores), Error: j.Error,
+		LastCheckpointId: j.LastCheckpointID, CreatedUnixMs: j.CreatedAt.UnixMilli()}
+	if !j.LastCheckpointAt.IsZero() {
+		out.LastCheckpointUnixMs = j.LastCheckpointAt.UnixMilli()
+	}
+	if j.ExitCode != nil {
+		out.HasExitCode, out.ExitCode = true, int32(*j.ExitCode)
+	}
+	if jobs.State(j.State) == jobs.Running {
+		if u, ok := proc.Usage(j.PID, j.StartTime); ok {
+			out.RssBytes, out.CpuPercent, out.StartedUnixMs = u.RSS, u.CPUPercent, u.Started.UnixMilli()
+		}
+	}
+	return out
+}
+
+func checkpointToPB(c *store.Checkpoint) *pb.Checkpoint {
+	if c == nil {
+		return nil
+	}
+	return &pb.Checkpoint{Id: c.ID, JobId: c.JobID, Path: c.Path, State: c.State, Size: c.Size,
+		CreatedUnixMs: c.CreatedAt.UnixMilli(), DumpSeconds: c.DumpSeconds, Error: c.Error}
+}

@@ -1,0 +1,245 @@
+// Package jobs is the daemon's job manager: it runs or adopts process
+// trees as jobs, checkpoints and restores them through the same engine as
+// the standalone client (internal/checkpoint), applies their policies
+// (periodic checkpoints, retention, restore on failure), and keeps the
+// catalogue in the state store.
+//
+// Every lifecycle change goes through the store in one transaction that
+// first checks the transition (see State), so two operations can never
+// both start on the same job, and a daemon killed at any moment finds a
+// consistent catalogue when it starts again (see Manager.Start).
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// Errors callers branch on.
+var (
+	// ErrNoCheckpoint means a restore found no complete checkpoint.
+	ErrNoCheckpoint = errors.New("no complete checkpoint")
+	// ErrNoLog means the job has no log (it was adopted, not started).
+	ErrNoLog = errors.New("job has no log")
+)
+
+// Config holds the manager's settings.
+type Config struct {
+	// CheckpointDir holds archives, one subdirectory per job.
+	CheckpointDir string
+	// LogDir holds jobs' stdout/stderr logs.
+	LogDir string
+	// DefaultPolicy applies to jobs whose request sets no policy field.
+	DefaultPolicy store.Policy
+	// MaxRestores is the default limit of automatic restores.
+	MaxRestores int
+	// RestoreBackoff is the delay before the first automatic restore; it
+	// doubles with each further one, up to 30 s.
+	RestoreBackoff time.Duration
+}
+
+// Manager runs jobs. It is safe for concurrent use.
+type Manager struct {
+	cfg     Config
+	store   store.Store
+	engine  *checkpoint.Service
+	log     *slog.Logger
+	metrics *Metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	live map[string]*supervisor // by job ID
+}
+
+// New returns a Manager. metrics may be nil.
+func New(cfg Config, st store.Store, engine *checkpoint.Service, log *slog.Logger, metrics *Metrics) *Manager {
+	if cfg.MaxRestores <= 0 {
+		cfg.MaxRestores = 3
+	}
+	if cfg.RestoreBackoff <= 0 {
+		cfg.RestoreBackoff = time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{cfg: cfg, store: st, engine: engine, log: log, metrics: metrics,
+		ctx: ctx, cancel: cancel, live: map[string]*supervisor{}}
+}
+
+// Close stops supervising jobs. The jobs themselves keep running; a new
+// daemon adopts them again on Start.
+func (m *Manager) Close() {
+	m.cancel()
+	m.mu.Lock()
+	for _, s := range m.live {
+		s.stop()
+	}
+	m.live = map[string]*supervisor{}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+// Get returns a job by ID or name.
+func (m *Manager) Get(ctx context.Context, ref string) (*store.Job, error) {
+	return m.store.GetJob(ctx, ref)
+}
+
+// List returns every job, oldest first.
+func (m *Manager) List(ctx context.Context) ([]*store.Job, error) {
+	return m.store.ListJobs(ctx)
+}
+
+// Events returns a job's events after seq.
+func (m *Manager) Events(ctx context.Context, ref string, after uint64, limit int) ([]store.Event, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return m.store.ListEvents(ctx, j.ID, after, limit)
+}
+
+// Checkpoints returns a job's checkpoints (all jobs' when ref is ""),
+// newest first.
+func (m *Manager) Checkpoints(ctx context.Context, ref string) ([]*store.Checkpoint, error) {
+	if ref == "" {
+		return m.store.ListCheckpoints(ctx, "")
+	}
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return m.store.ListCheckpoints(ctx, j.ID)
+}
+
+// DeleteCheckpoint removes a checkpoint's archive and record.
+func (m *Manager) DeleteCheckpoint(ctx context.Context, id string) error {
+	c, err := m.store.GetCheckpoint(ctx, id)
+	if err != nil {
+		return err
+	}
+	if c.State == store.CheckpointPending {
+		return fmt.Errorf("%w: checkpoint %s is being written", ErrIllegalTransition, id)
+	}
+	if err := removeArchive(c.Path); err != nil {
+		return err
+	}
+	if err := m.store.DeleteCheckpoint(ctx, id); err != nil {
+		return err
+	}
+	_, _ = m.store.UpdateJob(ctx, c.JobID, func(j *store.Job) error {
+		if j.LastCheckpointID == id {
+			j.LastCheckpointID, j.LastCheckpointAt = "", time.Time{}
+		}
+		return nil
+	})
+	m.event(c.JobID, "checkpoint-deleted", "checkpoint %s deleted", id)
+	return nil
+}
+
+// UpdatePolicy replaces a job's policy and applies it at once.
+func (m *Manager) UpdatePolicy(ctx context.Context, ref string, p store.Policy) (*store.Job, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	j, err = m.store.UpdateJob(ctx, j.ID, func(j *store.Job) error { j.Policy = p; return nil })
+	if err != nil {
+		return nil, err
+	}
+	m.event(j.ID, "policy", "policy changed: %s", describePolicy(p))
+	if State(j.State).alive() {
+		m.supervise(j, false)
+	}
+	return j, nil
+}
+
+// event records an event, logging (not failing) if the store refuses.
+func (m *Manager) event(jobID, typ, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if _, err := m.store.AddEvent(context.Background(), store.Event{JobID: jobID, Type: typ, Message: msg}); err != nil {
+		m.log.Warn("record event", "job", jobID, "type", typ, "err", err)
+	}
+	m.log.Info(msg, "job", jobID, "event", typ)
+}
+
+// setState moves a job to a new state after checking the transition.
+func (m *Manager) transition(ctx context.Context, id, op string, to State, also func(*store.Job)) (*store.Job, error) {
+	return m.store.UpdateJob(ctx, id, func(j *store.Job) error {
+		if err := check(op, State(j.State), j.Name); err != nil {
+			return err
+		}
+		j.State = string(to)
+		if also != nil {
+			also(j)
+		}
+		return nil
+	})
+}
+
+// jobDir is where a job's archives go.
+func (m *Manager) jobDir(id string) string { return filepath.Join(m.cfg.CheckpointDir, id) }
+
+func removeArchive(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+func describePolicy(p store.Policy) string {
+	s := "no periodic checkpoints"
+	if p.CheckpointEvery > 0 {
+		s = "checkpoint every " + p.CheckpointEvery.String()
+	}
+	if p.Keep > 0 {
+		s += fmt.Sprintf(", keep %d", p.Keep)
+	}
+	if p.KeepBytes > 0 {
+		s += fmt.Sprintf(", keep at most %d bytes", p.KeepBytes)
+	}
+	if p.RestoreOnFailure {
+		s += fmt.Sprintf(", restore on failure (up to %d times)", p.MaxRestores)
+	}
+	return s
+}
+
+// identity returns a process's start time, or an error if it is gone.
+func identity(pid int) (uint64, error) {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return 0, fmt.Errorf("%w: PID %d has exited", proc.ErrNoProcess, pid)
+	}
+	return st.StartTime, nil
+}
+
+// sameProcess reports whether pid is still the process that started at st.
+func sameProcess(pid int, st uint64) bool {
+	got, err := identity(pid)
+	return err == nil && got == st
+}
+
+// sortNewestFirst orders checkpoints newest first.
+func sortNewestFirst(cs []*store.Checkpoint) {
+	sort.SliceStable(cs, func(i, k int) bool { return cs[i].CreatedAt.After(cs[k].CreatedAt) })
+}

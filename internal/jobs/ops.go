@@ -1,0 +1,241 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// Dump checkpoints a job now. With leaveRunning the job goes on running
+// (periodic checkpoints); without, it is stopped once the archive is on
+// disk and becomes checkpointed.
+func (m *Manager) Dump(ctx context.Context, ref string, leaveRunning bool) (*store.Checkpoint, error) {
+	return m.dump(ctx, ref, leaveRunning, "requested")
+}
+
+func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why string) (*store.Checkpoint, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	j, err = m.transition(ctx, j.ID, "dump", Dumping, nil)
+	if err != nil {
+		return nil, err
+	}
+	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointPending}
+	if err := m.store.PutCheckpoint(ctx, ck); err != nil {
+		m.setState(j.ID, Running, "")
+		return nil, err
+	}
+	start := time.Now()
+	res, derr := m.engine.Dump(ctx, checkpoint.DumpRequest{
+		PID: j.PID, Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning,
+		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+	})
+	elapsed := time.Since(start)
+	if derr != nil {
+		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
+		_ = m.store.PutCheckpoint(context.Background(), ck)
+		m.setState(j.ID, Running, "")
+		m.metrics.dumpFailed()
+		m.event(j.ID, "dump-failed", "%s checkpoint failed (the job kept running): %v", why, derr)
+		m.afterLeaveRunning(j) // the process may have died during the attempt
+		return nil, derr
+	}
+	ck.State, ck.Path, ck.Size = store.CheckpointComplete, res.Path, res.Size
+	ck.CompletedAt, ck.DumpSeconds = time.Now().UTC(), elapsed.Seconds()
+	if err := m.store.PutCheckpoint(context.Background(), ck); err != nil {
+		return nil, err
+	}
+	next := Checkpointed
+	if leaveRunning {
+		next = Running
+	}
+	j, err = m.store.UpdateJob(context.Background(), j.ID, func(j *store.Job) error {
+		j.State = string(next)
+		j.LastCheckpointID, j.LastCheckpointAt = ck.ID, ck.CompletedAt
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.metrics.dumped(elapsed, res)
+	m.event(j.ID, "checkpointed", "%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	if !leaveRunning {
+		m.unsupervise(j.ID)
+	} else {
+		m.afterLeaveRunning(j)
+	}
+	m.prune(j)
+	return ck, nil
+}
+
+// afterLeaveRunning notices a job that died while a dump held it, when the
+// supervisor had to ignore the exit.
+func (m *Manager) afterLeaveRunning(j *store.Job) {
+	if !sameProcess(j.PID, j.StartTime) {
+		m.died(j.ID, j.PID, j.StartTime, exitStatus{known: false})
+	}
+}
+
+// setState forces a state (used to undo an operation that failed).
+func (m *Manager) setState(id string, s State, errMsg string) {
+	_, err := m.store.UpdateJob(context.Background(), id, func(j *store.Job) error {
+		j.State, j.Error = string(s), errMsg
+		return nil
+	})
+	if err != nil {
+		m.log.Error("update job state", "job", id, "state", s, "err", err)
+	}
+}
+
+// Restore restores a job from a checkpoint: ckptID, or the newest
+// complete one.
+func (m *Manager) Restore(ctx context.Context, ref, ckptID string) (*store.Job, error) {
+	return m.restore(ctx, ref, ckptID, false)
+}
+
+func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*store.Job, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := m.pickCheckpoint(ctx, j, ckptID)
+	if err != nil {
+		return nil, err
+	}
+	j, err = m.transition(ctx, j.ID, "restore", Restoring, func(j *store.Job) {
+		if auto {
+			j.Restores++
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res, rerr := m.engine.Restore(ctx, checkpoint.RestoreRequest{
+		Path:    ck.Path,
+		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+	})
+	if rerr != nil {
+		m.setState(j.ID, Failed, "restore failed: "+rerr.Error())
+		m.metrics.restoreFailed()
+		m.event(j.ID, "restore-failed", "restore from %s failed: %v", ck.ID, rerr)
+		return nil, rerr
+	}
+	st, _ := identity(res.PID)
+	j, err = m.store.UpdateJob(context.Background(), j.ID, func(j *store.Job) error {
+		j.State, j.PID, j.StartTime, j.Error, j.ExitCode = string(Running), res.PID, st, "", nil
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.metrics.restored(time.Since(start))
+	kind := "restored"
+	if auto {
+		kind = "auto-restored"
+	}
+	m.event(j.ID, kind, "%s from checkpoint %s as PID %d in %s", kind, ck.ID, res.PID, time.Since(start).Round(time.Millisecond))
+	m.supervise(j, true)
+	return j, nil
+}
+
+// pickCheckpoint returns the requested checkpoint or the newest complete.
+func (m *Manager) pickCheckpoint(ctx context.Context, j *store.Job, id string) (*store.Checkpoint, error) {
+	if id != "" {
+		c, err := m.store.GetCheckpoint(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if c.JobID != j.ID {
+			return nil, fmt.Errorf("%w: checkpoint %s belongs to another job", store.ErrInvalid, id)
+		}
+		if c.State != store.CheckpointComplete {
+			return nil, fmt.Errorf("%w: checkpoint %s is %s", ErrNoCheckpoint, id, c.State)
+		}
+		return c, nil
+	}
+	cs, err := m.store.ListCheckpoints(ctx, j.ID)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cs {
+		if c.State == store.CheckpointComplete {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: job %s has no complete checkpoint to restore from", ErrNoCheckpoint, j.Name)
+}
+
+// prune applies the job's retention policy: keep the newest Keep complete
+// checkpoints within KeepBytes (the newest is always kept), and the newest
+// few failed records for diagnosis.
+func (m *Manager) prune(j *store.Job) {
+	p := j.Policy
+	cs, err := m.store.ListCheckpoints(context.Background(), j.ID)
+	if err != nil {
+		return
+	}
+	sortNewestFirst(cs)
+	var kept, failed int
+	var bytes int64
+	for _, c := range cs {
+		drop := false
+		switch c.State {
+		case store.CheckpointComplete:
+			over := (p.Keep > 0 && kept >= p.Keep) || (p.KeepBytes > 0 && kept > 0 && bytes+c.Size > p.KeepBytes)
+			if over {
+				drop = true
+			} else {
+				kept++
+				bytes += c.Size
+			}
+		case store.CheckpointFailed:
+			failed++
+			drop = failed > 5
+		}
+		if !drop {
+			continue
+		}
+		if err := removeArchive(c.Path); err != nil {
+			m.log.Warn("prune checkpoint", "job", j.ID, "checkpoint", c.ID, "err", err)
+			continue
+		}
+		if err := m.store.DeleteCheckpoint(context.Background(), c.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			m.log.Warn("prune checkpoint record", "job", j.ID, "checkpoint", c.ID, "err", err)
+			continue
+		}
+		m.metrics.pruned()
+		m.event(j.ID, "pruned", "removed checkpoint %s (retention policy)", c.ID)
+	}
+}
+
+// Drain checkpoints every running job and stops it: what to do before the
+// machine goes away (preemption, maintenance).
+func (m *Manager) Drain(ctx context.Context) ([]*store.Checkpoint, []error) {
+	jobs, err := m.store.ListJobs(ctx)
+	if err != nil {
+		return nil, []error{err}
+	}
+	var (
+		cks  []*store.Checkpoint
+		errs []error
+	)
+	for _, j := range jobs {
+		if State(j.State) != Running {
+			continue
+		}
+		ck, err := m.dump(ctx, j.ID, false, "drain")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("job %s: %w", j.Name, err))
+			continue
+		}
+		cks = append(cks, ck)
+	}
+	return cks, errs
+}

@@ -1,0 +1,226 @@
+package jobs
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cedana/cedana/internal/store"
+)
+
+// supervisor is the runtime side of one live job: the goroutine that
+// waits for its process to end and, with a periodic policy, the one that
+// checkpoints it.
+type supervisor struct {
+	cancel context.CancelFunc
+}
+
+func (s *supervisor) stop() { s.cancel() }
+
+// supervise starts watching j's process (replacing any earlier watch) and
+// its periodic checkpoints. child says whether the process is a child of
+// this daemon (started or restored by it), so that its exit status can be
+// collected.
+func (m *Manager) supervise(j *store.Job, child bool) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	m.mu.Lock()
+	if old := m.live[j.ID]; old != nil {
+		old.stop()
+	}
+	m.live[j.ID] = &supervisor{cancel: cancel}
+	m.mu.Unlock()
+
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.watch(ctx, j.ID, j.PID, j.StartTime, child)
+	}()
+	if every := j.Policy.CheckpointEvery; every > 0 {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.tick(ctx, j.ID, every)
+		}()
+	}
+}
+
+// unsupervise stops watching a job (killed, or checkpointed and stopped).
+func (m *Manager) unsupervise(id string) {
+	m.mu.Lock()
+	if s := m.live[id]; s != nil {
+		s.stop()
+		delete(m.live, id)
+	}
+	m.mu.Unlock()
+}
+
+// exitStatus is how a process ended, when that is known: only a parent
+// can collect it, so it is unknown for adopted processes and for jobs of
+// an earlier daemon.
+type exitStatus struct {
+	known    bool
+	code     int // exit code, or the signal number when signaled
+	signaled bool
+}
+
+func (s exitStatus) String() string {
+	switch {
+	case !s.known:
+		return "died (exit status unknown: not a child of this daemon)"
+	case s.signaled:
+		return fmt.Sprintf("killed by signal %d (%s)", s.code, unix.SignalName(unix.Signal(s.code)))
+	default:
+		return fmt.Sprintf("exited with status %d", s.code)
+	}
+}
+
+// watch waits, without polling, for the process to end: a pidfd becomes
+// readable when its process exits, and Go's netpoller waits for that.
+func (m *Manager) watch(ctx context.Context, id string, pid int, st uint64, child bool) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		m.died(id, pid, st, exitStatus{})
+		return
+	}
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
+	defer f.Close()
+	go func() {
+		<-ctx.Done()
+		_ = f.Close() // unblocks the wait below
+	}()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	var status exitStatus
+	err = rc.Read(func(fd uintptr) bool {
+		if child {
+			s, done, err := reap(int(fd))
+			if err == nil && done {
+				status = s
+				return true
+			}
+			if errors.Is(err, unix.ECHILD) {
+				child = false // reparented; fall back to readiness
+			}
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(fds, 0)
+		return n > 0
+	})
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil && !status.known {
+		m.log.Warn("watch job", "job", id, "pid", pid, "err", err)
+	}
+	m.died(id, pid, st, status)
+}
+
+// reap collects the exit status of a child through its pidfd, without
+// blocking. done is false while the child runs.
+func reap(pidfd int) (exitStatus, bool, error) {
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PIDFD, pidfd, &info, unix.WEXITED|unix.WNOHANG, nil); err != nil {
+		return exitStatus{}, false, err
+	}
+	// siginfo_t for SIGCHLD: si_pid at byte 16, si_status at byte 24.
+	raw := (*[128]byte)(unsafe.Pointer(&info))
+	if binary.NativeEndian.Uint32(raw[16:20]) == 0 {
+		return exitStatus{}, false, nil // still running
+	}
+	status := int(int32(binary.NativeEndian.Uint32(raw[24:28])))
+	const cldExited = 1
+	return exitStatus{known: true, code: status, signaled: info.Code != cldExited}, true, nil
+}
+
+// died records that a job's process ended on its own and, if the policy
+// says so, restores it from its newest checkpoint.
+func (m *Manager) died(id string, pid int, st uint64, status exitStatus) {
+	var restore bool
+	_, err := m.store.UpdateJob(context.Background(), id, func(j *store.Job) error {
+		if j.PID != pid || j.StartTime != st || State(j.State) != Running {
+			return errStale // expected (a dump or a kill ended it) or old news
+		}
+		if status.known && !status.signaled && status.code == 0 {
+			j.State, j.Error = string(Exited), ""
+		} else {
+			j.State, j.Error = string(Failed), status.String()
+			restore = j.Policy.RestoreOnFailure
+		}
+		if status.known && !status.signaled {
+			code := status.code
+			j.ExitCode = &code
+		}
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	m.unsupervise(id)
+	m.event(id, "died", "PID %d %s", pid, status)
+	if restore {
+		m.metrics.died()
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.autoRestore(id)
+		}()
+	}
+}
+
+// autoRestore restores a failed job from its newest checkpoint, with
+// exponential backoff, until it runs or the policy's limit is reached.
+func (m *Manager) autoRestore(id string) {
+	for {
+		j, err := m.store.GetJob(m.ctx, id)
+		if err != nil || State(j.State) != Failed {
+			return
+		}
+		if j.Restores >= j.Policy.MaxRestores {
+			m.event(id, "gave-up", "not restoring again: %d automatic restores already (max_restores)", j.Restores)
+			return
+		}
+		delay := m.cfg.RestoreBackoff << min(j.Restores, 5)
+		if delay > 30*time.Second {
+			delay = 30 * time.Second
+		}
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		_, err = m.restore(m.ctx, id, "", true)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, ErrNoCheckpoint) || errors.Is(err, ErrIllegalTransition) {
+			m.event(id, "gave-up", "cannot restore automatically: %v", err)
+			return
+		}
+	}
+}
+
+// tick takes periodic checkpoints of a running job.
+func (m *Manager) tick(ctx context.Context, id string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		j, err := m.store.GetJob(ctx, id)
+		if err != nil || State(j.State) != Running {
+			continue
+		}
+		_, _ = m.dump(ctx, id, true, "periodic") // failures are recorded as events
+	}
+}
