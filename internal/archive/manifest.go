@@ -51,6 +51,10 @@ type Manifest struct {
 	Host HostInfo `json:"host"`
 	// RootPID is the PID of the top of the dumped process tree.
 	RootPID int `json:"root_pid"`
+	// PIDNamespace is true when the tree had its own PID namespace (its
+	// root was the namespace's init): a restore creates a new namespace, so
+	// the PIDs above need not be free.
+	PIDNamespace bool `json:"pid_namespace,omitempty"`
 	// Processes is the dumped tree, root first, then in breadth-first order.
 	Processes []Process `json:"processes"`
 	// Options records the choices made for CRIU at dump time; restore

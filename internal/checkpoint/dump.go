@@ -132,19 +132,16 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return nil, fmt.Errorf("checkpoint of PID %d failed, the process is still running: %w", req.PID, err)
 	}
 	criuTime := time.Since(criuStart)
-	// From here on, a stopped tree must be killed or resumed. What CRIU
-	// dumped is the truth: the tree may have forked since the snapshot.
+	// From here on, a stopped tree must be killed or resumed. Describe it
+	// again now that it is frozen: it may have forked since the snapshot,
+	// and what is frozen is exactly what CRIU dumped.
 	frozen := copts.LeaveStopped
-	if tasks, terr := criu.DumpedTasks(imagesDir); terr == nil {
-		pids := make([]int, len(tasks))
-		for i, t := range tasks {
-			pids[i] = t.PID
+	if frozen {
+		if pids, terr := proc.Tree(req.PID); terr == nil {
+			if post, serr := snapshotOf(req.PID, pids); serr == nil {
+				snap = post
+			}
 		}
-		if post, serr := snapshotOf(req.PID, pids); serr == nil {
-			snap = post
-		}
-	} else {
-		s.log.Warn("cannot read the dumped tree; using the snapshot taken before the dump", "err", terr)
 	}
 
 	m := &archive.Manifest{
@@ -155,6 +152,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		CRIU:          archive.CRIUInfo{Version: criuVersion, VersionString: criu.FormatVersion(criuVersion)},
 		Host:          hostInfo(),
 		RootPID:       req.PID,
+		PIDNamespace:  ownPIDNamespace(req.PID),
 		Processes:     snap.processes,
 		Options: archive.DumpOptions{
 			TCPEstablished: copts.TCPEstablished, ShellJob: copts.ShellJob, ExtUnixSockets: copts.ExtUnixSockets,
@@ -338,4 +336,12 @@ func sumSizes(files []archive.FileSource) int64 {
 		n += f.Meta.Size
 	}
 	return n
+}
+
+// ownPIDNamespace reports whether pid lives in another PID namespace than
+// cedana: then its restore creates a new namespace and cannot clash with
+// PIDs in use here.
+func ownPIDNamespace(pid int) bool {
+	theirs, ours := proc.Link(pid, "ns/pid"), proc.Link(os.Getpid(), "ns/pid")
+	return theirs != "" && ours != "" && theirs != ours
 }

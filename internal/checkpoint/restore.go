@@ -92,8 +92,10 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if req.PIDWait > 0 {
 		wait = req.PIDWait
 	}
-	if err := waitPIDsFree(ctx, m.Processes, wait); err != nil {
-		return nil, err
+	if !m.PIDNamespace {
+		if err := waitPIDsFree(ctx, m.Processes, wait); err != nil {
+			return nil, err
+		}
 	}
 
 	logDir, err := s.logDir()
