@@ -21,9 +21,7 @@ func SanitizeName(name string) string {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
 			b.WriteRune(r)
 		case r == '.':
-			if b.Len() > 0 { // no leading dots: no hidden files, no ".."
-				b.WriteRune(r)
-			}
+			b.WriteRune(r)
 		default:
 			b.WriteRune('_')
 		}
@@ -31,7 +29,8 @@ func SanitizeName(name string) string {
 			break
 		}
 	}
-	s := strings.Trim(b.String(), "_")
+	// No leading dots (no hidden files, no ".."), no underscores at the ends.
+	s := strings.TrimRight(strings.TrimLeft(b.String(), "._"), "_")
 	if s == "" {
 		return "process"
 	}
