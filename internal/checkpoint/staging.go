@@ -3,11 +3,21 @@ package checkpoint
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
+
+	"github.com/cedana/cedana/internal/proc"
 )
 
 // shm is the tmpfs used for staging when it has room.
 const shm = "/dev/shm"
+
+// stagingPrefix names staging directories: ".cedana-staging-<owner PID>-<random>".
+// The owner's PID lets a later cedana remove what a crashed one left
+// behind (it holds process memory) without touching live operations.
+const stagingPrefix = ".cedana-staging-"
 
 // stagingDir creates a private directory for images. need is the expected
 // size of the images. It prefers the configured dir, then /dev/shm when it
@@ -24,11 +34,35 @@ func (s *Service) stagingDir(fallback string, need int64) (string, error) {
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
-	dir, err := os.MkdirTemp(parent, ".cedana-staging-")
+	removeStaleStaging(parent)
+	dir, err := os.MkdirTemp(parent, stagingPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
 	return dir, nil
+}
+
+// RemoveStaleStaging deletes staging directories left in the usual places
+// by cedana processes that no longer run (a crash, kill -9).
+func (s *Service) RemoveStaleStaging() {
+	for _, dir := range []string{s.set.StagingDir, shm} {
+		if dir != "" {
+			removeStaleStaging(dir)
+		}
+	}
+}
+
+func removeStaleStaging(parent string) {
+	matches, _ := filepath.Glob(filepath.Join(parent, stagingPrefix+"*"))
+	for _, m := range matches {
+		rest := strings.TrimPrefix(filepath.Base(m), stagingPrefix)
+		owner, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(owner)
+		if !ok || err != nil || pid <= 0 || proc.Alive(pid) {
+			continue // not ours to judge, or its owner still runs
+		}
+		_ = os.RemoveAll(m)
+	}
 }
 
 // need64 is the safety margin over an estimated size: 10% + 64 MiB.

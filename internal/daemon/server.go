@@ -77,6 +77,7 @@ func Run(ctx context.Context, o Options) error {
 		RestoreBackoff: d.RestoreBackoff.Duration,
 	}, st, o.Engine, log, jobs.NewMetrics(reg, st))
 	defer mgr.Close()
+	o.Engine.RemoveStaleStaging() // process memory a crashed daemon left behind
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("recover jobs: %w", err)
 	}
