@@ -77,3 +77,11 @@ func TestInetAddr(t *testing.T) {
 		t.Errorf("inetAddr = %q", got)
 	}
 }
+
+func FuzzParseStat(f *testing.F) {
+	f.Add("4242 (my (weird) name) S 1 4242 4242 34816 4242 4194560 1 0 0 0 5 6 0 0 20 0 1 0 123456 1000000 250 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0")
+	f.Add("1 () R")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = parseStat(s) // must not panic
+	})
+}
