@@ -29,7 +29,7 @@ echo "PID $pid counted to $(cat "$work/count")"
 
 say "cedana client dump -p $pid -d $work/dumps"
 archive=$("$BIN" client dump -p "$pid" -d "$work/dumps")
-wait "$pid" 2>/dev/null || true   # reap it so that its PID is free again
+{ wait "$pid"; } 2>/dev/null || true   # reap it so that its PID is free again
 before=$(cat "$work/count")
 echo "archive: $archive"
 echo "the job is gone; its count stopped at $before"
