@@ -224,6 +224,8 @@ func (s *Service) chooseOptions(req DumpRequest, snap *snapshot) (criu.DumpOptio
 	}
 	if req.NetworkLock != criu.NetworkLockAuto {
 		o.NetworkLock = req.NetworkLock
+	} else if !o.TCPEstablished {
+		o.NetworkLock = criu.NetworkLockSkip // nothing to lock
 	}
 	return o, reasons
 }

@@ -80,7 +80,13 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 			s.why = append(s.why, fmt.Sprintf("shell-job: PID %d's session (%d) or process group (%d) leader is outside the tree", p, st.SID, st.PGID))
 		}
 		fds, _ := proc.FDs(p)
-		socks := proc.Sockets(p)
+		var socks map[uint64]proc.Socket
+		for _, fd := range fds {
+			if fd.Type == "socket" {
+				socks = proc.Sockets(p)
+				break
+			}
+		}
 		for _, fd := range fds {
 			ap.Files = append(ap.Files, archive.OpenFile{FD: fd.Num, Path: fd.Path, Type: fd.Type, Flags: fd.Flags, Pos: fd.Pos})
 			switch fd.Type {

@@ -142,7 +142,7 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 		return nil, newError("dump", err, logPath)
 	}
 	res := &DumpResult{LogPath: logPath}
-	if s, err := stats.CriuGetDumpStats(imgDir); err == nil {
+	if s, err := stats.CriuGetDumpStats(logDir); err == nil {
 		res.Stats = &DumpStats{
 			FreezingTimeUS: s.GetFreezingTime(),
 			FrozenTimeUS:   s.GetFrozenTime(),

@@ -104,6 +104,9 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := check("restore", State(j.State), j.Name); err != nil {
+		return nil, err
+	}
 	ck, err := m.pickCheckpoint(ctx, j, ckptID)
 	if err != nil {
 		return nil, err

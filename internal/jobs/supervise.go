@@ -90,8 +90,25 @@ func (m *Manager) watch(ctx context.Context, id string, pid int, st uint64, chil
 	}
 	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
 	defer f.Close()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	isChild := child
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-stopped:
+			return
+		}
+		if isChild && m.ctx.Err() == nil {
+			// Unwatched (killed, dumped), but only we can reap our child:
+			// keep waiting until it exits, reporting nothing, so that its
+			// PID is freed for a restore.
+			select {
+			case <-m.ctx.Done():
+			case <-stopped:
+				return
+			}
+		}
 		_ = f.Close() // unblocks the wait below
 	}()
 	rc, err := f.SyscallConn()
