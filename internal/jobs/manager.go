@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -63,6 +64,10 @@ type Manager struct {
 
 	mu   sync.Mutex
 	live map[string]*supervisor // by job ID
+
+	// dumps bounds concurrent checkpoints: each freezes a job and keeps
+	// a core busy compressing; more at once only slows them all down.
+	dumps chan struct{}
 }
 
 // New returns a Manager. metrics may be nil.
@@ -78,7 +83,8 @@ func New(cfg Config, st store.Store, engine *checkpoint.Service, log *slog.Logge
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, store: st, engine: engine, log: log, metrics: metrics,
-		ctx: ctx, cancel: cancel, live: map[string]*supervisor{}}
+		ctx: ctx, cancel: cancel, live: map[string]*supervisor{},
+		dumps: make(chan struct{}, max(1, runtime.NumCPU()))}
 }
 
 // Close stops supervising jobs. The jobs themselves keep running; a new

@@ -31,6 +31,15 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		m.setState(j.ID, Running, "")
 		return nil, err
 	}
+	select { // wait for a slot; the job shows as dumping meanwhile
+	case m.dumps <- struct{}{}:
+	case <-ctx.Done():
+		m.setState(j.ID, Running, "")
+		ck.State, ck.Error = store.CheckpointFailed, "cancelled while waiting for another checkpoint to finish"
+		_ = m.store.PutCheckpoint(context.Background(), ck)
+		return nil, ctx.Err()
+	}
+	defer func() { <-m.dumps }()
 	start := time.Now()
 	res, derr := m.engine.Dump(ctx, checkpoint.DumpRequest{
 		PID: j.PID, Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning,

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"time"
 	"unsafe"
@@ -226,6 +227,13 @@ func (m *Manager) autoRestore(id string) {
 
 // tick takes periodic checkpoints of a running job.
 func (m *Manager) tick(ctx context.Context, id string, every time.Duration) {
+	// Spread the first tick over one period, so that jobs started together
+	// are not all frozen at the same moment.
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(rand.N(every)):
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
