@@ -4,7 +4,7 @@
 #   make test    install what is missing, build, vet, and run the whole test suite (real CRIU, as root)
 #   make build   build bin/cedana
 #   make setup   provision system dependencies (idempotent)
-#   make bench   benchmark cedana against raw criu (writes the figures to stdout; see docs/benchmarks.md)
+#   make bench   benchmark cedana against raw criu, docker/runc, and the daemon (see docs/benchmarks.md)
 #   make fuzz    run every fuzz target for FUZZTIME each
 
 GO       ?= go
@@ -48,6 +48,8 @@ demo: setup build
 
 bench: setup build
 	bash scripts/bench.sh
+	bash scripts/bench-containers.sh
+	bash scripts/bench-daemon.sh
 
 clean:
 	rm -rf bin

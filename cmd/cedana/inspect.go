@@ -62,6 +62,19 @@ func printManifest(path string, size int64, m *archive.Manifest, verified bool) 
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Created:   %s by cedana %s with CRIU %s\n", m.Created.Format(time.RFC3339), m.Cedana, m.CRIU.VersionString)
 	fmt.Fprintf(w, "Host:      %s (kernel %s, %s)\n", m.Host.Hostname, m.Host.Kernel, m.Host.Arch)
+	if c := m.Container; c != nil {
+		desc := fmt.Sprintf("%s container %s", c.Runtime, c.ID)
+		if c.Name != "" {
+			desc += " (" + c.Name + ")"
+		}
+		switch {
+		case c.Image != "":
+			desc += ", image " + c.Image
+		case c.Bundle != "":
+			desc += ", bundle " + c.Bundle
+		}
+		fmt.Fprintf(w, "Container: %s\n", desc)
+	}
 	var opts []string
 	o := m.Options
 	for _, kv := range []struct {

@@ -127,6 +127,15 @@ func newError(op string, err error, logPath string) error {
 	return e
 }
 
+// LogErrors returns the lines of a CRIU log that say why an operation
+// failed (the harmless ones left out, at most a handful), for callers that
+// run CRIU through another program (runc, Docker) and explain its
+// failures themselves. It returns nil if the log cannot be read.
+func LogErrors(logPath string) []string {
+	lines, _ := errorLines(logPath)
+	return lines
+}
+
 // errorLines returns the error lines of a CRIU log, the harmless ones
 // left out, at most maxLogLines of them (the last ones: CRIU logs the
 // root cause first, but the first line after a cascade is kept too).

@@ -1,0 +1,169 @@
+package container
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/proc"
+)
+
+// treeInfo is what Cedana learns about a container's processes before a
+// checkpoint: the manifest's process list and what CRIU will need.
+type treeInfo struct {
+	processes []archive.Process
+	// tcp describes the first established TCP connection, if any.
+	tcp string
+	// hostFiles are descriptors on files of the host that the container
+	// cannot see (CRIU fails on them), as "PID fd N: PATH".
+	hostFiles []string
+}
+
+// describeTree reads the container's process tree rooted at pid (its init,
+// as seen from the host).
+func describeTree(pid int) (*treeInfo, error) {
+	pids, err := proc.Tree(pid)
+	if err != nil {
+		return nil, err
+	}
+	mounts := mountIDs(pid)
+	ti := &treeInfo{}
+	for _, p := range pids {
+		st, err := proc.ReadStat(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		uid, gid, _ := proc.IDs(p)
+		ap := archive.Process{
+			PID: p, PPID: st.PPID, PGID: st.PGID, SID: st.SID, Name: st.Comm,
+			Exe: proc.Link(p, "exe"), Cmdline: proc.Cmdline(p), Cwd: proc.Link(p, "cwd"),
+			UID: uid, GID: gid, RSS: uint64(st.RSSPages) * uint64(os.Getpagesize()),
+			TTY: proc.TTYName(st.TTYNr),
+		}
+		fds, _ := proc.FDs(p)
+		socks := proc.Sockets(p)
+		for _, fd := range fds {
+			ap.Files = append(ap.Files, archive.OpenFile{FD: fd.Num, Path: fd.Path, Type: fd.Type, Flags: fd.Flags, Pos: fd.Pos})
+			switch fd.Type {
+			case "socket":
+				so, ok := socks[fd.Inode]
+				if !ok {
+					continue
+				}
+				ap.Sockets = append(ap.Sockets, archive.SocketInfo{FD: fd.Num, Family: so.Family, State: so.State, Local: so.Local, Remote: so.Remote, Inode: so.Inode})
+				if strings.HasPrefix(so.Family, "tcp") && so.State == "ESTABLISHED" && ti.tcp == "" {
+					ti.tcp = fmt.Sprintf("PID %d (%s) has a TCP connection %s -> %s", p, st.Comm, so.Local, so.Remote)
+				}
+			case "file", "dir", "deleted":
+				if mounts != nil && !mounts[fdMountID(p, fd.Num)] {
+					ti.hostFiles = append(ti.hostFiles, fmt.Sprintf("PID %d (%s) fd %d: %s", p, st.Comm, fd.Num, fd.Path))
+				}
+			}
+		}
+		ti.processes = append(ti.processes, ap)
+	}
+	if len(ti.processes) == 0 {
+		return nil, fmt.Errorf("%w: PID %d", proc.ErrNoProcess, pid)
+	}
+	return ti, nil
+}
+
+// mountIDs returns the IDs of the mounts in pid's mount namespace, or nil
+// if they cannot be read.
+func mountIDs(pid int) map[int]bool {
+	f, err := os.Open(filepath.Join(proc.Root, strconv.Itoa(pid), "mountinfo"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	ids := map[int]bool{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if id, err := strconv.Atoi(strings.SplitN(sc.Text(), " ", 2)[0]); err == nil {
+			ids[id] = true
+		}
+	}
+	return ids
+}
+
+// fdMountID returns the mount ID of a descriptor (-1 if unknown).
+func fdMountID(pid, fd int) int {
+	data, err := os.ReadFile(filepath.Join(proc.Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// overlayUpper returns the upperdir of the overlay mounted at dir, as the
+// host's mount table shows it, or "".
+func overlayUpper(dir string) string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	clean := filepath.Clean(dir)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	upper := ""
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || unescapeMount(fields[4]) != clean {
+			continue
+		}
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+3 >= len(fields) {
+			continue
+		}
+		upper = "" // the last mount on dir wins
+		if fields[sep+1] != "overlay" {
+			continue
+		}
+		for _, o := range strings.Split(fields[sep+3], ",") {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = unescapeMount(v)
+			}
+		}
+	}
+	return upper
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
