@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -54,7 +55,14 @@ func (r *Reader) Extract(dir string, opts ExtractOptions) error {
 		return err
 	}
 	defer root.Close()
-	for _, sub := range []string{ImagesPrefix, FilesPrefix} {
+	subs := []string{ImagesPrefix, FilesPrefix}
+	for _, e := range r.Manifest.Entries {
+		if strings.HasPrefix(e.Name, ContainerPrefix) {
+			subs = append(subs, ContainerPrefix)
+			break
+		}
+	}
+	for _, sub := range subs {
 		if err := root.Mkdir(sub[:len(sub)-1], 0o700); err != nil {
 			return fmt.Errorf("extract checkpoint archive: %w", err)
 		}
@@ -120,14 +128,14 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 	for _, e := range r.entries {
 		work = append(work, e)
 	}
-	slices.SortFunc(work, func(a, b *entry) int {
-		if a.info.Size != b.info.Size {
-			return int(max(-1, min(1, b.info.Size-a.info.Size)))
-		}
-		return strings.Compare(a.info.Name, b.info.Name)
+	slices.SortFunc(work, func(a, b *entry) int { // largest first
+		return cmp.Or(cmp.Compare(b.info.Size, a.info.Size), strings.Compare(a.info.Name, b.info.Name))
 	})
 	workers := concurrency(opts.Concurrency)
 	n := min(workers, len(work))
+	// Goroutines decoding the frames of one large entry; more than the
+	// pipeline has buffers for would wait.
+	frameWorkers := min(workers, chunkDepth-2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	prog := newProgress(opts.Progress)
@@ -155,10 +163,8 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 		}
 	}
 	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dec, err := newDecoders(workers)
+		wg.Go(func() {
+			dec, err := newDecoders(frameWorkers)
 			if err != nil {
 				fail(err)
 				return
@@ -166,12 +172,12 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 			defer dec.close()
 			pipe := newPipeline(frameSize, chunkDepth)
 			for e := take(); e != nil; e = take() {
-				if err := r.processEntry(ctx, e, dec, workers, pipe, prog, open); err != nil {
+				if err := r.processEntry(ctx, e, dec, frameWorkers, pipe, prog, open); err != nil {
 					fail(err)
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if firstErr == nil {

@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -28,14 +27,15 @@ type frameTask struct {
 // headers before decoding.
 func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, limit int64) error {
 	s := &frameSplitter{
-		r:          bufio.NewReaderSize(src, 1<<20),
+		r:          src,
+		size:       src.Size(),
 		maxContent: f.p.bufSize,
 		maxFrame:   f.p.bufSize + f.p.bufSize/8 + 1024,
 	}
 	// At most maxInflight decoded frames wait to be emitted, fewer than the
 	// pipeline's buffers, so that getting a buffer never waits on a frame
 	// that only this goroutine could emit.
-	maxInflight := min(2*workers, f.p.maxBufs-2)
+	maxInflight := max(1, min(2*workers, f.p.maxBufs-2))
 	tasks := make(chan *frameTask, maxInflight)
 	var wg sync.WaitGroup
 	for range workers {

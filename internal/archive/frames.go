@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -71,32 +70,40 @@ func parseFrameHeader(b []byte) (frameHeader, error) {
 	return h, nil
 }
 
-// frameSplitter cuts a zstd stream into whole frames.
+// frameSplitter cuts a zstd stream into whole frames, reading each frame
+// straight into the caller's buffer with positioned reads.
 type frameSplitter struct {
-	r   *bufio.Reader
-	off int64 // bytes consumed from the stream
+	r    io.ReaderAt
+	size int64 // length of the stream
+	off  int64 // offset of the next frame
 	// maxContent is the largest frame content size accepted; maxFrame the
 	// largest compressed frame.
 	maxContent, maxFrame int
+	guess                int // how much to read for the next frame
+
+	buf  []byte // the frame being cut
+	have int    // bytes of the stream read into buf, from off
 }
 
-// next appends the next frame of the stream to dst[:0] and returns it
-// with its content size. It skips skippable frames, returns io.EOF at the
-// end of the stream, and errFrameLayout, having consumed nothing, if the
-// next frame has no content size or exceeds a limit. Other errors mean
-// the stream is damaged.
+// next reads the next frame of the stream into dst (reusing its
+// capacity) and returns it with its content size. It skips skippable
+// frames, returns io.EOF at the end of the stream, and errFrameLayout if
+// the next frame has no content size or exceeds a limit, leaving off at
+// that frame. Other errors mean the stream is damaged.
 func (s *frameSplitter) next(dst []byte) ([]byte, int64, error) {
 	for {
-		hdr, err := s.r.Peek(maxFrameHeaderLen)
-		if len(hdr) == 0 && err == io.EOF {
+		if s.off >= s.size {
 			return dst, 0, io.EOF
 		}
+		s.buf, s.have = dst[:0], 0
+		if err := s.ensure(min(maxFrameHeaderLen, int(s.size-s.off))); err != nil {
+			return dst, 0, err
+		}
+		hdr := s.buf[:s.have]
 		if len(hdr) >= 8 && binary.LittleEndian.Uint32(hdr)&skippableMagicMask == skippableMagic {
-			n := int64(binary.LittleEndian.Uint32(hdr[4:])) + 8
-			if d, err := s.r.Discard(int(min(n, 1<<31))); err != nil || int64(d) != n {
+			if s.off += int64(binary.LittleEndian.Uint32(hdr[4:])) + 8; s.off > s.size {
 				return dst, 0, io.ErrUnexpectedEOF
 			}
-			s.off += n
 			continue
 		}
 		fh, err := parseFrameHeader(hdr)
@@ -106,62 +113,68 @@ func (s *frameSplitter) next(dst []byte) ([]byte, int64, error) {
 		if fh.contentSize < 0 || fh.contentSize > int64(s.maxContent) {
 			return dst, 0, errFrameLayout
 		}
-		dst, err = s.readFrame(dst[:0], fh)
+		n, err := s.frameLen(fh)
 		if err != nil {
 			return dst, 0, err
 		}
-		s.off += int64(len(dst))
-		return dst, fh.contentSize, nil
+		s.off += int64(n)
+		s.guess = n + n/8 + 4096
+		return s.buf[:n], fh.contentSize, nil
 	}
 }
 
-// readFrame reads the frame whose header is fh, block by block.
-func (s *frameSplitter) readFrame(dst []byte, fh frameHeader) ([]byte, error) {
-	var err error
-	if dst, err = s.read(dst, fh.headerLen); err != nil {
-		return dst, err
-	}
+// frameLen walks the blocks of the frame whose header is fh and returns
+// the frame's length.
+func (s *frameSplitter) frameLen(fh frameHeader) (int, error) {
+	pos := fh.headerLen
 	for {
-		if dst, err = s.read(dst, blockHeaderLen); err != nil {
-			return dst, err
+		if err := s.ensure(pos + blockHeaderLen); err != nil {
+			return 0, err
 		}
-		bh := dst[len(dst)-blockHeaderLen:]
+		bh := s.buf[pos : pos+blockHeaderLen]
 		v := uint32(bh[0]) | uint32(bh[1])<<8 | uint32(bh[2])<<16
 		last, typ, size := v&1 != 0, (v>>1)&3, int(v>>3)
 		switch typ {
 		case 1: // RLE: one byte repeated size times
 			size = 1
 		case 3:
-			return dst, errors.New("reserved zstd block type")
+			return 0, errors.New("reserved zstd block type")
 		}
 		if size > maxBlockSize {
-			return dst, errors.New("zstd block larger than 128 KiB")
+			return 0, errors.New("zstd block larger than 128 KiB")
 		}
-		if dst, err = s.read(dst, size); err != nil {
-			return dst, err
-		}
+		pos += blockHeaderLen + size
 		if last {
 			break
 		}
 	}
 	if fh.checksum {
-		dst, err = s.read(dst, frameChecksumLen)
+		pos += frameChecksumLen
 	}
-	return dst, err
+	return pos, s.ensure(pos)
 }
 
-// read appends the next n bytes of the stream to dst, within maxFrame.
-func (s *frameSplitter) read(dst []byte, n int) ([]byte, error) {
-	if len(dst)+n > s.maxFrame {
-		return dst, errFrameLayout
+// ensure reads until buf holds at least n bytes of the frame (more if
+// the guess says so), within maxFrame and the end of the stream.
+func (s *frameSplitter) ensure(n int) error {
+	if n <= s.have {
+		return nil
 	}
-	l := len(dst)
-	dst = slices.Grow(dst, n)[:l+n]
-	if _, err := io.ReadFull(s.r, dst[l:]); err != nil {
-		if err == io.EOF {
+	if n > s.maxFrame {
+		return errFrameLayout
+	}
+	left := s.size - s.off
+	if int64(n) > left {
+		return io.ErrUnexpectedEOF
+	}
+	want := int(min(int64(max(n, s.guess, s.have+64<<10)), int64(s.maxFrame), left))
+	s.buf = slices.Grow(s.buf[:s.have], want-s.have)[:want]
+	got, err := s.r.ReadAt(s.buf[s.have:], s.off+int64(s.have))
+	if s.have += got; s.have < want {
+		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return dst[:l], err
+		return err
 	}
-	return dst, nil
+	return nil
 }

@@ -19,8 +19,8 @@ import (
 type frameWriter struct {
 	enc         *zstd.Encoder
 	w           io.Writer
-	cur         []byte       // the frame being filled
-	pending     []*frameJob  // submitted frames, in order
+	cur         []byte      // the frame being filled
+	pending     []*frameJob // submitted frames, in order
 	jobs        chan *frameJob
 	freeSrc     [][]byte
 	freeDst     [][]byte

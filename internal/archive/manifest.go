@@ -25,8 +25,9 @@ const ManifestName = "manifest.json"
 // Entry name prefixes. Every entry other than the manifest lives below one
 // of them; readers refuse anything else.
 const (
-	ImagesPrefix = "images/" // CRIU image files, flat (no subdirectories)
-	FilesPrefix  = "files/"  // contents of carried files, named by index
+	ImagesPrefix    = "images/"    // CRIU image files, flat (no subdirectories)
+	FilesPrefix     = "files/"     // contents of carried files, named by index
+	ContainerPrefix = "container/" // container config and rootfs changes, flat
 )
 
 // Manifest describes a checkpoint archive. It is stored as JSON in the
@@ -39,8 +40,10 @@ const (
 type Manifest struct {
 	// FormatVersion is the archive format version (see FormatVersion).
 	FormatVersion int `json:"format_version"`
-	// Kind is what was checkpointed: "process" for now.
+	// Kind is what was checkpointed: "process", "docker" or "runc".
 	Kind string `json:"kind"`
+	// Container describes the container, for kinds other than "process".
+	Container *ContainerInfo `json:"container,omitempty"`
 	// Created is when the dump finished, in UTC.
 	Created time.Time `json:"created"`
 	// Cedana is the version of the cedana binary that wrote the archive.
@@ -68,6 +71,22 @@ type Manifest struct {
 	CarriedFiles []CarriedFile `json:"carried_files,omitempty"`
 	// Stats holds CRIU's own timings and counters for the dump, when known.
 	Stats *DumpStats `json:"stats,omitempty"`
+}
+
+// ContainerInfo describes a checkpointed container. Its configuration and
+// the changes to its writable layer are entries under container/.
+type ContainerInfo struct {
+	// Runtime is "docker" or "runc".
+	Runtime string `json:"runtime"`
+	// ID is the container's ID at dump time.
+	ID string `json:"id"`
+	// Name is the container's name (docker).
+	Name string `json:"name,omitempty"`
+	// Image and ImageID identify the image it was created from (docker).
+	Image   string `json:"image,omitempty"`
+	ImageID string `json:"image_id,omitempty"`
+	// Bundle is the OCI bundle path at dump time (runc).
+	Bundle string `json:"bundle,omitempty"`
 }
 
 // CRIUInfo identifies the CRIU that wrote the images.

@@ -12,6 +12,7 @@ import (
 //	images/<name>  name is 1..maxImageNameLen characters of [A-Za-z0-9._-],
 //	               and neither "." nor ".."
 //	files/<N>      N is a decimal index without leading zeros (0..maxFileIndex)
+//	container/<name>  as images/<name>
 const (
 	maxImageNameLen = 255
 	maxFileIndex    = 999_999_999
@@ -28,8 +29,10 @@ func checkEntryName(name string) error {
 			return fmt.Errorf("%w: %q: a carried file entry must be %s<decimal index>", ErrUnsafeEntry, name, FilesPrefix)
 		}
 		return nil
+	case strings.HasPrefix(name, ContainerPrefix):
+		return checkImageName(name[len(ContainerPrefix):])
 	default:
-		return fmt.Errorf("%w: %q is not under %s or %s", ErrUnsafeEntry, name, ImagesPrefix, FilesPrefix)
+		return fmt.Errorf("%w: %q is not under %s, %s or %s", ErrUnsafeEntry, name, ImagesPrefix, FilesPrefix, ContainerPrefix)
 	}
 }
 

@@ -17,13 +17,12 @@ func createTemp(path string) (*os.File, error) {
 }
 
 // errExist reports that the destination of Create already exists.
-func errExist(path string) error {
-	return fmt.Errorf("checkpoint archive %s: %w (refusing to overwrite it)", path, fs.ErrExist)
-}
+var errExist = fmt.Errorf("%w: refusing to overwrite it", fs.ErrExist)
 
 // publish gives the complete, synced temporary file tmp its final name
 // without ever replacing an existing file, then syncs the directory so the
-// new name survives a crash.
+// new name survives a crash. If that sync fails, it removes the new name
+// again: on error, path does not exist.
 //
 // It hard-links tmp to path, which fails atomically with EEXIST if path
 // exists, and removes tmp. On filesystems without hard links it falls
@@ -37,11 +36,11 @@ func publish(tmp, path string) error {
 		// the temporary name only leaves a second link to it behind.
 		_ = os.Remove(tmp)
 	case errors.Is(err, fs.ErrExist):
-		return errExist(path)
+		return errExist
 	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.ENOTSUP), errors.Is(err, syscall.EOPNOTSUPP),
 		errors.Is(err, syscall.EXDEV), errors.Is(err, syscall.EMLINK), errors.Is(err, syscall.ENOSYS):
 		if _, err := os.Lstat(path); err == nil {
-			return errExist(path)
+			return errExist
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -51,7 +50,11 @@ func publish(tmp, path string) error {
 	default:
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
 }
 
 // syncDir fsyncs a directory, making renames and links in it durable.

@@ -3,6 +3,7 @@ package archive
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -260,7 +261,7 @@ func checkLayout(entries map[string]*entry, manifest *zip.File, size int64) erro
 	for name, e := range entries {
 		spans = append(spans, span{name, e.dataOffset, e.dataOffset + e.compSize})
 	}
-	slices.SortFunc(spans, func(a, b span) int { return int(max(-1, min(1, a.off-b.off))) })
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.off, b.off) })
 	for i, s := range spans {
 		if s.off < 0 || s.end < s.off || s.end > size {
 			return entryErr(s.name, ErrCorrupt, "data at %d..%d is outside the %d-byte file (truncated?)", s.off, s.end, size)

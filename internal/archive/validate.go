@@ -6,8 +6,12 @@ import (
 	"strings"
 )
 
-// KindProcess is the only Manifest.Kind defined so far.
-const KindProcess = "process"
+// Manifest kinds.
+const (
+	KindProcess = "process"
+	KindDocker  = "docker"
+	KindRunc    = "runc"
+)
 
 // Validate checks that the manifest is well formed and self-consistent:
 // a readable format version, a known kind, a process tree rooted at
@@ -33,8 +37,17 @@ func (m *Manifest) validateHeader() error {
 	if m.FormatVersion < MinReadableVersion || m.FormatVersion > FormatVersion {
 		return &VersionError{Version: m.FormatVersion, Min: MinReadableVersion, Max: FormatVersion}
 	}
-	if m.Kind != KindProcess {
-		return fmt.Errorf("%w: manifest kind is %q, want %q", ErrCorrupt, m.Kind, KindProcess)
+	switch m.Kind {
+	case KindProcess:
+		if m.Container != nil {
+			return fmt.Errorf("%w: a process checkpoint has container information", ErrCorrupt)
+		}
+	case KindDocker, KindRunc:
+		if m.Container == nil || m.Container.Runtime != m.Kind {
+			return fmt.Errorf("%w: a %s checkpoint lacks its container information", ErrCorrupt, m.Kind)
+		}
+	default:
+		return fmt.Errorf("%w: unknown manifest kind %q (want %s, %s or %s)", ErrCorrupt, m.Kind, KindProcess, KindDocker, KindRunc)
 	}
 	if m.RootPID <= 0 {
 		return fmt.Errorf("%w: manifest root_pid is %d", ErrCorrupt, m.RootPID)

@@ -39,6 +39,17 @@ type WriteOptions struct {
 	// Concurrency is the number of goroutines compressing a large entry;
 	// 0 means runtime.NumCPU().
 	Concurrency int
+	// Extra are container files (configuration, rootfs changes), stored as
+	// entries under container/ with the same integrity records.
+	Extra []ExtraFile
+}
+
+// ExtraFile is a container file to store in the archive.
+type ExtraFile struct {
+	// Name is the entry name: ContainerPrefix + one path element.
+	Name string
+	// Source is the path to read the content from now.
+	Source string
 }
 
 // Create writes a checkpoint archive at path, atomically.
@@ -63,43 +74,49 @@ func Create(path string, m *Manifest, imagesDir string, files []FileSource, opts
 	}
 	out := *m
 	out.FormatVersion = FormatVersion
-	if err := out.validateHeader(); err != nil {
-		return nil, 0, fmt.Errorf("create checkpoint archive: %w", err)
+	size, err := create(path, &out, imagesDir, files, opts)
+	if err != nil {
+		return nil, 0, fmt.Errorf("create checkpoint archive %s: %w", path, err)
+	}
+	*m = out
+	return m, size, nil
+}
+
+// create does Create's work on a copy of the caller's manifest.
+func create(path string, m *Manifest, imagesDir string, files []FileSource, opts WriteOptions) (int64, error) {
+	if err := m.validateHeader(); err != nil {
+		return 0, err
 	}
 	for _, fsrc := range files {
 		if err := checkCarriedPath(fsrc.Meta.Path); err != nil {
-			return nil, 0, fmt.Errorf("create checkpoint archive: %w", err)
+			return 0, err
 		}
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return nil, 0, errExist(path)
+		return 0, errExist
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, err
+		return 0, err
 	}
 	images, err := listImages(imagesDir)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
-
 	tmp, err := createTemp(path)
 	if err != nil {
-		return nil, 0, fmt.Errorf("create checkpoint archive: %w", err)
+		return 0, err
 	}
-	size, err := writeArchive(tmp, &out, imagesDir, images, files, opts)
-	if err == nil {
-		err = tmp.Close()
-	} else {
-		tmp.Close()
+	size, err := writeArchive(tmp, m, imagesDir, images, files, opts)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
 	if err == nil {
 		err = publish(tmp.Name(), path)
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		return nil, 0, err
+		return 0, err
 	}
-	*m = out
-	return m, size, nil
+	return size, nil
 }
 
 // listImages returns the sorted names of the regular files in dir, and
@@ -107,7 +124,7 @@ func Create(path string, m *Manifest, imagesDir string, files []FileSource, opts
 func listImages(dir string) ([]string, error) {
 	des, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("read images directory: %w", err)
+		return nil, fmt.Errorf("images directory: %w", err)
 	}
 	names := make([]string, 0, len(des))
 	for _, de := range des {
@@ -182,11 +199,24 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 		cf.Entry, cf.Size = e.Name, e.Size
 		m.CarriedFiles = append(m.CarriedFiles, cf)
 	}
+	for _, x := range opts.Extra {
+		if !strings.HasPrefix(x.Name, ContainerPrefix) {
+			return 0, fmt.Errorf("%w: extra entry %q is not under %s", ErrUnsafeEntry, x.Name, ContainerPrefix)
+		}
+		if err := checkEntryName(x.Name); err != nil {
+			return 0, err
+		}
+		e, err := ew.add(x.Name, x.Source, true)
+		if err != nil {
+			return 0, err
+		}
+		m.Entries = append(m.Entries, e)
+	}
 	slices.SortFunc(m.Entries, func(a, b EntryInfo) int { return strings.Compare(a.Name, b.Name) })
 	ew.progress.report()
 
 	if err := m.Validate(); err != nil {
-		return 0, fmt.Errorf("create checkpoint archive: %w", err)
+		return 0, err
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
