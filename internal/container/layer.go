@@ -48,9 +48,12 @@ func writeUpperDiff(w io.Writer, upper string) (LayerStats, error) {
 // writeChangedSince writes the entries of a plain rootfs directory changed
 // (ctime or mtime) at or after since, with their parent directories. It
 // cannot know about deletions: that is the price of a rootfs without a
-// layered filesystem.
+// layered filesystem. File timestamps come from a coarse kernel clock
+// (a tick can be several milliseconds), so a file changed just after
+// since may carry an earlier time: a margin errs on carrying too much.
 func writeChangedSince(w io.Writer, rootfs string, since time.Time) (LayerStats, error) {
-	s := since.UnixNano()
+	const timestampMargin = time.Second
+	s := since.Add(-timestampMargin).UnixNano()
 	return writeTree(w, rootfs, func(_ string, st *syscall.Stat_t) bool {
 		return st.Ctim.Nano() >= s || st.Mtim.Nano() >= s
 	})
