@@ -65,7 +65,8 @@ running for the next daemon to adopt.`,
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-			return daemon.Run(context.Background(), daemon.Options{Config: cfg.Config, Engine: g.service(cfg), Log: log})
+			return daemon.Run(context.Background(), daemon.Options{Config: cfg.Config, Engine: g.service(cfg),
+				Containers: g.containerService(cfg, &containerFlags{}), Log: log})
 		},
 	}
 	start.Flags().StringVar(&df.socket, "socket", "", "unix socket of the API (default: daemon.socket)")

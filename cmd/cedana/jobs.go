@@ -133,6 +133,42 @@ func newManageCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&name, "name", "", "job name (default: process name and PID)")
 	pf.register(cmd.Flags())
 	addOutputFlag(cmd, g)
+	cmd.AddCommand(newManageContainerCmd(g, "docker"), newManageContainerCmd(g, "runc"))
+	return cmd
+}
+
+func newManageContainerCmd(g *globals, runtime string) *cobra.Command {
+	var (
+		name string
+		pf   policyFlags
+	)
+	cmd := &cobra.Command{
+		Use:   runtime + " CONTAINER",
+		Short: "Adopt a running " + runtime + " container as a managed job",
+		Long: `Adopt a running ` + runtime + ` container as a job: its checkpoints are container
+archives (config, writable layer, CRIU images), and its restores recreate
+the container when it no longer exists. Policies work as for processes.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := pf.toPB()
+			if err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			j, err := c.ManageContainer(context.Background(), &pb.ManageContainerRequest{Runtime: runtime, Container: args[0], Name: name, Policy: pol})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return g.printJob(j)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "job name (default: the container's name)")
+	pf.register(cmd.Flags())
+	addOutputFlag(cmd, g)
 	return cmd
 }
 

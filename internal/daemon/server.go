@@ -39,6 +39,9 @@ type Options struct {
 	Config config.Config
 	// Engine is the checkpoint engine shared with the standalone client.
 	Engine *checkpoint.Service
+	// Containers is the container engine shared with `cedana dump docker`
+	// and friends; nil disables container jobs.
+	Containers jobs.Containers
 	// Log receives structured logs.
 	Log *slog.Logger
 	// Ready, if set, is called once every listener is up.
@@ -75,7 +78,7 @@ func Run(ctx context.Context, o Options) error {
 			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores},
 		MaxRestores:    p.MaxRestores,
 		RestoreBackoff: d.RestoreBackoff.Duration,
-	}, st, o.Engine, log, jobs.NewMetrics(reg, st))
+	}, st, o.Engine, o.Containers, log, jobs.NewMetrics(reg, st))
 	defer mgr.Close()
 	o.Engine.RemoveStaleStaging() // process memory a crashed daemon left behind
 	if err := mgr.Start(ctx); err != nil {

@@ -39,6 +39,11 @@ func (s *service) Manage(ctx context.Context, r *pb.ManageRequest) (*pb.Job, err
 	return jobToPB(j), toStatus(err)
 }
 
+func (s *service) ManageContainer(ctx context.Context, r *pb.ManageContainerRequest) (*pb.Job, error) {
+	j, err := s.m.ManageContainer(ctx, r.GetRuntime(), r.GetContainer(), r.GetName(), policyFromPB(r.GetPolicy()))
+	return jobToPB(j), toStatus(err)
+}
+
 func (s *service) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
 	js, err := s.m.List(ctx)
 	if err != nil {
@@ -216,7 +221,8 @@ func jobToPB(j *store.Job) *pb.Job {
 	}
 	out := &pb.Job{Id: j.ID, Name: j.Name, State: j.State, Pid: int32(j.PID), Cmd: j.Cmd, LogPath: j.LogPath,
 		Adopted: j.Adopted, Policy: policyToPB(j.Policy), Restores: int32(j.Restores), Error: j.Error,
-		LastCheckpointId: j.LastCheckpointID, CreatedUnixMs: j.CreatedAt.UnixMilli()}
+		LastCheckpointId: j.LastCheckpointID, CreatedUnixMs: j.CreatedAt.UnixMilli(),
+		Runtime: j.Runtime, Container: j.Container}
 	if !j.LastCheckpointAt.IsZero() {
 		out.LastCheckpointUnixMs = j.LastCheckpointAt.UnixMilli()
 	}

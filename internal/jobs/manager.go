@@ -52,9 +52,10 @@ type Config struct {
 
 // Manager runs jobs. It is safe for concurrent use.
 type Manager struct {
-	cfg     Config
-	store   store.Store
-	engine  *checkpoint.Service
+	cfg        Config
+	store      store.Store
+	engine     *checkpoint.Service
+	containers Containers // nil: no container jobs
 	log     *slog.Logger
 	metrics *Metrics
 
@@ -70,8 +71,8 @@ type Manager struct {
 	dumps chan struct{}
 }
 
-// New returns a Manager. metrics may be nil.
-func New(cfg Config, st store.Store, engine *checkpoint.Service, log *slog.Logger, metrics *Metrics) *Manager {
+// New returns a Manager. containers and metrics may be nil.
+func New(cfg Config, st store.Store, engine *checkpoint.Service, containers Containers, log *slog.Logger, metrics *Metrics) *Manager {
 	if cfg.MaxRestores <= 0 {
 		cfg.MaxRestores = 3
 	}
@@ -82,7 +83,7 @@ func New(cfg Config, st store.Store, engine *checkpoint.Service, log *slog.Logge
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{cfg: cfg, store: st, engine: engine, log: log, metrics: metrics,
+	return &Manager{cfg: cfg, store: st, engine: engine, containers: containers, log: log, metrics: metrics,
 		ctx: ctx, cancel: cancel, live: map[string]*supervisor{},
 		dumps: make(chan struct{}, max(1, runtime.NumCPU()))}
 }

@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -50,13 +50,13 @@ func NewMetrics(reg prometheus.Registerer, st store.Store) *Metrics {
 	return m
 }
 
-func (m *Metrics) dumped(d time.Duration, res *checkpoint.DumpResult) {
+func (m *Metrics) dumped(d time.Duration, size int64, s *archive.DumpStats) {
 	if m == nil {
 		return
 	}
 	m.dumpSeconds.Observe(d.Seconds())
-	m.bytesWritten.Add(float64(res.Size))
-	if s := res.Manifest.Stats; s != nil {
+	m.bytesWritten.Add(float64(size))
+	if s != nil {
 		m.frozenSeconds.Observe(float64(s.FrozenTimeUS) / 1e6)
 		m.memdumpSeconds.Observe(float64(s.MemdumpTimeUS) / 1e6)
 	}

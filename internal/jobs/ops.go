@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -41,10 +42,24 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	}
 	defer func() { <-m.dumps }()
 	start := time.Now()
-	res, derr := m.engine.Dump(ctx, checkpoint.DumpRequest{
-		PID: j.PID, Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning,
-		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-	})
+	var (
+		path  string
+		size  int64
+		stats *archive.DumpStats
+		derr  error
+	)
+	if j.Runtime != "" {
+		path, size, stats, derr = m.dumpContainer(ctx, j, leaveRunning)
+	} else {
+		var res *checkpoint.DumpResult
+		res, derr = m.engine.Dump(ctx, checkpoint.DumpRequest{
+			PID: j.PID, Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning,
+			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+		})
+		if derr == nil {
+			path, size, stats = res.Path, res.Size, res.Manifest.Stats
+		}
+	}
 	elapsed := time.Since(start)
 	if derr != nil {
 		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
@@ -52,10 +67,16 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		m.setState(j.ID, Running, "")
 		m.metrics.dumpFailed()
 		m.event(j.ID, "dump-failed", "%s checkpoint failed (the job kept running): %v", why, derr)
+		if j.Runtime != "" {
+			if j2, err := m.refreshContainer(context.Background(), j); err == nil {
+				m.supervise(j2, false)
+				return nil, derr
+			}
+		}
 		m.afterLeaveRunning(j) // the process may have died during the attempt
 		return nil, derr
 	}
-	ck.State, ck.Path, ck.Size = store.CheckpointComplete, res.Path, res.Size
+	ck.State, ck.Path, ck.Size = store.CheckpointComplete, path, size
 	ck.CompletedAt, ck.DumpSeconds = time.Now().UTC(), elapsed.Seconds()
 	if err := m.store.PutCheckpoint(context.Background(), ck); err != nil {
 		return nil, err
@@ -72,11 +93,20 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
-	m.metrics.dumped(elapsed, res)
+	m.metrics.dumped(elapsed, size, stats)
 	m.event(j.ID, "checkpointed", "%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
-	if !leaveRunning {
+	switch {
+	case !leaveRunning:
 		m.unsupervise(j.ID)
-	} else {
+	case j.Runtime != "":
+		// The container was restored in place: watch its new init.
+		if j2, err := m.refreshContainer(context.Background(), j); err == nil {
+			j = j2
+			m.supervise(j, false)
+		} else {
+			m.died(j.ID, j.PID, j.StartTime, exitStatus{})
+		}
+	default:
 		m.afterLeaveRunning(j)
 	}
 	m.prune(j)
@@ -129,19 +159,33 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 		return nil, err
 	}
 	start := time.Now()
-	res, rerr := m.engine.Restore(ctx, checkpoint.RestoreRequest{
-		Path:    ck.Path,
-		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-	})
+	var (
+		pid         int
+		containerID = j.Container
+		rerr        error
+	)
+	if j.Runtime != "" {
+		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path)
+	} else {
+		var res *checkpoint.RestoreResult
+		res, rerr = m.engine.Restore(ctx, checkpoint.RestoreRequest{
+			Path:    ck.Path,
+			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+		})
+		if rerr == nil {
+			pid = res.PID
+		}
+	}
 	if rerr != nil {
 		m.setState(j.ID, Failed, "restore failed: "+rerr.Error())
 		m.metrics.restoreFailed()
 		m.event(j.ID, "restore-failed", "restore from %s failed: %v", ck.ID, rerr)
 		return nil, rerr
 	}
-	st, _ := identity(res.PID)
+	st, _ := identity(pid)
 	j, err = m.store.UpdateJob(context.Background(), j.ID, func(j *store.Job) error {
-		j.State, j.PID, j.StartTime, j.Error, j.ExitCode = string(Running), res.PID, st, "", nil
+		j.State, j.PID, j.StartTime, j.Error, j.ExitCode = string(Running), pid, st, "", nil
+		j.Container = containerID
 		return nil
 	})
 	if err != nil {
@@ -152,8 +196,8 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 	if auto {
 		kind = "auto-restored"
 	}
-	m.event(j.ID, kind, "%s from checkpoint %s as PID %d in %s", kind, ck.ID, res.PID, time.Since(start).Round(time.Millisecond))
-	m.supervise(j, true)
+	m.event(j.ID, kind, "%s from checkpoint %s as PID %d in %s", kind, ck.ID, pid, time.Since(start).Round(time.Millisecond))
+	m.supervise(j, j.Runtime == "") // a container's init is the runtime's child, not ours
 	return j, nil
 }
 

@@ -98,6 +98,11 @@ type Job struct {
 	LogPath string `json:"log_path,omitempty"`
 	// Adopted is true for `cedana manage PID` rather than `cedana run`.
 	Adopted bool `json:"adopted,omitempty"`
+	// Runtime is "docker" or "runc" for a container job, "" for a process.
+	Runtime string `json:"runtime,omitempty"`
+	// Container is a container job's container ID (it changes when a
+	// restore recreates the container).
+	Container string `json:"container,omitempty"`
 	// Policy is what the daemon does for the job on its own.
 	Policy Policy `json:"policy"`
 	// Restores counts automatic restores so far.

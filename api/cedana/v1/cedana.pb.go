@@ -134,6 +134,9 @@ type Job struct {
 	RssBytes      int64   `protobuf:"varint,16,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	CpuPercent    float64 `protobuf:"fixed64,17,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
 	StartedUnixMs int64   `protobuf:"varint,18,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
+	// For container jobs: "docker" or "runc", and the container's ID.
+	Runtime       string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Container     string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +297,20 @@ func (x *Job) GetStartedUnixMs() int64 {
 	return 0
 }
 
+func (x *Job) GetRuntime() string {
+	if x != nil {
+		return x.Runtime
+	}
+	return ""
+}
+
+func (x *Job) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
 type RunRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -440,6 +457,76 @@ func (x *ManageRequest) GetPolicy() *Policy {
 	return nil
 }
 
+type ManageContainerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "docker" or "runc".
+	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// The container's ID or (Docker) name.
+	Container     string  `protobuf:"bytes,2,opt,name=container,proto3" json:"container,omitempty"`
+	Name          string  `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Policy        *Policy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ManageContainerRequest) Reset() {
+	*x = ManageContainerRequest{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ManageContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ManageContainerRequest) ProtoMessage() {}
+
+func (x *ManageContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ManageContainerRequest.ProtoReflect.Descriptor instead.
+func (*ManageContainerRequest) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ManageContainerRequest) GetRuntime() string {
+	if x != nil {
+		return x.Runtime
+	}
+	return ""
+}
+
+func (x *ManageContainerRequest) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+func (x *ManageContainerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ManageContainerRequest) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 type ListJobsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -448,7 +535,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +547,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +560,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{4}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{5}
 }
 
 type ListJobsResponse struct {
@@ -485,7 +572,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +584,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +597,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{5}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -529,7 +616,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +628,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +641,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{6}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobRequest) GetJob() string {
@@ -576,7 +663,7 @@ type DumpJobRequest struct {
 
 func (x *DumpJobRequest) Reset() {
 	*x = DumpJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +675,7 @@ func (x *DumpJobRequest) String() string {
 func (*DumpJobRequest) ProtoMessage() {}
 
 func (x *DumpJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +688,7 @@ func (x *DumpJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpJobRequest.ProtoReflect.Descriptor instead.
 func (*DumpJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{7}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DumpJobRequest) GetJob() string {
@@ -629,7 +716,7 @@ type RestoreJobRequest struct {
 
 func (x *RestoreJobRequest) Reset() {
 	*x = RestoreJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +728,7 @@ func (x *RestoreJobRequest) String() string {
 func (*RestoreJobRequest) ProtoMessage() {}
 
 func (x *RestoreJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +741,7 @@ func (x *RestoreJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreJobRequest.ProtoReflect.Descriptor instead.
 func (*RestoreJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{8}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RestoreJobRequest) GetJob() string {
@@ -680,7 +767,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +779,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +792,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{9}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KillJobRequest) GetJob() string {
@@ -725,7 +812,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +824,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +837,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{10}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdatePolicyRequest) GetJob() string {
@@ -784,7 +871,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +883,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +896,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{11}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Checkpoint) GetId() string {
@@ -877,7 +964,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +976,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +989,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{12}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -921,7 +1008,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1020,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1033,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{13}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
@@ -965,7 +1052,7 @@ type DeleteCheckpointRequest struct {
 
 func (x *DeleteCheckpointRequest) Reset() {
 	*x = DeleteCheckpointRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1064,7 @@ func (x *DeleteCheckpointRequest) String() string {
 func (*DeleteCheckpointRequest) ProtoMessage() {}
 
 func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1077,7 @@ func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{14}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteCheckpointRequest) GetId() string {
@@ -1008,7 +1095,7 @@ type DeleteCheckpointResponse struct {
 
 func (x *DeleteCheckpointResponse) Reset() {
 	*x = DeleteCheckpointResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1107,7 @@ func (x *DeleteCheckpointResponse) String() string {
 func (*DeleteCheckpointResponse) ProtoMessage() {}
 
 func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1120,7 @@ func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{15}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{16}
 }
 
 type Event struct {
@@ -1049,7 +1136,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1148,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1161,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{16}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetJobId() string {
@@ -1123,7 +1210,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1222,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1235,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{17}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListEventsRequest) GetJob() string {
@@ -1181,7 +1268,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1280,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1293,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{18}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -1228,7 +1315,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1327,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1340,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{19}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogsRequest) GetJob() string {
@@ -1286,7 +1373,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1385,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1398,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{20}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -1329,7 +1416,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1428,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1441,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{21}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{22}
 }
 
 type DrainResponse struct {
@@ -1367,7 +1454,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1466,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1479,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{22}
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainResponse) GetCheckpoints() []*Checkpoint {
@@ -1420,7 +1507,7 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\n" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
-	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\"\xa9\x04\n" +
+	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\"\xe1\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1441,7 +1528,9 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\trss_bytes\x18\x10 \x01(\x03R\brssBytes\x12\x1f\n" +
 	"\vcpu_percent\x18\x11 \x01(\x01R\n" +
 	"cpuPercent\x12&\n" +
-	"\x0fstarted_unix_ms\x18\x12 \x01(\x03R\rstartedUnixMs\"\xa6\x01\n" +
+	"\x0fstarted_unix_ms\x18\x12 \x01(\x03R\rstartedUnixMs\x12\x18\n" +
+	"\aruntime\x18\x13 \x01(\tR\aruntime\x12\x1c\n" +
+	"\tcontainer\x18\x14 \x01(\tR\tcontainer\"\xa6\x01\n" +
 	"\n" +
 	"RunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -1453,7 +1542,12 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\rManageRequest\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
-	"\x06policy\x18\x03 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\x11\n" +
+	"\x06policy\x18\x03 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\x8f\x01\n" +
+	"\x16ManageContainerRequest\x12\x18\n" +
+	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x1c\n" +
+	"\tcontainer\x18\x02 \x01(\tR\tcontainer\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12)\n" +
+	"\x06policy\x18\x04 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\x11\n" +
 	"\x0fListJobsRequest\"6\n" +
 	"\x10ListJobsResponse\x12\"\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.cedana.v1.JobR\x04jobs\"!\n" +
@@ -1509,10 +1603,11 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\fDrainRequest\"`\n" +
 	"\rDrainResponse\x127\n" +
 	"\vcheckpoints\x18\x01 \x03(\v2\x15.cedana.v1.CheckpointR\vcheckpoints\x12\x16\n" +
-	"\x06errors\x18\x02 \x03(\tR\x06errors2\xc7\x06\n" +
+	"\x06errors\x18\x02 \x03(\tR\x06errors2\x8d\a\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
-	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12C\n" +
+	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
+	"\x0fManageContainer\x12!.cedana.v1.ManageContainerRequest\x1a\x0e.cedana.v1.Job\x12C\n" +
 	"\bListJobs\x12\x1a.cedana.v1.ListJobsRequest\x1a\x1b.cedana.v1.ListJobsResponse\x122\n" +
 	"\x06GetJob\x12\x18.cedana.v1.GetJobRequest\x1a\x0e.cedana.v1.Job\x12;\n" +
 	"\aDumpJob\x12\x19.cedana.v1.DumpJobRequest\x1a\x15.cedana.v1.Checkpoint\x12:\n" +
@@ -1539,72 +1634,76 @@ func file_api_cedana_v1_cedana_proto_rawDescGZIP() []byte {
 	return file_api_cedana_v1_cedana_proto_rawDescData
 }
 
-var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
 	(*RunRequest)(nil),               // 2: cedana.v1.RunRequest
 	(*ManageRequest)(nil),            // 3: cedana.v1.ManageRequest
-	(*ListJobsRequest)(nil),          // 4: cedana.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 5: cedana.v1.ListJobsResponse
-	(*GetJobRequest)(nil),            // 6: cedana.v1.GetJobRequest
-	(*DumpJobRequest)(nil),           // 7: cedana.v1.DumpJobRequest
-	(*RestoreJobRequest)(nil),        // 8: cedana.v1.RestoreJobRequest
-	(*KillJobRequest)(nil),           // 9: cedana.v1.KillJobRequest
-	(*UpdatePolicyRequest)(nil),      // 10: cedana.v1.UpdatePolicyRequest
-	(*Checkpoint)(nil),               // 11: cedana.v1.Checkpoint
-	(*ListCheckpointsRequest)(nil),   // 12: cedana.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil),  // 13: cedana.v1.ListCheckpointsResponse
-	(*DeleteCheckpointRequest)(nil),  // 14: cedana.v1.DeleteCheckpointRequest
-	(*DeleteCheckpointResponse)(nil), // 15: cedana.v1.DeleteCheckpointResponse
-	(*Event)(nil),                    // 16: cedana.v1.Event
-	(*ListEventsRequest)(nil),        // 17: cedana.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 18: cedana.v1.ListEventsResponse
-	(*LogsRequest)(nil),              // 19: cedana.v1.LogsRequest
-	(*LogChunk)(nil),                 // 20: cedana.v1.LogChunk
-	(*DrainRequest)(nil),             // 21: cedana.v1.DrainRequest
-	(*DrainResponse)(nil),            // 22: cedana.v1.DrainResponse
+	(*ManageContainerRequest)(nil),   // 4: cedana.v1.ManageContainerRequest
+	(*ListJobsRequest)(nil),          // 5: cedana.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 6: cedana.v1.ListJobsResponse
+	(*GetJobRequest)(nil),            // 7: cedana.v1.GetJobRequest
+	(*DumpJobRequest)(nil),           // 8: cedana.v1.DumpJobRequest
+	(*RestoreJobRequest)(nil),        // 9: cedana.v1.RestoreJobRequest
+	(*KillJobRequest)(nil),           // 10: cedana.v1.KillJobRequest
+	(*UpdatePolicyRequest)(nil),      // 11: cedana.v1.UpdatePolicyRequest
+	(*Checkpoint)(nil),               // 12: cedana.v1.Checkpoint
+	(*ListCheckpointsRequest)(nil),   // 13: cedana.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),  // 14: cedana.v1.ListCheckpointsResponse
+	(*DeleteCheckpointRequest)(nil),  // 15: cedana.v1.DeleteCheckpointRequest
+	(*DeleteCheckpointResponse)(nil), // 16: cedana.v1.DeleteCheckpointResponse
+	(*Event)(nil),                    // 17: cedana.v1.Event
+	(*ListEventsRequest)(nil),        // 18: cedana.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),       // 19: cedana.v1.ListEventsResponse
+	(*LogsRequest)(nil),              // 20: cedana.v1.LogsRequest
+	(*LogChunk)(nil),                 // 21: cedana.v1.LogChunk
+	(*DrainRequest)(nil),             // 22: cedana.v1.DrainRequest
+	(*DrainResponse)(nil),            // 23: cedana.v1.DrainResponse
 }
 var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
 	0,  // 1: cedana.v1.RunRequest.policy:type_name -> cedana.v1.Policy
 	0,  // 2: cedana.v1.ManageRequest.policy:type_name -> cedana.v1.Policy
-	1,  // 3: cedana.v1.ListJobsResponse.jobs:type_name -> cedana.v1.Job
-	0,  // 4: cedana.v1.UpdatePolicyRequest.policy:type_name -> cedana.v1.Policy
-	11, // 5: cedana.v1.ListCheckpointsResponse.checkpoints:type_name -> cedana.v1.Checkpoint
-	16, // 6: cedana.v1.ListEventsResponse.events:type_name -> cedana.v1.Event
-	11, // 7: cedana.v1.DrainResponse.checkpoints:type_name -> cedana.v1.Checkpoint
-	2,  // 8: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 9: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 10: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	6,  // 11: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	7,  // 12: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	8,  // 13: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	9,  // 14: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	10, // 15: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	12, // 16: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	14, // 17: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	17, // 18: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	19, // 19: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	21, // 20: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	1,  // 21: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 22: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	5,  // 23: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 24: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	11, // 25: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 26: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 27: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 28: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	13, // 29: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	15, // 30: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	18, // 31: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	20, // 32: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	22, // 33: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	21, // [21:34] is the sub-list for method output_type
-	8,  // [8:21] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	0,  // 3: cedana.v1.ManageContainerRequest.policy:type_name -> cedana.v1.Policy
+	1,  // 4: cedana.v1.ListJobsResponse.jobs:type_name -> cedana.v1.Job
+	0,  // 5: cedana.v1.UpdatePolicyRequest.policy:type_name -> cedana.v1.Policy
+	12, // 6: cedana.v1.ListCheckpointsResponse.checkpoints:type_name -> cedana.v1.Checkpoint
+	17, // 7: cedana.v1.ListEventsResponse.events:type_name -> cedana.v1.Event
+	12, // 8: cedana.v1.DrainResponse.checkpoints:type_name -> cedana.v1.Checkpoint
+	2,  // 9: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 10: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 11: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 12: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 13: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 14: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 15: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 16: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 17: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 18: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 19: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 20: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 21: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 22: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	1,  // 23: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 24: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 25: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 26: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 27: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 28: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 29: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 30: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 31: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 32: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 33: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 34: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 35: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 36: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	23, // [23:37] is the sub-list for method output_type
+	9,  // [9:23] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_api_cedana_v1_cedana_proto_init() }
@@ -1618,7 +1717,7 @@ func file_api_cedana_v1_cedana_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_cedana_v1_cedana_proto_rawDesc), len(file_api_cedana_v1_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Cedana_Run_FullMethodName              = "/cedana.v1.Cedana/Run"
 	Cedana_Manage_FullMethodName           = "/cedana.v1.Cedana/Manage"
+	Cedana_ManageContainer_FullMethodName  = "/cedana.v1.Cedana/ManageContainer"
 	Cedana_ListJobs_FullMethodName         = "/cedana.v1.Cedana/ListJobs"
 	Cedana_GetJob_FullMethodName           = "/cedana.v1.Cedana/GetJob"
 	Cedana_DumpJob_FullMethodName          = "/cedana.v1.Cedana/DumpJob"
@@ -53,6 +54,8 @@ type CedanaClient interface {
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*Job, error)
 	// Manage adopts a running process as a job.
 	Manage(ctx context.Context, in *ManageRequest, opts ...grpc.CallOption) (*Job, error)
+	// ManageContainer adopts a running Docker or runc container as a job.
+	ManageContainer(ctx context.Context, in *ManageContainerRequest, opts ...grpc.CallOption) (*Job, error)
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// DumpJob checkpoints a job now.
@@ -96,6 +99,16 @@ func (c *cedanaClient) Manage(ctx context.Context, in *ManageRequest, opts ...gr
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Job)
 	err := c.cc.Invoke(ctx, Cedana_Manage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) ManageContainer(ctx context.Context, in *ManageContainerRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Cedana_ManageContainer_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -230,6 +243,8 @@ type CedanaServer interface {
 	Run(context.Context, *RunRequest) (*Job, error)
 	// Manage adopts a running process as a job.
 	Manage(context.Context, *ManageRequest) (*Job, error)
+	// ManageContainer adopts a running Docker or runc container as a job.
+	ManageContainer(context.Context, *ManageContainerRequest) (*Job, error)
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	// DumpJob checkpoints a job now.
@@ -264,6 +279,9 @@ func (UnimplementedCedanaServer) Run(context.Context, *RunRequest) (*Job, error)
 }
 func (UnimplementedCedanaServer) Manage(context.Context, *ManageRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method Manage not implemented")
+}
+func (UnimplementedCedanaServer) ManageContainer(context.Context, *ManageContainerRequest) (*Job, error) {
+	return nil, status.Error(codes.Unimplemented, "method ManageContainer not implemented")
 }
 func (UnimplementedCedanaServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
@@ -351,6 +369,24 @@ func _Cedana_Manage_Handler(srv interface{}, ctx context.Context, dec func(inter
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CedanaServer).Manage(ctx, req.(*ManageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_ManageContainer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ManageContainerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).ManageContainer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_ManageContainer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).ManageContainer(ctx, req.(*ManageContainerRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -560,6 +596,10 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Manage",
 			Handler:    _Cedana_Manage_Handler,
+		},
+		{
+			MethodName: "ManageContainer",
+			Handler:    _Cedana_ManageContainer_Handler,
 		},
 		{
 			MethodName: "ListJobs",
