@@ -227,3 +227,60 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// smallBenchImages is a checkpoint of an idle process: 15 small CRIU
+// images, about 80 KiB in all.
+func smallBenchImages() map[string][]byte {
+	return map[string][]byte{
+		"core-1.img":      randomBytes(8, 3000),
+		"pages-1.img":     append(textBytes(24<<10), randomBytes(12, 16<<10)...),
+		"pagemap-1.img":   textBytes(600),
+		"mm-1.img":        textBytes(4096),
+		"files.img":       textBytes(20000),
+		"fdinfo-2.img":    randomBytes(9, 300),
+		"inventory.img":   []byte("inventory"),
+		"pstree.img":      []byte{1, 2, 3},
+		"ids-1.img":       randomBytes(10, 40),
+		"fs-1.img":        textBytes(30),
+		"tty-info.img":    nil,
+		"seccomp.img":     nil,
+		"timens-0.img":    randomBytes(11, 20),
+		"utsns-12.img":    textBytes(64),
+		"ipcns-var-1.img": textBytes(12000),
+	}
+}
+
+// BenchmarkSmallArchive creates, opens and extracts the archive of a
+// small checkpoint, as a daemon does for idle jobs.
+func BenchmarkSmallArchive(b *testing.B) {
+	in := filepath.Join(scratchDir(b), "images")
+	os.Mkdir(in, 0o700)
+	var total int64
+	for name, data := range smallBenchImages() {
+		os.WriteFile(filepath.Join(in, name), data, 0o600)
+		total += int64(len(data))
+	}
+	out := scratchDir(b)
+	b.SetBytes(total)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		path := filepath.Join(out, strconv.Itoa(i)+".zip")
+		if _, _, err := Create(path, testManifest(), in, nil, WriteOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		r, err := Open(path, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dir := filepath.Join(out, strconv.Itoa(i))
+		os.Mkdir(dir, 0o700)
+		if err := r.Extract(dir, ExtractOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		r.Close()
+		b.StopTimer()
+		os.RemoveAll(dir)
+		os.Remove(path)
+		b.StartTimer()
+	}
+}

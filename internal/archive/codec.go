@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -42,8 +43,8 @@ func concurrency(n int) int {
 	return n
 }
 
-// newEncoder returns the zstd encoder shared by the n compression workers
-// of one archive (EncodeAll is safe for n concurrent calls).
+// newEncoder returns a zstd encoder for up to n concurrent EncodeAll
+// calls.
 //
 // SpeedDefault rather than SpeedFastest: on the benchmark inputs it costs
 // about as much CPU on compressible data (it finds longer matches, so it
@@ -59,32 +60,70 @@ func newEncoder(n int) (*zstd.Encoder, error) {
 		zstd.WithEncoderCRC(false))
 }
 
-// decoders holds one extraction worker's reusable decompressors.
-type decoders struct {
-	zstd   *zstd.Decoder // streaming
-	frames *zstd.Decoder // whole frames (DecodeAll), from several goroutines
-	flate  io.ReadCloser
+// coderPool caches zstd encoders or decoders of one configuration across
+// archives. Building one costs more than compressing a small archive (an
+// encoder's match tables alone are 1.3 MiB), which made a daemon that
+// checkpoints many small processes spend its time allocating them.
+//
+// The pools are package-level caches that hold no semantic state: every
+// coder in a pool has the same fixed options, and EncodeAll, DecodeAll and
+// a stream decoder's Reset each start from scratch, so which coder a
+// caller gets changes only how fast it runs, never the bytes it produces.
+// They start no goroutines (concurrency 1, no streaming encoder), so the
+// garbage collector may drop them from the pool without closing them.
+type coderPool[T any] struct {
+	pool  sync.Pool
+	build func() (T, error)
 }
 
-// newDecoders returns decompressors for one extraction worker whose
-// frames are decoded by up to workers goroutines.
-func newDecoders(workers int) (*decoders, error) {
-	z, err := zstd.NewReader(nil,
-		zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderLowmem(false),
-		zstd.WithDecoderMaxWindow(maxDecoderWindow))
-	if err != nil {
-		return nil, err
+// get returns a cached coder or builds one.
+func (p *coderPool[T]) get() (T, error) {
+	if c, ok := p.pool.Get().(T); ok {
+		return c, nil
 	}
-	fr, err := zstd.NewReader(nil,
-		zstd.WithDecoderConcurrency(workers),
-		zstd.WithDecoderMaxWindow(maxDecoderWindow),
-		zstd.WithDecodeAllCapLimit(true))
-	if err != nil {
-		z.Close()
-		return nil, err
+	return p.build()
+}
+
+// put returns a coder for reuse; the caller must not use it any more.
+func (p *coderPool[T]) put(c T) { p.pool.Put(c) }
+
+var (
+	// blockEncoders compress content of at most maxBlockSize bytes. Such
+	// content is one zstd block, which the encoder codes without its
+	// history buffer, so these stay small.
+	blockEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) { return newEncoder(1) }}
+	// frameEncoders compress larger frames; each holds a history buffer of
+	// twice the window (16 MiB) once used.
+	frameEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) { return newEncoder(1) }}
+	// streamDecoders read zstd streams (Reset before each).
+	streamDecoders = &coderPool[*zstd.Decoder]{build: func() (*zstd.Decoder, error) {
+		return zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1), // synchronous: no goroutines
+			zstd.WithDecoderLowmem(false),
+			zstd.WithDecoderMaxWindow(maxDecoderWindow))
+	}}
+	// frameDecoders decode whole frames (DecodeAll), one call at a time.
+	frameDecoders = &coderPool[*zstd.Decoder]{build: func() (*zstd.Decoder, error) {
+		return zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(maxDecoderWindow),
+			zstd.WithDecodeAllCapLimit(true))
+	}}
+)
+
+// encoderFor returns the pool of encoders for content of n bytes.
+func encoderFor(n int) *coderPool[*zstd.Encoder] {
+	if n <= maxBlockSize {
+		return blockEncoders
 	}
-	return &decoders{zstd: z, frames: fr}, nil
+	return frameEncoders
+}
+
+// decoders holds one extraction worker's stream decompressors, taken from
+// the pools on first use and returned by close.
+type decoders struct {
+	zstd  *zstd.Decoder
+	flate io.ReadCloser
 }
 
 // open returns a reader of the uncompressed content of raw.
@@ -100,6 +139,13 @@ func (d *decoders) open(method uint16, raw io.Reader) (io.Reader, error) {
 		}
 		return d.flate, nil
 	case methodZstd:
+		if d.zstd == nil {
+			z, err := streamDecoders.get()
+			if err != nil {
+				return nil, err
+			}
+			d.zstd = z
+		}
 		if err := d.zstd.Reset(raw); err != nil {
 			return nil, err
 		}
@@ -108,11 +154,17 @@ func (d *decoders) open(method uint16, raw io.Reader) (io.Reader, error) {
 	return nil, fmt.Errorf("%w: unsupported compression method %d", ErrCorrupt, method)
 }
 
-// close releases the decoders' goroutines and memory.
+// close returns the decompressors to the pools, or releases them.
 func (d *decoders) close() {
-	d.zstd.Close()
-	d.frames.Close()
+	if d.zstd != nil {
+		// Drop the last stream's input so the pool does not keep the
+		// archive's file reachable.
+		d.zstd.Reset(nil)
+		streamDecoders.put(d.zstd)
+		d.zstd = nil
+	}
 	if d.flate != nil {
 		d.flate.Close()
+		d.flate = nil
 	}
 }

@@ -14,18 +14,25 @@ import (
 // that any decoder reads, and that Cedana's reader decodes in parallel
 // (see decodeFrames).
 //
-// One frameWriter serves every entry of an archive: reset starts an entry,
-// Close ends it, shutdown stops the workers.
+// An entry that fits in one frame (most CRIU images) is compressed in the
+// calling goroutine at Close, into buffers sized to it; the workers and
+// their frame-sized buffers are only started by the first full frame.
+//
+// One frameWriter serves every entry of an archive: expect and reset start
+// an entry, Close ends it, shutdown stops the workers.
 type frameWriter struct {
-	enc         *zstd.Encoder
+	workers     int
 	w           io.Writer
-	cur         []byte      // the frame being filled
-	pending     []*frameJob // submitted frames, in order
-	jobs        chan *frameJob
+	cur         []byte // the frame being filled
+	left        int64  // bytes of the entry still expected, a sizing hint
+	out         []byte // compressed single-frame entry, reused
+	pending     []*frameJob
+	jobs        chan *frameJob // nil until the workers start
+	encs        []*zstd.Encoder
 	freeSrc     [][]byte
 	freeDst     [][]byte
 	maxInflight int
-	wrote       bool  // this entry has produced a frame
+	wrote       bool  // this entry has submitted a frame
 	err         error // sticky write error
 	wg          sync.WaitGroup
 }
@@ -36,23 +43,20 @@ type frameJob struct {
 	done     chan struct{}
 }
 
-// newFrameWriter starts workers compression goroutines sharing enc.
-func newFrameWriter(enc *zstd.Encoder, workers int) *frameWriter {
-	fw := &frameWriter{enc: enc, jobs: make(chan *frameJob, 2*workers), maxInflight: 2 * workers}
-	for range workers {
-		fw.wg.Go(func() {
-			for j := range fw.jobs {
-				j.dst = enc.EncodeAll(j.src, j.dst[:0])
-				close(j.done)
-			}
-		})
-	}
-	return fw
+// newFrameWriter returns a frame writer that compresses large entries on
+// up to workers goroutines.
+func newFrameWriter(workers int) *frameWriter {
+	return &frameWriter{workers: workers, maxInflight: 2 * workers}
 }
+
+// expect tells the writer the expected size of the next entry, so that it
+// can size its buffer (the content may still turn out longer or shorter).
+func (fw *frameWriter) expect(size int64) { fw.left = size }
 
 // reset starts a new entry written to w. It is the zip.Compressor.
 func (fw *frameWriter) reset(w io.Writer) (io.WriteCloser, error) {
 	fw.w, fw.wrote, fw.err = w, false, nil
+	fw.cur = fw.cur[:0]
 	return fw, nil
 }
 
@@ -63,11 +67,12 @@ func (fw *frameWriter) Write(p []byte) (int, error) {
 		if fw.err != nil {
 			return 0, fw.err
 		}
-		if fw.cur == nil {
-			fw.cur = fw.getBuf(&fw.freeSrc, frameSize)
+		c := min(len(p), frameSize-len(fw.cur))
+		if len(fw.cur)+c > cap(fw.cur) {
+			fw.grow(len(fw.cur) + c)
 		}
-		c := copy(fw.cur[len(fw.cur):frameSize], p)
-		fw.cur = fw.cur[:len(fw.cur)+c]
+		fw.cur = append(fw.cur, p[:c]...)
+		fw.left -= int64(c)
 		p = p[c:]
 		if len(fw.cur) == frameSize {
 			fw.submit()
@@ -76,13 +81,31 @@ func (fw *frameWriter) Write(p []byte) (int, error) {
 	return n, fw.err
 }
 
-// Close submits the last partial frame (or an empty frame for an empty
-// entry) and writes every pending frame.
+// grow gives cur room for n bytes, and for the rest of the frame as far
+// as the expected size tells.
+func (fw *frameWriter) grow(n int) {
+	var b []byte
+	if k := len(fw.freeSrc); k > 0 {
+		b, fw.freeSrc = fw.freeSrc[k-1], fw.freeSrc[:k-1] // frameSize capacity
+	} else {
+		want := int(min(frameSize, max(int64(n), int64(len(fw.cur))+fw.left, 2*int64(cap(fw.cur)))))
+		b = make([]byte, 0, want)
+	}
+	fw.cur = append(b, fw.cur...)
+}
+
+// Close ends the entry. An entry that fits in one frame (or is empty) is
+// compressed here; otherwise the last partial frame is submitted and every
+// pending frame is written.
 func (fw *frameWriter) Close() error {
-	if len(fw.cur) > 0 || !fw.wrote {
-		if fw.cur == nil {
-			fw.cur = fw.getBuf(&fw.freeSrc, frameSize)
-		}
+	if fw.err != nil {
+		return fw.err
+	}
+	if !fw.wrote {
+		fw.err = fw.encodeSingle()
+		return fw.err
+	}
+	if len(fw.cur) > 0 {
 		fw.submit()
 	}
 	for len(fw.pending) > 0 {
@@ -91,9 +114,29 @@ func (fw *frameWriter) Close() error {
 	return fw.err
 }
 
-// submit hands the current frame to the workers, first writing finished
-// frames and waiting if too many are in flight.
+// encodeSingle compresses cur, the whole entry, as one frame and writes
+// it, in the calling goroutine.
+func (fw *frameWriter) encodeSingle() error {
+	pool := encoderFor(len(fw.cur))
+	enc, err := pool.get()
+	if err != nil {
+		return err
+	}
+	fw.out = enc.EncodeAll(fw.cur, fw.out[:0])
+	pool.put(enc)
+	fw.cur = fw.cur[:0]
+	_, err = fw.w.Write(fw.out)
+	return err
+}
+
+// submit hands the current frame to the workers, starting them if needed,
+// first writing finished frames and waiting if too many are in flight.
 func (fw *frameWriter) submit() {
+	if fw.jobs == nil {
+		if fw.err = fw.start(); fw.err != nil {
+			return
+		}
+	}
 	for len(fw.pending) > 0 && (len(fw.pending) >= fw.maxInflight || isDone(fw.pending[0].done)) {
 		fw.writeHead()
 	}
@@ -104,6 +147,31 @@ func (fw *frameWriter) submit() {
 	fw.jobs <- j
 }
 
+// start starts the compression workers, each with its own encoder.
+func (fw *frameWriter) start() error {
+	for range fw.workers {
+		enc, err := frameEncoders.get()
+		if err != nil {
+			for _, e := range fw.encs {
+				frameEncoders.put(e)
+			}
+			fw.encs = nil
+			return err
+		}
+		fw.encs = append(fw.encs, enc)
+	}
+	fw.jobs = make(chan *frameJob, fw.maxInflight)
+	for _, enc := range fw.encs {
+		fw.wg.Go(func() {
+			for j := range fw.jobs {
+				j.dst = enc.EncodeAll(j.src, j.dst[:0])
+				close(j.done)
+			}
+		})
+	}
+	return nil
+}
+
 // writeHead waits for the oldest frame and writes it out.
 func (fw *frameWriter) writeHead() {
 	j := fw.pending[0]
@@ -112,7 +180,9 @@ func (fw *frameWriter) writeHead() {
 	if fw.err == nil {
 		_, fw.err = fw.w.Write(j.dst)
 	}
-	fw.freeSrc = append(fw.freeSrc, j.src[:0])
+	if cap(j.src) == frameSize {
+		fw.freeSrc = append(fw.freeSrc, j.src[:0])
+	}
 	fw.freeDst = append(fw.freeDst, j.dst[:0])
 }
 
@@ -126,12 +196,20 @@ func (fw *frameWriter) getBuf(free *[][]byte, n int) []byte {
 	return make([]byte, 0, n)
 }
 
-// shutdown waits for in-flight frames and stops the workers.
+// shutdown waits for in-flight frames, stops the workers and returns
+// their encoders to the pool.
 func (fw *frameWriter) shutdown() {
+	if fw.jobs == nil {
+		return
+	}
 	for _, j := range fw.pending {
 		<-j.done
 	}
 	fw.pending = nil
 	close(fw.jobs)
 	fw.wg.Wait()
+	for _, enc := range fw.encs {
+		frameEncoders.put(enc)
+	}
+	fw.encs = nil
 }

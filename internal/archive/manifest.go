@@ -3,6 +3,9 @@ package archive
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"runtime"
+	"syscall"
 	"time"
 )
 
@@ -195,6 +198,33 @@ type DumpStats struct {
 	MemdumpTimeUS  uint32 `json:"memdump_time_us"`
 	MemwriteTimeUS uint32 `json:"memwrite_time_us"`
 	PagesWritten   uint64 `json:"pages_written"`
+}
+
+// TotalSize returns the total uncompressed size of every entry.
+func (m *Manifest) TotalSize() int64 {
+	var n int64
+	for _, e := range m.Entries {
+		n += e.Size
+	}
+	return n
+}
+
+// CurrentHost describes the machine this runs on.
+func CurrentHost() HostInfo {
+	h := HostInfo{Arch: runtime.GOARCH}
+	h.Hostname, _ = os.Hostname()
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		b := make([]byte, 0, len(u.Release))
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		h.Kernel = string(b)
+	}
+	return h
 }
 
 // ImagesSize returns the total uncompressed size of the CRIU images.

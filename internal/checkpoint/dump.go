@@ -74,7 +74,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	start := time.Now()
 	prog := req.Progress
 	if prog == nil {
-		prog = noProgress{}
+		prog = NoProgress{}
 	}
 	if req.PID <= 0 {
 		return nil, fmt.Errorf("%w: PID must be a positive number, got %d", ErrInvalidInput, req.PID)
@@ -150,7 +150,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		Created:       time.Now().UTC(),
 		Cedana:        Version,
 		CRIU:          archive.CRIUInfo{Version: criuVersion, VersionString: criu.FormatVersion(criuVersion)},
-		Host:          hostInfo(),
+		Host:          archive.CurrentHost(),
 		RootPID:       req.PID,
 		PIDNamespace:  ownPIDNamespace(req.PID),
 		Processes:     snap.processes,
@@ -298,27 +298,6 @@ func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {
 		return fmt.Errorf("signal %v to PID %d: %w", sig, pid, err)
 	}
 	return nil
-}
-
-func hostInfo() archive.HostInfo {
-	h := archive.HostInfo{Arch: runtime.GOARCH}
-	h.Hostname, _ = os.Hostname()
-	var u syscall.Utsname
-	if syscall.Uname(&u) == nil {
-		h.Kernel = cstr(u.Release[:])
-	}
-	return h
-}
-
-func cstr(b []int8) string {
-	out := make([]byte, 0, len(b))
-	for _, c := range b {
-		if c == 0 {
-			break
-		}
-		out = append(out, byte(c))
-	}
-	return string(out)
 }
 
 func dirSize(dir string) int64 {

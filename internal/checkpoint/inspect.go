@@ -18,9 +18,9 @@ func (s *Service) Inspect(ctx context.Context, path string, verify bool, prog Pr
 	defer r.Close()
 	if verify {
 		if prog == nil {
-			prog = noProgress{}
+			prog = NoProgress{}
 		}
-		prog.Start("verifying", totalSize(r.Manifest))
+		prog.Start("verifying", r.Manifest.TotalSize())
 		err := r.Verify(archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
 		prog.Done()
 		if err != nil {

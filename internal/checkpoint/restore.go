@@ -56,7 +56,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	start := time.Now()
 	prog := req.Progress
 	if prog == nil {
-		prog = noProgress{}
+		prog = NoProgress{}
 	}
 	r, err := archive.Open(req.Path, archive.DefaultLimits())
 	if err != nil {
@@ -76,7 +76,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", totalSize(m))
+	prog.Start("verifying and extracting", m.TotalSize())
 	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
 	prog.Done()
 	if err != nil {
@@ -162,14 +162,6 @@ func (s *Service) checkCompatible(m *archive.Manifest) error {
 			ErrInvalidInput, m.CRIU.VersionString, criu.FormatVersion(v), m.CRIU.VersionString)
 	}
 	return nil
-}
-
-func totalSize(m *archive.Manifest) int64 {
-	var n int64
-	for _, e := range m.Entries {
-		n += e.Size
-	}
-	return n
 }
 
 // waitPIDsFree waits until no PID of the tree is taken, for at most wait.

@@ -40,11 +40,17 @@ type Progress interface {
 	Done()
 }
 
-type noProgress struct{}
+// NoProgress is a Progress that reports nothing.
+type NoProgress struct{}
 
-func (noProgress) Start(string, int64) {}
-func (noProgress) Advance(int64)       {}
-func (noProgress) Done()               {}
+// Start does nothing.
+func (NoProgress) Start(string, int64) {}
+
+// Advance does nothing.
+func (NoProgress) Advance(int64) {}
+
+// Done does nothing.
+func (NoProgress) Done() {}
 
 // Settings are the engine's defaults, usually from the configuration.
 type Settings struct {

@@ -34,6 +34,27 @@ type writableFile struct {
 	via  string // /proc/PID/fd/N: reads the very inode the process holds
 }
 
+// Tree describes a live process tree for a checkpoint: the manifest's
+// process list and the CRIU options it needs, with the reasons.
+type Tree struct {
+	Processes      []archive.Process
+	ShellJob       bool
+	TCPEstablished bool
+	// Reasons explain ShellJob and TCPEstablished, e.g. "tcp-established:
+	// PID 42 has a ESTABLISHED connection 10.0.0.2:5432 -> ...".
+	Reasons []string
+}
+
+// DescribeTree describes the tree rooted at pid as it is now. Other
+// engines (containers) use it for their manifests.
+func DescribeTree(pid int) (*Tree, error) {
+	s, err := takeSnapshot(pid)
+	if err != nil {
+		return nil, err
+	}
+	return &Tree{Processes: s.processes, ShellJob: s.shellJob, TCPEstablished: s.tcpEstablished, Reasons: s.why}, nil
+}
+
 // takeSnapshot describes the tree rooted at pid as it is now.
 func takeSnapshot(pid int) (*snapshot, error) {
 	pids, err := proc.Tree(pid)

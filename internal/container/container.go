@@ -216,7 +216,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	start := time.Now()
 	prog := req.Progress
 	if prog == nil {
-		prog = noProgress{}
+		prog = checkpoint.NoProgress{}
 	}
 	if req.Container == "" {
 		return nil, invalid("no container given")
@@ -339,7 +339,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		Created:       time.Now().UTC(),
 		Cedana:        checkpoint.Version,
 		CRIU:          archive.CRIUInfo{Version: version, VersionString: criu.FormatVersion(version)},
-		Host:          hostInfo(),
+		Host:          archive.CurrentHost(),
 		RootPID:       t.pid,
 		PIDNamespace:  true, // runtimes always give containers their own PID namespace
 		Processes:     tree.processes,
@@ -407,7 +407,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	start := time.Now()
 	prog := req.Progress
 	if prog == nil {
-		prog = noProgress{}
+		prog = checkpoint.NoProgress{}
 	}
 	r, err := archive.Open(req.Path, archive.DefaultLimits())
 	if err != nil {
@@ -434,7 +434,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", totalSize(m))
+	prog.Start("verifying and extracting", m.TotalSize())
 	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
 	prog.Done()
 	if err != nil {
@@ -547,29 +547,6 @@ func archivePath(dir, exact, name string, t time.Time) (string, error) {
 	return "", fmt.Errorf("no free archive name in %s", dir)
 }
 
-type noProgress struct{}
-
-func (noProgress) Start(string, int64) {}
-func (noProgress) Advance(int64)       {}
-func (noProgress) Done()               {}
-
-func hostInfo() archive.HostInfo {
-	h := archive.HostInfo{Arch: runtime.GOARCH}
-	h.Hostname, _ = os.Hostname()
-	var u syscall.Utsname
-	if syscall.Uname(&u) == nil {
-		b := make([]byte, 0, len(u.Release))
-		for _, c := range u.Release {
-			if c == 0 {
-				break
-			}
-			b = append(b, byte(c))
-		}
-		h.Kernel = string(b)
-	}
-	return h
-}
-
 func dirSize(dir string) int64 {
 	var n int64
 	ents, _ := os.ReadDir(dir)
@@ -577,14 +554,6 @@ func dirSize(dir string) int64 {
 		if info, err := e.Info(); err == nil {
 			n += info.Size()
 		}
-	}
-	return n
-}
-
-func totalSize(m *archive.Manifest) int64 {
-	var n int64
-	for _, e := range m.Entries {
-		n += e.Size
 	}
 	return n
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/proc"
 )
 
@@ -24,50 +25,30 @@ type treeInfo struct {
 }
 
 // describeTree reads the container's process tree rooted at pid (its init,
-// as seen from the host).
+// as seen from the host), through the same description as process dumps,
+// and adds what only containers care about: files of the host that the
+// container cannot see.
 func describeTree(pid int) (*treeInfo, error) {
-	pids, err := proc.Tree(pid)
+	t, err := checkpoint.DescribeTree(pid)
 	if err != nil {
 		return nil, err
 	}
+	ti := &treeInfo{processes: t.Processes}
+	for _, r := range t.Reasons {
+		if strings.HasPrefix(r, "tcp-established:") && ti.tcp == "" {
+			ti.tcp = strings.TrimSpace(strings.TrimPrefix(r, "tcp-established:"))
+		}
+	}
 	mounts := mountIDs(pid)
-	ti := &treeInfo{}
-	for _, p := range pids {
-		st, err := proc.ReadStat(p)
-		if err != nil {
-			continue // exited meanwhile
-		}
-		uid, gid, _ := proc.IDs(p)
-		ap := archive.Process{
-			PID: p, PPID: st.PPID, PGID: st.PGID, SID: st.SID, Name: st.Comm,
-			Exe: proc.Link(p, "exe"), Cmdline: proc.Cmdline(p), Cwd: proc.Link(p, "cwd"),
-			UID: uid, GID: gid, RSS: uint64(st.RSSPages) * uint64(os.Getpagesize()),
-			TTY: proc.TTYName(st.TTYNr),
-		}
-		fds, _ := proc.FDs(p)
-		socks := proc.Sockets(p)
-		for _, fd := range fds {
-			ap.Files = append(ap.Files, archive.OpenFile{FD: fd.Num, Path: fd.Path, Type: fd.Type, Flags: fd.Flags, Pos: fd.Pos})
-			switch fd.Type {
-			case "socket":
-				so, ok := socks[fd.Inode]
-				if !ok {
-					continue
-				}
-				ap.Sockets = append(ap.Sockets, archive.SocketInfo{FD: fd.Num, Family: so.Family, State: so.State, Local: so.Local, Remote: so.Remote, Inode: so.Inode})
-				if strings.HasPrefix(so.Family, "tcp") && so.State == "ESTABLISHED" && ti.tcp == "" {
-					ti.tcp = fmt.Sprintf("PID %d (%s) has a TCP connection %s -> %s", p, st.Comm, so.Local, so.Remote)
-				}
+	for _, p := range t.Processes {
+		for _, f := range p.Files {
+			switch f.Type {
 			case "file", "dir", "deleted":
-				if mounts != nil && !mounts[fdMountID(p, fd.Num)] {
-					ti.hostFiles = append(ti.hostFiles, fmt.Sprintf("PID %d (%s) fd %d: %s", p, st.Comm, fd.Num, fd.Path))
+				if mounts != nil && !mounts[fdMountID(p.PID, f.FD)] {
+					ti.hostFiles = append(ti.hostFiles, fmt.Sprintf("PID %d (%s) fd %d: %s", p.PID, p.Name, f.FD, f.Path))
 				}
 			}
 		}
-		ti.processes = append(ti.processes, ap)
-	}
-	if len(ti.processes) == 0 {
-		return nil, fmt.Errorf("%w: PID %d", proc.ErrNoProcess, pid)
 	}
 	return ti, nil
 }

@@ -100,15 +100,11 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	imgDir, err := os.Open(o.ImagesDir)
+	imgDir, logDir, err := openDirs(o.ImagesDir, o.LogDir)
 	if err != nil {
-		return nil, fmt.Errorf("open images dir: %w", err)
+		return nil, err
 	}
 	defer imgDir.Close()
-	logDir, err := os.Open(o.LogDir)
-	if err != nil {
-		return nil, fmt.Errorf("open log dir: %w", err)
-	}
 	defer logDir.Close()
 
 	opts := &rpc.CriuOpts{
@@ -161,15 +157,11 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	imgDir, err := os.Open(o.ImagesDir)
+	imgDir, logDir, err := openDirs(o.ImagesDir, o.LogDir)
 	if err != nil {
-		return nil, fmt.Errorf("open images dir: %w", err)
+		return nil, err
 	}
 	defer imgDir.Close()
-	logDir, err := os.Open(o.LogDir)
-	if err != nil {
-		return nil, fmt.Errorf("open log dir: %w", err)
-	}
 	defer logDir.Close()
 
 	opts := &rpc.CriuOpts{
@@ -195,6 +187,19 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 		return nil, newError("restore", err, logPath)
 	}
 	return &RestoreResult{PID: int(n.pid), LogPath: logPath}, nil
+}
+
+// openDirs opens the images and log directories, whose descriptors CRIU
+// receives.
+func openDirs(images, logs string) (imgDir, logDir *os.File, err error) {
+	if imgDir, err = os.Open(images); err != nil {
+		return nil, nil, fmt.Errorf("open images dir: %w", err)
+	}
+	if logDir, err = os.Open(logs); err != nil {
+		imgDir.Close()
+		return nil, nil, fmt.Errorf("open log dir: %w", err)
+	}
+	return imgDir, logDir, nil
 }
 
 // restoreNotify records the PID CRIU reports once the tree is restored.

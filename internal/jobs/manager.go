@@ -56,8 +56,8 @@ type Manager struct {
 	store      store.Store
 	engine     *checkpoint.Service
 	containers Containers // nil: no container jobs
-	log     *slog.Logger
-	metrics *Metrics
+	log        *slog.Logger
+	metrics    *Metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
