@@ -164,11 +164,7 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 	}
 	for range n {
 		wg.Go(func() {
-			dec, err := newDecoders(frameWorkers)
-			if err != nil {
-				fail(err)
-				return
-			}
+			dec := &decoders{}
 			defer dec.close()
 			pipe := newPipeline(frameSize, chunkDepth)
 			for e := take(); e != nil; e = take() {
@@ -232,7 +228,7 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 	} else {
 		var rd io.Reader
 		if rd, err = dec.open(e.method, src); err == nil {
-			err = pipe.runReader(ctx, &sizeGuard{r: rd, left: e.info.Size}, stages...)
+			err = pipe.runReader(ctx, &sizeGuard{r: rd, left: e.info.Size}, e.info.Size, stages...)
 		}
 	}
 	switch {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"sync"
 	"unsafe"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // frameTask is one frame handed to a decoding worker.
@@ -39,9 +41,16 @@ func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, li
 	tasks := make(chan *frameTask, maxInflight)
 	var wg sync.WaitGroup
 	for range workers {
+		fd, err := frameDecoders.get()
+		if err != nil {
+			close(tasks)
+			wg.Wait()
+			return err
+		}
 		wg.Go(func() {
+			defer frameDecoders.put(fd)
 			for t := range tasks {
-				t.out, t.err = decodeFrame(dec, t.comp, t.out, t.size)
+				t.out, t.err = decodeFrame(fd, t.comp, t.out, t.size)
 				close(t.done)
 			}
 		})
@@ -115,8 +124,8 @@ func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, li
 
 // decodeFrame decodes one frame of content size size into out, which has
 // room for it.
-func decodeFrame(dec *decoders, comp, out []byte, size int64) ([]byte, error) {
-	got, err := dec.frames.DecodeAll(comp, out[:0])
+func decodeFrame(fd *zstd.Decoder, comp, out []byte, size int64) ([]byte, error) {
+	got, err := fd.DecodeAll(comp, out[:0])
 	if err != nil {
 		return out, err
 	}

@@ -98,14 +98,11 @@ func (fw *frameWriter) grow(n int) {
 // compressed here; otherwise the last partial frame is submitted and every
 // pending frame is written.
 func (fw *frameWriter) Close() error {
-	if fw.err != nil {
-		return fw.err
-	}
-	if !fw.wrote {
+	if !fw.wrote && fw.err == nil {
 		fw.err = fw.encodeSingle()
 		return fw.err
 	}
-	if len(fw.cur) > 0 {
+	if len(fw.cur) > 0 && fw.err == nil {
 		fw.submit()
 	}
 	for len(fw.pending) > 0 {

@@ -15,6 +15,9 @@ type pipeline struct {
 	bufSize int
 	maxBufs int
 	free    chan []byte
+	// small is runReader's buffer for streams expected to be shorter than
+	// bufSize, sized to them and reused across runs; it is never in free.
+	small []byte
 
 	mu        sync.Mutex // guards allocated
 	allocated int
@@ -51,7 +54,12 @@ func (p *pipeline) get(done <-chan struct{}) []byte {
 }
 
 // put returns a buffer. It never blocks: free can hold every buffer.
-func (p *pipeline) put(b []byte) { p.free <- b[:cap(b)] }
+// Buffers shorter than bufSize are runReader's and are dropped.
+func (p *pipeline) put(b []byte) {
+	if cap(b) == p.bufSize {
+		p.free <- b[:cap(b)]
+	}
+}
 
 // flow is one run of a pipeline, seen from its producer.
 type flow struct {
@@ -139,9 +147,20 @@ func (p *pipeline) run(ctx context.Context, produce func(*flow) error, stages ..
 
 // runReader streams r through the stages in chunks of the pipeline's
 // buffer size. A stream that fits in one buffer is processed inline,
-// without starting goroutines.
-func (p *pipeline) runReader(ctx context.Context, r io.Reader, stages ...func([]byte) error) error {
-	first := p.get(nil)
+// without starting goroutines. size is the expected length of the stream
+// (-1 if unknown): a stream expected to be short is first read into a
+// buffer of that size plus one byte (to see its end), so that small files
+// do not cost a full-size buffer; it may still turn out longer.
+func (p *pipeline) runReader(ctx context.Context, r io.Reader, size int64, stages ...func([]byte) error) error {
+	var first []byte
+	if size >= 0 && size+1 < int64(p.bufSize) {
+		if cap(p.small) <= int(size) {
+			p.small = make([]byte, min(int64(p.bufSize-1), max(size+1, 2*int64(cap(p.small)), 4<<10)))
+		}
+		first = p.small[:size+1]
+	} else {
+		first = p.get(nil)
+	}
 	n, err := readFull(r, first)
 	if err != nil {
 		defer p.put(first)
@@ -154,6 +173,9 @@ func (p *pipeline) runReader(ctx context.Context, r io.Reader, stages ...func([]
 			}
 		}
 		return nil
+	}
+	if cap(first) < p.bufSize {
+		p.small = nil // the stages own it now; put drops it
 	}
 	return p.run(ctx, func(f *flow) error {
 		f.emit(first[:n])

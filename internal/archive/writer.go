@@ -2,7 +2,6 @@ package archive
 
 import (
 	"archive/zip"
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -161,21 +160,23 @@ func fileType(m fs.FileMode) string {
 // writeArchive writes the whole zip into f, filling m's entries, and
 // syncs f. It returns the archive's size.
 func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, files []FileSource, opts WriteOptions) (int64, error) {
-	n := concurrency(opts.Concurrency)
-	enc, err := newEncoder(n)
-	if err != nil {
-		return 0, err
-	}
-	defer enc.Close()
-	fw := newFrameWriter(enc, n)
-	defer fw.shutdown()
 	cw := &countWriter{w: f}
-	bw := bufio.NewWriterSize(cw, 1<<20)
+	sc := getScratch(cw)
+	bw := sc.bw
+	fw := newFrameWriter(concurrency(opts.Concurrency))
+	fw.cur, fw.out = sc.frame, sc.packed
+	pipe := newPipeline(frameSize, chunkDepth)
+	pipe.small = sc.read
+	defer func() {
+		fw.shutdown()
+		putScratch(sc, pipe, fw)
+	}()
 	zw := zip.NewWriter(bw)
 	zw.RegisterCompressor(methodZstd, fw.reset)
 	ew := &entryWriter{
 		zw:       zw,
-		pipe:     newPipeline(frameSize, chunkDepth),
+		fw:       fw,
+		pipe:     pipe,
 		progress: newProgress(opts.Progress),
 		modified: m.Created.UTC(),
 	}
@@ -244,6 +245,7 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 // entryWriter streams source files into zip entries.
 type entryWriter struct {
 	zw       *zip.Writer
+	fw       *frameWriter
 	pipe     *pipeline
 	progress *progress
 	modified time.Time
@@ -269,19 +271,22 @@ func (ew *entryWriter) add(name, src string, noFollow bool) (EntryInfo, error) {
 		return EntryInfo{}, fmt.Errorf("open %s for %s: %w", src, name, err)
 	}
 	defer in.Close()
-	if fi, err := in.Stat(); err != nil {
+	fi, err := in.Stat()
+	if err != nil {
 		return EntryInfo{}, err
-	} else if !fi.Mode().IsRegular() {
+	}
+	if !fi.Mode().IsRegular() {
 		return EntryInfo{}, fmt.Errorf("%s (for %s) is a %s, not a regular file: %w", src, name, fileType(fi.Mode()), ErrUnsafeEntry)
 	}
 
+	ew.fw.expect(fi.Size())
 	w, err := ew.zw.CreateHeader(ew.header(name, methodZstd))
 	if err != nil {
 		return EntryInfo{}, err
 	}
 	h := sha256.New()
 	var size int64
-	err = ew.pipe.runReader(context.Background(), in,
+	err = ew.pipe.runReader(context.Background(), in, fi.Size(),
 		func(b []byte) error { h.Write(b); size += int64(len(b)); return nil },
 		func(b []byte) error {
 			_, err := w.Write(b)
