@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v8"
@@ -31,8 +32,15 @@ const MinVersion = 40200
 var ErrNotFound = errors.New("criu not found")
 
 // Client runs CRIU operations. The zero value is not usable; call New.
+// It is safe for concurrent use.
 type Client struct {
 	path string
+
+	// The version is cached per binary (path, size, mtime): asking costs a
+	// `criu swrk` process, and a daemon dumps many times a minute.
+	mu      sync.Mutex
+	verKey  string
+	version int
 }
 
 // New returns a Client that runs the CRIU binary at path, or the one on
@@ -65,6 +73,19 @@ func (c *Client) swrk() (*gocriu.Criu, error) {
 
 // Version returns CRIU's version as major*10000+minor*100+sublevel.
 func (c *Client) Version() (int, error) {
+	p, err := c.Path()
+	if err != nil {
+		return 0, err
+	}
+	key := p
+	if st, err := os.Stat(p); err == nil {
+		key = fmt.Sprintf("%s:%d:%d", p, st.Size(), st.ModTime().UnixNano())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.verKey == key && c.version > 0 {
+		return c.version, nil
+	}
 	g, err := c.swrk()
 	if err != nil {
 		return 0, err
@@ -73,6 +94,7 @@ func (c *Client) Version() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ask criu for its version: %w", err)
 	}
+	c.verKey, c.version = key, v
 	return v, nil
 }
 
