@@ -88,10 +88,16 @@ func (p *coderPool[T]) get() (T, error) {
 func (p *coderPool[T]) put(c T) { p.pool.Put(c) }
 
 var (
-	// blockEncoders compress content of at most maxBlockSize bytes. Such
-	// content is one zstd block, which the encoder codes without its
-	// history buffer, so these stay small.
-	blockEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) { return newEncoder(1) }}
+	// blockEncoders compress content of at most maxBlockSize bytes (CRIU's
+	// small images: core, files, mm…). Such content is one zstd block,
+	// which the encoder codes without its history buffer. They use the
+	// fastest level: with a few KiB of protobuf the bigger match tables of
+	// SpeedDefault gain almost nothing but cost cache misses on every
+	// archive, which dominated a daemon checkpointing many small jobs.
+	blockEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) {
+		return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	}}
 	// frameEncoders compress larger frames; each holds a history buffer of
 	// twice the window (16 MiB) once used.
 	frameEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) { return newEncoder(1) }}

@@ -223,7 +223,7 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 	if err != nil {
 		return 0, err
 	}
-	w, err := zw.CreateHeader(ew.header(ManifestName, methodDeflate))
+	w, err := zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
 	if err != nil {
 		return 0, err
 	}

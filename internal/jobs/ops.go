@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -94,7 +95,11 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		return nil, err
 	}
 	m.metrics.dumped(elapsed, size, stats)
-	m.event(j.ID, "checkpointed", "%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	if pruned := m.prune(j); len(pruned) > 0 {
+		msg += fmt.Sprintf("; removed %s (retention policy)", strings.Join(pruned, ", "))
+	}
+	m.event(j.ID, "checkpointed", "%s", msg)
 	switch {
 	case !leaveRunning:
 		m.unsupervise(j.ID)
@@ -109,7 +114,6 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	default:
 		m.afterLeaveRunning(j)
 	}
-	m.prune(j)
 	return ck, nil
 }
 
@@ -231,11 +235,11 @@ func (m *Manager) pickCheckpoint(ctx context.Context, j *store.Job, id string) (
 // prune applies the job's retention policy: keep the newest Keep complete
 // checkpoints within KeepBytes (the newest is always kept), and the newest
 // few failed records for diagnosis.
-func (m *Manager) prune(j *store.Job) {
+func (m *Manager) prune(j *store.Job) (removed []string) {
 	p := j.Policy
 	cs, err := m.store.ListCheckpoints(context.Background(), j.ID)
 	if err != nil {
-		return
+		return nil
 	}
 	sortNewestFirst(cs)
 	var kept, failed int
@@ -267,8 +271,11 @@ func (m *Manager) prune(j *store.Job) {
 			continue
 		}
 		m.metrics.pruned()
-		m.event(j.ID, "pruned", "removed checkpoint %s (retention policy)", c.ID)
+		if c.State == store.CheckpointComplete {
+			removed = append(removed, c.ID)
+		}
 	}
+	return removed
 }
 
 // Drain checkpoints every running job and stops it: what to do before the
