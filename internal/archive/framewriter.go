@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"hash/crc32"
 	"io"
 	"sync"
 
@@ -35,6 +36,9 @@ type frameWriter struct {
 	wrote       bool  // this entry has submitted a frame
 	err         error // sticky write error
 	wg          sync.WaitGroup
+	// stored is the CRC-32C of the compressed bytes of the current entry;
+	// prevStored keeps the previous entry's when the next one starts.
+	stored, prevStored uint32
 }
 
 // frameJob is one frame to compress.
@@ -55,7 +59,8 @@ func (fw *frameWriter) expect(size int64) { fw.left = size }
 
 // reset starts a new entry written to w. It is the zip.Compressor.
 func (fw *frameWriter) reset(w io.Writer) (io.WriteCloser, error) {
-	fw.w, fw.wrote, fw.err = w, false, nil
+	fw.prevStored, fw.stored = fw.stored, 0
+	fw.w, fw.wrote, fw.err = storedCRC{w: w, fw: fw}, false, nil
 	fw.cur = fw.cur[:0]
 	return fw, nil
 }
@@ -210,3 +215,18 @@ func (fw *frameWriter) shutdown() {
 	}
 	fw.encs = nil
 }
+
+// storedCRC passes compressed bytes on and adds them to the entry's
+// CRC-32C of stored bytes.
+type storedCRC struct {
+	w  io.Writer
+	fw *frameWriter
+}
+
+func (c storedCRC) Write(p []byte) (int, error) {
+	c.fw.stored = crc32.Update(c.fw.stored, castagnoli, p)
+	return c.w.Write(p)
+}
+
+// castagnoli is the CRC-32C table (hardware-accelerated on amd64/arm64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)

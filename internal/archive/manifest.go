@@ -173,6 +173,12 @@ type EntryInfo struct {
 	Name   string `json:"name"`
 	Size   int64  `json:"size"`   // uncompressed bytes
 	SHA256 string `json:"sha256"` // hex, of the uncompressed bytes
+	// StoredCRC32C is the CRC-32C (hex) of the entry's bytes as stored
+	// (compressed). The SHA-256 proves the content; this also refuses an
+	// archive whose stored bytes changed in a way the decoder ignores
+	// (some bits of a zstd stream do not affect its output). Empty in
+	// archives that do not record it.
+	StoredCRC32C string `json:"stored_crc32c,omitempty"`
 }
 
 // CarriedFile is a file the process had open for writing whose content is

@@ -71,6 +71,9 @@ func (m *Manifest) validateEntries() (map[string]int64, error) {
 		if e.Size < 0 {
 			return nil, entryErr(e.Name, ErrCorrupt, "negative size %d in the manifest", e.Size)
 		}
+		if e.StoredCRC32C != "" && (len(e.StoredCRC32C) != 8 || !isLowerHex(e.StoredCRC32C)) {
+			return nil, entryErr(e.Name, ErrCorrupt, "stored_crc32c %q is not 8 lowercase hex digits", e.StoredCRC32C)
+		}
 		if !isSHA256Hex(e.SHA256) {
 			return nil, entryErr(e.Name, ErrCorrupt, "sha256 %q is not 64 lowercase hex digits", e.SHA256)
 		}
@@ -129,6 +132,16 @@ func isSHA256Hex(s string) bool {
 	if len(s) != 64 {
 		return false
 	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isLowerHex reports whether s is made of lowercase hex digits.
+func isLowerHex(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
 			return false

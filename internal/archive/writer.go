@@ -216,14 +216,22 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 	slices.SortFunc(m.Entries, func(a, b EntryInfo) int { return strings.Compare(a.Name, b.Name) })
 	ew.progress.report()
 
+	// Starting the manifest closes the last entry, which completes its
+	// stored-bytes CRC; then every entry's is known.
+	w, err := zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
+	if err != nil {
+		return 0, err
+	}
+	ew.noteStored()
+	for i := range m.Entries {
+		if c, ok := ew.stored[m.Entries[i].Name]; ok {
+			m.Entries[i].StoredCRC32C = fmt.Sprintf("%08x", c)
+		}
+	}
 	if err := m.Validate(); err != nil {
 		return 0, err
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return 0, err
-	}
-	w, err := zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
 	if err != nil {
 		return 0, err
 	}
@@ -249,6 +257,24 @@ type entryWriter struct {
 	pipe     *pipeline
 	progress *progress
 	modified time.Time
+	// stored collects each entry's CRC-32C of stored bytes, known once
+	// the zip writer has closed the entry (when the next one starts).
+	stored   map[string]uint32
+	lastName string
+}
+
+// noteStored records the CRC of the last entry, which the zip writer
+// closed when the (stored, so not compressed) manifest began: the frame
+// writer was not reset since, so its CRC is that entry's.
+func (ew *entryWriter) noteStored() {
+	if ew.lastName == "" {
+		return
+	}
+	if ew.stored == nil {
+		ew.stored = map[string]uint32{}
+	}
+	ew.stored[ew.lastName] = ew.fw.stored
+	ew.lastName = ""
 }
 
 // header returns a zip header for a regular 0600 file.
@@ -280,10 +306,18 @@ func (ew *entryWriter) add(name, src string, noFollow bool) (EntryInfo, error) {
 	}
 
 	ew.fw.expect(fi.Size())
+	prev := ew.lastName
 	w, err := ew.zw.CreateHeader(ew.header(name, methodZstd))
 	if err != nil {
 		return EntryInfo{}, err
 	}
+	if prev != "" { // CreateHeader closed it and reset the frame writer
+		if ew.stored == nil {
+			ew.stored = map[string]uint32{}
+		}
+		ew.stored[prev] = ew.fw.prevStored
+	}
+	ew.lastName = name
 	h := sha256.New()
 	var size int64
 	err = ew.pipe.runReader(context.Background(), in, fi.Size(),
