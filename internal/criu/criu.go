@@ -129,22 +129,10 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 	defer imgDir.Close()
 	defer logDir.Close()
 
-	opts := &rpc.CriuOpts{
-		ImagesDirFd:    ptr(int32(imgDir.Fd())),
-		WorkDirFd:      ptr(int32(logDir.Fd())),
-		LogFile:        ptr(o.LogFile),
-		LogLevel:       ptr(int32(4)),
-		Pid:            ptr(int32(o.PID)),
-		LeaveRunning:   ptr(o.LeaveRunning),
-		TcpEstablished: ptr(o.TCPEstablished),
-		ShellJob:       ptr(o.ShellJob),
-		ExtUnixSk:      ptr(o.ExtUnixSockets),
-		FileLocks:      ptr(o.FileLocks),
-		LinkRemap:      ptr(o.LinkRemap),
-		ManageCgroups:  ptr(true),
-		NetworkLock:    networkLock(o.NetworkLock).Enum(),
-		External:       o.ExternalTTYs,
-	}
+	opts := baseOpts(imgDir, logDir, o.LogFile, shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})
+	opts.Pid = ptr(int32(o.PID))
+	opts.LeaveRunning = ptr(o.LeaveRunning)
+	opts.External = o.ExternalTTYs
 	if o.LeaveStopped && !o.LeaveRunning {
 		opts.LeaveStopped = ptr(true)
 	}
@@ -186,20 +174,8 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 	defer imgDir.Close()
 	defer logDir.Close()
 
-	opts := &rpc.CriuOpts{
-		ImagesDirFd:    ptr(int32(imgDir.Fd())),
-		WorkDirFd:      ptr(int32(logDir.Fd())),
-		LogFile:        ptr(o.LogFile),
-		LogLevel:       ptr(int32(4)),
-		TcpEstablished: ptr(o.TCPEstablished),
-		ShellJob:       ptr(o.ShellJob),
-		ExtUnixSk:      ptr(o.ExtUnixSockets),
-		FileLocks:      ptr(o.FileLocks),
-		LinkRemap:      ptr(o.LinkRemap),
-		ManageCgroups:  ptr(true),
-		RstSibling:     ptr(o.Detach),
-		NetworkLock:    networkLock(o.NetworkLock).Enum(),
-	}
+	opts := baseOpts(imgDir, logDir, o.LogFile, shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})
+	opts.RstSibling = ptr(o.Detach)
 	for key, f := range o.TTYs {
 		g.AddInheritFd(key, f)
 	}
@@ -209,6 +185,29 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 		return nil, newError("restore", err, logPath)
 	}
 	return &RestoreResult{PID: int(n.pid), LogPath: logPath}, nil
+}
+
+// shared are the options a restore must repeat from its dump.
+type shared struct {
+	tcpEstablished, shellJob, extUnixSockets, fileLocks, linkRemap bool
+	networkLock                                                    NetworkLock
+}
+
+// baseOpts builds the CRIU options common to dump and restore.
+func baseOpts(imgDir, logDir *os.File, logFile string, s shared) *rpc.CriuOpts {
+	return &rpc.CriuOpts{
+		ImagesDirFd:    ptr(int32(imgDir.Fd())),
+		WorkDirFd:      ptr(int32(logDir.Fd())),
+		LogFile:        ptr(logFile),
+		LogLevel:       ptr(int32(4)), // debug: the context around an error is what explains it
+		TcpEstablished: ptr(s.tcpEstablished),
+		ShellJob:       ptr(s.shellJob),
+		ExtUnixSk:      ptr(s.extUnixSockets),
+		FileLocks:      ptr(s.fileLocks),
+		LinkRemap:      ptr(s.linkRemap),
+		ManageCgroups:  ptr(true),
+		NetworkLock:    networkLock(s.networkLock).Enum(),
+	}
 }
 
 // openDirs opens the images and log directories, whose descriptors CRIU
