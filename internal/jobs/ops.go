@@ -2,8 +2,8 @@ package jobs
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,13 +24,20 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
-	j, err = m.transition(ctx, j.ID, "dump", Dumping, nil)
-	if err != nil {
-		return nil, err
-	}
+	// One durable write starts the checkpoint: the state and a pending
+	// record (never listed as good; marked failed if the daemon dies).
 	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointPending}
-	if err := m.store.PutCheckpoint(ctx, ck); err != nil {
-		m.setState(j.ID, Running, "")
+	j, err = m.store.Commit(ctx, j.ID, store.Change{
+		Job: func(j *store.Job) error {
+			if err := check("dump", State(j.State), j.Name); err != nil {
+				return err
+			}
+			j.State = string(Dumping)
+			return nil
+		},
+		Put: []*store.Checkpoint{ck},
+	})
+	if err != nil {
 		return nil, err
 	}
 	select { // wait for a slot; the job shows as dumping meanwhile
@@ -79,27 +86,34 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	}
 	ck.State, ck.Path, ck.Size = store.CheckpointComplete, path, size
 	ck.CompletedAt, ck.DumpSeconds = time.Now().UTC(), elapsed.Seconds()
-	if err := m.store.PutCheckpoint(context.Background(), ck); err != nil {
-		return nil, err
-	}
 	next := Checkpointed
 	if leaveRunning {
 		next = Running
 	}
-	j, err = m.store.UpdateJob(context.Background(), j.ID, func(j *store.Job) error {
-		j.State = string(next)
-		j.LastCheckpointID, j.LastCheckpointAt = ck.ID, ck.CompletedAt
-		return nil
+	// One durable write completes it: the record, the job's state, what
+	// retention drops and the event. Dropped archives are removed after,
+	// so that no record ever points to a missing archive.
+	drop := m.retention(j, ck)
+	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	if len(drop) > 0 {
+		msg += fmt.Sprintf("; removed %s (retention policy)", strings.Join(checkpointIDs(drop), ", "))
+	}
+	j, err = m.store.Commit(context.Background(), j.ID, store.Change{
+		Job: func(j *store.Job) error {
+			j.State = string(next)
+			j.LastCheckpointID, j.LastCheckpointAt = ck.ID, ck.CompletedAt
+			return nil
+		},
+		Put:    []*store.Checkpoint{ck},
+		Delete: checkpointIDs(drop),
+		Events: []store.Event{{Type: "checkpointed", Message: msg}},
 	})
 	if err != nil {
 		return nil, err
 	}
+	m.log.Info(msg, "job", j.ID, "event", "checkpointed")
+	m.removeArchives(j.ID, drop)
 	m.metrics.dumped(elapsed, size, stats)
-	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
-	if pruned := m.prune(j); len(pruned) > 0 {
-		msg += fmt.Sprintf("; removed %s (retention policy)", strings.Join(pruned, ", "))
-	}
-	m.event(j.ID, "checkpointed", "%s", msg)
 	switch {
 	case !leaveRunning:
 		m.unsupervise(j.ID)
@@ -232,50 +246,81 @@ func (m *Manager) pickCheckpoint(ctx context.Context, j *store.Job, id string) (
 	return nil, fmt.Errorf("%w: job %s has no complete checkpoint to restore from", ErrNoCheckpoint, j.Name)
 }
 
-// prune applies the job's retention policy: keep the newest Keep complete
-// checkpoints within KeepBytes (the newest is always kept), and the newest
-// few failed records for diagnosis.
-func (m *Manager) prune(j *store.Job) (removed []string) {
+// retention returns the checkpoints the job's policy drops: beyond the
+// newest Keep complete ones, or beyond KeepBytes (the newest is always
+// kept), and failed records beyond the newest few. fresh, if set, is a
+// checkpoint about to be recorded complete, counted as the newest.
+func (m *Manager) retention(j *store.Job, fresh *store.Checkpoint) []*store.Checkpoint {
 	p := j.Policy
 	cs, err := m.store.ListCheckpoints(context.Background(), j.ID)
 	if err != nil {
 		return nil
 	}
+	if fresh != nil {
+		cs = slices.DeleteFunc(cs, func(c *store.Checkpoint) bool { return c.ID == fresh.ID })
+		cs = append([]*store.Checkpoint{fresh}, cs...)
+	}
 	sortNewestFirst(cs)
-	var kept, failed int
-	var bytes int64
+	var (
+		drop         []*store.Checkpoint
+		kept, failed int
+		bytes        int64
+	)
 	for _, c := range cs {
-		drop := false
 		switch c.State {
 		case store.CheckpointComplete:
-			over := (p.Keep > 0 && kept >= p.Keep) || (p.KeepBytes > 0 && kept > 0 && bytes+c.Size > p.KeepBytes)
-			if over {
-				drop = true
-			} else {
-				kept++
-				bytes += c.Size
+			if (p.Keep > 0 && kept >= p.Keep) || (p.KeepBytes > 0 && kept > 0 && bytes+c.Size > p.KeepBytes) {
+				drop = append(drop, c)
+				continue
 			}
+			kept++
+			bytes += c.Size
 		case store.CheckpointFailed:
-			failed++
-			drop = failed > 5
+			if failed++; failed > 5 {
+				drop = append(drop, c)
+			}
 		}
-		if !drop {
-			continue
-		}
-		if err := removeArchive(c.Path); err != nil {
-			m.log.Warn("prune checkpoint", "job", j.ID, "checkpoint", c.ID, "err", err)
-			continue
-		}
-		if err := m.store.DeleteCheckpoint(context.Background(), c.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-			m.log.Warn("prune checkpoint record", "job", j.ID, "checkpoint", c.ID, "err", err)
-			continue
-		}
-		m.metrics.pruned()
+	}
+	return drop
+}
+
+// prune applies the job's retention policy now and returns the IDs of the
+// complete checkpoints it removed.
+func (m *Manager) prune(j *store.Job) []string {
+	drop := m.retention(j, nil)
+	if len(drop) == 0 {
+		return nil
+	}
+	if _, err := m.store.Commit(context.Background(), j.ID, store.Change{Delete: checkpointIDs(drop)}); err != nil {
+		m.log.Warn("prune checkpoints", "job", j.ID, "err", err)
+		return nil
+	}
+	m.removeArchives(j.ID, drop)
+	var removed []string
+	for _, c := range drop {
 		if c.State == store.CheckpointComplete {
 			removed = append(removed, c.ID)
 		}
 	}
 	return removed
+}
+
+// removeArchives deletes the archives of checkpoints whose records are gone.
+func (m *Manager) removeArchives(jobID string, cs []*store.Checkpoint) {
+	for _, c := range cs {
+		if err := removeArchive(c.Path); err != nil {
+			m.log.Warn("remove pruned archive", "job", jobID, "checkpoint", c.ID, "err", err)
+		}
+		m.metrics.pruned()
+	}
+}
+
+func checkpointIDs(cs []*store.Checkpoint) []string {
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	return ids
 }
 
 // Drain checkpoints every running job and stops it: what to do before the

@@ -150,27 +150,86 @@ func getJob(tx *bolt.Tx, id string) (*Job, error) {
 func (s *boltStore) UpdateJob(ctx context.Context, id string, fn func(*Job) error) (*Job, error) {
 	var out *Job
 	err := s.update(ctx, func(tx *bolt.Tx) error {
-		j, err := getJob(tx, id)
-		if err != nil {
-			return err
-		}
-		oldName := j.Name
-		if err := applyJobUpdate(j, fn, now()); err != nil {
-			return err
-		}
-		if j.Name != oldName {
-			if err := checkNameFree(tx, j.Name, j.ID); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketJobNames).Delete([]byte(oldName)); err != nil {
-				return err
-			}
-		}
-		if err := putJob(tx, j); err != nil {
-			return err
-		}
-		out, err = getJob(tx, id) // a copy that fn cannot still be holding
+		var err error
+		out, err = updateJob(tx, id, fn)
 		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// updateJob is UpdateJob inside a transaction.
+func updateJob(tx *bolt.Tx, id string, fn func(*Job) error) (*Job, error) {
+	j, err := getJob(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	oldName := j.Name
+	if err := applyJobUpdate(j, fn, now()); err != nil {
+		return nil, err
+	}
+	if j.Name != oldName {
+		if err := checkNameFree(tx, j.Name, j.ID); err != nil {
+			return nil, err
+		}
+		if err := tx.Bucket(bucketJobNames).Delete([]byte(oldName)); err != nil {
+			return nil, err
+		}
+	}
+	if err := putJob(tx, j); err != nil {
+		return nil, err
+	}
+	return getJob(tx, id) // a copy that fn cannot still be holding
+}
+
+// Commit implements Store.
+func (s *boltStore) Commit(ctx context.Context, jobID string, c Change) (*Job, error) {
+	t := now()
+	for _, ck := range c.Put {
+		if ck.JobID == "" {
+			ck.JobID = jobID
+		}
+		if ck.JobID != jobID {
+			return nil, fmt.Errorf("commit: checkpoint %s belongs to job %s, not %s: %w", ck.ID, ck.JobID, jobID, ErrInvalid)
+		}
+		if err := prepareCheckpoint(ck, t); err != nil {
+			return nil, err
+		}
+	}
+	for i := range c.Events {
+		c.Events[i].JobID = jobID
+		if err := prepareEvent(&c.Events[i], t); err != nil {
+			return nil, err
+		}
+	}
+	var out *Job
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		var err error
+		if c.Job != nil {
+			if out, err = updateJob(tx, jobID, c.Job); err != nil {
+				return err
+			}
+		} else if out, err = getJob(tx, jobID); err != nil {
+			return err
+		}
+		for _, ck := range c.Put {
+			if err := putCheckpoint(tx, ck); err != nil {
+				return err
+			}
+		}
+		for _, id := range c.Delete {
+			if err := deleteCheckpoint(tx, id); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+		for i := range c.Events {
+			if err := addEvent(tx, &c.Events[i]); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -247,27 +306,30 @@ func (s *boltStore) AddEvent(ctx context.Context, e Event) (Event, error) {
 	if err := prepareEvent(&e, now()); err != nil {
 		return Event{}, err
 	}
-	err := s.update(ctx, func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketJobs).Get([]byte(e.JobID)) == nil {
-			return fmt.Errorf("add event: %w", jobNotFound(e.JobID))
-		}
-		eb, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(e.JobID))
-		if err != nil {
-			return err
-		}
-		if e.Seq, err = eb.NextSequence(); err != nil {
-			return err
-		}
-		b, err := encode(e)
-		if err != nil {
-			return err
-		}
-		return eb.Put(seqKey(e.Seq), b)
-	})
+	err := s.update(ctx, func(tx *bolt.Tx) error { return addEvent(tx, &e) })
 	if err != nil {
 		return Event{}, err
 	}
 	return e, nil
+}
+
+// addEvent is AddEvent inside a transaction; it assigns e.Seq.
+func addEvent(tx *bolt.Tx, e *Event) error {
+	if tx.Bucket(bucketJobs).Get([]byte(e.JobID)) == nil {
+		return fmt.Errorf("add event: %w", jobNotFound(e.JobID))
+	}
+	eb, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(e.JobID))
+	if err != nil {
+		return err
+	}
+	if e.Seq, err = eb.NextSequence(); err != nil {
+		return err
+	}
+	b, err := encode(*e)
+	if err != nil {
+		return err
+	}
+	return eb.Put(seqKey(e.Seq), b)
 }
 
 // ListEvents implements Store.

@@ -133,14 +133,17 @@ func (s *boltStore) ListCheckpoints(ctx context.Context, jobID string) ([]*Check
 
 // DeleteCheckpoint implements Store.
 func (s *boltStore) DeleteCheckpoint(ctx context.Context, id string) error {
-	return s.update(ctx, func(tx *bolt.Tx) error {
-		_, jb, err := checkpointRecord(tx, id)
-		if err != nil {
-			return err
-		}
-		if err := jb.Delete([]byte(id)); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketCheckpointJobs).Delete([]byte(id))
-	})
+	return s.update(ctx, func(tx *bolt.Tx) error { return deleteCheckpoint(tx, id) })
+}
+
+// deleteCheckpoint is DeleteCheckpoint inside a transaction.
+func deleteCheckpoint(tx *bolt.Tx, id string) error {
+	_, jb, err := checkpointRecord(tx, id)
+	if err != nil {
+		return err
+	}
+	if err := jb.Delete([]byte(id)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketCheckpointJobs).Delete([]byte(id))
 }

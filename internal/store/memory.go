@@ -335,3 +335,85 @@ func (s *memStore) ListEvents(ctx context.Context, jobID string, afterSeq uint64
 	}
 	return out, nil
 }
+
+// Commit implements Store. Everything that can fail is done before the
+// first change, so a failed Commit changes nothing.
+func (s *memStore) Commit(ctx context.Context, jobID string, c Change) (*Job, error) {
+	t := now()
+	for _, ck := range c.Put {
+		if ck.JobID == "" {
+			ck.JobID = jobID
+		}
+		if ck.JobID != jobID {
+			return nil, fmt.Errorf("commit: checkpoint %s belongs to job %s, not %s: %w", ck.ID, ck.JobID, jobID, ErrInvalid)
+		}
+		if err := prepareCheckpoint(ck, t); err != nil {
+			return nil, err
+		}
+	}
+	for i := range c.Events {
+		c.Events[i].JobID = jobID
+		if err := prepareEvent(&c.Events[i], t); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	b, ok := s.jobs[jobID]
+	if !ok {
+		return nil, jobNotFound(jobID)
+	}
+	j, err := decodeJob(b)
+	if err != nil {
+		return nil, err
+	}
+	oldName := j.Name
+	if c.Job != nil {
+		if err := applyJobUpdate(j, c.Job, t); err != nil {
+			return nil, err
+		}
+		if j.Name != oldName {
+			if err := s.checkNameFree(j.Name, j.ID); err != nil {
+				return nil, err
+			}
+		}
+	}
+	events := make([][]byte, len(c.Events))
+	next := uint64(len(s.events[jobID]))
+	for i := range c.Events {
+		next++
+		c.Events[i].Seq = next
+		if events[i], err = encode(c.Events[i]); err != nil {
+			return nil, err
+		}
+	}
+	// From here on nothing fails.
+	if c.Job != nil {
+		if j.Name != oldName {
+			delete(s.names, oldName)
+		}
+		if err := s.putJob(j); err != nil {
+			return nil, err
+		}
+	}
+	for _, ck := range c.Put {
+		if prev, ok := s.ckptJob[ck.ID]; ok && prev != jobID {
+			delete(s.jobCkpts[prev], ck.ID)
+		}
+		if s.jobCkpts[jobID] == nil {
+			s.jobCkpts[jobID] = map[string][]byte{}
+		}
+		s.jobCkpts[jobID][ck.ID] = encodeCheckpoint(ck)
+		s.ckptJob[ck.ID] = jobID
+	}
+	for _, id := range c.Delete {
+		if owner, ok := s.ckptJob[id]; ok {
+			delete(s.jobCkpts[owner], id)
+			delete(s.ckptJob, id)
+		}
+	}
+	s.events[jobID] = append(s.events[jobID], events...)
+	return decodeJob(s.jobs[jobID])
+}

@@ -121,6 +121,19 @@ type Job struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// Change is what Commit writes together for one job.
+type Change struct {
+	// Job, if set, updates the job (as UpdateJob's fn).
+	Job func(*Job) error
+	// Put creates or replaces checkpoints of the job.
+	Put []*Checkpoint
+	// Delete removes checkpoint records of the job (missing ones are
+	// ignored).
+	Delete []string
+	// Events are appended to the job's events (Seq and Time assigned).
+	Events []Event
+}
+
 // Checkpoint is one archive in the catalogue.
 type Checkpoint struct {
 	// ID is the checkpoint's identity; PutCheckpoint assigns one from
@@ -194,6 +207,10 @@ type Store interface {
 	// DeleteCheckpoint removes the record of checkpoint id (not its
 	// archive).
 	DeleteCheckpoint(ctx context.Context, id string) error
+	// Commit applies a Change to one job in a single transaction: one
+	// durable write for a whole lifecycle step. It returns the job as
+	// updated. An error from Change.Job aborts everything.
+	Commit(ctx context.Context, jobID string, c Change) (*Job, error)
 	// AddEvent appends e to the log of job e.JobID (ErrNotFound if there is
 	// no such job), assigning Seq and, when zero, Time.
 	AddEvent(ctx context.Context, e Event) (Event, error)
