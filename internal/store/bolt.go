@@ -187,22 +187,8 @@ func updateJob(tx *bolt.Tx, id string, fn func(*Job) error) (*Job, error) {
 // Commit implements Store.
 func (s *boltStore) Commit(ctx context.Context, jobID string, c Change) (*Job, error) {
 	t := now()
-	for _, ck := range c.Put {
-		if ck.JobID == "" {
-			ck.JobID = jobID
-		}
-		if ck.JobID != jobID {
-			return nil, fmt.Errorf("commit: checkpoint %s belongs to job %s, not %s: %w", ck.ID, ck.JobID, jobID, ErrInvalid)
-		}
-		if err := prepareCheckpoint(ck, t); err != nil {
-			return nil, err
-		}
-	}
-	for i := range c.Events {
-		c.Events[i].JobID = jobID
-		if err := prepareEvent(&c.Events[i], t); err != nil {
-			return nil, err
-		}
+	if err := prepareChange(jobID, c, t); err != nil {
+		return nil, err
 	}
 	var out *Job
 	err := s.update(ctx, func(tx *bolt.Tx) error {

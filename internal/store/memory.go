@@ -340,22 +340,8 @@ func (s *memStore) ListEvents(ctx context.Context, jobID string, afterSeq uint64
 // first change, so a failed Commit changes nothing.
 func (s *memStore) Commit(ctx context.Context, jobID string, c Change) (*Job, error) {
 	t := now()
-	for _, ck := range c.Put {
-		if ck.JobID == "" {
-			ck.JobID = jobID
-		}
-		if ck.JobID != jobID {
-			return nil, fmt.Errorf("commit: checkpoint %s belongs to job %s, not %s: %w", ck.ID, ck.JobID, jobID, ErrInvalid)
-		}
-		if err := prepareCheckpoint(ck, t); err != nil {
-			return nil, err
-		}
-	}
-	for i := range c.Events {
-		c.Events[i].JobID = jobID
-		if err := prepareEvent(&c.Events[i], t); err != nil {
-			return nil, err
-		}
+	if err := prepareChange(jobID, c, t); err != nil {
+		return nil, err
 	}
 	if err := s.lock(ctx); err != nil {
 		return nil, err

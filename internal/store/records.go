@@ -143,3 +143,26 @@ func decodeEvent(b []byte) (Event, error) {
 	}
 	return e, nil
 }
+
+// prepareChange validates a Change for jobID and fills in what Commit
+// assigns (checkpoint IDs and times, event job and time), before any write.
+func prepareChange(jobID string, c Change, t time.Time) error {
+	for _, ck := range c.Put {
+		if ck.JobID == "" {
+			ck.JobID = jobID
+		}
+		if ck.JobID != jobID {
+			return fmt.Errorf("commit: checkpoint %s belongs to job %s, not %s: %w", ck.ID, ck.JobID, jobID, ErrInvalid)
+		}
+		if err := prepareCheckpoint(ck, t); err != nil {
+			return err
+		}
+	}
+	for i := range c.Events {
+		c.Events[i].JobID = jobID
+		if err := prepareEvent(&c.Events[i], t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
