@@ -71,10 +71,16 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	elapsed := time.Since(start)
 	if derr != nil {
 		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
-		_ = m.store.PutCheckpoint(context.Background(), ck)
-		m.setState(j.ID, Running, "")
+		msg := fmt.Sprintf("%s checkpoint failed (the job kept running): %v", why, derr)
+		if _, err := m.store.Commit(context.Background(), j.ID, store.Change{
+			Job:    func(j *store.Job) error { j.State, j.Error = string(Running), ""; return nil },
+			Put:    []*store.Checkpoint{ck},
+			Events: []store.Event{{Type: "dump-failed", Message: msg}},
+		}); err != nil {
+			m.log.Error("record failed checkpoint", "job", j.ID, "err", err)
+		}
+		m.log.Info(msg, "job", j.ID, "event", "dump-failed")
 		m.metrics.dumpFailed()
-		m.event(j.ID, "dump-failed", "%s checkpoint failed (the job kept running): %v", why, derr)
 		if j.Runtime != "" {
 			if j2, err := m.refreshContainer(context.Background(), j); err == nil {
 				m.supervise(j2, false)
