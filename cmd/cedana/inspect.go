@@ -133,7 +133,8 @@ func printManifest(path string, size int64, m *archive.Manifest, verified bool) 
 	fmt.Fprintf(w, "\nEntries: %d\n", len(m.Entries))
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, e := range m.Entries {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.Name, humanBytes(e.Size), e.SHA256[:min(16, len(e.SHA256))])
+		d := e.Digest()
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.Name, humanBytes(e.Size), d[:min(16, len(d))])
 	}
 	tw.Flush()
 }

@@ -55,9 +55,10 @@ func newEncoder(n int) (*zstd.Encoder, error) {
 	return zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.SpeedDefault),
 		zstd.WithEncoderConcurrency(n),
-		// The SHA-256 of each entry covers the content; a per-frame
-		// xxhash would only cost time.
-		zstd.WithEncoderCRC(false))
+		// Each frame carries the XXH64 of its content (cheap), so that
+		// a decoder checks what it produced; the SHA-256 covers the
+		// stored bytes.
+		zstd.WithEncoderCRC(true))
 }
 
 // coderPool caches zstd encoders or decoders of one configuration across
@@ -96,7 +97,7 @@ var (
 	// archive, which dominated a daemon checkpointing many small jobs.
 	blockEncoders = &coderPool[*zstd.Encoder]{build: func() (*zstd.Encoder, error) {
 		return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
 	}}
 	// frameEncoders compress larger frames; each holds a history buffer of
 	// twice the window (16 MiB) once used.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"os"
@@ -200,11 +201,18 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 			}
 		}()
 	}
-	h := sha256.New()
+	// Format 1 records the SHA-256 of the content; later formats that of
+	// the stored bytes, which checkStored verifies.
+	var h hash.Hash
+	if e.info.SHA256 != "" {
+		h = sha256.New()
+	}
 	var size int64
 	var writeErr error
 	stages := []func([]byte) error{func(b []byte) error {
-		h.Write(b)
+		if h != nil {
+			h.Write(b)
+		}
 		size += int64(len(b))
 		if w == nil {
 			prog.add(len(b))
@@ -247,27 +255,40 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 	case size != e.info.Size:
 		return entryErr(name, ErrCorrupt, "truncated: %d of %d bytes", size, e.info.Size)
 	}
-	if sum := h.Sum(nil); hex.EncodeToString(sum) != e.info.SHA256 {
-		return entryErr(name, ErrCorrupt, "SHA-256 mismatch: content is %x, manifest says %s", sum, e.info.SHA256)
+	if h != nil {
+		if sum := h.Sum(nil); hex.EncodeToString(sum) != e.info.SHA256 {
+			return entryErr(name, ErrCorrupt, "SHA-256 mismatch: content is %x, manifest says %s", sum, e.info.SHA256)
+		}
 	}
 	return nil
 }
 
-// checkStored compares the CRC-32C of an entry's stored bytes with the
-// manifest's, when it records one. It reads the compressed bytes once
-// more (from the page cache, at memory speed): a flip in bits that the
-// decoder ignores would otherwise pass the SHA-256 of the content.
+// checkStored compares the digests of an entry's stored bytes with the
+// manifest's, those it records: the SHA-256 (format 2) and the CRC-32C.
+// It reads the compressed bytes before they are decoded, so nothing
+// decodes bytes that are not the ones the manifest describes.
 func checkStored(f io.ReaderAt, e *entry) error {
-	want := e.info.StoredCRC32C
-	if want == "" {
+	wantCRC, wantSHA := e.info.StoredCRC32C, e.info.StoredSHA256
+	if wantCRC == "" && wantSHA == "" {
 		return nil
 	}
 	crc := crc32.New(castagnoli)
-	if _, err := io.Copy(crc, io.NewSectionReader(f, e.dataOffset, e.compSize)); err != nil {
+	var w io.Writer = crc
+	var sha hash.Hash
+	if wantSHA != "" {
+		sha = sha256.New()
+		w = io.MultiWriter(crc, sha)
+	}
+	if _, err := io.Copy(w, io.NewSectionReader(f, e.dataOffset, e.compSize)); err != nil {
 		return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 	}
-	if got := fmt.Sprintf("%08x", crc.Sum32()); got != want {
-		return fmt.Errorf("%w: stored bytes changed (CRC-32C %s, manifest says %s)", ErrCorrupt, got, want)
+	if got := fmt.Sprintf("%08x", crc.Sum32()); wantCRC != "" && got != wantCRC {
+		return fmt.Errorf("%w: stored bytes changed (CRC-32C %s, manifest says %s)", ErrCorrupt, got, wantCRC)
+	}
+	if sha != nil {
+		if got := hex.EncodeToString(sha.Sum(nil)); got != wantSHA {
+			return fmt.Errorf("%w: stored bytes changed (SHA-256 %s, manifest says %s)", ErrCorrupt, got, wantSHA)
+		}
 	}
 	return nil
 }

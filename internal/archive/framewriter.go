@@ -1,6 +1,10 @@
 package archive
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"sync"
@@ -36,9 +40,9 @@ type frameWriter struct {
 	wrote       bool  // this entry has submitted a frame
 	err         error // sticky write error
 	wg          sync.WaitGroup
-	// stored is the CRC-32C of the compressed bytes of the current entry;
+	// stored digests the compressed bytes of the current entry;
 	// prevStored keeps the previous entry's when the next one starts.
-	stored, prevStored uint32
+	stored, prevStored storedDigest
 }
 
 // frameJob is one frame to compress.
@@ -59,8 +63,8 @@ func (fw *frameWriter) expect(size int64) { fw.left = size }
 
 // reset starts a new entry written to w. It is the zip.Compressor.
 func (fw *frameWriter) reset(w io.Writer) (io.WriteCloser, error) {
-	fw.prevStored, fw.stored = fw.stored, 0
-	fw.w, fw.wrote, fw.err = storedCRC{w: w, fw: fw}, false, nil
+	fw.prevStored, fw.stored = fw.stored, storedDigest{sha: sha256.New()}
+	fw.w, fw.wrote, fw.err = storedWriter{w: w, fw: fw}, false, nil
 	fw.cur = fw.cur[:0]
 	return fw, nil
 }
@@ -124,7 +128,7 @@ func (fw *frameWriter) encodeSingle() error {
 	if err != nil {
 		return err
 	}
-	fw.out = enc.EncodeAll(fw.cur, fw.out[:0])
+	fw.out = encodeFrame(enc, fw.cur, fw.out[:0])
 	pool.put(enc)
 	fw.cur = fw.cur[:0]
 	_, err = fw.w.Write(fw.out)
@@ -166,12 +170,21 @@ func (fw *frameWriter) start() error {
 	for _, enc := range fw.encs {
 		fw.wg.Go(func() {
 			for j := range fw.jobs {
-				j.dst = enc.EncodeAll(j.src, j.dst[:0])
+				j.dst = encodeFrame(enc, j.src, j.dst[:0])
 				close(j.done)
 			}
 		})
 	}
 	return nil
+}
+
+// encodeFrame appends to dst src as one zstd frame: raw blocks when src
+// looks incompressible, compressed otherwise.
+func encodeFrame(enc *zstd.Encoder, src, dst []byte) []byte {
+	if incompressible(src) {
+		return appendRawFrame(dst, src)
+	}
+	return enc.EncodeAll(src, dst)
 }
 
 // writeHead waits for the oldest frame and writes it out.
@@ -216,15 +229,31 @@ func (fw *frameWriter) shutdown() {
 	fw.encs = nil
 }
 
-// storedCRC passes compressed bytes on and adds them to the entry's
-// CRC-32C of stored bytes.
-type storedCRC struct {
+// storedDigest accumulates the digests of an entry's stored bytes.
+type storedDigest struct {
+	crc uint32
+	sha hash.Hash
+}
+
+// record returns the digests in the manifest's form.
+func (d storedDigest) record() (crc, sha string) {
+	crc = fmt.Sprintf("%08x", d.crc)
+	if d.sha != nil {
+		sha = hex.EncodeToString(d.sha.Sum(nil))
+	}
+	return crc, sha
+}
+
+// storedWriter passes compressed bytes on and adds them to the entry's
+// digests of stored bytes.
+type storedWriter struct {
 	w  io.Writer
 	fw *frameWriter
 }
 
-func (c storedCRC) Write(p []byte) (int, error) {
-	c.fw.stored = crc32.Update(c.fw.stored, castagnoli, p)
+func (c storedWriter) Write(p []byte) (int, error) {
+	c.fw.stored.crc = crc32.Update(c.fw.stored.crc, castagnoli, p)
+	c.fw.stored.sha.Write(p)
 	return c.w.Write(p)
 }
 

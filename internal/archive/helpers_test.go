@@ -3,11 +3,13 @@ package archive
 import (
 	"archive/zip"
 	"bytes"
+	"compress/flate"
+	"fmt"
+	"hash/crc32"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -174,26 +176,63 @@ func (hz hostileZip) write(t testing.TB) string {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer enc.Close()
-	zw.RegisterCompressor(methodZstd, func(w io.Writer) (io.WriteCloser, error) {
-		enc.Reset(w)
-		return encCloser{enc}, nil
-	})
 	m := testManifest()
 	m.FormatVersion = FormatVersion
+	// Every entry is written raw, from stored bytes computed here, so
+	// that the manifest can record their digests.
+	stored := map[string][]byte{}
 	for _, e := range hz.entries {
+		fh := &zip.FileHeader{Name: e.name, Method: e.method, Flags: e.flags}
+		mode := e.mode
+		if mode == 0 {
+			mode = 0o600
+		}
+		fh.SetMode(mode)
+		var raw []byte
+		switch {
+		case strings.HasSuffix(e.name, "/"): // a directory: no data
+		case e.raw != nil:
+			raw = e.raw
+			fh.UncompressedSize64 = e.rawSize
+		case e.method == methodStore:
+			fh.Method = methodZstd
+			raw = enc.EncodeAll(e.data, nil)
+		case e.method == methodDeflate:
+			var b bytes.Buffer
+			fw, _ := flate.NewWriter(&b, flate.DefaultCompression)
+			fw.Write(e.data)
+			fw.Close()
+			raw = b.Bytes()
+		default:
+			raw = enc.EncodeAll(e.data, nil)
+		}
+		if e.raw == nil && raw != nil {
+			fh.UncompressedSize64 = uint64(len(e.data))
+			fh.CRC32 = crc32.ChecksumIEEE(e.data)
+		}
+		fh.CompressedSize64 = uint64(len(raw))
+		w, err := zw.CreateRaw(fh)
+		if err == nil && len(raw) > 0 {
+			_, err = w.Write(raw)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored[e.name] = raw
 		if strings.HasPrefix(e.name, ImagesPrefix) || strings.HasPrefix(e.name, FilesPrefix) {
-			sum := sha256.Sum256(e.data)
 			size := int64(len(e.data))
 			if e.raw != nil {
 				size = int64(e.rawSize)
 			}
 			if !slices.ContainsFunc(m.Entries, func(x EntryInfo) bool { return x.Name == e.name }) {
-				m.Entries = append(m.Entries, EntryInfo{Name: e.name, Size: size, SHA256: hex.EncodeToString(sum[:])})
+				sum := sha256.Sum256(raw)
+				m.Entries = append(m.Entries, EntryInfo{Name: e.name, Size: size,
+					StoredSHA256: hex.EncodeToString(sum[:]), StoredCRC32C: fmt.Sprintf("%08x", crc32.Checksum(raw, castagnoli))})
 			}
 			if strings.HasPrefix(e.name, FilesPrefix) {
 				m.CarriedFiles = append(m.CarriedFiles, CarriedFile{Path: "/tmp/" + e.name[len(FilesPrefix):], Entry: e.name, Size: size})
@@ -209,33 +248,12 @@ func (hz hostileZip) write(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
-	all := hz.entries
 	if !hz.noManifest {
-		all = append(slices.Clone(all), zipEntry{name: ManifestName, data: mdata, method: methodDeflate})
-	}
-	for _, e := range all {
-		fh := &zip.FileHeader{Name: e.name, Method: e.method, Flags: e.flags}
-		if e.method == 0 && e.raw == nil {
-			fh.Method = methodZstd
-		}
-		mode := e.mode
-		if mode == 0 {
-			mode = 0o600
-		}
-		fh.SetMode(mode)
-		var w io.Writer
-		if e.raw != nil {
-			fh.CompressedSize64 = uint64(len(e.raw))
-			fh.UncompressedSize64 = e.rawSize
-			w, err = zw.CreateRaw(fh)
-			if err == nil {
-				_, err = w.Write(e.raw)
-			}
-		} else {
-			w, err = zw.CreateHeader(fh)
-			if err == nil {
-				_, err = w.Write(e.data)
-			}
+		fh := &zip.FileHeader{Name: ManifestName, Method: methodDeflate}
+		fh.SetMode(0o600)
+		w, err := zw.CreateHeader(fh)
+		if err == nil {
+			_, err = w.Write(mdata)
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -251,10 +269,6 @@ func (hz hostileZip) write(t testing.TB) string {
 	return path
 }
 
-type encCloser struct{ enc *zstd.Encoder }
-
-func (e encCloser) Write(p []byte) (int, error) { return e.enc.Write(p) }
-func (e encCloser) Close() error                { return e.enc.Close() }
 
 // wantErr fails unless err wraps want (or is nil when want is nil).
 func wantErr(t testing.TB, err, want error) {

@@ -1,10 +1,6 @@
 package archive
 
-import (
-	"bufio"
-	"io"
-	"sync"
-)
+import "sync"
 
 // maxCachedBuf is the largest buffer writeScratch keeps: enough for the
 // entries of an idle process's checkpoint, small enough not to pin much
@@ -19,7 +15,7 @@ type writeScratch struct {
 	read   []byte // pipeline.small
 	frame  []byte // frameWriter.cur
 	packed []byte // frameWriter.out
-	bw     *bufio.Writer
+	sink   []byte // fileSink's buffer for archives smaller than a chunk
 }
 
 // scratchPool is a package-level cache of *writeScratch. It holds no
@@ -27,29 +23,23 @@ type writeScratch struct {
 // reading them, and its output buffer is reset to the new file.
 var scratchPool sync.Pool
 
-// getScratch returns a cached scratch (or a new one) whose output buffer
-// writes to w.
-func getScratch(w io.Writer) *writeScratch {
-	s, ok := scratchPool.Get().(*writeScratch)
-	if !ok {
-		// Compressed frames bypass the buffer; it gathers the small
-		// writes of headers and small entries.
-		return &writeScratch{bw: bufio.NewWriterSize(w, 128<<10)}
+// getScratch returns a cached scratch, or a new one.
+func getScratch() *writeScratch {
+	if s, ok := scratchPool.Get().(*writeScratch); ok {
+		return s
 	}
-	s.bw.Reset(w)
-	return s
+	return &writeScratch{sink: make([]byte, 0, 128<<10)}
 }
 
 // putScratch caches s with the buffers left by an archive's pipeline and
 // frame writer, keeping those small enough.
-func putScratch(s *writeScratch, p *pipeline, fw *frameWriter) {
+func putScratch(s *writeScratch, p *pipeline, fw *frameWriter, sink *fileSink) {
 	keep := func(b []byte) []byte {
 		if cap(b) > maxCachedBuf {
 			return nil
 		}
 		return b[:0]
 	}
-	s.read, s.frame, s.packed = keep(p.small), keep(fw.cur), keep(fw.out)
-	s.bw.Reset(nil) // drop the file
+	s.read, s.frame, s.packed, s.sink = keep(p.small), keep(fw.cur), keep(fw.out), keep(sink.small)
 	scratchPool.Put(s)
 }

@@ -74,8 +74,20 @@ func (m *Manifest) validateEntries() (map[string]int64, error) {
 		if e.StoredCRC32C != "" && (len(e.StoredCRC32C) != 8 || !isLowerHex(e.StoredCRC32C)) {
 			return nil, entryErr(e.Name, ErrCorrupt, "stored_crc32c %q is not 8 lowercase hex digits", e.StoredCRC32C)
 		}
-		if !isSHA256Hex(e.SHA256) {
-			return nil, entryErr(e.Name, ErrCorrupt, "sha256 %q is not 64 lowercase hex digits", e.SHA256)
+		if m.FormatVersion < 2 {
+			if !isSHA256Hex(e.SHA256) {
+				return nil, entryErr(e.Name, ErrCorrupt, "sha256 %q is not 64 lowercase hex digits", e.SHA256)
+			}
+		} else {
+			if !isSHA256Hex(e.StoredSHA256) {
+				return nil, entryErr(e.Name, ErrCorrupt, "stored_sha256 %q is not 64 lowercase hex digits", e.StoredSHA256)
+			}
+			if e.StoredCRC32C == "" {
+				return nil, entryErr(e.Name, ErrCorrupt, "stored_crc32c is missing")
+			}
+			if e.SHA256 != "" {
+				return nil, entryErr(e.Name, ErrCorrupt, "sha256 belongs to format 1, not %d", m.FormatVersion)
+			}
 		}
 		sizes[e.Name] = e.Size
 	}

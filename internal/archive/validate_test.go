@@ -11,8 +11,8 @@ func TestValidate(t *testing.T) {
 		m := testManifest()
 		m.FormatVersion = FormatVersion
 		m.Entries = []EntryInfo{
-			{Name: "files/0", Size: 3, SHA256: sha},
-			{Name: "images/pages-1.img", Size: 10, SHA256: sha},
+			{Name: "files/0", Size: 3, StoredSHA256: sha, StoredCRC32C: "0badf00d"},
+			{Name: "images/pages-1.img", Size: 10, StoredSHA256: sha, StoredCRC32C: "0badf00d"},
 		}
 		m.CarriedFiles = []CarriedFile{{Path: "/var/log/a.log", Entry: "files/0", Size: 3}}
 		return m
@@ -34,15 +34,24 @@ func TestValidate(t *testing.T) {
 		{"manifest as entry", func(m *Manifest) { m.Entries[1].Name = ManifestName }, ErrUnsafeEntry},
 		{"duplicate entry", func(m *Manifest) { m.Entries = append(m.Entries, m.Entries[1]) }, ErrUnsafeEntry},
 		{"negative size", func(m *Manifest) { m.Entries[1].Size = -1 }, ErrCorrupt},
-		{"uppercase digest", func(m *Manifest) { m.Entries[1].SHA256 = strings.ToUpper(sha) }, ErrCorrupt},
-		{"short digest", func(m *Manifest) { m.Entries[1].SHA256 = "abc" }, ErrCorrupt},
+		{"uppercase digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = strings.ToUpper(sha) }, ErrCorrupt},
+		{"short digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = "abc" }, ErrCorrupt},
+		{"no stored CRC", func(m *Manifest) { m.Entries[1].StoredCRC32C = "" }, ErrCorrupt},
+		{"format 1 digest in format 2", func(m *Manifest) { m.Entries[1].SHA256 = sha }, ErrCorrupt},
+		{"format 1 without content digest", func(m *Manifest) { m.FormatVersion = 1 }, ErrCorrupt},
+		{"format 1", func(m *Manifest) {
+			m.FormatVersion = 1
+			for i := range m.Entries {
+				m.Entries[i].SHA256, m.Entries[i].StoredSHA256 = sha, ""
+			}
+		}, nil},
 		{"relative path", func(m *Manifest) { m.CarriedFiles[0].Path = "var/log/a.log" }, ErrUnsafeEntry},
 		{"dotdot path", func(m *Manifest) { m.CarriedFiles[0].Path = "/var/../etc/shadow" }, ErrUnsafeEntry},
 		{"trailing slash", func(m *Manifest) { m.CarriedFiles[0].Path = "/var/log/" }, ErrUnsafeEntry},
 		{"root path", func(m *Manifest) { m.CarriedFiles[0].Path = "/" }, ErrUnsafeEntry},
 		{"NUL in path", func(m *Manifest) { m.CarriedFiles[0].Path = "/a\x00b" }, ErrUnsafeEntry},
 		{"duplicate path", func(m *Manifest) {
-			m.Entries = append(m.Entries, EntryInfo{Name: "files/1", Size: 3, SHA256: sha})
+			m.Entries = append(m.Entries, EntryInfo{Name: "files/1", Size: 3, StoredSHA256: sha, StoredCRC32C: "0badf00d"})
 			m.CarriedFiles = append(m.CarriedFiles, CarriedFile{Path: "/var/log/a.log", Entry: "files/1", Size: 3})
 		}, ErrUnsafeEntry},
 		{"entry shared", func(m *Manifest) {

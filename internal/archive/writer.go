@@ -3,8 +3,6 @@ package archive
 import (
 	"archive/zip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,18 +158,19 @@ func fileType(m fs.FileMode) string {
 // writeArchive writes the whole zip into f, filling m's entries, and
 // syncs f. It returns the archive's size.
 func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, files []FileSource, opts WriteOptions) (int64, error) {
-	cw := &countWriter{w: f}
-	sc := getScratch(cw)
-	bw := sc.bw
+	sc := getScratch()
+	sink := newFileSink(f, sc.sink)
+	cw := &countWriter{w: sink}
 	fw := newFrameWriter(concurrency(opts.Concurrency))
 	fw.cur, fw.out = sc.frame, sc.packed
 	pipe := newPipeline(frameSize, chunkDepth)
 	pipe.small = sc.read
 	defer func() {
 		fw.shutdown()
-		putScratch(sc, pipe, fw)
+		sink.abort() // no-op after Close
+		putScratch(sc, pipe, fw, sink)
 	}()
-	zw := zip.NewWriter(bw)
+	zw := zip.NewWriter(cw)
 	zw.RegisterCompressor(methodZstd, fw.reset)
 	ew := &entryWriter{
 		zw:       zw,
@@ -217,15 +216,15 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 	ew.progress.report()
 
 	// Starting the manifest closes the last entry, which completes its
-	// stored-bytes CRC; then every entry's is known.
+	// stored-bytes digests; then every entry's are known.
 	w, err := zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
 	if err != nil {
 		return 0, err
 	}
 	ew.noteStored()
 	for i := range m.Entries {
-		if c, ok := ew.stored[m.Entries[i].Name]; ok {
-			m.Entries[i].StoredCRC32C = fmt.Sprintf("%08x", c)
+		if d, ok := ew.stored[m.Entries[i].Name]; ok {
+			m.Entries[i].StoredCRC32C, m.Entries[i].StoredSHA256 = d.record()
 		}
 	}
 	if err := m.Validate(); err != nil {
@@ -241,11 +240,8 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 	if err := zw.Close(); err != nil {
 		return 0, err
 	}
-	if err := bw.Flush(); err != nil {
+	if err := sink.Close(); err != nil { // writes the tail and fsyncs
 		return 0, err
-	}
-	if err := f.Sync(); err != nil {
-		return 0, fmt.Errorf("sync %s: %w", f.Name(), err)
 	}
 	return cw.n, nil
 }
@@ -257,9 +253,9 @@ type entryWriter struct {
 	pipe     *pipeline
 	progress *progress
 	modified time.Time
-	// stored collects each entry's CRC-32C of stored bytes, known once
+	// stored collects each entry's digests of stored bytes, known once
 	// the zip writer has closed the entry (when the next one starts).
-	stored   map[string]uint32
+	stored   map[string]storedDigest
 	lastName string
 }
 
@@ -271,7 +267,7 @@ func (ew *entryWriter) noteStored() {
 		return
 	}
 	if ew.stored == nil {
-		ew.stored = map[string]uint32{}
+		ew.stored = map[string]storedDigest{}
 	}
 	ew.stored[ew.lastName] = ew.fw.stored
 	ew.lastName = ""
@@ -313,24 +309,25 @@ func (ew *entryWriter) add(name, src string, noFollow bool) (EntryInfo, error) {
 	}
 	if prev != "" { // CreateHeader closed it and reset the frame writer
 		if ew.stored == nil {
-			ew.stored = map[string]uint32{}
+			ew.stored = map[string]storedDigest{}
 		}
 		ew.stored[prev] = ew.fw.prevStored
 	}
 	ew.lastName = name
-	h := sha256.New()
 	var size int64
 	err = ew.pipe.runReader(context.Background(), in, fi.Size(),
-		func(b []byte) error { h.Write(b); size += int64(len(b)); return nil },
 		func(b []byte) error {
 			_, err := w.Write(b)
+			size += int64(len(b))
 			ew.progress.add(len(b))
 			return err
 		})
 	if err != nil {
 		return EntryInfo{}, fmt.Errorf("write %s from %s: %w", name, src, err)
 	}
-	return EntryInfo{Name: name, Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	// The digests of the stored bytes are filled in once the entry is
+	// closed (see noteStored).
+	return EntryInfo{Name: name, Size: size}, nil
 }
 
 // countWriter counts the bytes written through it.
