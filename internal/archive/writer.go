@@ -49,71 +49,185 @@ type ExtraFile struct {
 	Source string
 }
 
-// Create writes a checkpoint archive at path, atomically.
+// Create writes a checkpoint archive at path, atomically, from the
+// images in imagesDir (which must be flat: subdirectories, symlinks and
+// other non-regular files are refused) and the carried files. It is
+// NewWriter, AddImageFile for each image, then Close.
 //
-// It writes into a temporary file in the same directory, named
-// ".<base>.partial-<random>" with mode 0600; streams every regular file of
-// imagesDir (which must be flat: subdirectories, symlinks and other
-// non-regular files are refused) as images/<name>, then each FileSource as
-// files/<i>, computing the size and SHA-256 of the uncompressed bytes in
-// the same pass; fills m.Entries (sorted by name) and m.CarriedFiles; and
-// writes manifest.json last. It then fsyncs the file, links it to path and
-// fsyncs the directory. It never replaces an existing file: if path exists
-// the error wraps fs.ErrExist.
-//
-// m must pass Validate once its entries are filled in; m.FormatVersion is
-// set to FormatVersion. On success m holds the completed manifest and is
-// returned with the archive's size in bytes. On error m is unchanged, the
-// temporary file is removed and path is untouched.
+// On success m holds the completed manifest and is returned with the
+// archive's size in bytes. On error m is unchanged, the temporary file is
+// removed and path is untouched.
 func Create(path string, m *Manifest, imagesDir string, files []FileSource, opts WriteOptions) (*Manifest, int64, error) {
 	if m == nil {
 		return nil, 0, errors.New("create checkpoint archive: nil manifest")
 	}
-	out := *m
-	out.FormatVersion = FormatVersion
-	size, err := create(path, &out, imagesDir, files, opts)
+	head := *m
+	head.FormatVersion = FormatVersion
+	if err := head.validateHeader(); err != nil { // fail before writing anything
+		return nil, 0, fmt.Errorf("create checkpoint archive %s: %w", path, err)
+	}
+	images, err := listImages(imagesDir)
 	if err != nil {
 		return nil, 0, fmt.Errorf("create checkpoint archive %s: %w", path, err)
+	}
+	w, err := NewWriter(path, opts)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, name := range images {
+		if err := w.AddImageFile(name, filepath.Join(imagesDir, name)); err != nil {
+			w.Abort()
+			return nil, 0, err
+		}
+	}
+	return w.Close(m, files)
+}
+
+// Writer creates a checkpoint archive entry by entry, for callers whose
+// images arrive while CRIU produces them. It writes into a temporary file
+// in the same directory as the final path, named ".<base>.partial-<random>"
+// with mode 0600; Close writes the manifest last, fsyncs the file, links
+// it to its final name and fsyncs the directory, so a reader never sees a
+// partial archive under that name. Abort (or a failed Close) removes the
+// temporary file.
+//
+// Entries are written one at a time, in the order added; a Writer is not
+// safe for concurrent use.
+type Writer struct {
+	path    string
+	tmp     *os.File
+	opts    WriteOptions
+	sc      *writeScratch
+	sink    *fileSink
+	cw      *countWriter
+	ew      *entryWriter
+	entries []EntryInfo
+	names   map[string]bool
+	done    bool
+}
+
+// NewWriter starts an archive to be published at path. It never replaces
+// an existing file: if path exists the error wraps fs.ErrExist.
+func NewWriter(path string, opts WriteOptions) (*Writer, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("create checkpoint archive %s: %w", path, errExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("create checkpoint archive %s: %w", path, err)
+	}
+	tmp, err := createTemp(path)
+	if err != nil {
+		return nil, fmt.Errorf("create checkpoint archive %s: %w", path, err)
+	}
+	sc := getScratch()
+	w := &Writer{path: path, tmp: tmp, opts: opts, sc: sc, names: map[string]bool{}}
+	w.sink = newFileSink(tmp, sc.sink)
+	w.cw = &countWriter{w: w.sink}
+	fw := newFrameWriter(concurrency(opts.Concurrency))
+	fw.cur, fw.out = sc.frame, sc.packed
+	pipe := newPipeline(frameSize, chunkDepth)
+	pipe.small = sc.read
+	zw := zip.NewWriter(w.cw)
+	zw.RegisterCompressor(methodZstd, fw.reset)
+	w.ew = &entryWriter{
+		zw:       zw,
+		fw:       fw,
+		pipe:     pipe,
+		progress: newProgress(opts.Progress),
+		modified: time.Now().UTC(),
+	}
+	return w, nil
+}
+
+// AddImage stores the CRIU image name, read from r until EOF, as
+// images/<name>. size is the expected length (-1 if unknown), a hint for
+// buffer sizes.
+func (w *Writer) AddImage(name string, r io.Reader, size int64) error {
+	if err := checkImageName(name); err != nil {
+		return w.fail(err)
+	}
+	e, err := w.ew.addReader(ImagesPrefix+name, r, size)
+	if err != nil {
+		return w.fail(fmt.Errorf("write %s: %w", ImagesPrefix+name, err))
+	}
+	return w.added(e)
+}
+
+// AddImageFile stores the regular file src (never through a symlink) as
+// images/<name>.
+func (w *Writer) AddImageFile(name, src string) error {
+	if err := checkImageName(name); err != nil {
+		return w.fail(err)
+	}
+	e, err := w.ew.add(ImagesPrefix+name, src, true)
+	if err != nil {
+		return w.fail(err)
+	}
+	return w.added(e)
+}
+
+// added records a written entry, refusing a name given twice.
+func (w *Writer) added(e EntryInfo) error {
+	if w.names[e.Name] {
+		return w.fail(fmt.Errorf("%w: entry %s added twice", ErrUnsafeEntry, e.Name))
+	}
+	w.names[e.Name] = true
+	w.entries = append(w.entries, e)
+	return nil
+}
+
+func (w *Writer) fail(err error) error {
+	return fmt.Errorf("create checkpoint archive %s: %w", w.path, err)
+}
+
+// Close adds the carried files (as files/<i>, in order) and the extra
+// container files of the options, writes the manifest, and publishes the
+// archive. m must pass Validate once its entries are filled in;
+// m.FormatVersion is set to FormatVersion. On success m holds the
+// completed manifest and is returned with the archive's size in bytes; on
+// error m is unchanged and nothing is left behind.
+func (w *Writer) Close(m *Manifest, files []FileSource) (*Manifest, int64, error) {
+	if w.done {
+		return nil, 0, w.fail(errors.New("writer already closed"))
+	}
+	if m == nil {
+		w.Abort()
+		return nil, 0, w.fail(errors.New("nil manifest"))
+	}
+	out := *m
+	out.FormatVersion = FormatVersion
+	size, err := w.finish(&out, files)
+	if cerr := w.tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = publish(w.tmp.Name(), w.path)
+	}
+	w.release()
+	if err != nil {
+		os.Remove(w.tmp.Name())
+		return nil, 0, w.fail(err)
 	}
 	*m = out
 	return m, size, nil
 }
 
-// create does Create's work on a copy of the caller's manifest.
-func create(path string, m *Manifest, imagesDir string, files []FileSource, opts WriteOptions) (int64, error) {
-	if err := m.validateHeader(); err != nil {
-		return 0, err
+// Abort abandons the archive and removes its temporary file. It is a
+// no-op after Close.
+func (w *Writer) Abort() {
+	if w.done {
+		return
 	}
-	for _, fsrc := range files {
-		if err := checkCarriedPath(fsrc.Meta.Path); err != nil {
-			return 0, err
-		}
-	}
-	if _, err := os.Lstat(path); err == nil {
-		return 0, errExist
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return 0, err
-	}
-	images, err := listImages(imagesDir)
-	if err != nil {
-		return 0, err
-	}
-	tmp, err := createTemp(path)
-	if err != nil {
-		return 0, err
-	}
-	size, err := writeArchive(tmp, m, imagesDir, images, files, opts)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = publish(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return 0, err
-	}
-	return size, nil
+	w.tmp.Close()
+	os.Remove(w.tmp.Name())
+	w.release()
+}
+
+// release stops the writer's goroutines and returns its buffers.
+func (w *Writer) release() {
+	w.done = true
+	w.ew.fw.shutdown()
+	w.sink.abort() // no-op after Close
+	putScratch(w.sc, w.ew.pipe, w.ew.fw, w.sink)
 }
 
 // listImages returns the sorted names of the regular files in dir, and
@@ -155,39 +269,19 @@ func fileType(m fs.FileMode) string {
 	return "special file"
 }
 
-// writeArchive writes the whole zip into f, filling m's entries, and
-// syncs f. It returns the archive's size.
-func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, files []FileSource, opts WriteOptions) (int64, error) {
-	sc := getScratch()
-	sink := newFileSink(f, sc.sink)
-	cw := &countWriter{w: sink}
-	fw := newFrameWriter(concurrency(opts.Concurrency))
-	fw.cur, fw.out = sc.frame, sc.packed
-	pipe := newPipeline(frameSize, chunkDepth)
-	pipe.small = sc.read
-	defer func() {
-		fw.shutdown()
-		sink.abort() // no-op after Close
-		putScratch(sc, pipe, fw, sink)
-	}()
-	zw := zip.NewWriter(cw)
-	zw.RegisterCompressor(methodZstd, fw.reset)
-	ew := &entryWriter{
-		zw:       zw,
-		fw:       fw,
-		pipe:     pipe,
-		progress: newProgress(opts.Progress),
-		modified: m.Created.UTC(),
+// finish writes the carried and extra files and the manifest, filling
+// m's entries, and syncs the file. It returns the archive's size.
+func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
+	if err := m.validateHeader(); err != nil {
+		return 0, err
 	}
-
-	m.Entries = make([]EntryInfo, 0, len(images)+len(files))
-	for _, name := range images {
-		e, err := ew.add(ImagesPrefix+name, filepath.Join(imagesDir, name), true)
-		if err != nil {
+	for _, fsrc := range files {
+		if err := checkCarriedPath(fsrc.Meta.Path); err != nil {
 			return 0, err
 		}
-		m.Entries = append(m.Entries, e)
 	}
+	ew, opts := w.ew, w.opts
+	m.Entries = append(make([]EntryInfo, 0, len(w.entries)+len(files)+len(opts.Extra)), w.entries...)
 	m.CarriedFiles = make([]CarriedFile, 0, len(files))
 	for i, fsrc := range files {
 		e, err := ew.add(fileEntryName(i), fsrc.Source, false)
@@ -217,7 +311,7 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 
 	// Starting the manifest closes the last entry, which completes its
 	// stored-bytes digests; then every entry's are known.
-	w, err := zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
+	mw, err := ew.zw.CreateHeader(ew.header(ManifestName, zip.Store)) // small JSON: compressing it costs more than it saves
 	if err != nil {
 		return 0, err
 	}
@@ -234,16 +328,16 @@ func writeArchive(f *os.File, m *Manifest, imagesDir string, images []string, fi
 	if err != nil {
 		return 0, err
 	}
-	if _, err := w.Write(data); err != nil {
+	if _, err := mw.Write(data); err != nil {
 		return 0, err
 	}
-	if err := zw.Close(); err != nil {
+	if err := ew.zw.Close(); err != nil {
 		return 0, err
 	}
-	if err := sink.Close(); err != nil { // writes the tail and fsyncs
+	if err := w.sink.Close(); err != nil { // writes the tail and fsyncs
 		return 0, err
 	}
-	return cw.n, nil
+	return w.cw.n, nil
 }
 
 // entryWriter streams source files into zip entries.
@@ -300,8 +394,17 @@ func (ew *entryWriter) add(name, src string, noFollow bool) (EntryInfo, error) {
 	if !fi.Mode().IsRegular() {
 		return EntryInfo{}, fmt.Errorf("%s (for %s) is a %s, not a regular file: %w", src, name, fileType(fi.Mode()), ErrUnsafeEntry)
 	}
+	e, err := ew.addReader(name, in, fi.Size())
+	if err != nil {
+		return EntryInfo{}, fmt.Errorf("write %s from %s: %w", name, src, err)
+	}
+	return e, nil
+}
 
-	ew.fw.expect(fi.Size())
+// addReader stores what r yields until EOF as entry name. size is the
+// expected length (-1 if unknown), a hint for buffer sizes.
+func (ew *entryWriter) addReader(name string, in io.Reader, size int64) (EntryInfo, error) {
+	ew.fw.expect(max(size, 0))
 	prev := ew.lastName
 	w, err := ew.zw.CreateHeader(ew.header(name, methodZstd))
 	if err != nil {
@@ -314,20 +417,20 @@ func (ew *entryWriter) add(name, src string, noFollow bool) (EntryInfo, error) {
 		ew.stored[prev] = ew.fw.prevStored
 	}
 	ew.lastName = name
-	var size int64
-	err = ew.pipe.runReader(context.Background(), in, fi.Size(),
+	var n int64
+	err = ew.pipe.runReader(context.Background(), in, size,
 		func(b []byte) error {
 			_, err := w.Write(b)
-			size += int64(len(b))
+			n += int64(len(b))
 			ew.progress.add(len(b))
 			return err
 		})
 	if err != nil {
-		return EntryInfo{}, fmt.Errorf("write %s from %s: %w", name, src, err)
+		return EntryInfo{}, err
 	}
 	// The digests of the stored bytes are filled in once the entry is
 	// closed (see noteStored).
-	return EntryInfo{Name: name, Size: size}, nil
+	return EntryInfo{Name: name, Size: n}, nil
 }
 
 // countWriter counts the bytes written through it.
