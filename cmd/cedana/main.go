@@ -5,9 +5,23 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 )
 
 func main() {
+	// CEDANA_CPUPROFILE=FILE writes a CPU profile of the run (for
+	// `go tool pprof`; see CONTRIBUTING.md).
+	if path := os.Getenv("CEDANA_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				code := run(os.Args[1:])
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(code)
+			}
+			f.Close()
+		}
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -100,6 +100,7 @@ func (g *globals) service(cfg *config.Loaded) *checkpoint.Service {
 		StagingDir:    cfg.StagingDir,
 		NetworkLock:   criu.NetworkLock(cfg.CRIU.NetworkLock),
 		GhostLimit:    uint64(cfg.CRIU.GhostLimit),
+		Stream:        cfg.CRIU.Stream,
 		CarryFileMax:  cfg.Client.CarryFileMaxBytes,
 		CarryTotalMax: cfg.Client.CarryTotalMaxBytes,
 		PIDWait:       cfg.Client.PIDWait.Duration,

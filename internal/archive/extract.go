@@ -27,6 +27,9 @@ type ExtractOptions struct {
 	// runtime.NumCPU(). Each large entry additionally runs its
 	// decompression, hashing and writing in separate goroutines.
 	Concurrency int
+	// Skip, if set, leaves out the entries for which it returns true
+	// (their content is neither read nor checked here).
+	Skip func(name string) bool
 }
 
 // Extract writes every entry into dir, which must exist and be empty (the
@@ -47,7 +50,9 @@ func (r *Reader) Extract(dir string, opts ExtractOptions) error {
 	}
 	var total int64
 	for _, e := range r.Manifest.Entries {
-		total += e.Size
+		if opts.Skip == nil || !opts.Skip(e.Name) {
+			total += e.Size
+		}
 	}
 	if err := checkFreeSpace(dir, total); err != nil {
 		return err
@@ -128,7 +133,9 @@ type openFunc func(e *entry) (w io.Writer, closeFn func() error, err error)
 func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 	work := make([]*entry, 0, len(r.entries))
 	for _, e := range r.entries {
-		work = append(work, e)
+		if opts.Skip == nil || !opts.Skip(e.info.Name) {
+			work = append(work, e)
+		}
 	}
 	slices.SortFunc(work, func(a, b *entry) int { // largest first
 		return cmp.Or(cmp.Compare(b.info.Size, a.info.Size), strings.Compare(a.info.Name, b.info.Name))
@@ -235,7 +242,7 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 	src := io.NewSectionReader(r.f, e.dataOffset, e.compSize)
 	if e.method == methodZstd && e.info.Size > int64(pipe.bufSize) {
 		err = pipe.run(ctx, func(f *flow) error {
-			return decodeFrames(f, src, dec, workers, e.info.Size)
+			return decodeFrames(f, src, dec, workers, e.info.Size, nil)
 		}, stages...)
 	} else {
 		var rd io.Reader

@@ -3,7 +3,6 @@ package archive
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"hash"
 	"hash/crc32"
 	"io"
@@ -42,8 +41,14 @@ type frameWriter struct {
 	wg          sync.WaitGroup
 	// stored digests the compressed bytes of the current entry;
 	// prevStored keeps the previous entry's when the next one starts.
+	// While frames are in flight only the hasher touches stored.
 	stored, prevStored storedDigest
+	hashIn             chan hashJob
+	hashBack           chan []byte
 }
+
+// hashDepth is how many compressed frames may wait for the hasher.
+const hashDepth = 4
 
 // frameJob is one frame to compress.
 type frameJob struct {
@@ -64,7 +69,7 @@ func (fw *frameWriter) expect(size int64) { fw.left = size }
 // reset starts a new entry written to w. It is the zip.Compressor.
 func (fw *frameWriter) reset(w io.Writer) (io.WriteCloser, error) {
 	fw.prevStored, fw.stored = fw.stored, storedDigest{sha: sha256.New()}
-	fw.w, fw.wrote, fw.err = storedWriter{w: w, fw: fw}, false, nil
+	fw.w, fw.wrote, fw.err = w, false, nil
 	fw.cur = fw.cur[:0]
 	return fw, nil
 }
@@ -117,6 +122,7 @@ func (fw *frameWriter) Close() error {
 	for len(fw.pending) > 0 {
 		fw.writeHead()
 	}
+	fw.hashBarrier() // the entry's digests are complete
 	return fw.err
 }
 
@@ -132,6 +138,7 @@ func (fw *frameWriter) encodeSingle() error {
 	pool.put(enc)
 	fw.cur = fw.cur[:0]
 	_, err = fw.w.Write(fw.out)
+	fw.stored.add(fw.out)
 	return err
 }
 
@@ -146,7 +153,7 @@ func (fw *frameWriter) submit() {
 	for len(fw.pending) > 0 && (len(fw.pending) >= fw.maxInflight || isDone(fw.pending[0].done)) {
 		fw.writeHead()
 	}
-	j := &frameJob{src: fw.cur, dst: fw.getBuf(&fw.freeDst, frameSize+frameSize/64+1024), done: make(chan struct{})}
+	j := &frameJob{src: fw.cur, dst: fw.getDst(), done: make(chan struct{})}
 	fw.cur = nil
 	fw.wrote = true
 	fw.pending = append(fw.pending, j)
@@ -167,6 +174,11 @@ func (fw *frameWriter) start() error {
 		fw.encs = append(fw.encs, enc)
 	}
 	fw.jobs = make(chan *frameJob, fw.maxInflight)
+	fw.hashIn = make(chan hashJob, hashDepth)
+	// Room for every buffer that can be out: in flight, queued for the
+	// hasher, being hashed.
+	fw.hashBack = make(chan []byte, fw.maxInflight+hashDepth+2)
+	go fw.hasher(fw.hashIn)
 	for _, enc := range fw.encs {
 		fw.wg.Go(func() {
 			for j := range fw.jobs {
@@ -198,7 +210,49 @@ func (fw *frameWriter) writeHead() {
 	if cap(j.src) == frameSize {
 		fw.freeSrc = append(fw.freeSrc, j.src[:0])
 	}
-	fw.freeDst = append(fw.freeDst, j.dst[:0])
+	// The digests of the stored bytes are computed by the hasher, in
+	// order, while the next frames are compressed and written; it gives
+	// the buffer back when done.
+	fw.hashIn <- hashJob{b: j.dst}
+}
+
+// hashJob is a compressed frame for the hasher, or (done set) a barrier.
+type hashJob struct {
+	b    []byte
+	done chan struct{}
+}
+
+// hasher digests the stored bytes of frames in order (see writeHead).
+func (fw *frameWriter) hasher(in <-chan hashJob) {
+	for j := range in {
+		if j.done != nil {
+			close(j.done)
+			continue
+		}
+		fw.stored.add(j.b)
+		fw.hashBack <- j.b[:0]
+	}
+}
+
+// hashBarrier waits until the hasher has digested every frame sent.
+func (fw *frameWriter) hashBarrier() {
+	if fw.hashIn == nil {
+		return
+	}
+	d := make(chan struct{})
+	fw.hashIn <- hashJob{done: d}
+	<-d
+}
+
+// getDst returns a buffer for a compressed frame: one the hasher gave
+// back, one from the free list, or a new one.
+func (fw *frameWriter) getDst() []byte {
+	select {
+	case b := <-fw.hashBack:
+		return b
+	default:
+	}
+	return fw.getBuf(&fw.freeDst, frameSize+frameSize/64+1024)
 }
 
 // getBuf takes a buffer from a free list or allocates one of capacity n.
@@ -223,39 +277,29 @@ func (fw *frameWriter) shutdown() {
 	fw.pending = nil
 	close(fw.jobs)
 	fw.wg.Wait()
+	close(fw.hashIn)
+	fw.hashIn = nil
 	for _, enc := range fw.encs {
 		frameEncoders.put(enc)
 	}
 	fw.encs = nil
 }
 
-// storedDigest accumulates the digests of an entry's stored bytes.
+// storedDigest accumulates the SHA-256 of an entry's stored bytes.
 type storedDigest struct {
-	crc uint32
 	sha hash.Hash
 }
 
-// record returns the digests in the manifest's form.
-func (d storedDigest) record() (crc, sha string) {
-	crc = fmt.Sprintf("%08x", d.crc)
-	if d.sha != nil {
-		sha = hex.EncodeToString(d.sha.Sum(nil))
+// record returns the digest in the manifest's form.
+func (d storedDigest) record() string {
+	if d.sha == nil {
+		return ""
 	}
-	return crc, sha
+	return hex.EncodeToString(d.sha.Sum(nil))
 }
 
-// storedWriter passes compressed bytes on and adds them to the entry's
-// digests of stored bytes.
-type storedWriter struct {
-	w  io.Writer
-	fw *frameWriter
-}
-
-func (c storedWriter) Write(p []byte) (int, error) {
-	c.fw.stored.crc = crc32.Update(c.fw.stored.crc, castagnoli, p)
-	c.fw.stored.sha.Write(p)
-	return c.w.Write(p)
-}
+// add digests stored bytes.
+func (d *storedDigest) add(p []byte) { d.sha.Write(p) }
 
 // castagnoli is the CRC-32C table (hardware-accelerated on amd64/arm64).
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

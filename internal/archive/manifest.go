@@ -18,12 +18,11 @@ import (
 //
 //	1: initial format (zip; manifest.json; images/ and files/ entries),
 //	   each entry with the SHA-256 of its content (sha256).
-//	2: each entry with the SHA-256 and CRC-32C of its stored (compressed)
-//	   bytes (stored_sha256, stored_crc32c) instead of the SHA-256 of its
-//	   content; zstd frames carry content checksums. Hashing the stored
-//	   bytes is one pass over fewer bytes, can be checked before
-//	   decompressing anything, and pins the content just as firmly (a
-//	   zstd stream decodes to exactly one content).
+//	2: each entry with the SHA-256 of its stored (compressed) bytes
+//	   (stored_sha256) instead of the SHA-256 of its content. Hashing the
+//	   stored bytes is one pass over fewer bytes, is checked before
+//	   anything decoded from them is used, and pins the content just as
+//	   firmly (a zstd stream decodes to exactly one content).
 const FormatVersion = 2
 
 // MinReadableVersion is the oldest format version this build can restore.
@@ -173,6 +172,10 @@ type DumpOptions struct {
 	// ExternalTTYs are the terminals the tree was attached to, as CRIU's
 	// "tty[rdev:dev]" keys; a restore attaches them to its own terminal.
 	ExternalTTYs []string `json:"external_ttys,omitempty"`
+	// Streamable says a restore may feed the memory pages to CRIU
+	// through a pipe (criu --stream): false when the tree had hugetlb
+	// mappings, whose pages CRIU reads back at offsets.
+	Streamable bool `json:"streamable,omitempty"`
 }
 
 // EntryInfo is the integrity record of one archive entry.
@@ -182,9 +185,9 @@ type EntryInfo struct {
 	// StoredSHA256 is the SHA-256 (hex) of the entry's bytes as stored in
 	// the zip (its compressed stream). Format 2 and later.
 	StoredSHA256 string `json:"stored_sha256,omitempty"`
-	// StoredCRC32C is the CRC-32C (hex) of the same stored bytes: a
-	// hardware-speed check that a restore runs over every entry before
-	// it starts CRIU. Format 2 always records it; format 1 archives may.
+	// StoredCRC32C is the CRC-32C (hex) of the stored bytes, which
+	// format 1 archives may record (a flip in bits a zstd decoder ignores
+	// would otherwise pass their content SHA-256).
 	StoredCRC32C string `json:"stored_crc32c,omitempty"`
 	// SHA256 is the SHA-256 (hex) of the uncompressed content: format 1
 	// only.

@@ -3,8 +3,6 @@ package archive
 import (
 	"encoding/binary"
 	"math"
-
-	"github.com/cespare/xxhash/v2"
 )
 
 // Incompressible content (encrypted or random data, already-compressed
@@ -61,16 +59,15 @@ func entropy(hist *[256]uint32, n int) float64 {
 }
 
 // appendRawFrame appends to dst a zstd frame (RFC 8878) holding src in
-// raw blocks, with its content size in the header and a content
-// checksum, exactly what a zstd encoder would produce for data it cannot
+// raw blocks, with its content size in the header, exactly what a zstd
+// encoder configured like Cedana's would produce for data it cannot
 // compress.
 func appendRawFrame(dst, src []byte) []byte {
 	// Frame header descriptor: 4-byte content size (FCS flag 2), single
-	// segment (no window descriptor), content checksum, no dictionary.
+	// segment (no window descriptor), no checksum, no dictionary.
 	dst = binary.LittleEndian.AppendUint32(dst, zstdFrameMagic)
-	dst = append(dst, 2<<6|1<<5|1<<2)
+	dst = append(dst, 2<<6|1<<5)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(src)))
-	sum := uint32(xxhash.Sum64(src))
 	for first := true; first || len(src) > 0; first = false {
 		n := min(len(src), maxBlockSize)
 		hdr := uint32(n) << 3 // block type 0: raw
@@ -81,6 +78,5 @@ func appendRawFrame(dst, src []byte) []byte {
 		dst = append(dst, src[:n]...)
 		src = src[n:]
 	}
-	// Content checksum: the low 32 bits of the XXH64 of the content.
-	return binary.LittleEndian.AppendUint32(dst, sum)
+	return dst
 }

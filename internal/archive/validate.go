@@ -82,9 +82,6 @@ func (m *Manifest) validateEntries() (map[string]int64, error) {
 			if !isSHA256Hex(e.StoredSHA256) {
 				return nil, entryErr(e.Name, ErrCorrupt, "stored_sha256 %q is not 64 lowercase hex digits", e.StoredSHA256)
 			}
-			if e.StoredCRC32C == "" {
-				return nil, entryErr(e.Name, ErrCorrupt, "stored_crc32c is missing")
-			}
 			if e.SHA256 != "" {
 				return nil, entryErr(e.Name, ErrCorrupt, "sha256 belongs to format 1, not %d", m.FormatVersion)
 			}

@@ -36,7 +36,7 @@ func TestValidate(t *testing.T) {
 		{"negative size", func(m *Manifest) { m.Entries[1].Size = -1 }, ErrCorrupt},
 		{"uppercase digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = strings.ToUpper(sha) }, ErrCorrupt},
 		{"short digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = "abc" }, ErrCorrupt},
-		{"no stored CRC", func(m *Manifest) { m.Entries[1].StoredCRC32C = "" }, ErrCorrupt},
+		{"bad stored CRC", func(m *Manifest) { m.Entries[1].StoredCRC32C = "xyz" }, ErrCorrupt},
 		{"format 1 digest in format 2", func(m *Manifest) { m.Entries[1].SHA256 = sha }, ErrCorrupt},
 		{"format 1 without content digest", func(m *Manifest) { m.FormatVersion = 1 }, ErrCorrupt},
 		{"format 1", func(m *Manifest) {

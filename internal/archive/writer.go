@@ -318,7 +318,7 @@ func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
 	ew.noteStored()
 	for i := range m.Entries {
 		if d, ok := ew.stored[m.Entries[i].Name]; ok {
-			m.Entries[i].StoredCRC32C, m.Entries[i].StoredSHA256 = d.record()
+			m.Entries[i].StoredSHA256 = d.record()
 		}
 	}
 	if err := m.Validate(); err != nil {

@@ -122,12 +122,33 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if err := runHook(ctx, "pre-dump", s.set.Hooks.PreDump, req.PID, path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
 	}
-	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging, "reasons", strings.Join(reasons, "; "))
-	prog.Start("checkpointing", 0)
+	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging,
+		"stream", s.set.Stream, "reasons", strings.Join(reasons, "; "))
 	criuStart := time.Now()
-	res, err := s.criu.Dump(copts)
-	prog.Done()
+	var (
+		res *criu.DumpResult
+		w   *archive.Writer // streamed dumps write the archive while CRIU runs
+		col *imageCollector
+	)
+	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()}
+	if s.set.Stream {
+		prog.Start("checkpointing", int64(snap.rss()))
+		if w, err = archive.NewWriter(path, wopts); err != nil {
+			prog.Done()
+			return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
+		}
+		col = newImageCollector(w, imagesDir)
+		res, err = s.criu.DumpStreamed(copts, col.sink)
+	} else {
+		prog.Start("checkpointing", 0)
+		res, err = s.criu.Dump(copts)
+		prog.Done()
+	}
 	if err != nil {
+		prog.Done()
+		if w != nil {
+			w.Abort()
+		}
 		// CRIU resumes the tree itself when a dump fails.
 		return nil, fmt.Errorf("checkpoint of PID %d failed, the process is still running: %w", req.PID, err)
 	}
@@ -159,6 +180,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 			FileLocks: copts.FileLocks, LinkRemap: copts.LinkRemap, GhostLimit: copts.GhostLimit,
 			NetworkLock: string(effectiveLock(copts.NetworkLock)), LeaveRunning: copts.LeaveRunning,
 			ExternalTTYs: copts.ExternalTTYs,
+			Streamable:   streamable(snap.processes),
 		},
 	}
 	if st := res.Stats; st != nil {
@@ -168,8 +190,19 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	files, skipped := snap.carriedFiles(s.set.CarryFileMax, s.set.CarryTotalMax)
 
 	archStart := time.Now()
-	prog.Start("writing archive", dirSize(imagesDir)+sumSizes(files))
-	m, size, err := archive.Create(path, m, imagesDir, files, archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
+	var size int64
+	if w != nil {
+		// The pages are in the archive already; add the other images and
+		// the carried files, then the manifest.
+		if err = col.finish(); err == nil {
+			m, size, err = w.Close(m, files)
+		} else {
+			w.Abort()
+		}
+	} else {
+		prog.Start("writing archive", dirSize(imagesDir)+sumSizes(files))
+		m, size, err = archive.Create(path, m, imagesDir, files, wopts)
+	}
 	prog.Done()
 	if err != nil {
 		if frozen {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -71,13 +72,28 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, fmt.Errorf("%w: %s was attached to a terminal (%s); run the restore from a terminal, where it will come back", ErrInvalidInput, m.Processes[0].Name, m.Processes[0].TTY)
 	}
 
-	staging, err := s.stagingDir(filepath.Dir(req.Path), m.ImagesSize())
+	// Streamed: the memory pages go from the archive into CRIU through
+	// pipes, verified on the way (see archive.Reader.StreamEntry); every
+	// other entry is extracted and verified before CRIU starts.
+	stream := s.set.Stream && m.Options.Streamable
+	var skip func(string) bool
+	extractSize := m.TotalSize()
+	if stream {
+		skip = func(name string) bool { return streamedEntry(r, name) }
+		extractSize = 0
+		for _, e := range m.Entries {
+			if !skip(e.Name) {
+				extractSize += e.Size
+			}
+		}
+	}
+	staging, err := s.stagingDir(filepath.Dir(req.Path), extractSize)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", m.TotalSize())
-	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
+	prog.Start("verifying and extracting", extractSize)
+	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Skip: skip})
 	prog.Done()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
@@ -124,12 +140,26 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if err := runHook(ctx, "pre-restore", s.set.Hooks.PreRestore, m.RootPID, req.Path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("restore not started: %w", err)
 	}
-	s.log.Info("restoring", "archive", req.Path, "root_pid", m.RootPID, "staging", staging)
+	s.log.Info("restoring", "archive", req.Path, "root_pid", m.RootPID, "staging", staging, "stream", stream)
 	prog.Start("restoring", 0)
 	criuStart := time.Now()
-	res, err := s.criu.Restore(ropts)
+	var res *criu.RestoreResult
+	if stream {
+		res, err = s.criu.RestoreStreamed(ropts, &archiveImages{r: r, dir: ropts.ImagesDir})
+		if res != nil && err != nil {
+			// CRIU restored the tree although an image could not be
+			// served whole: never leave it running.
+			killRestored(m, res.PID)
+			res = nil
+		}
+	} else {
+		res, err = s.criu.Restore(ropts)
+	}
 	prog.Done()
 	if err != nil {
+		if errors.Is(err, archive.ErrCorrupt) {
+			return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
+		}
 		return nil, fmt.Errorf("restore of %s failed: %w", req.Path, err)
 	}
 	out := &RestoreResult{
@@ -141,6 +171,18 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		out.Warnings = append(out.Warnings, err.Error())
 	}
 	return out, nil
+}
+
+// killRestored ends a tree that CRIU restored but that must not run.
+func killRestored(m *archive.Manifest, root int) {
+	if root > 0 {
+		_ = syscall.Kill(root, syscall.SIGKILL) // a namespace's init takes its namespace along
+	}
+	if !m.PIDNamespace {
+		for _, p := range m.Processes {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL) // restored with their old PIDs
+		}
+	}
 }
 
 // checkCompatible refuses archives this machine cannot restore.

@@ -72,6 +72,9 @@ type Settings struct {
 	PIDWait time.Duration
 	// Hooks are user scripts run around dumps and restores.
 	Hooks Hooks
+	// Stream moves memory pages between CRIU and the archive through
+	// pipes (criu --stream) instead of staging them as files.
+	Stream bool
 }
 
 // Service runs dumps and restores. It is safe for concurrent use.

@@ -109,6 +109,9 @@ type CRIU struct {
 	NetworkLock string `json:"network_lock"`
 	// GhostLimit is the largest deleted-but-open file to copy, in bytes.
 	GhostLimit int64 `json:"ghost_limit"`
+	// Stream moves memory pages between CRIU and the archive through
+	// pipes (criu --stream) instead of staging files.
+	Stream bool `json:"stream"`
 }
 
 // Client holds defaults for `cedana client`.
@@ -155,6 +158,7 @@ func Default() Config {
 	return Config{
 		SharedStorage: SharedStorage{DumpStorageDir: filepath.Join(home, ".cedana", "dumps")},
 		LogDir:        filepath.Join(home, ".cedana", "logs"),
+		CRIU:          CRIU{Stream: true},
 		Client: Client{
 			CarryFileMaxBytes:  16 << 20,
 			CarryTotalMaxBytes: 64 << 20,

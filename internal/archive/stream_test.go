@@ -1,0 +1,56 @@
+package archive
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func TestStreamEntry(t *testing.T) {
+	images := smallImages()
+	path := createArchive(t, images, nil)
+	r, err := Open(path, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for name, want := range images {
+		var got bytes.Buffer
+		if err := r.StreamEntry(ImagesPrefix+name, &got); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Fatalf("%s: streamed content differs (%d bytes, want %d)", name, got.Len(), len(want))
+		}
+	}
+}
+
+// TestStreamEntryGate checks that a damaged entry never reaches its
+// consumer whole: wherever the damage is, the last frame is held back.
+func TestStreamEntryGate(t *testing.T) {
+	const name = "images/pages-1.img"
+	want := smallImages()["pages-1.img"]
+	for _, at := range []func(size int64) int64{
+		func(s int64) int64 { return 10 },       // first frame
+		func(s int64) int64 { return s / 2 },    // middle
+		func(s int64) int64 { return s - 2 },    // last frame's checksum
+		func(s int64) int64 { return s - 5000 }, // last frame's content
+	} {
+		path := createArchive(t, smallImages(), nil)
+		off, size := entryOffset(t, path, name)
+		flipByte(t, path, off+at(size))
+		r, err := Open(path, Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		err = r.StreamEntry(name, &got)
+		r.Close()
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flip at %d of %d: error %v, want ErrCorrupt", at(size), size, err)
+		}
+		if got.Len() >= len(want) {
+			t.Fatalf("flip at %d of %d: the whole entry (%d bytes) reached the consumer", at(size), size, got.Len())
+		}
+	}
+}
