@@ -4,12 +4,12 @@ import (
 	"archive/zip"
 	"bytes"
 	"compress/flate"
-	"fmt"
-	"hash/crc32"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -268,7 +268,6 @@ func (hz hostileZip) write(t testing.TB) string {
 	}
 	return path
 }
-
 
 // wantErr fails unless err wraps want (or is nil when want is nil).
 func wantErr(t testing.TB, err, want error) {
