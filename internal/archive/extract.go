@@ -242,7 +242,7 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 	src := io.NewSectionReader(r.f, e.dataOffset, e.compSize)
 	if e.method == methodZstd && e.info.Size > int64(pipe.bufSize) {
 		err = pipe.run(ctx, func(f *flow) error {
-			return decodeFrames(f, src, dec, workers, e.info.Size, nil)
+			return decodeFrames(f, src, dec, workers, e.info.Size)
 		}, stages...)
 	} else {
 		var rd io.Reader

@@ -27,17 +27,8 @@ type frameTask struct {
 // (another writer, or a change of frame size), it decodes the rest as a
 // plain stream. Output beyond limit is an error, detected from the frame
 // headers before decoding.
-//
-// If gate is not nil the entry is being streamed to a consumer that acts
-// on what it receives (CRIU): gate is called once every stored byte has
-// been read, before the last frame is emitted, and its error stops the
-// stream there, so the consumer never gets a whole entry that failed
-// verification. When the rest of the stream is not made of Cedana's
-// frames, gate (which then reads the rest itself) runs before any of it
-// is decoded.
-func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, limit int64, gate func() error) error {
+func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, limit int64) error {
 	s := &frameSplitter{
-		noSkip:     gate != nil,
 		r:          src,
 		size:       src.Size(),
 		maxContent: f.p.bufSize,
@@ -103,20 +94,6 @@ func decodeFrames(f *flow, src *io.SectionReader, dec *decoders, workers int, li
 			comp = make([]byte, 0, s.maxFrame)
 		}
 		comp, size, err := s.next(comp)
-		if gate != nil && (err == io.EOF || err == nil && s.off >= s.size) {
-			// Every stored byte has been read: verify them before the
-			// last frame can reach the consumer.
-			if gerr := gate(); gerr != nil {
-				return gerr
-			}
-			gate = nil
-		}
-		if gate != nil && errors.Is(err, errFrameLayout) {
-			if gerr := gate(); gerr != nil {
-				return gerr
-			}
-			gate = nil
-		}
 		if err == io.EOF || errors.Is(err, errFrameLayout) {
 			for len(pending) > 0 {
 				if err := emitHead(); err != nil {

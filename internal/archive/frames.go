@@ -80,10 +80,6 @@ type frameSplitter struct {
 	// largest compressed frame.
 	maxContent, maxFrame int
 	guess                int // how much to read for the next frame
-	// noSkip stops at skippable frames with errFrameLayout, so that the
-	// caller sees every stored byte before the frames that follow them
-	// (see decodeFrames' gate).
-	noSkip bool
 
 	buf  []byte // the frame being cut
 	have int    // bytes of the stream read into buf, from off
@@ -105,9 +101,6 @@ func (s *frameSplitter) next(dst []byte) ([]byte, int64, error) {
 		}
 		hdr := s.buf[:s.have]
 		if len(hdr) >= 8 && binary.LittleEndian.Uint32(hdr)&skippableMagicMask == skippableMagic {
-			if s.noSkip {
-				return dst, 0, errFrameLayout
-			}
 			if s.off += int64(binary.LittleEndian.Uint32(hdr[4:])) + 8; s.off > s.size {
 				return dst, 0, io.ErrUnexpectedEOF
 			}

@@ -50,7 +50,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	srv.serve()
 
 	args := []string{"dump", "--stream", "-t", strconv.Itoa(o.PID)}
-	args = append(args, commonArgs(o.ImagesDir, o.LogDir, o.LogFile,
+	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile,
 		shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})...)
 	switch {
 	case o.LeaveRunning:
@@ -124,7 +124,7 @@ func (c *Client) RestoreStreamed(o RestoreOptions, src ImageSource) (*RestoreRes
 
 	pidFile := filepath.Join(o.ImagesDir, "restored.pid")
 	args := []string{"restore", "--stream", "--restore-detached", "--restore-sibling", "--pidfile", pidFile}
-	args = append(args, commonArgs(o.ImagesDir, o.LogDir, o.LogFile,
+	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile,
 		shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})...)
 	var extra []*os.File
 	for key, f := range o.TTYs {

@@ -52,28 +52,38 @@ type imageServer struct {
 	// exists reports whether a restore can serve the image.
 	exists func(name string) bool
 
+	dir     *os.File // the images directory, kept open for dirPath
+	dirPath string   // short path of the images directory for CRIU
+	sock    string   // the socket's real path
+
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	errs []error
 	done chan struct{}
 }
 
-// listenImages creates the streamer socket in dir.
+// listenImages creates the streamer socket in dir. A unix socket path
+// is limited to 107 bytes and staging directories can be deeper than
+// that, so both sides name dir through /proc/<cedana>/fd/<N>, a short
+// path to the same directory: the server's dirPath is what CRIU must get
+// as its images directory (-D), valid until wait returns.
 func listenImages(dir string, restore bool) (*imageServer, error) {
 	name := captureSocket
 	if restore {
 		name = serveSocket
 	}
-	path := filepath.Join(dir, name)
-	if len(path) >= 108 { // sizeof(sun_path)
-		return nil, fmt.Errorf("image streamer socket path %s is too long for a unix socket; use a shorter staging_dir", path)
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	d, err := os.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("image streamer socket: %w", err)
+		return nil, fmt.Errorf("image streamer: open images dir: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
-	return &imageServer{ln: ln, restore: restore, done: make(chan struct{})}, nil
+	short := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), d.Fd())
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(short, name), Net: "unix"})
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("image streamer socket in %s: %w", dir, err)
+	}
+	ln.SetUnlinkOnClose(false) // the path is only valid while d is open
+	return &imageServer{ln: ln, restore: restore, done: make(chan struct{}), dir: d, dirPath: short, sock: filepath.Join(dir, name)}, nil
 }
 
 // serve accepts CRIU's connection and serves its requests until CRIU
@@ -102,6 +112,8 @@ func (s *imageServer) wait() error {
 	s.ln.Close()
 	<-s.done
 	s.wg.Wait()
+	os.Remove(s.sock)
+	s.dir.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Join(s.errs...)
