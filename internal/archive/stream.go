@@ -78,12 +78,12 @@ type feed struct {
 
 // feedJob is one frame, in stream order.
 type feedJob struct {
-	comp []byte  // the frame's stored bytes (a slice of the mapping)
-	off  int64   // its offset in the entry
-	size int64   // content size
-	raw  bool    // made of raw blocks only: its content is in the mapping
-	out  []byte  // decoded content (compressed frames)
-	err  error   // decoding error
+	comp []byte // the frame's stored bytes (a slice of the mapping)
+	off  int64  // its offset in the entry
+	size int64  // content size
+	raw  bool   // made of raw blocks only: its content is in the mapping
+	out  []byte // decoded content (compressed frames)
+	err  error  // decoding error
 	done chan struct{}
 	last bool // the entry's last frame: gated on the digest
 }
