@@ -221,6 +221,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
 		LogPath: res.LogPath,
 	}
+	s.log.Info("checkpointed", "pid", req.PID, "criu", criuTime, "archive_after_criu", out.ArchiveTime, "total", out.Total)
 	if err := runHook(ctx, "post-dump", s.set.Hooks.PostDump, req.PID, path, req.HookEnv); err != nil {
 		out.Warnings = append(out.Warnings, err.Error())
 	}

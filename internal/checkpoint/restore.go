@@ -167,6 +167,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		ExtractTime: extractTime, CRIUTime: time.Since(criuStart), Total: time.Since(start),
 		LogPath: res.LogPath,
 	}
+	s.log.Info("restored", "pid", out.PID, "verify_extract", extractTime, "criu", out.CRIUTime, "total", out.Total)
 	if err := runHook(ctx, "post-restore", s.set.Hooks.PostRestore, res.PID, req.Path, req.HookEnv); err != nil {
 		out.Warnings = append(out.Warnings, err.Error())
 	}
