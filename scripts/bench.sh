@@ -6,6 +6,9 @@
 #   raw dump     = criu dump -D DIR (process killed) + sync of the images
 #   cedana dump  = cedana client dump (archive written, fsynced, renamed)
 #   raw restore  = criu restore -d -D DIR
+#   stream floor = the same images through criu restore --stream, fed by a
+#                  source that only splices the files (bench/streamfloor):
+#                  the cost of CRIU's stream mode, which cedana restores use
 #   cedana restore = cedana client restore FILE.zip (verify + restore),
 #                    warm: with the archive in the page cache, like raw
 #                    criu's images (cedana writes archives with O_DIRECT,
@@ -22,8 +25,10 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cedana-bench}
 PY=$(command -v python3)
+FLOOR="$BENCH_DIR/streamfloor"
 
 rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+go build -o "$FLOOR" ./bench/streamfloor
 export HOME="$BENCH_DIR/home"   # isolated cedana config and logs
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$BENCH_DIR"; }
@@ -53,7 +58,7 @@ wait_gone() {
 }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || { echo "cannot drop caches" >&2; COLD=0; }; }
 
-raw_dump=(); raw_restore=(); ced_dump=(); ced_restore=(); ced_fresh=(); raw_cold=(); ced_cold=()
+raw_dump=(); raw_restore=(); ced_dump=(); ced_restore=(); ced_fresh=(); raw_cold=(); ced_cold=(); floor_restore=()
 zstd_size=0; archive_size=0; images_size=0
 for run in $(seq "$RUNS"); do
   # --- raw criu ---
@@ -68,6 +73,11 @@ for run in $(seq "$RUNS"); do
   t0=$(now); criu restore -d -D "$dir" -o restore.log --pidfile "$dir/pid"; t1=$(now)
   raw_restore+=("$(elapsed "$t0" "$t1")")
   rpid=$(cat "$dir/pid"); pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
+  # The same images through `criu restore --stream`, fed by a source
+  # that only splices the files: what CRIU's stream mode itself costs.
+  t0=$(now); rpid=$("$FLOOR" "$dir" "$BENCH_DIR/floor$run"); t1=$(now)
+  floor_restore+=("$(elapsed "$t0" "$t1")")
+  pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
   if [ "${COLD:-0}" = 1 ]; then
     drop_caches
     t0=$(now); criu restore -d -D "$dir" -o restore2.log --pidfile "$dir/pid2"; t1=$(now); raw_cold+=("$(elapsed "$t0" "$t1")")
@@ -111,7 +121,8 @@ printf '| %-44s | %8s | %8s | %6s | %s\n' "step" "raw criu" "cedana" "ratio" "ba
 printf '|%s|%s|%s|%s|%s\n' "----------------------------------------------" "----------" "----------" "--------" "------"
 printf '| %-44s | %7ss | %7ss | %5s× | ≤ 1.3×\n' "dump (raw: criu dump + sync; cedana: archive)" "$rd" "$cd_" "$(ratio "$cd_" "$rd")"
 printf '| %-44s | %7ss | %7ss | %5s× | ≤ 1.3×\n' "restore (page cache warm)" "$rr" "$cr" "$(ratio "$cr" "$rr")"
-cf=$(echo "${ced_fresh[*]}" | median)
+cf=$(echo "${ced_fresh[*]}" | median); fr=$(echo "${floor_restore[*]}" | median)
+printf '| %-44s | %7ss | %7ss | %5s× | -\n' "restore through criu --stream, no-op feeder" "$rr" "$fr" "$(ratio "$fr" "$rr")"
 printf '| %-44s | %7ss | %7ss | %5s× | -\n' "restore right after the dump (archive not cached)" "$rr" "$cf" "$(ratio "$cf" "$rr")"
 if [ "${COLD:-0}" = 1 ]; then
   rc=$(echo "${raw_cold[*]}" | median); cc=$(echo "${ced_cold[*]}" | median)
@@ -119,5 +130,5 @@ if [ "${COLD:-0}" = 1 ]; then
 fi
 echo
 echo "images: $images_size bytes; zstd -1 of the images: $zstd_size bytes; cedana archive: $archive_size bytes ($(ratio "$archive_size" "$zstd_size")× zstd -1)"
-echo "raw runs: dump ${raw_dump[*]} restore ${raw_restore[*]}"
+echo "raw runs: dump ${raw_dump[*]} restore ${raw_restore[*]}; criu --stream no-op feeder restore ${floor_restore[*]}"
 echo "cedana runs: dump ${ced_dump[*]} restore ${ced_restore[*]} right after the dump ${ced_fresh[*]}"

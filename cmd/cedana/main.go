@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 )
 
 func main() {
 	// CEDANA_CPUPROFILE=FILE writes a CPU profile of the run (for
-	// `go tool pprof`; see CONTRIBUTING.md).
+	// `go tool pprof`; see CONTRIBUTING.md); %p in FILE becomes the PID.
 	if path := os.Getenv("CEDANA_CPUPROFILE"); path != "" {
+		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
 		if f, err := os.Create(path); err == nil {
 			if pprof.StartCPUProfile(f) == nil {
 				code := run(os.Args[1:])

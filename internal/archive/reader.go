@@ -58,6 +58,7 @@ type Reader struct {
 	path    string
 	f       *os.File
 	entries map[string]*entry // by name, manifest excluded
+	ahead   verifications     // digests checked ahead of StreamEntry
 }
 
 // entry locates one validated zip entry.
@@ -93,7 +94,11 @@ func Open(path string, lim Limits) (*Reader, error) {
 }
 
 // Close closes the archive file.
-func (r *Reader) Close() error { return r.f.Close() }
+// It stops the digest checks VerifyAhead started and waits for them.
+func (r *Reader) Close() error {
+	r.ahead.stop()
+	return r.f.Close()
+}
 
 func open(f *os.File, lim Limits) (*Reader, error) {
 	fi, err := f.Stat()

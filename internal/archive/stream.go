@@ -70,8 +70,7 @@ type feed struct {
 	w    io.Writer
 	pipe *os.File // w, when it is a file (a pipe): raw frames are spliced
 
-	data     []byte     // the stored bytes, mapped
-	digest   chan error // the SHA-256 check, once done
+	data     []byte // the stored bytes, mapped
 	writeErr error
 	written  int64
 }
@@ -93,7 +92,7 @@ func (s *feed) run() (err error) {
 		if s.e.info.Size != 0 {
 			return fmt.Errorf("%w: truncated: 0 of %d bytes", ErrCorrupt, s.e.info.Size)
 		}
-		return s.checkDigest(nil)
+		return checkDigest(s.e, nil, nil)
 	}
 	data, unmap, err := mapRange(s.r.f, s.e.dataOffset, s.e.compSize)
 	if err != nil {
@@ -110,29 +109,13 @@ func (s *feed) run() (err error) {
 		}
 	}()
 
-	s.digest = make(chan error, 1)
-	go func() {
-		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-		defer func() {
-			if p := recover(); p != nil {
-				s.digest <- fmt.Errorf("%w: archive changed while being read: %v", ErrCorrupt, p)
-			}
-		}()
-		s.digest <- s.checkDigest(data)
-	}()
-	verified := false
+	// The digest check runs on its own core (started by VerifyAhead, or
+	// now); the last frame waits for it.
+	check := s.r.ahead.start(s.r, s.e)
 	gate := func() error {
-		if verified {
-			return nil
-		}
-		verified = true
-		return <-s.digest
+		<-check.finished
+		return check.err
 	}
-	defer func() {
-		if !verified {
-			<-s.digest // never leave the hasher touching an unmapped range
-		}
-	}()
 
 	jobs, err := s.split()
 	if err != nil {
@@ -149,19 +132,117 @@ func (s *feed) run() (err error) {
 	return s.decodeAndWrite(jobs, gate)
 }
 
-// checkDigest compares the SHA-256 of data with the manifest's (and its
-// CRC-32C, which format 1 archives may record).
-func (s *feed) checkDigest(data []byte) error {
-	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); got != s.e.info.StoredSHA256 {
-		return fmt.Errorf("%w: stored bytes changed (SHA-256 %s, manifest says %s)", ErrCorrupt, got, s.e.info.StoredSHA256)
+// checkDigest compares the SHA-256 of an entry's mapped stored bytes
+// with the manifest's (and their CRC-32C, which format 1 archives may
+// record). It gives up with errStopped once stop is closed.
+func checkDigest(e *entry, data []byte, stop <-chan struct{}) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: archive changed while being read: %v", ErrCorrupt, p)
+		}
+	}()
+	sha := sha256.New()
+	var crc uint32
+	for off := 0; off < len(data); off += frameSize {
+		select {
+		case <-stop:
+			return errStopped
+		default:
+		}
+		chunk := data[off:min(len(data), off+frameSize)]
+		sha.Write(chunk)
+		if e.info.StoredCRC32C != "" {
+			crc = crc32.Update(crc, castagnoli, chunk)
+		}
 	}
-	if want := s.e.info.StoredCRC32C; want != "" {
-		if got := fmt.Sprintf("%08x", crc32.Checksum(data, castagnoli)); got != want {
+	if got := hex.EncodeToString(sha.Sum(nil)); got != e.info.StoredSHA256 {
+		return fmt.Errorf("%w: stored bytes changed (SHA-256 %s, manifest says %s)", ErrCorrupt, got, e.info.StoredSHA256)
+	}
+	if want := e.info.StoredCRC32C; want != "" {
+		if got := fmt.Sprintf("%08x", crc); got != want {
 			return fmt.Errorf("%w: stored bytes changed (CRC-32C %s, manifest says %s)", ErrCorrupt, got, want)
 		}
 	}
 	return nil
+}
+
+var errStopped = errors.New("archive closed")
+
+// VerifyAhead starts checking the stored digest of entry name in the
+// background, so that a later StreamEntry of it finds the check done (or
+// well under way) instead of starting it when its consumer asks for the
+// entry. It does nothing for an entry that is not Streamable. Close stops
+// the checks still running.
+func (r *Reader) VerifyAhead(name string) {
+	if e, ok := r.entries[name]; ok && r.Streamable(name) {
+		r.ahead.start(r, e)
+	}
+}
+
+// verifications are the digest checks of a Reader's entries, each run
+// once, in the background.
+type verifications struct {
+	mu   sync.Mutex
+	jobs map[*entry]*verification
+	done chan struct{} // closed by stop
+	wg   sync.WaitGroup
+}
+
+type verification struct {
+	finished chan struct{}
+	err      error
+}
+
+// start launches the check of e unless it exists already.
+func (v *verifications) start(r *Reader, e *entry) *verification {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if j, ok := v.jobs[e]; ok {
+		return j
+	}
+	if v.jobs == nil {
+		v.jobs, v.done = map[*entry]*verification{}, make(chan struct{})
+	}
+	j := &verification{finished: make(chan struct{})}
+	v.jobs[e] = j
+	select {
+	case <-v.done: // closed already
+		j.err = errStopped
+		close(j.finished)
+		return j
+	default:
+	}
+	v.wg.Go(func() {
+		defer close(j.finished)
+		if e.compSize == 0 {
+			j.err = checkDigest(e, nil, v.done)
+			return
+		}
+		data, unmap, err := mapRange(r.f, e.dataOffset, e.compSize)
+		if err != nil {
+			j.err = err
+			return
+		}
+		defer unmap()
+		j.err = checkDigest(e, data, v.done)
+	})
+	return j
+}
+
+// stop ends the checks still running and waits for them.
+func (v *verifications) stop() {
+	v.mu.Lock()
+	if v.done == nil {
+		v.jobs, v.done = map[*entry]*verification{}, make(chan struct{})
+	}
+	select {
+	case <-v.done:
+	default:
+		close(v.done)
+	}
+	v.mu.Unlock()
+	v.wg.Wait()
 }
 
 // split cuts the mapped stream into frames. It returns errFrameLayout

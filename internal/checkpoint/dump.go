@@ -122,8 +122,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if err := runHook(ctx, "pre-dump", s.set.Hooks.PreDump, req.PID, path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
 	}
+	stream := s.set.Stream && snap.rss() >= streamMinBytes
 	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging,
-		"stream", s.set.Stream, "reasons", strings.Join(reasons, "; "))
+		"stream", stream, "reasons", strings.Join(reasons, "; "))
 	criuStart := time.Now()
 	var (
 		res *criu.DumpResult
@@ -131,7 +132,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		col *imageCollector
 	)
 	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()}
-	if s.set.Stream {
+	if stream {
 		prog.Start("checkpointing", int64(snap.rss()))
 		if w, err = archive.NewWriter(path, wopts); err != nil {
 			prog.Done()
@@ -180,7 +181,8 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 			FileLocks: copts.FileLocks, LinkRemap: copts.LinkRemap, GhostLimit: copts.GhostLimit,
 			NetworkLock: string(effectiveLock(copts.NetworkLock)), LeaveRunning: copts.LeaveRunning,
 			ExternalTTYs: copts.ExternalTTYs,
-			Streamable:   streamable(snap.processes),
+			// Restores stream only large memory (see streamMinBytes).
+			Streamable: snap.rss() >= streamMinBytes && streamable(snap.processes),
 		},
 	}
 	if st := res.Stats; st != nil {

@@ -75,14 +75,18 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	// Streamed: the memory pages go from the archive into CRIU through
 	// pipes, verified on the way (see archive.Reader.StreamEntry); every
 	// other entry is extracted and verified before CRIU starts.
-	stream := s.set.Stream && m.Options.Streamable
+	stream := s.set.Stream && m.Options.Streamable && pagesSize(m) >= streamMinBytes
 	var skip func(string) bool
 	extractSize := m.TotalSize()
 	if stream {
 		skip = func(name string) bool { return streamedEntry(r, name) }
 		extractSize = 0
 		for _, e := range m.Entries {
-			if !skip(e.Name) {
+			if skip(e.Name) {
+				// Check its digest from now on, on a core of its own,
+				// rather than when CRIU asks for it.
+				r.VerifyAhead(e.Name)
+			} else {
 				extractSize += e.Size
 			}
 		}
@@ -172,6 +176,17 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		out.Warnings = append(out.Warnings, err.Error())
 	}
 	return out, nil
+}
+
+// pagesSize is the total size of the memory pages images.
+func pagesSize(m *archive.Manifest) int64 {
+	var n int64
+	for _, e := range m.Entries {
+		if name, ok := strings.CutPrefix(e.Name, archive.ImagesPrefix); ok && isPagesImage(name) {
+			n += e.Size
+		}
+	}
+	return n
 }
 
 // killRestored ends a tree that CRIU restored but that must not run.
