@@ -10,27 +10,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// directChunk is the size of the writes a fileSink hands to the kernel.
-// It is a multiple of every logical block size O_DIRECT may require.
-const directChunk = 4 << 20
+// sinkChunk is the size of the writes a fileSink hands to the kernel.
+const sinkChunk = 4 << 20
 
-// directDepth is how many chunks a fileSink fills ahead of the disk.
-const directDepth = 3
+// sinkDepth is how many chunks a fileSink fills ahead of the disk.
+const sinkDepth = 3
 
 // fileSink is the sequential writer under an archive being created. It
-// gathers the zip stream into page-aligned chunks and writes each full
-// chunk from its own goroutine, so that compressing the next chunk and
-// writing this one overlap, and with O_DIRECT when the filesystem allows
-// it: the data then goes from our buffer to the device without passing
-// through the page cache, which on the benchmark machine cost about half
-// a CPU-second per GiB of archive (page allocation and copy) and then a
-// long fsync. The last partial chunk is written through the page cache and
-// the file is fsynced at Close, so what Close reports written is durable.
+// gathers the zip stream into chunks and writes each full chunk from its
+// own goroutine, so that compressing the next chunk and writing this one
+// overlap, and starts the writeback of each chunk at once
+// (sync_file_range), so that the disk works while the archive is still
+// being produced and the fsync at Close has little left to do: what Close
+// reports written is durable.
 //
-// Small archives (under one chunk) never use O_DIRECT at all.
+// The archive goes through the page cache on purpose. O_DIRECT saved
+// about 0.25 s of CPU per GiB of archive here, but left the archive out of
+// the cache, so that a restore soon after the dump (a job restored after
+// a crash, a clone) read it back from disk: 0.4–0.5 s more per GiB.
 type fileSink struct {
 	f      *os.File
-	direct bool // O_DIRECT is set on f
 	cur    []byte
 	small  []byte // the buffer given to newFileSink, for reuse
 	off    int64  // file offset of cur
@@ -62,7 +61,7 @@ func (s *fileSink) Write(p []byte) (int, error) {
 		}
 		if s.queue == nil {
 			// Not started: gather in an ordinary buffer, which grows.
-			c := min(len(p), directChunk-len(s.cur))
+			c := min(len(p), sinkChunk-len(s.cur))
 			s.cur = append(s.cur, p[:c]...)
 			p = p[c:]
 		} else {
@@ -73,7 +72,7 @@ func (s *fileSink) Write(p []byte) (int, error) {
 			s.cur = s.cur[:len(s.cur)+c]
 			p = p[c:]
 		}
-		if len(s.cur) == directChunk {
+		if len(s.cur) == sinkChunk {
 			s.start()
 			s.queue <- sinkWrite{buf: s.cur, off: s.off}
 			s.off += int64(len(s.cur))
@@ -83,24 +82,19 @@ func (s *fileSink) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// start starts the writer goroutine on the first full chunk, switching
-// the file to O_DIRECT if the filesystem accepts it.
+// start starts the writer goroutine on the first full chunk.
 func (s *fileSink) start() {
 	if s.queue != nil {
 		return
 	}
-	if fl, err := unix.FcntlInt(s.f.Fd(), unix.F_GETFL, 0); err == nil {
-		_, err = unix.FcntlInt(s.f.Fd(), unix.F_SETFL, fl|unix.O_DIRECT)
-		s.direct = err == nil
+	s.free = make(chan []byte, sinkDepth)
+	for range sinkDepth {
+		s.free <- alignedBuf(sinkChunk)
 	}
-	s.free = make(chan []byte, directDepth)
-	for range directDepth {
-		s.free <- alignedBuf(directChunk)
-	}
-	s.queue = make(chan sinkWrite, directDepth)
+	s.queue = make(chan sinkWrite, sinkDepth)
 	s.done = make(chan struct{})
-	// The first chunk was gathered in an ordinary buffer: copy it into an
-	// aligned one.
+	// The first chunk was gathered in the small buffer: move it into one
+	// of the writer's.
 	if len(s.cur) > 0 {
 		b := (<-s.free)[:len(s.cur)]
 		copy(b, s.cur)
@@ -118,6 +112,10 @@ func (s *fileSink) writer() {
 				s.mu.Lock()
 				s.err = err
 				s.mu.Unlock()
+			} else {
+				// Start writing it out now; a filesystem that cannot
+				// is left to the fsync.
+				_ = unix.SyncFileRange(int(s.f.Fd()), w.off, int64(len(w.buf)), unix.SYNC_FILE_RANGE_WRITE)
 			}
 		}
 		s.free <- w.buf
@@ -145,17 +143,6 @@ func (s *fileSink) Close() error {
 		return err
 	}
 	if len(s.cur) > 0 {
-		if s.direct {
-			// The tail is not a multiple of the block size: write it
-			// through the page cache.
-			fl, err := unix.FcntlInt(s.f.Fd(), unix.F_GETFL, 0)
-			if err == nil {
-				_, err = unix.FcntlInt(s.f.Fd(), unix.F_SETFL, fl&^unix.O_DIRECT)
-			}
-			if err != nil {
-				return fmt.Errorf("clear O_DIRECT on %s: %w", s.f.Name(), err)
-			}
-		}
 		if err := pwriteAll(s.f, s.cur, s.off); err != nil {
 			return err
 		}
@@ -200,8 +187,8 @@ func pwriteAll(f *os.File, b []byte, off int64) error {
 	return nil
 }
 
-// alignedBuf returns a buffer of n bytes starting on a page boundary, as
-// O_DIRECT requires.
+// alignedBuf returns a buffer of n bytes starting on a page boundary
+// (whole pages for the kernel to copy from).
 func alignedBuf(n int) []byte {
 	const align = 4096
 	b := make([]byte, n+align)
