@@ -149,18 +149,24 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 	if err := g.Dump(opts, nil); err != nil {
 		return nil, newError("dump", err, logPath)
 	}
-	res := &DumpResult{LogPath: logPath}
-	if s, err := stats.CriuGetDumpStats(logDir); err == nil {
-		res.Stats = &DumpStats{
-			FreezingTimeUS: s.GetFreezingTime(),
-			FrozenTimeUS:   s.GetFrozenTime(),
-			MemdumpTimeUS:  s.GetMemdumpTime(),
-			MemwriteTimeUS: s.GetMemwriteTime(),
-			PagesScanned:   s.GetPagesScanned(),
-			PagesWritten:   s.GetPagesWritten(),
-		}
+	return &DumpResult{LogPath: logPath, Stats: dumpStats(logDir)}, nil
+}
+
+// dumpStats reads the stats-dump file CRIU leaves in its work directory,
+// or returns nil.
+func dumpStats(workDir *os.File) *DumpStats {
+	s, err := stats.CriuGetDumpStats(workDir)
+	if err != nil {
+		return nil
 	}
-	return res, nil
+	return &DumpStats{
+		FreezingTimeUS: s.GetFreezingTime(),
+		FrozenTimeUS:   s.GetFrozenTime(),
+		MemdumpTimeUS:  s.GetMemdumpTime(),
+		MemwriteTimeUS: s.GetMemwriteTime(),
+		PagesScanned:   s.GetPagesScanned(),
+		PagesWritten:   s.GetPagesWritten(),
+	}
 }
 
 // Restore brings back the tree saved in o.ImagesDir.

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/checkpoint-restore/go-criu/v8/stats"
 )
 
 // Streamed operations run the `criu` command rather than `criu swrk`:
@@ -76,16 +74,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	}
 	res := &DumpResult{LogPath: logPath}
 	if d, err := os.Open(o.LogDir); err == nil {
-		if s, err := stats.CriuGetDumpStats(d); err == nil {
-			res.Stats = &DumpStats{
-				FreezingTimeUS: s.GetFreezingTime(),
-				FrozenTimeUS:   s.GetFrozenTime(),
-				MemdumpTimeUS:  s.GetMemdumpTime(),
-				MemwriteTimeUS: s.GetMemwriteTime(),
-				PagesScanned:   s.GetPagesScanned(),
-				PagesWritten:   s.GetPagesWritten(),
-			}
-		}
+		res.Stats = dumpStats(d)
 		d.Close()
 	}
 	return res, nil
