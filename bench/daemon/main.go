@@ -7,7 +7,7 @@
 //	(b) API latency: p50/p99 of ListJobs over 500 calls with 100 jobs
 //	    and 10,000 checkpoints in the catalogue (bar: p99 < 50 ms);
 //	(c) dump latency of a 256 MiB process through the daemon against the
-//	    standalone client, median of 5 each (bar: within 5 %).
+//	    standalone client, median of 11 each (bar: within 5 %).
 //
 // It needs root and CRIU, like cedana itself. Run it through
 // scripts/bench-daemon.sh, which builds what it needs. Every process it
