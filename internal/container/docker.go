@@ -184,10 +184,35 @@ func (d *dockerDriver) startFrom(ctx context.Context, id, imagesDir string) erro
 	}
 	defer os.RemoveAll(dst) // the engine has read it once started
 	q := url.Values{"checkpoint": {restoreCheckpointName}}
-	if err := d.c.do(ctx, http.MethodPost, "/containers/"+id+"/start", q, nil, nil); err != nil {
-		return d.explain("restore", err)
+	for attempt := 1; ; attempt++ {
+		err := d.c.do(ctx, http.MethodPost, "/containers/"+id+"/start", q, nil, nil)
+		if err == nil {
+			return nil
+		}
+		if attempt == checkpointUploadAttempts || !isCheckpointUploadRace(err) {
+			return d.explain("restore", err)
+		}
+		// Nothing was started: the engine failed while handing the
+		// checkpoint to containerd. Try again.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
 	}
-	return nil
+}
+
+// checkpointUploadAttempts bounds the retries of isCheckpointUploadRace.
+const checkpointUploadAttempts = 4
+
+// isCheckpointUploadRace recognizes the engine failing to store a
+// checkpoint in containerd's content store because that content "already
+// exists" (moby/moby#42900: occasional, before the container starts, and
+// gone on the next attempt; seen here with Docker 20.10 on `docker start
+// --checkpoint` and `docker checkpoint create` alike).
+func isCheckpointUploadRace(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "failed to upload checkpoint to containerd") && strings.Contains(msg, "already exists")
 }
 
 func (d *dockerDriver) finish(*target) {} // the stopped container stays, as after `docker checkpoint create`
