@@ -81,7 +81,8 @@ func printManifest(path string, size int64, m *archive.Manifest, verified bool) 
 		on   bool
 		name string
 	}{{o.TCPEstablished, "tcp-established"}, {o.ShellJob, "shell-job"}, {o.ExtUnixSockets, "ext-unix-sk"},
-		{o.FileLocks, "file-locks"}, {o.LinkRemap, "link-remap"}, {o.LeaveRunning, "leave-running"}} {
+		{o.FileLocks, "file-locks"}, {o.LinkRemap, "link-remap"}, {o.LeaveRunning, "leave-running"},
+		{o.Streamable, "streamable"}} {
 		if kv.on {
 			opts = append(opts, kv.name)
 		}
