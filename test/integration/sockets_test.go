@@ -56,15 +56,32 @@ func dialRedis(t *testing.T, port int) (net.Conn, *bufio.Reader) {
 // --tcp-established by itself; after restore the keys answer on a new
 // connection and on the connection that was open during the dump.
 func TestRedisWithEstablishedConnection(t *testing.T) {
+	testRedis(t, 100, 16)
+}
+
+// TestRedisLargeStreamed: the same with 96 MiB of data, which is above the
+// streaming threshold: TCP repair, the nftables lock and the pipes of
+// criu --stream together, both ways.
+func TestRedisLargeStreamed(t *testing.T) {
+	testRedis(t, 96, 1<<20)
+}
+
+// testRedis fills a redis with keys values of about size bytes, dumps it
+// with a client connected, restores it and checks every key it sampled.
+func testRedis(t *testing.T, keys, size int) {
 	requireCRIU(t)
 	redis := requireBinary(t, "redis-server")
 	e := newEnv(t)
 	port := freePort(t)
 	p := start(t, redis, "--port", itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", t.TempDir(), "--daemonize", "no")
+	value := func(i int) string {
+		v := fmt.Sprintf("value-%d-", i*i)
+		return strings.Repeat(v, max(1, size/len(v)))
+	}
 	c1, rd1 := dialRedis(t, port)
-	for i := 0; i < 100; i++ {
-		if got := redisCmd(t, c1, rd1, "SET", fmt.Sprintf("key:%d", i), fmt.Sprintf("value-%d", i*i)); got != "+OK" {
+	for i := 0; i < keys; i++ {
+		if got := redisCmd(t, c1, rd1, "SET", fmt.Sprintf("key:%d", i), value(i)); got != "+OK" {
 			t.Fatalf("SET: %q", got)
 		}
 	}
@@ -79,6 +96,7 @@ func TestRedisWithEstablishedConnection(t *testing.T) {
 		Options struct {
 			TCPEstablished bool   `json:"tcp_established"`
 			NetworkLock    string `json:"network_lock"`
+			Streamable     bool   `json:"streamable"`
 		} `json:"options"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
@@ -87,21 +105,24 @@ func TestRedisWithEstablishedConnection(t *testing.T) {
 	if !out.Options.TCPEstablished {
 		t.Errorf("tcp-established was not chosen for a process with an established connection")
 	}
+	if big := keys*size >= 64<<20; out.Options.Streamable != big {
+		t.Errorf("streamable = %v for %d MiB of data", out.Options.Streamable, keys*size>>20)
+	}
 	p.waitExit(t, 5*time.Second)
 
 	e.restore(out.Path)
 	c2, rd2 := dialRedis(t, port)
-	for _, i := range []int{0, 7, 99} {
-		if got, want := redisCmd(t, c2, rd2, "GET", fmt.Sprintf("key:%d", i)), fmt.Sprintf("value-%d", i*i); got != want {
-			t.Errorf("after restore GET key:%d = %q, want %q", i, got, want)
+	for _, i := range []int{0, 7, keys - 1} {
+		if got, want := redisCmd(t, c2, rd2, "GET", fmt.Sprintf("key:%d", i)), value(i); got != want {
+			t.Errorf("after restore GET key:%d = %.40q… (%d bytes), want %.40q… (%d bytes)", i, got, len(got), want, len(want))
 		}
 	}
 	if got := redisCmd(t, c2, rd2, "INCR", "counter"); got != ":42" {
 		t.Errorf("INCR counter after restore = %q, want :42", got)
 	}
 	// The connection that was open during the dump still works.
-	if got := redisCmd(t, c1, rd1, "GET", "key:3"); got != "value-9" {
-		t.Errorf("old connection after restore: GET key:3 = %q", got)
+	if got := redisCmd(t, c1, rd1, "GET", "key:3"); got != value(3) {
+		t.Errorf("old connection after restore: GET key:3 = %.40q…", got)
 	}
 }
 
