@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -171,4 +172,60 @@ func largestPages(t *testing.T, data []byte) (int64, int64) {
 		t.Fatal(err)
 	}
 	return off, int64(big.CompressedSize64)
+}
+
+// TestStreamedProcessTree: a parent and two children, each with its own
+// memory (so its own pages image, which CRIU reads in parallel on
+// restore), dumped and restored through the streamed path; every
+// process's memory and counter survive.
+func TestStreamedProcessTree(t *testing.T) {
+	requireCRIU(t)
+	e := newEnv(t)
+	dir := t.TempDir()
+	script := fmt.Sprintf(`
+import os, sys
+for n in range(2):
+    if os.fork() == 0:
+        sys.argv = ["x", %[1]q + "/c%%d" %% n]
+        break
+else:
+    sys.argv = ["x", %[1]q + "/parent"]
+`, dir) + memCounterScript("PATH", 40)
+	script = strings.Replace(script, `"PATH"`, "sys.argv[1]", -1)
+	p := start(t, "python3", "-c", script)
+	files := []string{filepath.Join(dir, "parent"), filepath.Join(dir, "c0"), filepath.Join(dir, "c1")}
+	eventually(t, 15*time.Second, "three counters to reach 3", func() bool {
+		for _, f := range files {
+			if n, _ := readMemCounter(f); n < 3 {
+				return false
+			}
+		}
+		return true
+	})
+	r := e.cedana("client", "dump", "-p", itoa(p.pid()), "-d", e.dir, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("dump: %s", r)
+	}
+	var out struct {
+		Path    string `json:"path"`
+		Options struct {
+			Streamable bool `json:"streamable"`
+		} `json:"options"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !out.Options.Streamable {
+		t.Fatalf("a tree of 3 × 40 MiB was not streamable")
+	}
+	p.waitExit(t, 5*time.Second)
+	before := make([]int, len(files))
+	digests := make([]string, len(files))
+	for i, f := range files {
+		before[i], digests[i] = readMemCounter(f)
+	}
+	e.restore(out.Path)
+	for i, f := range files {
+		checkMemContinues(t, f, before[i], digests[i])
+	}
 }
