@@ -87,3 +87,26 @@ func TestStreamEntryToPipe(t *testing.T) {
 		t.Fatalf("streamed %d bytes that differ from the %d written", len(b), len(images["pages-1.img"]))
 	}
 }
+
+// TestStreamEntryManyEmptyFrames: a stream of countless empty frames (or
+// empty raw blocks) is not listed frame by frame, which a hostile archive
+// could use to exhaust memory; it is verified, then decoded as a stream.
+func TestStreamEntryManyEmptyFrames(t *testing.T) {
+	empty := appendRawFrame(nil, nil)
+	content := []byte("tail")
+	raw := bytes.Repeat(empty, 50_000)
+	raw = appendRawFrame(raw, content)
+	path := hostileZip{entries: []zipEntry{{name: "images/pages-1.img", raw: raw, rawSize: uint64(len(content)), method: methodZstd}}}.write(t)
+	r, err := Open(path, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var got bytes.Buffer
+	if err := r.StreamEntry("images/pages-1.img", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != "tail" {
+		t.Fatalf("got %q", got.String())
+	}
+}
