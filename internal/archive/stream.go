@@ -215,6 +215,22 @@ func (r *Reader) VerifyAhead(name string) {
 	}
 }
 
+// Verified waits for the digest check of entry name (starting it if
+// VerifyAhead did not) and returns its result: nil once the stored bytes
+// match the manifest, an error wrapping ErrCorrupt otherwise.
+func (r *Reader) Verified(name string) error {
+	e, ok := r.entries[name]
+	if !ok || !r.Streamable(name) {
+		return fmt.Errorf("%w: %s cannot be checked ahead (no stored digest, or not zstd)", ErrCorrupt, name)
+	}
+	j := r.ahead.start(r, e)
+	<-j.finished
+	if j.err != nil && !errors.Is(j.err, errStopped) {
+		return &EntryError{Entry: name, Err: j.err}
+	}
+	return j.err
+}
+
 // verifications are the digest checks of a Reader's entries, each run
 // once, in the background.
 type verifications struct {

@@ -110,3 +110,25 @@ func TestStreamEntryManyEmptyFrames(t *testing.T) {
 		t.Fatalf("got %q", got.String())
 	}
 }
+
+func TestVerified(t *testing.T) {
+	const name = "images/pages-1.img"
+	path := createArchive(t, smallImages(), nil)
+	r, err := Open(path, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Verified(name); err != nil {
+		t.Fatalf("intact entry: %v", err)
+	}
+	r.Close()
+	off, size := entryOffset(t, path, name)
+	flipByte(t, path, off+size/2)
+	r, err = Open(path, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.VerifyAhead(name)
+	wantErr(t, r.Verified(name), ErrCorrupt)
+}

@@ -20,8 +20,20 @@ import (
 // that differs is replaced only with replace set, after a backup. Paths are
 // opened without following symlinks, so an archive cannot redirect a write
 // through a link planted on the host.
-func putBackFiles(staging string, files []archive.CarriedFile, replace bool) ([]string, error) {
+//
+// beforeWrite, if set, is called once before the first change to the host
+// (a backup or a write); its error stops putBackFiles with nothing
+// changed.
+func putBackFiles(staging string, files []archive.CarriedFile, replace bool, beforeWrite func() error) ([]string, error) {
 	var written []string
+	first := true
+	ready := func() error {
+		if !first || beforeWrite == nil {
+			return nil
+		}
+		first = false
+		return beforeWrite()
+	}
 	for _, cf := range files {
 		st, err := os.Lstat(cf.Path)
 		switch {
@@ -35,10 +47,16 @@ func putBackFiles(staging string, files []archive.CarriedFile, replace bool) ([]
 		case !replace:
 			continue // CRIU decides; its error then suggests --replace-files
 		default:
+			if err := ready(); err != nil {
+				return written, err
+			}
 			bak := fmt.Sprintf("%s.cedana-bak-%s", cf.Path, time.Now().UTC().Format("20060102T150405Z"))
 			if err := os.Rename(cf.Path, bak); err != nil {
 				return written, fmt.Errorf("back up %s: %w", cf.Path, err)
 			}
+		}
+		if err := ready(); err != nil {
+			return written, err
 		}
 		if err := writeCarried(filepath.Join(staging, filepath.FromSlash(cf.Entry)), cf); err != nil {
 			return written, err

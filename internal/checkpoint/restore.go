@@ -52,7 +52,10 @@ type RestoreResult struct {
 
 // Restore verifies the archive at req.Path and restores its process tree,
 // detached from the caller. Nothing is restored or written outside the
-// private staging directory until every entry has been verified.
+// private staging directory until every entry has been verified: when the
+// memory pages stream into CRIU, their digests are checked before CRIU can
+// finish (see archive.Reader.StreamEntry), and before any carried file is
+// written to the host.
 func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResult, error) {
 	start := time.Now()
 	prog := req.Progress
@@ -104,7 +107,20 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	}
 	extractTime := time.Since(start)
 
-	written, err := putBackFiles(staging, m.CarriedFiles, req.ReplaceFiles)
+	var verified func() error // the streamed entries, before the host changes
+	if stream {
+		verified = func() error {
+			for _, e := range m.Entries {
+				if streamedEntry(r, e.Name) {
+					if err := r.Verified(e.Name); err != nil {
+						return fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
+					}
+				}
+			}
+			return nil
+		}
+	}
+	written, err := putBackFiles(staging, m.CarriedFiles, req.ReplaceFiles, verified)
 	if err != nil {
 		return nil, err
 	}

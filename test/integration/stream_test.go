@@ -23,6 +23,8 @@ import hashlib, os, time
 half = %[2]d << 19
 buf = bytearray(os.urandom(half)) + bytearray(b"step=1 loss=0.25 the quick brown fox\n" * (half // 37 + 1))[:half]
 digest = hashlib.sha256(buf).hexdigest()[:16]
+log = open(%[1]q + ".log", "w")  # open for writing: carried in the archive
+log.write("started\n"); log.flush()
 i = 0
 while True:
     with open(%[1]q + ".tmp", "w") as f:
@@ -112,6 +114,12 @@ func TestStreamedRestoreRefusesDamagedPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
+	// The log the process had open travels in the archive; remove it so
+	// that a restore would have to write it back to the host.
+	logFile := ctr + ".log"
+	if err := os.Remove(logFile); err != nil {
+		t.Fatal(err)
+	}
 
 	off, size := largestPages(t, data)
 	for name, at := range map[string]int64{
@@ -140,6 +148,9 @@ func TestStreamedRestoreRefusesDamagedPages(t *testing.T) {
 			if n, _ := readMemCounter(ctr); n != before {
 				t.Fatalf("the counter moved (%d → %d): something ran from a damaged archive", before, n)
 			}
+			if _, err := os.Stat(logFile); err == nil {
+				t.Fatalf("a carried file was written to the host from a damaged archive")
+			}
 		})
 	}
 	// The intact archive was never touched and still restores.
@@ -148,6 +159,9 @@ func TestStreamedRestoreRefusesDamagedPages(t *testing.T) {
 	}
 	e.restore(good)
 	checkMemContinues(t, ctr, before, digest)
+	if _, err := os.Stat(logFile); err != nil {
+		t.Errorf("the carried log was not put back: %v", err)
+	}
 }
 
 // largestPages returns the data offset and stored size of the largest
