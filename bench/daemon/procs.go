@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
+	"github.com/cedana/cedana/internal/proc"
 )
 
 // bench holds the options and every process the benchmark started, so
@@ -293,23 +294,11 @@ func statusKiB(pid int, field string) uint64 {
 
 // descendants lists pid's descendants, breadth first.
 func descendants(pid int) []int {
-	var out []int
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p))
-		for _, t := range tasks {
-			data, _ := os.ReadFile(t)
-			for _, s := range strings.Fields(string(data)) {
-				if c, err := strconv.Atoi(s); err == nil {
-					out = append(out, c)
-					queue = append(queue, c)
-				}
-			}
-		}
+	tree, err := proc.Tree(pid)
+	if err != nil || len(tree) == 0 {
+		return nil
 	}
-	return out
+	return tree[1:]
 }
 
 // clockTicks is the kernel's USER_HZ, from getconf (100 on Linux).

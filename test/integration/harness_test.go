@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	procfs "github.com/cedana/cedana/internal/proc"
 )
 
 // cedanaBin is the binary under test: $CEDANA_BIN, or one built for the run.
@@ -212,23 +214,11 @@ func killTreeAtEnd(t *testing.T, pid int) {
 }
 
 func descendants(pid int) []int {
-	var out []int
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p))
-		for _, f := range tasks {
-			data, _ := os.ReadFile(f)
-			for _, s := range strings.Fields(string(data)) {
-				if c, err := strconv.Atoi(s); err == nil {
-					out = append(out, c)
-					queue = append(queue, c)
-				}
-			}
-		}
+	tree, err := procfs.Tree(pid)
+	if err != nil || len(tree) == 0 {
+		return nil
 	}
-	return out
+	return tree[1:]
 }
 
 // alive reports whether pid exists and is not a zombie.
