@@ -230,6 +230,20 @@ func (w *Writer) release() {
 	putScratch(w.sc, w.ew.pipe, w.ew.fw, w.sink)
 }
 
+// DirSize returns the total size of the entries of dir (not descending
+// into subdirectories): what Create reads from an images directory, for a
+// progress total. Unreadable entries count as empty.
+func DirSize(dir string) int64 {
+	var n int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
+}
+
 // listImages returns the sorted names of the regular files in dir, and
 // refuses anything else.
 func listImages(dir string) ([]string, error) {

@@ -202,7 +202,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 			w.Abort()
 		}
 	} else {
-		prog.Start("writing archive", dirSize(imagesDir)+sumSizes(files))
+		prog.Start("writing archive", archive.DirSize(imagesDir)+sumSizes(files))
 		m, size, err = archive.Create(path, m, imagesDir, files, wopts)
 	}
 	prog.Done()
@@ -334,17 +334,6 @@ func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {
 		return fmt.Errorf("signal %v to PID %d: %w", sig, pid, err)
 	}
 	return nil
-}
-
-func dirSize(dir string) int64 {
-	var n int64
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if info, err := e.Info(); err == nil {
-			n += info.Size()
-		}
-	}
-	return n
 }
 
 func sumSizes(files []archive.FileSource) int64 {

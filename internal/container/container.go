@@ -348,7 +348,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		Container: &t.info,
 	}
 	archStart := time.Now()
-	prog.Start("writing archive", dirSize(imagesDir)+dirSize(cdir))
+	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(cdir))
 	m, size, err := archive.Create(path, m, imagesDir, nil, archive.WriteOptions{Progress: prog.Advance,
 		Concurrency: runtime.NumCPU(), Extra: extra})
 	prog.Done()
@@ -545,17 +545,6 @@ func archivePath(dir, exact, name string, t time.Time) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no free archive name in %s", dir)
-}
-
-func dirSize(dir string) int64 {
-	var n int64
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if info, err := e.Info(); err == nil {
-			n += info.Size()
-		}
-	}
-	return n
 }
 
 func freeBytes(dir string) (uint64, error) {
