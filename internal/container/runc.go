@@ -182,16 +182,7 @@ func (d *runcDriver) checkpoint(ctx context.Context, t *target, imagesDir string
 	if err != nil {
 		return err
 	}
-	args := []string{"checkpoint", "--image-path", imagesDir, "--work-path", o.WorkDir}
-	if o.TCPEstablished {
-		args = append(args, "--tcp-established")
-	}
-	if o.ExtUnixSockets {
-		args = append(args, "--ext-unix-sk")
-	}
-	if o.FileLocks {
-		args = append(args, "--file-locks")
-	}
+	args := append([]string{"checkpoint", "--image-path", imagesDir, "--work-path", o.WorkDir}, runcCRIUFlags(o)...)
 	cmd := d.command(ctx, append(args, t.info.ID)...)
 	cmd.Env = append(os.Environ(), "CRIU_CONFIG_FILE="+conf)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -273,16 +264,7 @@ func (d *runcDriver) runcRestore(ctx context.Context, id, bundle string, mc *man
 		return nil, err
 	}
 	defer cleanup()
-	args := []string{"restore", "-d", "--image-path", imagesDir, "--work-path", o.WorkDir, "--bundle", bundle}
-	if o.TCPEstablished {
-		args = append(args, "--tcp-established")
-	}
-	if o.ExtUnixSockets {
-		args = append(args, "--ext-unix-sk")
-	}
-	if o.FileLocks {
-		args = append(args, "--file-locks")
-	}
+	args := append([]string{"restore", "-d", "--image-path", imagesDir, "--work-path", o.WorkDir, "--bundle", bundle}, runcCRIUFlags(o)...)
 	// runc's own messages go to a log: its stderr is the container's.
 	runcLog := filepath.Join(o.WorkDir, "runc.log")
 	cmd := d.command(ctx, append([]string{"--log", runcLog}, append(args, id)...)...)
@@ -604,4 +586,20 @@ func networkLockOf(m *archive.Manifest) criu.NetworkLock {
 		return l
 	}
 	return criu.NetworkLockNFTables
+}
+
+// runcCRIUFlags are runc's flags for the CRIU options that checkpoint and
+// restore both take.
+func runcCRIUFlags(o criuOptions) []string {
+	var flags []string
+	if o.TCPEstablished {
+		flags = append(flags, "--tcp-established")
+	}
+	if o.ExtUnixSockets {
+		flags = append(flags, "--ext-unix-sk")
+	}
+	if o.FileLocks {
+		flags = append(flags, "--file-locks")
+	}
+	return flags
 }
