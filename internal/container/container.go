@@ -271,13 +271,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if err != nil {
 		return nil, err
 	}
-	parent, err := s.stagingParent(ctx, d, filepath.Dir(path))
+	staging, err := s.stagingDir(ctx, d, filepath.Dir(path))
 	if err != nil {
 		return nil, err
-	}
-	staging, err := os.MkdirTemp(parent, ".cedana-staging-")
-	if err != nil {
-		return nil, fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
 	defer os.RemoveAll(staging)
 	if o.WorkDir, err = s.workDir("dump", d.name(), name, start); err != nil {
@@ -425,13 +421,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if err != nil {
 		return nil, err
 	}
-	parent, err := s.stagingParent(ctx, d, filepath.Dir(req.Path))
+	staging, err := s.stagingDir(ctx, d, filepath.Dir(req.Path))
 	if err != nil {
 		return nil, err
-	}
-	staging, err := os.MkdirTemp(parent, ".cedana-staging-")
-	if err != nil {
-		return nil, fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
 	defer os.RemoveAll(staging)
 	prog.Start("verifying and extracting", m.TotalSize())
@@ -491,9 +483,9 @@ func (s *Service) checkCompatible(m *archive.Manifest) error {
 	return nil
 }
 
-// stagingParent picks where a staging directory goes: the configured
+// stagingDir creates a private staging directory in the configured
 // directory, the driver's choice, /dev/shm, or next to the archive.
-func (s *Service) stagingParent(ctx context.Context, d driver, archiveDir string) (string, error) {
+func (s *Service) stagingDir(ctx context.Context, d driver, archiveDir string) (string, error) {
 	parent := s.set.StagingDir
 	if parent == "" {
 		p, err := d.stagingParent(ctx)
@@ -511,7 +503,11 @@ func (s *Service) stagingParent(ctx context.Context, d driver, archiveDir string
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
 	}
-	return parent, nil
+	staging, err := os.MkdirTemp(parent, ".cedana-staging-")
+	if err != nil {
+		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
+	}
+	return staging, nil
 }
 
 // workDir creates a directory for one operation's CRIU logs.
