@@ -131,7 +131,7 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 	defer imgDir.Close()
 	defer logDir.Close()
 
-	opts := baseOpts(imgDir, logDir, o.LogFile, shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})
+	opts := baseOpts(imgDir, logDir, o.LogFile, o.shared())
 	opts.Pid = ptr(int32(o.PID))
 	opts.LeaveRunning = ptr(o.LeaveRunning)
 	opts.External = o.ExternalTTYs
@@ -182,7 +182,7 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 	defer imgDir.Close()
 	defer logDir.Close()
 
-	opts := baseOpts(imgDir, logDir, o.LogFile, shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})
+	opts := baseOpts(imgDir, logDir, o.LogFile, o.shared())
 	opts.RstSibling = ptr(o.Detach)
 	for key, f := range o.TTYs {
 		g.AddInheritFd(key, f)
@@ -199,6 +199,14 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 type shared struct {
 	tcpEstablished, shellJob, extUnixSockets, fileLocks, linkRemap bool
 	networkLock                                                    NetworkLock
+}
+
+func (o DumpOptions) shared() shared {
+	return shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock}
+}
+
+func (o RestoreOptions) shared() shared {
+	return shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock}
 }
 
 // baseOpts builds the CRIU options common to dump and restore.

@@ -48,8 +48,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	srv.serve()
 
 	args := []string{"dump", "--stream", "-t", strconv.Itoa(o.PID)}
-	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile,
-		shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})...)
+	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile, o.shared())...)
 	switch {
 	case o.LeaveRunning:
 		args = append(args, "--leave-running")
@@ -113,8 +112,7 @@ func (c *Client) RestoreStreamed(o RestoreOptions, src ImageSource) (*RestoreRes
 
 	pidFile := filepath.Join(o.ImagesDir, "restored.pid")
 	args := []string{"restore", "--stream", "--restore-detached", "--restore-sibling", "--pidfile", pidFile}
-	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile,
-		shared{o.TCPEstablished, o.ShellJob, o.ExtUnixSockets, o.FileLocks, o.LinkRemap, o.NetworkLock})...)
+	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile, o.shared())...)
 	var extra []*os.File
 	for key, f := range o.TTYs {
 		args = append(args, "--inherit-fd", fmt.Sprintf("fd[%d]:%s", 3+len(extra), key))
