@@ -151,8 +151,9 @@ func (a *archiveImages) WriteImage(name string, pipe *os.File) error {
 // its images from a pipe. CRIU re-reads the pages of hugetlb mappings at
 // offsets, which a pipe cannot do.
 func streamable(procs []archive.Process) bool {
+	mounts := hugetlbMounts()
 	for _, p := range procs {
-		if usesHugeTLB(p.PID) {
+		if usesHugeTLB(p.PID, mounts) {
 			return false
 		}
 	}
@@ -160,14 +161,14 @@ func streamable(procs []archive.Process) bool {
 }
 
 // usesHugeTLB reports whether pid maps hugetlb memory (anonymous
-// MAP_HUGETLB, or a file on hugetlbfs), from /proc/PID/maps.
-func usesHugeTLB(pid int) bool {
+// MAP_HUGETLB, or a file on one of the hugetlbfs mounts), from
+// /proc/PID/maps.
+func usesHugeTLB(pid int, mounts []string) bool {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	mounts := hugetlbMounts()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
