@@ -175,8 +175,12 @@ func usesHugeTLB(pid int, mounts []string) bool {
 		if strings.Contains(line, "/anon_hugepage") {
 			return true
 		}
+		i := strings.Index(line, " /")
+		if i < 0 {
+			continue // an anonymous mapping
+		}
 		for _, m := range mounts {
-			if i := strings.Index(line, " /"); i >= 0 && strings.HasPrefix(line[i+1:], m+"/") {
+			if strings.HasPrefix(line[i+1:], m+"/") {
 				return true
 			}
 		}
