@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -89,7 +88,7 @@ func (s *fileSink) start() {
 	}
 	s.free = make(chan []byte, sinkDepth)
 	for range sinkDepth {
-		s.free <- alignedBuf(sinkChunk)
+		s.free <- make([]byte, sinkChunk)
 	}
 	s.queue = make(chan sinkWrite, sinkDepth)
 	s.done = make(chan struct{})
@@ -185,13 +184,4 @@ func pwriteAll(f *os.File, b []byte, off int64) error {
 		b, off = b[n:], off+int64(n)
 	}
 	return nil
-}
-
-// alignedBuf returns a buffer of n bytes starting on a page boundary
-// (whole pages for the kernel to copy from).
-func alignedBuf(n int) []byte {
-	const align = 4096
-	b := make([]byte, n+align)
-	skip := (align - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))&(align-1))) & (align - 1)
-	return b[skip : skip+n : skip+n]
 }

@@ -73,7 +73,6 @@ type feed struct {
 
 	src      *io.SectionReader // the stored bytes
 	writeErr error
-	written  int64
 }
 
 // feedJob is one frame, in stream order.
@@ -554,7 +553,6 @@ func (s *feed) writeStored(sp span) error {
 			return io.ErrUnexpectedEOF
 		default:
 			left -= n
-			s.written += n
 		}
 	}
 	if left == 0 {
@@ -568,8 +566,7 @@ func (s *feed) writeStored(sp span) error {
 }
 
 func (s *feed) write(b []byte) error {
-	n, err := s.w.Write(b)
-	s.written += int64(n)
+	_, err := s.w.Write(b)
 	return err
 }
 
