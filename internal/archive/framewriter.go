@@ -34,7 +34,6 @@ type frameWriter struct {
 	jobs        chan *frameJob // nil until the workers start
 	encs        []*zstd.Encoder
 	freeSrc     [][]byte
-	freeDst     [][]byte
 	maxInflight int
 	wrote       bool  // this entry has submitted a frame
 	err         error // sticky write error
@@ -245,24 +244,14 @@ func (fw *frameWriter) hashBarrier() {
 }
 
 // getDst returns a buffer for a compressed frame: one the hasher gave
-// back, one from the free list, or a new one.
+// back, or a new one.
 func (fw *frameWriter) getDst() []byte {
 	select {
 	case b := <-fw.hashBack:
 		return b
 	default:
+		return make([]byte, 0, frameSize+frameSize/64+1024)
 	}
-	return fw.getBuf(&fw.freeDst, frameSize+frameSize/64+1024)
-}
-
-// getBuf takes a buffer from a free list or allocates one of capacity n.
-func (fw *frameWriter) getBuf(free *[][]byte, n int) []byte {
-	if k := len(*free); k > 0 {
-		b := (*free)[k-1]
-		*free = (*free)[:k-1]
-		return b
-	}
-	return make([]byte, 0, n)
 }
 
 // shutdown waits for in-flight frames, stops the workers and returns
