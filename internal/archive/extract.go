@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"hash/crc32"
 	"io"
 	"os"
 	"slices"
@@ -30,6 +29,8 @@ type ExtractOptions struct {
 	// Skip, if set, leaves out the entries for which it returns true
 	// (their content is neither read nor checked here).
 	Skip func(name string) bool
+
+	allDigests bool // check every digest recorded, not only the fastest (Verify)
 }
 
 // Extract writes every entry into dir, which must exist and be empty (the
@@ -40,7 +41,7 @@ type ExtractOptions struct {
 //
 // Before writing it checks that dir's filesystem has room for the
 // manifest's total size (ErrTooLarge otherwise). While writing it checks
-// every entry's size and SHA-256; a stream longer than declared is cut
+// every entry's size and digest (see checksFor); a stream longer than declared is cut
 // off. On error it returns an error naming the bad entry (an *EntryError
 // wrapping ErrCorrupt for damaged content) and leaves what it wrote in
 // place: the caller removes dir. Files are not fsynced.
@@ -83,9 +84,11 @@ func (r *Reader) Extract(dir string, opts ExtractOptions) error {
 	})
 }
 
-// Verify decompresses every entry and checks its size and SHA-256 without
+// Verify decompresses every entry and checks its size and every digest the
+// manifest records for it (SHA-256 and, from format 3, XXH3-128), without
 // writing anything. Errors are those of Extract.
 func (r *Reader) Verify(opts ExtractOptions) error {
+	opts.allDigests = true
 	return r.forEachEntry(opts, func(*entry) (io.Writer, func() error, error) { return nil, nil, nil })
 }
 
@@ -177,7 +180,7 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 			defer dec.close()
 			pipe := newPipeline(frameSize, chunkDepth)
 			for e := take(); e != nil; e = take() {
-				if err := r.processEntry(ctx, e, dec, frameWorkers, pipe, prog, open); err != nil {
+				if err := r.processEntry(ctx, e, dec, frameWorkers, pipe, prog, open, opts.allDigests); err != nil {
 					fail(err)
 					return
 				}
@@ -192,10 +195,10 @@ func (r *Reader) forEachEntry(opts ExtractOptions, open openFunc) error {
 }
 
 // processEntry decompresses one entry into its writer (if any), checking
-// its size (never producing more than declared) and SHA-256. Decoding,
+// its size (never producing more than declared) and digest. Decoding,
 // hashing and writing run in parallel; large zstd entries are also decoded
 // on several cores (decodeFrames).
-func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, workers int, pipe *pipeline, prog *progress, open openFunc) (err error) {
+func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, workers int, pipe *pipeline, prog *progress, open openFunc, allDigests bool) (err error) {
 	name := e.info.Name
 	w, closeFn, err := open(e)
 	if err != nil {
@@ -236,7 +239,7 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 			return nil
 		})
 	}
-	if err := checkStored(r.f, e); err != nil {
+	if err := checkStored(r.f, e, allDigests); err != nil {
 		return &EntryError{Entry: name, Err: err}
 	}
 	src := io.NewSectionReader(r.f, e.dataOffset, e.compSize)
@@ -271,31 +274,16 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 }
 
 // checkStored compares the digests of an entry's stored bytes with the
-// manifest's, those it records: the SHA-256 (format 2) and the CRC-32C.
-// It reads the compressed bytes before they are decoded, so nothing
-// decodes bytes that are not the ones the manifest describes.
-func checkStored(f io.ReaderAt, e *entry) error {
-	wantCRC, wantSHA := e.info.StoredCRC32C, e.info.StoredSHA256
-	if wantCRC == "" && wantSHA == "" {
+// manifest's (see checksFor; all asks for every recorded digest). It reads
+// the compressed bytes before they are decoded, so nothing decodes bytes
+// that are not the ones the manifest describes.
+func checkStored(f io.ReaderAt, e *entry, all bool) error {
+	d := checksFor(e.info, all)
+	if d.none() {
 		return nil
 	}
-	crc := crc32.New(castagnoli)
-	var w io.Writer = crc
-	var sha hash.Hash
-	if wantSHA != "" {
-		sha = sha256.New()
-		w = io.MultiWriter(crc, sha)
-	}
-	if _, err := io.Copy(w, io.NewSectionReader(f, e.dataOffset, e.compSize)); err != nil {
+	if _, err := io.Copy(d, io.NewSectionReader(f, e.dataOffset, e.compSize)); err != nil {
 		return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 	}
-	if got := fmt.Sprintf("%08x", crc.Sum32()); wantCRC != "" && got != wantCRC {
-		return fmt.Errorf("%w: stored bytes changed (CRC-32C %s, manifest says %s)", ErrCorrupt, got, wantCRC)
-	}
-	if sha != nil {
-		if got := hex.EncodeToString(sha.Sum(nil)); got != wantSHA {
-			return fmt.Errorf("%w: stored bytes changed (SHA-256 %s, manifest says %s)", ErrCorrupt, got, wantSHA)
-		}
-	}
-	return nil
+	return d.verify(e.info)
 }

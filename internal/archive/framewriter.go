@@ -1,10 +1,6 @@
 package archive
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"hash"
-	"hash/crc32"
 	"io"
 	"sync"
 
@@ -41,7 +37,7 @@ type frameWriter struct {
 	// stored digests the compressed bytes of the current entry;
 	// prevStored keeps the previous entry's when the next one starts.
 	// While frames are in flight only the hasher touches stored.
-	stored, prevStored storedDigest
+	stored, prevStored *digests
 	hashIn             chan hashJob
 	hashBack           chan []byte
 }
@@ -67,7 +63,7 @@ func (fw *frameWriter) expect(size int64) { fw.left = size }
 
 // reset starts a new entry written to w. It is the zip.Compressor.
 func (fw *frameWriter) reset(w io.Writer) (io.WriteCloser, error) {
-	fw.prevStored, fw.stored = fw.stored, storedDigest{sha: sha256.New()}
+	fw.prevStored, fw.stored = fw.stored, newDigests()
 	fw.w, fw.wrote, fw.err = w, false, nil
 	fw.cur = fw.cur[:0]
 	return fw, nil
@@ -137,7 +133,7 @@ func (fw *frameWriter) encodeSingle() error {
 	pool.put(enc)
 	fw.cur = fw.cur[:0]
 	_, err = fw.w.Write(fw.out)
-	fw.stored.add(fw.out)
+	fw.stored.Write(fw.out)
 	return err
 }
 
@@ -228,7 +224,7 @@ func (fw *frameWriter) hasher(in <-chan hashJob) {
 			close(j.done)
 			continue
 		}
-		fw.stored.add(j.b)
+		fw.stored.Write(j.b)
 		fw.hashBack <- j.b[:0]
 	}
 }
@@ -273,22 +269,3 @@ func (fw *frameWriter) shutdown() {
 	}
 	fw.encs = nil
 }
-
-// storedDigest accumulates the SHA-256 of an entry's stored bytes.
-type storedDigest struct {
-	sha hash.Hash
-}
-
-// record returns the digest in the manifest's form.
-func (d storedDigest) record() string {
-	if d.sha == nil {
-		return ""
-	}
-	return hex.EncodeToString(d.sha.Sum(nil))
-}
-
-// add digests stored bytes.
-func (d *storedDigest) add(p []byte) { d.sha.Write(p) }
-
-// castagnoli is the CRC-32C table (hardware-accelerated on amd64/arm64).
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)

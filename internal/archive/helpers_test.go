@@ -1,6 +1,8 @@
 package archive
 
 import (
+	"github.com/zeebo/xxh3"
+
 	"archive/zip"
 	"bytes"
 	"compress/flate"
@@ -231,8 +233,10 @@ func (hz hostileZip) write(t testing.TB) string {
 			}
 			if !slices.ContainsFunc(m.Entries, func(x EntryInfo) bool { return x.Name == e.name }) {
 				sum := sha256.Sum256(raw)
+				xx := xxh3.Hash128(raw).Bytes()
 				m.Entries = append(m.Entries, EntryInfo{Name: e.name, Size: size,
-					StoredSHA256: hex.EncodeToString(sum[:]), StoredCRC32C: fmt.Sprintf("%08x", crc32.Checksum(raw, castagnoli))})
+					StoredSHA256: hex.EncodeToString(sum[:]), StoredXXH3: hex.EncodeToString(xx[:]),
+					StoredCRC32C: fmt.Sprintf("%08x", crc32.Checksum(raw, castagnoli))})
 			}
 			if strings.HasPrefix(e.name, FilesPrefix) {
 				m.CarriedFiles = append(m.CarriedFiles, CarriedFile{Path: "/tmp/" + e.name[len(FilesPrefix):], Entry: e.name, Size: size})

@@ -96,7 +96,7 @@ func TestHostileArchives(t *testing.T) {
 				m.Entries = append(m.Entries, EntryInfo{Name: "images/gone.img", SHA256: strings.Repeat("0", 64)})
 			}}, want: ErrCorrupt, msg: "missing"},
 		{name: "size mismatch", zip: hostileZip{entries: []zipEntry{ok}, editManifest: func(m *Manifest) { m.Entries[0].Size++ }}, want: ErrCorrupt},
-		{name: "digest mismatch", zip: hostileZip{entries: []zipEntry{ok}, editManifest: func(m *Manifest) { m.Entries[0].StoredSHA256 = strings.Repeat("a", 64) }}, want: ErrCorrupt, msg: "SHA-256"},
+		{name: "digest mismatch", zip: hostileZip{entries: []zipEntry{ok}, editManifest: func(m *Manifest) { m.Entries[0].StoredXXH3 = strings.Repeat("a", 32) }}, want: ErrCorrupt, msg: "XXH3"},
 		{name: "zstd bomb", zip: hostileZip{entries: []zipEntry{{name: "images/bomb.img", raw: zstdOf(t, zeros), rawSize: 100, method: methodZstd}}}, want: ErrCorrupt, msg: "more than"},
 		{name: "framed zstd bomb", zip: hostileZip{entries: []zipEntry{{name: "images/bomb.img", raw: framesOf(t, zeros), rawSize: 5 << 20, method: methodZstd}}}, want: ErrCorrupt, msg: "more than"},
 		{name: "small framed zstd bomb", zip: hostileZip{entries: []zipEntry{{name: "images/bomb.img", raw: framesOf(t, zeros), rawSize: 1 << 20, method: methodZstd}}}, want: ErrCorrupt, msg: "more than"},

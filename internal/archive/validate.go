@@ -86,6 +86,12 @@ func (m *Manifest) validateEntries() (map[string]int64, error) {
 				return nil, entryErr(e.Name, ErrCorrupt, "sha256 belongs to format 1, not %d", m.FormatVersion)
 			}
 		}
+		switch {
+		case m.FormatVersion >= 3 && (len(e.StoredXXH3) != 32 || !isLowerHex(e.StoredXXH3)):
+			return nil, entryErr(e.Name, ErrCorrupt, "stored_xxh3 %q is not 32 lowercase hex digits", e.StoredXXH3)
+		case m.FormatVersion < 3 && e.StoredXXH3 != "":
+			return nil, entryErr(e.Name, ErrCorrupt, "stored_xxh3 belongs to format 3 and later, not %d", m.FormatVersion)
+		}
 		sizes[e.Name] = e.Size
 	}
 	return sizes, nil

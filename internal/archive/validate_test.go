@@ -6,13 +6,13 @@ import (
 )
 
 func TestValidate(t *testing.T) {
-	sha := strings.Repeat("ab", 32)
+	sha, xx := strings.Repeat("ab", 32), strings.Repeat("cd", 16)
 	valid := func() *Manifest {
 		m := testManifest()
 		m.FormatVersion = FormatVersion
 		m.Entries = []EntryInfo{
-			{Name: "files/0", Size: 3, StoredSHA256: sha, StoredCRC32C: "0badf00d"},
-			{Name: "images/pages-1.img", Size: 10, StoredSHA256: sha, StoredCRC32C: "0badf00d"},
+			{Name: "files/0", Size: 3, StoredSHA256: sha, StoredXXH3: xx, StoredCRC32C: "0badf00d"},
+			{Name: "images/pages-1.img", Size: 10, StoredSHA256: sha, StoredXXH3: xx, StoredCRC32C: "0badf00d"},
 		}
 		m.CarriedFiles = []CarriedFile{{Path: "/var/log/a.log", Entry: "files/0", Size: 3}}
 		return m
@@ -37,12 +37,22 @@ func TestValidate(t *testing.T) {
 		{"uppercase digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = strings.ToUpper(sha) }, ErrCorrupt},
 		{"short digest", func(m *Manifest) { m.Entries[1].StoredSHA256 = "abc" }, ErrCorrupt},
 		{"bad stored CRC", func(m *Manifest) { m.Entries[1].StoredCRC32C = "xyz" }, ErrCorrupt},
+		{"short xxh3", func(m *Manifest) { m.Entries[1].StoredXXH3 = "abc" }, ErrCorrupt},
+		{"uppercase xxh3", func(m *Manifest) { m.Entries[1].StoredXXH3 = strings.ToUpper(xx) }, ErrCorrupt},
+		{"format 3 without xxh3", func(m *Manifest) { m.Entries[0].StoredXXH3 = "" }, ErrCorrupt},
+		{"xxh3 in format 2", func(m *Manifest) { m.FormatVersion = 2 }, ErrCorrupt},
+		{"format 2", func(m *Manifest) {
+			m.FormatVersion = 2
+			for i := range m.Entries {
+				m.Entries[i].StoredXXH3 = ""
+			}
+		}, nil},
 		{"format 1 digest in format 2", func(m *Manifest) { m.Entries[1].SHA256 = sha }, ErrCorrupt},
 		{"format 1 without content digest", func(m *Manifest) { m.FormatVersion = 1 }, ErrCorrupt},
 		{"format 1", func(m *Manifest) {
 			m.FormatVersion = 1
 			for i := range m.Entries {
-				m.Entries[i].SHA256, m.Entries[i].StoredSHA256 = sha, ""
+				m.Entries[i].SHA256, m.Entries[i].StoredSHA256, m.Entries[i].StoredXXH3 = sha, "", ""
 			}
 		}, nil},
 		{"relative path", func(m *Manifest) { m.CarriedFiles[0].Path = "var/log/a.log" }, ErrUnsafeEntry},
@@ -51,7 +61,7 @@ func TestValidate(t *testing.T) {
 		{"root path", func(m *Manifest) { m.CarriedFiles[0].Path = "/" }, ErrUnsafeEntry},
 		{"NUL in path", func(m *Manifest) { m.CarriedFiles[0].Path = "/a\x00b" }, ErrUnsafeEntry},
 		{"duplicate path", func(m *Manifest) {
-			m.Entries = append(m.Entries, EntryInfo{Name: "files/1", Size: 3, StoredSHA256: sha, StoredCRC32C: "0badf00d"})
+			m.Entries = append(m.Entries, EntryInfo{Name: "files/1", Size: 3, StoredSHA256: sha, StoredXXH3: xx, StoredCRC32C: "0badf00d"})
 			m.CarriedFiles = append(m.CarriedFiles, CarriedFile{Path: "/var/log/a.log", Entry: "files/1", Size: 3})
 		}, ErrUnsafeEntry},
 		{"entry shared", func(m *Manifest) {

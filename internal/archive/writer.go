@@ -332,7 +332,7 @@ func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
 	ew.noteStored()
 	for i := range m.Entries {
 		if d, ok := ew.stored[m.Entries[i].Name]; ok {
-			m.Entries[i].StoredSHA256 = d.record()
+			d.record(&m.Entries[i])
 		}
 	}
 	if err := m.Validate(); err != nil {
@@ -363,7 +363,7 @@ type entryWriter struct {
 	modified time.Time
 	// stored collects each entry's digests of stored bytes, known once
 	// the zip writer has closed the entry (when the next one starts).
-	stored   map[string]storedDigest
+	stored   map[string]*digests
 	lastName string
 }
 
@@ -375,7 +375,7 @@ func (ew *entryWriter) noteStored() {
 		return
 	}
 	if ew.stored == nil {
-		ew.stored = map[string]storedDigest{}
+		ew.stored = map[string]*digests{}
 	}
 	ew.stored[ew.lastName] = ew.fw.stored
 	ew.lastName = ""
@@ -426,7 +426,7 @@ func (ew *entryWriter) addReader(name string, in io.Reader, size int64) (EntryIn
 	}
 	if prev != "" { // CreateHeader closed it and reset the frame writer
 		if ew.stored == nil {
-			ew.stored = map[string]storedDigest{}
+			ew.stored = map[string]*digests{}
 		}
 		ew.stored[prev] = ew.fw.prevStored
 	}
