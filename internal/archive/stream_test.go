@@ -1,8 +1,12 @@
 package archive
 
 import (
+	"fmt"
+	"time"
+
 	"bytes"
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"testing"
@@ -85,6 +89,68 @@ func TestStreamEntryToPipe(t *testing.T) {
 	}
 	if b := <-got; !bytes.Equal(b, images["pages-1.img"]) {
 		t.Fatalf("streamed %d bytes that differ from the %d written", len(b), len(images["pages-1.img"]))
+	}
+}
+
+// TestStreamEntryVmsplice covers decoded frames handed to the pipe by
+// vmsplice: every frame's text is different, so a buffer reused before
+// the reader took all of it would show up as wrong bytes. The reader is
+// slow and reads in odd pieces; the pipe is smaller than a frame (frames
+// are vmspliced; the short last one is copied).
+func TestStreamEntryVmsplice(t *testing.T) {
+	var content []byte
+	for i := range 7 {
+		frame := bytes.ReplaceAll(textBytes(frameSize), []byte("4711"), fmt.Appendf(nil, "%04d", i))
+		content = append(content, frame...)
+		if i == 3 {
+			content = append(content, randomBytes(uint64(i), 2<<20)...) // a raw frame between
+		}
+	}
+	content = append(content, textBytes(12345)...) // a short last frame
+	path := createArchive(t, map[string][]byte{"pages-1.img": content}, nil)
+	for _, pipeSize := range []int{64 << 10, 1 << 20} {
+		r, err := Open(path, Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, pipeSize); err != nil {
+			t.Logf("pipe of %d bytes refused (%v): testing the default size", pipeSize, err)
+		}
+		got := make(chan []byte)
+		go func() {
+			var b []byte
+			buf := make([]byte, 77777)
+			for i := 0; ; i++ {
+				n, err := pr.Read(buf[:1+i%len(buf)])
+				b = append(b, buf[:n]...)
+				if err != nil {
+					break
+				}
+				if i%50 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			got <- b
+		}()
+		err = r.StreamEntry("images/pages-1.img", pw)
+		pw.Close()
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := <-got
+		pr.Close()
+		if !bytes.Equal(b, content) {
+			i := 0
+			for i < min(len(b), len(content)) && b[i] == content[i] {
+				i++
+			}
+			t.Fatalf("pipe of %d bytes: streamed %d bytes, differing from the %d written at offset %d", pipeSize, len(b), len(content), i)
+		}
 	}
 }
 
