@@ -110,7 +110,14 @@ func (s *feed) run() error {
 		return check.err
 	}
 
-	jobs, err := s.split()
+	// The frames were listed ahead too, so that CRIU's first read does
+	// not wait for a walk of every block header.
+	<-check.planned
+	err := check.planErr
+	jobs := make([]*feedJob, len(check.plan)) // fresh: the plan is shared
+	for i, j := range check.plan {
+		jobs[i] = &feedJob{off: j.off, n: j.n, size: j.size, raw: j.raw, last: j.last}
+	}
 	if err != nil {
 		if errors.Is(err, errFrameLayout) {
 			// Not Cedana's frames: verify everything, then decode the
@@ -232,6 +239,12 @@ type verifications struct {
 type verification struct {
 	finished chan struct{}
 	err      error
+
+	// The entry's frames as split lists them (or why it cannot): ready
+	// once planned is closed; read-only.
+	planned chan struct{}
+	plan    []*feedJob
+	planErr error
 }
 
 // start launches the check of e unless it exists already.
@@ -244,15 +257,21 @@ func (v *verifications) start(r *Reader, e *entry) *verification {
 	if v.jobs == nil {
 		v.jobs, v.done = map[*entry]*verification{}, make(chan struct{})
 	}
-	j := &verification{finished: make(chan struct{})}
+	j := &verification{finished: make(chan struct{}), planned: make(chan struct{})}
 	v.jobs[e] = j
 	select {
 	case <-v.done: // closed already
-		j.err = errStopped
+		j.err, j.planErr = errStopped, errStopped
 		close(j.finished)
+		close(j.planned)
 		return j
 	default:
 	}
+	v.wg.Go(func() {
+		defer close(j.planned)
+		s := &feed{r: r, e: e, src: io.NewSectionReader(r.f, e.dataOffset, e.compSize)}
+		j.plan, j.planErr = s.split()
+	})
 	v.wg.Go(func() {
 		defer close(j.finished)
 		j.err = checkDigest(e, r.f, v.done)
@@ -433,7 +452,7 @@ func (s *feed) decodeAndWrite(jobs []*feedJob, gate func() error) error {
 		bufs <- nil
 	}
 	alloc := s.frameBuffers()
-	defer alloc.free() // after the workers have stopped (deferred below)
+	defer alloc.free()    // after the workers have stopped (deferred below)
 	var held []heldBuffer // vmspliced, perhaps not yet read
 	var compressed []*feedJob
 	for _, j := range jobs {

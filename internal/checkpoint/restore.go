@@ -58,6 +58,7 @@ type RestoreResult struct {
 // written to the host.
 func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResult, error) {
 	start := time.Now()
+	go s.criu.Version() // ask CRIU (cached) while the archive is opened
 	prog := req.Progress
 	if prog == nil {
 		prog = NoProgress{}
