@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,9 +47,8 @@ func (r *Reader) StreamEntry(name string, w io.Writer) error {
 	}
 	s := &feed{r: r, e: e, w: w}
 	if f, ok := w.(*os.File); ok {
-		s.pipe = f
 		if n, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0); err == nil {
-			s.pipeCap = int64(n)
+			s.pipe, s.pipeCap = f, int64(n)
 		}
 	}
 	err := s.run()
@@ -69,15 +69,16 @@ type feed struct {
 	r    *Reader
 	e    *entry
 	w    io.Writer
-	pipe *os.File // w, when it is a file (a pipe): raw frames are spliced
+	pipe *os.File // w, when it is a pipe: raw frames are spliced into it
 
 	src      *io.SectionReader // the stored bytes
 	writeErr error
 
-	// pipeCap is the capacity of pipe in bytes, 0 when w is not a pipe.
-	// Decoded frames of at least that size are vmspliced (see vmsplice).
-	pipeCap int64
-	pushed  int64 // bytes put into pipe so far
+	// pipeCap is the capacity of pipe in bytes. Decoded frames of at
+	// least that size are vmspliced (see vmsplice).
+	pipeCap  int64
+	pushed   int64 // bytes put into pipe so far
+	noSplice bool  // the archive's filesystem cannot splice: raw frames are copied
 }
 
 // feedJob is one frame, in stream order.
@@ -525,7 +526,7 @@ func (s *feed) decodeAndWrite(jobs []*feedJob, gate func() error) error {
 		switch {
 		case j.raw != nil:
 			err = s.writeRaw(j)
-		case alloc.mapped && int64(len(j.out)) >= s.pipeCap:
+		case alloc.vmsplice.Load() && int64(len(j.out)) >= s.pipeCap:
 			err = s.vmsplice(j.out)
 			held = append(held, heldBuffer{j.out, s.pushed})
 		default:
@@ -558,23 +559,27 @@ type heldBuffer struct {
 
 // frameAllocator gives the decode workers their frame buffers.
 type frameAllocator struct {
-	// mapped: buffers are anonymous mappings outside the Go heap, so that
-	// a buffer whose pages a pipe still holds after the feed ends is never
-	// reused by the Go allocator (free unmaps them; the pipe keeps its
-	// references to the pages, so CRIU still reads the right bytes).
-	mapped bool
-	mu     sync.Mutex
-	bufs   [][]byte
+	// vmsplice: frames may be vmspliced, because every buffer so far is
+	// an anonymous mapping outside the Go heap, so that a buffer whose
+	// pages a pipe still holds after the feed ends is never reused by
+	// the Go allocator (free unmaps them; the pipe keeps its references
+	// to the pages, so CRIU still reads the right bytes). It turns false
+	// for good when a mapping fails and a heap buffer stands in.
+	vmsplice atomic.Bool
+	mu       sync.Mutex
+	bufs     [][]byte
 }
 
 // frameBuffers returns the allocator of the feed's decoded frames:
 // mapped ones when they may be vmspliced into a pipe.
 func (s *feed) frameBuffers() *frameAllocator {
-	return &frameAllocator{mapped: s.pipeCap > 0}
+	a := &frameAllocator{}
+	a.vmsplice.Store(s.pipe != nil)
+	return a
 }
 
 func (a *frameAllocator) get() []byte {
-	if a.mapped {
+	if a.vmsplice.Load() {
 		b, err := unix.Mmap(-1, 0, frameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 		if err == nil {
 			a.mu.Lock()
@@ -582,6 +587,7 @@ func (a *frameAllocator) get() []byte {
 			a.mu.Unlock()
 			return b[:0]
 		}
+		a.vmsplice.Store(false) // before the heap buffer reaches the writer
 	}
 	return make([]byte, 0, frameSize)
 }
@@ -627,13 +633,13 @@ func (s *feed) writeRaw(j *feedJob) error {
 // archive file into w when w is a pipe, else read and written.
 func (s *feed) writeStored(sp span) error {
 	foff, left := s.e.dataOffset+sp.off, sp.n
-	for s.pipe != nil && left > 0 {
+	for s.pipe != nil && !s.noSplice && left > 0 {
 		n, err := unix.Splice(int(s.r.f.Fd()), &foff, int(s.pipe.Fd()), nil, int(left), unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EINVAL || err == unix.ENOSYS:
-			s.pipe = nil // no splice here: copy the rest, and from now on
+			s.noSplice = true // copy the rest, and from now on
 		case err != nil:
 			return err
 		case n == 0:
