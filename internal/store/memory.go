@@ -110,34 +110,9 @@ func (s *memStore) CreateJob(ctx context.Context, j *Job) error {
 	return s.putJob(j)
 }
 
-// UpdateJob implements Store.
+// UpdateJob implements Store: a Commit that only updates the job.
 func (s *memStore) UpdateJob(ctx context.Context, id string, fn func(*Job) error) (*Job, error) {
-	if err := s.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
-	b, ok := s.jobs[id]
-	if !ok {
-		return nil, jobNotFound(id)
-	}
-	j, err := decodeJob(b)
-	if err != nil {
-		return nil, err
-	}
-	oldName := j.Name
-	if err := applyJobUpdate(j, fn, now()); err != nil {
-		return nil, err
-	}
-	if j.Name != oldName {
-		if err := s.checkNameFree(j.Name, j.ID); err != nil {
-			return nil, err
-		}
-		delete(s.names, oldName)
-	}
-	if err := s.putJob(j); err != nil {
-		return nil, err
-	}
-	return decodeJob(s.jobs[id]) // a copy that fn cannot still be holding
+	return s.Commit(ctx, id, Change{Job: fn})
 }
 
 // GetJob implements Store.
