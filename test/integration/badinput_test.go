@@ -2,6 +2,7 @@ package integration
 
 import (
 	"archive/zip"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -150,23 +151,34 @@ func TestHostileArchives(t *testing.T) {
 // the compressed data of its largest images entry.
 func flipInImages(t *testing.T, data []byte) []byte {
 	t.Helper()
-	zr, err := zip.NewReader(strings.NewReader(string(data)), int64(len(data)))
+	off, size := largestEntry(t, data, "images/")
+	out := append([]byte(nil), data...)
+	out[off+size/2] ^= 0x40
+	return out
+}
+
+// largestEntry returns the data offset and stored size of an archive's
+// largest entry whose name starts with prefix.
+func largestEntry(t *testing.T, data []byte, prefix string) (int64, int64) {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var big *zip.File
 	for _, f := range zr.File {
-		if strings.HasPrefix(f.Name, "images/") && (big == nil || f.CompressedSize64 > big.CompressedSize64) {
+		if strings.HasPrefix(f.Name, prefix) && (big == nil || f.CompressedSize64 > big.CompressedSize64) {
 			big = f
 		}
+	}
+	if big == nil {
+		t.Fatalf("no %s* entry in the archive", prefix)
 	}
 	off, err := big.DataOffset()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := append([]byte(nil), data...)
-	out[off+int64(big.CompressedSize64)/2] ^= 0x40
-	return out
+	return off, int64(big.CompressedSize64)
 }
 
 // craft builds a structurally plausible archive whose manifest lists one

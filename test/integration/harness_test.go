@@ -6,6 +6,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -142,6 +143,15 @@ func (e *env) dump(pid int, extra ...string) string {
 		e.t.Fatalf("dump failed: %s", r)
 	}
 	return r.stdout
+}
+
+// dumpJSON checkpoints pid with -o json and decodes what the dump prints
+// into out.
+func (e *env) dumpJSON(pid int, out any) {
+	e.t.Helper()
+	if err := json.Unmarshal([]byte(e.dump(pid, "-o", "json")), out); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // restore restores an archive and returns the restored PID, registering

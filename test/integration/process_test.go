@@ -101,17 +101,11 @@ func TestProcessTree(t *testing.T) {
 	p := start(t, "bash", "-c", script)
 	eventually(t, 5*time.Second, "both counters to start", func() bool { return readCounter(c1) >= 3 && readCounter(c2) >= 3 })
 
-	r := e.cedana("client", "dump", "-p", itoa(p.pid()), "-d", e.dir, "-o", "json")
-	if r.code != 0 {
-		t.Fatalf("dump: %s", r)
-	}
 	var out struct {
 		Path      string `json:"path"`
 		Processes int    `json:"processes"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatal(err)
-	}
+	e.dumpJSON(p.pid(), &out)
 	if out.Processes < 3 {
 		t.Errorf("dumped %d processes, want the parent and at least 2 children", out.Processes)
 	}

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -87,10 +86,6 @@ func testRedis(t *testing.T, keys, size int) {
 	}
 	redisCmd(t, c1, rd1, "INCRBY", "counter", "41")
 
-	r := e.cedana("client", "dump", "-p", itoa(p.pid()), "-d", e.dir, "-o", "json")
-	if r.code != 0 {
-		t.Fatalf("dump: %s", r)
-	}
 	var out struct {
 		Path    string `json:"path"`
 		Options struct {
@@ -99,9 +94,7 @@ func testRedis(t *testing.T, keys, size int) {
 			Streamable     bool   `json:"streamable"`
 		} `json:"options"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatal(err)
-	}
+	e.dumpJSON(p.pid(), &out)
 	if !out.Options.TCPEstablished {
 		t.Errorf("tcp-established was not chosen for a process with an established connection")
 	}

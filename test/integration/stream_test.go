@@ -1,10 +1,7 @@
 package integration
 
 import (
-	"archive/zip"
-	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -121,7 +118,10 @@ func TestStreamedRestoreRefusesDamagedPages(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	off, size := largestPages(t, data)
+	off, size := largestEntry(t, data, "images/pages-")
+	if size < 8<<20 {
+		t.Fatalf("no multi-frame pages entry in the archive")
+	}
 	for name, at := range map[string]int64{
 		"first frame": off + 100,
 		"middle":      off + size/2,
@@ -164,30 +164,6 @@ func TestStreamedRestoreRefusesDamagedPages(t *testing.T) {
 	}
 }
 
-// largestPages returns the data offset and stored size of the largest
-// images/pages-*.img entry.
-func largestPages(t *testing.T, data []byte) (int64, int64) {
-	t.Helper()
-	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var big *zip.File
-	for _, f := range zr.File {
-		if strings.HasPrefix(f.Name, "images/pages-") && (big == nil || f.CompressedSize64 > big.CompressedSize64) {
-			big = f
-		}
-	}
-	if big == nil || big.CompressedSize64 < 8<<20 {
-		t.Fatalf("no multi-frame pages entry in the archive")
-	}
-	off, err := big.DataOffset()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return off, int64(big.CompressedSize64)
-}
-
 // TestStreamedProcessTree: a parent and two children, each with its own
 // memory (so its own pages image, which CRIU reads in parallel on
 // restore), dumped and restored through the streamed path; every
@@ -216,19 +192,13 @@ else:
 		}
 		return true
 	})
-	r := e.cedana("client", "dump", "-p", itoa(p.pid()), "-d", e.dir, "-o", "json")
-	if r.code != 0 {
-		t.Fatalf("dump: %s", r)
-	}
 	var out struct {
 		Path    string `json:"path"`
 		Options struct {
 			Streamable bool `json:"streamable"`
 		} `json:"options"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatal(err)
-	}
+	e.dumpJSON(p.pid(), &out)
 	if !out.Options.Streamable {
 		t.Fatalf("a tree of 3 × 40 MiB was not streamable")
 	}
