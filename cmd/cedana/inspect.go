@@ -20,7 +20,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 		Short: "Show what a checkpoint archive holds",
 		Long: `Show an archive's manifest: when and where it was made, with which
 versions, the process tree, open files, sockets and sizes. The structure
-is always checked; --verify also checks the SHA-256 of every entry.`,
+is always checked; --verify also checks every entry's size and digests (SHA-256 and XXH3-128).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.checkOutput(); err != nil {
@@ -47,7 +47,7 @@ is always checked; --verify also checks the SHA-256 of every entry.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&verify, "verify", false, "read every entry and check its SHA-256")
+	cmd.Flags().BoolVar(&verify, "verify", false, "read every entry and check its size and digests (SHA-256, XXH3-128)")
 	addOutputFlag(cmd, g)
 	return cmd
 }

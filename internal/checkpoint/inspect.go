@@ -9,7 +9,7 @@ import (
 )
 
 // Inspect reads an archive's manifest after checking its structure. With
-// verify, it also reads every entry and checks its size and SHA-256.
+// verify, it also reads every entry and checks its size and every digest the manifest records.
 func (s *Service) Inspect(ctx context.Context, path string, verify bool, prog Progress) (*archive.Manifest, error) {
 	r, err := archive.Open(path, archive.DefaultLimits())
 	if err != nil {

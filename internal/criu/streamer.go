@@ -106,7 +106,7 @@ func (s *imageServer) serve() {
 	}()
 }
 
-// stop stops accepting (when CRIU never connected) and waits for the
+// wait stops accepting (when CRIU never connected) and waits for the
 // session and every transfer; it returns their errors.
 func (s *imageServer) wait() error {
 	s.ln.Close()
