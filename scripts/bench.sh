@@ -15,7 +15,11 @@
 #
 # Environment: SIZE_MIB (default 1024), RUNS (default 3), BENCH_DIR
 # (default /var/tmp/cedana-bench: the same disk for both), COLD=1 also
-# measures restores after dropping the page cache.
+# measures restores after dropping the page cache, RESULTS (default
+# bench/results/process.tsv; empty: keep nothing) receives every run's
+# figures, one line per measurement, so that scripts/bench-pool.sh can pool
+# runs of several invocations: no figure in docs/benchmarks.md is computed
+# by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CEDANA_BIN:-$PWD/bin/cedana}
@@ -24,6 +28,15 @@ RUNS=${RUNS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cedana-bench}
 PY=$(command -v python3)
 FLOOR="$BENCH_DIR/streamfloor"
+RESULTS=${RESULTS-$PWD/bench/results/process.tsv}
+INVOCATION="$(date -u +%Y-%m-%dT%H:%M:%SZ) $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
+# record RUN METRIC SECONDS: one line of RESULTS (tab-separated: time, commit, size, run, metric, value).
+record() {
+  [ -n "$RESULTS" ] || return 0
+  mkdir -p "$(dirname "$RESULTS")"
+  [ -s "$RESULTS" ] || printf 'time\tcommit\tsize_mib\trun\tmetric\tvalue\n' > "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${INVOCATION% *}" "${INVOCATION#* }" "$SIZE_MIB" "$1" "$2" "$3" >> "$RESULTS"
+}
 
 rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
 go build -o "$FLOOR" ./bench/streamfloor
@@ -98,6 +111,11 @@ for run in $(seq "$RUNS"); do
     pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
   fi
   rm -rf "$dir"
+  record "$run" raw_dump "${raw_dump[-1]}"; record "$run" raw_restore "${raw_restore[-1]}"
+  record "$run" floor_restore "${floor_restore[-1]}"
+  record "$run" cedana_dump "${ced_dump[-1]}"; record "$run" cedana_restore "${ced_restore[-1]}"
+  if [ "${COLD:-0}" = 1 ]; then record "$run" raw_restore_cold "${raw_cold[-1]}"; record "$run" cedana_restore_cold "${ced_cold[-1]}"; fi
+  record "$run" archive_bytes "$archive_size"
   echo "run $run: raw dump ${raw_dump[-1]}s restore ${raw_restore[-1]}s | cedana dump ${ced_dump[-1]}s restore ${ced_restore[-1]}s" >&2
 done
 
