@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
-
-	"github.com/checkpoint-restore/go-criu/v8/rpc"
 )
 
 // CheckItem is one line of a capability report.
@@ -78,21 +77,23 @@ func (c *Client) Check(ctx context.Context) *Report {
 		add("criu-check", true, true, "`criu check` passed")
 	}
 
-	f, ferr := c.features()
-	if ferr != nil {
-		add("pre-dump", false, false, "feature check failed: %v", ferr)
+	// Ask the CLI, not the RPC feature check: on kernels without
+	// CONFIG_MEM_SOFT_DIRTY the RPC reports memory tracking as available
+	// while `criu check --feature mem_dirty_track` fails and
+	// `criu pre-dump --track-mem` refuses ("Tracking memory is not available").
+	memTrack := c.featureOK(ctx, "mem_dirty_track")
+	if memTrack {
+		add("pre-dump", true, false, "soft-dirty memory tracking: incremental pre-dumps possible")
 	} else {
-		if f.GetMemTrack() {
-			add("pre-dump", true, false, "soft-dirty memory tracking: incremental pre-dumps possible")
-		} else {
-			add("pre-dump", false, false, "no soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY): no incremental pre-dumps; dumps are stop-and-copy")
-		}
-		if f.GetLazyPages() {
-			add("lazy-pages", true, false, "userfaultfd available: lazy (post-copy) restore possible")
-		} else {
-			add("lazy-pages", false, false, "no userfaultfd: lazy (post-copy) restore unavailable")
-		}
+		add("pre-dump", false, false, "no soft-dirty memory tracking (`criu check --feature mem_dirty_track` fails; CONFIG_MEM_SOFT_DIRTY): no incremental pre-dumps; dumps are stop-and-copy")
 	}
+	lazy := c.featureOK(ctx, "uffd-noncoop")
+	if lazy {
+		add("lazy-pages", true, false, "userfaultfd available: lazy (post-copy) restore possible")
+	} else {
+		add("lazy-pages", false, false, "no non-cooperative userfaultfd: lazy (post-copy) restore unavailable")
+	}
+	add("migration", true, false, "%s", migrationModes(memTrack, lazy, pipeMaxSize()))
 
 	if _, err := c.run(ctx, "check", "--feature", "network_lock_nftables"); err == nil {
 		add("network-lock", true, false, "nftables (built into CRIU): TCP connections can be dumped")
@@ -115,19 +116,75 @@ func (c *Client) Check(ctx context.Context) *Report {
 	return r
 }
 
-// features asks CRIU which optional features work here.
-func (c *Client) features() (*rpc.CriuFeatures, error) {
-	g, err := c.swrk()
-	if err != nil {
-		return nil, err
-	}
-	return g.FeatureCheck(&rpc.CriuFeatures{MemTrack: ptr(true), LazyPages: ptr(true)})
+// featureOK reports whether `criu check --feature NAME` passes.
+func (c *Client) featureOK(ctx context.Context, name string) bool {
+	_, err := c.run(ctx, "check", "--feature", name)
+	return err == nil
 }
 
 // SupportsMemTrack reports whether incremental pre-dumps can work here.
 func (c *Client) SupportsMemTrack() bool {
-	f, err := c.features()
-	return err == nil && f.GetMemTrack()
+	return c.featureOK(context.Background(), "mem_dirty_track")
+}
+
+// lazyPipeBytes is the pipe size CRIU's page server asks for when it sends
+// pages to a remote lazy-pages daemon (FACTS.md: "page-pipe: tee: 65536:
+// Operation not permitted" below it, without CAP_SYS_RESOURCE).
+const lazyPipeBytes = 4 << 20
+
+// pipeMaxSize reads fs.pipe-max-size (0 if unreadable).
+func pipeMaxSize() int {
+	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// migrationModes says which ways of moving a running process this machine
+// allows: stop-and-copy always; pre-copy with soft-dirty tracking; lazy
+// (post-copy) with userfaultfd, across machines only with pipes CRIU can
+// grow to 4 MiB.
+func migrationModes(memTrack, lazy bool, pipeMax int) string {
+	modes := []string{"stop-and-copy"}
+	if memTrack {
+		modes = append(modes, "iterative pre-copy")
+	}
+	var notes []string
+	switch {
+	case !lazy:
+		notes = append(notes, "no lazy (post-copy) migration: no userfaultfd")
+	case pipeMax >= lazyPipeBytes || hasCapSysResource():
+		modes = append(modes, "lazy (post-copy)")
+	default:
+		modes = append(modes, "lazy (post-copy) on this machine only")
+		notes = append(notes, fmt.Sprintf("lazy migration to another machine needs fs.pipe-max-size ≥ %d (now %d): `sysctl -w fs.pipe-max-size=%d`", lazyPipeBytes, pipeMax, lazyPipeBytes))
+	}
+	if !memTrack {
+		notes = append(notes, "no pre-copy: no soft-dirty tracking")
+	}
+	s := "possible: " + strings.Join(modes, ", ")
+	if len(notes) > 0 {
+		s += "; " + strings.Join(notes, "; ")
+	}
+	return s
+}
+
+// hasCapSysResource reports whether this process may raise pipe sizes past
+// fs.pipe-max-size (CAP_SYS_RESOURCE, bit 24 of CapEff).
+func hasCapSysResource() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<24) != 0
+		}
+	}
+	return false
 }
 
 // run runs the CRIU CLI with a timeout and returns its combined output.
