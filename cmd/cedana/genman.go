@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -10,7 +13,8 @@ import (
 
 // newGenManCmd is the hidden `cedana gen-man DIR`: man pages for every
 // command, generated from the command tree itself, so they cannot drift
-// from --help. `make install` runs it.
+// from --help. `make install` runs it. SOURCE_DATE_EPOCH, when set, dates
+// the pages (reproducible builds).
 func newGenManCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:    "gen-man DIR",
@@ -22,12 +26,30 @@ func newGenManCmd() *cobra.Command {
 				return err
 			}
 			root := cmd.Root()
-			root.DisableAutoGenTag = true // reproducible pages: no generation date
+			root.DisableAutoGenTag = true
+			escapeForMarkdown(root)
 			hdr := &doc.GenManHeader{Title: "CEDANA", Section: "1", Source: "cedana " + root.Version, Manual: "Cedana manual"}
+			if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+				if secs, err := strconv.ParseInt(s, 10, 64); err == nil {
+					d := time.Unix(secs, 0).UTC()
+					hdr.Date = &d
+				}
+			}
 			if err := doc.GenManTree(root, hdr, args[0]); err != nil {
 				return fmt.Errorf("gen-man: %w", err)
 			}
 			return nil
 		},
+	}
+}
+
+// escapeForMarkdown keeps "<name>" in help texts from being taken for
+// HTML, and "a_b_c" for emphasis, by the markdown-to-roff conversion.
+// gen-man is a one-shot command: changing the tree is harmless.
+func escapeForMarkdown(c *cobra.Command) {
+	r := strings.NewReplacer("<", `\<`, ">", `\>`, "_", `\_`, "*", `\*`)
+	c.Short, c.Long = r.Replace(c.Short), r.Replace(c.Long)
+	for _, sub := range c.Commands() {
+		escapeForMarkdown(sub)
 	}
 }
