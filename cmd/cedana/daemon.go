@@ -45,9 +45,13 @@ running for the next daemon to adopt.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
+			containers, err := g.containerService(cfg, &containerFlags{})
+			if err != nil {
+				return err
+			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			return daemon.Run(context.Background(), daemon.Options{Config: cfg.Config, Engine: g.service(cfg),
-				Containers: g.containerService(cfg, &containerFlags{}), Log: log})
+				Containers: containers, Log: log})
 		},
 	}
 	g.settingFlag(start.Flags(), "socket", "daemon.socket", "unix socket of the API (default: daemon.socket)")

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,7 +32,7 @@ func TestUsageErrorsAreTyped(t *testing.T) {
 		{"bogus"},
 		{"--no-such-flag"},
 		{"daemon", "bogus"},
-		{"client", "dump"},                    // required -p missing
+		{"client", "dump"},                     // required -p missing
 		{"client", "dump", "-p", "1", "extra"}, // NoArgs
 		{"inspect"},                            // ExactArgs(1)
 		{"client", "dump", "-p", "1", "--ghost-limit", "lots"},
@@ -124,5 +125,30 @@ func TestSettingFlagsMatchEnv(t *testing.T) {
 	walk(root)
 	if seen < 12 {
 		t.Errorf("only %d flags bound to settings", seen)
+	}
+}
+
+// TestDockerHostOverTCP: cedana talks to Docker without TLS, so a tcp://
+// engine is accepted on loopback only, from the flag and from DOCKER_HOST.
+func TestDockerHostOverTCP(t *testing.T) {
+	for host, ok := range map[string]bool{
+		"": true, "unix:///var/run/docker.sock": true, "tcp://127.0.0.1:2375": true,
+		"tcp://localhost:2375": true, "tcp://[::1]:2375": true,
+		"tcp://10.0.0.5:2375": false, "tcp://docker.example.com:2376": false, "tcp://0.0.0.0:2375": false,
+	} {
+		if err := checkDockerHost(host, "--docker-host"); (err == nil) != ok {
+			t.Errorf("%q: ok=%v, got %v", host, ok, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("not root: the dump commands stop at the root check before the Docker host is looked at")
+	}
+	t.Setenv("HOME", t.TempDir())
+	if got := run([]string{"dump", "docker", "web", "--docker-host", "tcp://10.0.0.5:2375"}); got != ExitUsage {
+		t.Errorf("dump docker --docker-host tcp://10.0.0.5:2375: exit %d, want %d", got, ExitUsage)
+	}
+	t.Setenv("DOCKER_HOST", "tcp://10.0.0.5:2375")
+	if got := run([]string{"dump", "docker", "web"}); got != ExitUsage {
+		t.Errorf("DOCKER_HOST=tcp://10.0.0.5:2375 dump docker: exit %d, want %d", got, ExitUsage)
 	}
 }
