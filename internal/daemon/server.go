@@ -1,6 +1,6 @@
 // Package daemon runs Cedana's long-running service: the gRPC API on a
-// unix socket (and optionally on TCP, with a token or TLS client
-// certificates), the standard gRPC health service, Prometheus metrics, and
+// unix socket (and optionally on TCP, over TLS only, with a token and/or
+// client certificates), the standard gRPC health service, Prometheus metrics, and
 // the job manager behind them.
 package daemon
 
