@@ -41,6 +41,9 @@ func listenTCP(d config.Daemon) (*grpc.Server, net.Listener, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkPrivate(d.TLSKey, "daemon.tls_key"); err != nil {
+		return nil, nil, err
+	}
 	if token == "" && d.TLSClientCA == "" {
 		return nil, nil, fmt.Errorf("%w without authentication: daemon.tcp_addr is set but neither daemon.token_file nor daemon.tls_client_ca; "+
 			"set daemon.token_file (clients pass --token or $CEDANA_TOKEN), daemon.tls_client_ca (clients pass --tls-cert and --tls-key), or both", ErrInsecureTCP)
@@ -74,6 +77,9 @@ func readToken(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
+	if err := checkPrivate(path, "daemon.token_file"); err != nil {
+		return "", err
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("daemon.token_file: %w", err)
@@ -86,6 +92,20 @@ func readToken(path string) (string, error) {
 		return "", fmt.Errorf("daemon.token_file %s: %w", path, err)
 	}
 	return token, nil
+}
+
+// checkPrivate refuses a secret (the token, the TLS key) that users other
+// than its owner can read.
+func checkPrivate(path, key string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s %s is readable by others (mode %04o): it is a secret; chmod 600 %s",
+			ErrInsecureTCP, key, path, perm, path)
+	}
+	return nil
 }
 
 // CheckToken reports whether token can travel in a gRPC header: printable

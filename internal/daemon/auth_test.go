@@ -147,6 +147,24 @@ func TestTCPRefusals(t *testing.T) {
 	if err := os.WriteFile(short, []byte("shorty-secret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	readable := filepath.Join(dir, "readable")
+	if err := os.WriteFile(readable, []byte(testToken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(readable, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, err := os.ReadFile(certs.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readableKey := filepath.Join(dir, "readable-key.pem")
+	if err := os.WriteFile(readableKey, key, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(readableKey, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		d    config.Daemon
@@ -156,6 +174,8 @@ func TestTCPRefusals(t *testing.T) {
 		{"client CA, no cert", config.Daemon{TLSClientCA: certs.CA}, []string{"without TLS", "daemon.tls_cert"}},
 		{"cert, no auth", config.Daemon{TLSCert: certs.ServerCert, TLSKey: certs.ServerKey}, []string{"without authentication", "daemon.token_file", "daemon.tls_client_ca"}},
 		{"short token", config.Daemon{TLSCert: certs.ServerCert, TLSKey: certs.ServerKey, TokenFile: short}, []string{"at least 16"}},
+		{"readable token", config.Daemon{TLSCert: certs.ServerCert, TLSKey: certs.ServerKey, TokenFile: readable}, []string{"readable by others", "chmod 600"}},
+		{"readable key", config.Daemon{TLSCert: certs.ServerCert, TLSKey: readableKey, TokenFile: tokenFile}, []string{"daemon.tls_key", "chmod 600"}},
 	}
 	for _, c := range cases {
 		c.d.TCPAddr = "127.0.0.1:0"

@@ -55,6 +55,17 @@ type Options struct {
 func Run(ctx context.Context, o Options) error {
 	d := o.Config.Daemon
 	log := o.Log
+	// The TCP listener is checked first: a daemon that refuses to serve
+	// it (no TLS, no authentication) starts nothing, recovers no job.
+	var tcpSrv *grpc.Server
+	var tl net.Listener
+	if d.TCPAddr != "" {
+		var err error
+		if tcpSrv, tl, err = listenTCP(d); err != nil {
+			return err
+		}
+		defer tl.Close()
+	}
 	if err := os.MkdirAll(d.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
@@ -99,11 +110,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- unixSrv.Serve(ul) }()
 	defer unixSrv.Stop()
 
-	if d.TCPAddr != "" {
-		tcpSrv, tl, err := listenTCP(d)
-		if err != nil {
-			return err
-		}
+	if tcpSrv != nil {
 		pb.RegisterCedanaServer(tcpSrv, svc)
 		healthpb.RegisterHealthServer(tcpSrv, hs)
 		go func() { errc <- tcpSrv.Serve(tl) }()

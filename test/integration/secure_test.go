@@ -143,6 +143,9 @@ func TestDaemonTCPRefusals(t *testing.T) {
 			if r := d.cli("daemon", "status"); r.code != 7 {
 				t.Errorf("daemon status after the refusal: want exit 7, got %s", r)
 			}
+			if _, err := os.Stat(d.stateDir); err == nil {
+				t.Errorf("the daemon created its state dir before refusing: it should refuse before starting anything")
+			}
 		})
 	}
 }
