@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -39,6 +40,7 @@ func TestUsageErrorsAreTyped(t *testing.T) {
 		{"client", "dump", "-p", "1", "--network-lock", "bogus"},
 		{"daemon", "start", "--metrics-addr"}, // flag needs an argument
 		{"client", "restore", "x.zip", "--pid-wait", "soon"},
+		{"run", "--checkpoint-every", "often", "--", "true"},
 	} {
 		if got := run(args); got != ExitUsage {
 			t.Errorf("cedana %s: exit %d, want %d", strings.Join(args, " "), got, ExitUsage)
@@ -150,5 +152,20 @@ func TestDockerHostOverTCP(t *testing.T) {
 	t.Setenv("DOCKER_HOST", "tcp://10.0.0.5:2375")
 	if got := run([]string{"dump", "docker", "web"}); got != ExitUsage {
 		t.Errorf("DOCKER_HOST=tcp://10.0.0.5:2375 dump docker: exit %d, want %d", got, ExitUsage)
+	}
+}
+
+// TestCheckpointEveryLikeSetting: --checkpoint-every takes what
+// policy.checkpoint_every takes, a number of seconds included.
+func TestCheckpointEveryLikeSetting(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90s": 90 * time.Second, "90": 90 * time.Second, "1m30s": 90 * time.Second} {
+		var d time.Duration
+		if err := newDurationValue(&d).Set(in); err != nil || d != want {
+			t.Errorf("--checkpoint-every %s: %v, %v; want %v", in, d, err, want)
+		}
+		l, err := config.LoadFrom(nil, []string{"CEDANA_POLICY_CHECKPOINT_EVERY=" + in})
+		if err != nil || l.Policy.CheckpointEvery.Duration != want {
+			t.Errorf("CEDANA_POLICY_CHECKPOINT_EVERY=%s: %v, %v", in, l, err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -110,6 +111,29 @@ func (v *settingValue) Set(s string) error {
 	}
 	v.value = s
 	v.g.settings = append(v.g.settings, config.Override{Key: v.setting.Key, Value: s, Flag: "--" + v.flag})
+	return nil
+}
+
+// durationValue is a duration flag that takes what a duration setting
+// takes ("90s", or 90 seconds), through config.ParseDuration: for flags
+// that override a setting per job (--checkpoint-every) rather than bind it.
+type durationValue struct{ d *time.Duration }
+
+func newDurationValue(d *time.Duration) *durationValue { return &durationValue{d} }
+
+func (v *durationValue) String() string {
+	if v.d == nil || *v.d == 0 {
+		return ""
+	}
+	return v.d.String()
+}
+func (v *durationValue) Type() string { return "duration" }
+func (v *durationValue) Set(s string) error {
+	d, err := config.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v.d = d
 	return nil
 }
 
