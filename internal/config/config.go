@@ -253,7 +253,7 @@ func LoadFrom(files []string, env []string, flags ...Override) (*Loaded, error) 
 	}
 	l.Sources = append(l.Sources, applied...)
 	for _, o := range flags {
-		s, ok := set.lookup(o.Key)
+		s, ok := lookup(set, o.Key)
 		if !ok {
 			return nil, fmt.Errorf("no setting %q", o.Key)
 		}

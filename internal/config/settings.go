@@ -28,17 +28,15 @@ type Setting struct {
 	parse func(string) (reflect.Value, error)
 }
 
-// settings is the list of every setting, in declaration order.
-type settings []Setting
-
-// Settings lists every setting of Config.
-func Settings() settings {
-	var out settings
+// Settings lists every setting of Config, in declaration order.
+func Settings() []Setting {
+	var out []Setting
 	collect(reflect.TypeOf(Config{}), nil, "", "CEDANA", &out)
 	return out
 }
 
-func (ss settings) lookup(key string) (Setting, bool) {
+// lookup finds the setting with key in ss.
+func lookup(ss []Setting, key string) (Setting, bool) {
 	for _, s := range ss {
 		if s.Key == key {
 			return s, true
@@ -48,11 +46,11 @@ func (ss settings) lookup(key string) (Setting, bool) {
 }
 
 // Lookup returns the setting with key.
-func Lookup(key string) (Setting, bool) { return Settings().lookup(key) }
+func Lookup(key string) (Setting, bool) { return lookup(Settings(), key) }
 
 var durationType = reflect.TypeOf(Duration{})
 
-func collect(t reflect.Type, index []int, keyPrefix, envPrefix string, out *settings) {
+func collect(t reflect.Type, index []int, keyPrefix, envPrefix string, out *[]Setting) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -185,7 +183,7 @@ func (o Override) Source() string {
 }
 
 // applyEnv applies CEDANA_* variables and returns their names.
-func applyEnv(c *Config, set settings, env []string) ([]string, error) {
+func applyEnv(c *Config, set []Setting, env []string) ([]string, error) {
 	vars := map[string]string{}
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
@@ -210,7 +208,7 @@ func applyEnv(c *Config, set settings, env []string) ([]string, error) {
 // applyFile overlays one JSON document on c. It walks the document's
 // tokens, so that every error can name the line and column, refuses
 // unknown keys, and hands every value, as text, to its setting's parser.
-func applyFile(c *Config, set settings, data []byte) error {
+func applyFile(c *Config, set []Setting, data []byte) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil
 	}
@@ -239,7 +237,7 @@ type fileWalker struct {
 	data []byte
 	dec  *json.Decoder
 	c    *Config
-	set  settings
+	set  []Setting
 }
 
 func (w *fileWalker) errorf(format string, a ...any) error {
@@ -301,7 +299,7 @@ func (w *fileWalker) object(t reflect.Type, prefix string) error {
 		default:
 			return w.errorf("key %q wants a single value, not a JSON object or array", key)
 		}
-		s, _ := w.set.lookup(key)
+		s, _ := lookup(w.set, key)
 		if err := s.set(w.c, text); err != nil {
 			return w.errorf("key %q: %v", key, err)
 		}
