@@ -13,8 +13,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cedana/cedana/internal/checkpoint"
-	"github.com/cedana/cedana/internal/config"
-	"github.com/cedana/cedana/internal/criu"
 )
 
 func newClientCmd(g *globals) *cobra.Command {
@@ -26,23 +24,23 @@ func newClientCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// criuFlags are the CRIU-related flags shared by dump and restore.
+// criuFlags are the CRIU-related flags of dump. --ghost-limit and
+// --network-lock are bound to criu.ghost_limit and criu.network_lock: they
+// take the same values as the configuration, through the same parsers.
 type criuFlags struct {
 	tcpEstablished, shellJob bool
 	extUnixSk, fileLocks     bool
 	linkRemap                bool
-	ghostLimit               string
-	networkLock              string
 }
 
-func (f *criuFlags) register(fs *pflag.FlagSet) {
+func (f *criuFlags) register(g *globals, fs *pflag.FlagSet) {
 	fs.BoolVar(&f.tcpEstablished, "tcp-established", false, "dump established TCP connections (default: on when the process has one; =false to force off)")
 	fs.BoolVar(&f.shellJob, "shell-job", false, "allow a process attached to a terminal or a foreign session (default: detected; =false to force off)")
 	fs.BoolVar(&f.extUnixSk, "ext-unix-sk", false, "allow unix sockets connected to processes outside the tree")
 	fs.BoolVar(&f.fileLocks, "file-locks", false, "dump file locks held by the process")
 	fs.BoolVar(&f.linkRemap, "link-remap", false, "allow CRIU to remap files it cannot reopen by name (linked/unlinked files)")
-	fs.StringVar(&f.ghostLimit, "ghost-limit", "", "largest deleted-but-open file to copy into the checkpoint, e.g. 64MiB (default 1MiB)")
-	fs.StringVar(&f.networkLock, "network-lock", "", "how to lock TCP connections: nftables (default), iptables or skip")
+	g.settingFlag(fs, "ghost-limit", "criu.ghost_limit", "largest deleted-but-open file to copy into the checkpoint, e.g. 64MiB; 0: CRIU's default, 1MiB (default: criu.ghost_limit)")
+	g.settingFlag(fs, "network-lock", "criu.network_lock", "how to lock TCP connections: nftables, iptables or skip (default: criu.network_lock, else nftables)")
 }
 
 // apply maps the flags onto a dump request. Flags the user did not set
@@ -55,26 +53,13 @@ func (f *criuFlags) apply(fs *pflag.FlagSet, req *checkpoint.DumpRequest) error 
 		req.ShellJob = &f.shellJob
 	}
 	req.ExtUnixSockets, req.FileLocks, req.LinkRemap = f.extUnixSk, f.fileLocks, f.linkRemap
-	if f.ghostLimit != "" {
-		n, err := config.ParseSize(f.ghostLimit)
-		if err != nil || n == 0 {
-			return usagef("--ghost-limit: want a size such as 64MiB, not %q", f.ghostLimit)
-		}
-		req.GhostLimit = uint64(n)
-	}
-	req.NetworkLock = criu.NetworkLock(f.networkLock)
-	if !req.NetworkLock.Valid() {
-		return usagef("--network-lock: want nftables, iptables or skip, not %q", f.networkLock)
-	}
 	return nil
 }
 
 func newDumpCmd(g *globals) *cobra.Command {
 	var (
-		pidArg       string
-		dir          string
-		leaveRunning bool
-		cf           criuFlags
+		pidArg string
+		cf     criuFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -p PID [-d DIR]",
@@ -99,11 +84,8 @@ the flags below override the choices.`,
 			if err != nil {
 				return err
 			}
-			if dir == "" {
-				dir = cfg.SharedStorage.DumpStorageDir
-			}
-			req := checkpoint.DumpRequest{PID: pid, Dir: dir,
-				LeaveRunning: leaveRunning || (cfg.Client.LeaveRunning && !cmd.Flags().Changed("leave-running"))}
+			req := checkpoint.DumpRequest{PID: pid, Dir: cfg.SharedStorage.DumpStorageDir,
+				LeaveRunning: cfg.Client.LeaveRunning}
 			if err := cf.apply(cmd.Flags(), &req); err != nil {
 				return err
 			}
@@ -123,9 +105,9 @@ the flags below override the choices.`,
 	fs := cmd.Flags()
 	fs.StringVarP(&pidArg, "pid", "p", "", "PID of the process to checkpoint (with its children) (required)")
 	_ = cmd.MarkFlagRequired("pid")
-	fs.StringVarP(&dir, "dir", "d", "", "directory for the archive (default: shared_storage.dump_storage_dir)")
-	fs.BoolVar(&leaveRunning, "leave-running", false, "keep the process running after the checkpoint")
-	cf.register(fs)
+	g.settingFlagP(fs, "dir", "d", "shared_storage.dump_storage_dir", "directory for the archive (default: shared_storage.dump_storage_dir)")
+	g.settingFlag(fs, "leave-running", "client.leave_running", "keep the process running after the checkpoint (default: client.leave_running)")
+	cf.register(g, fs)
 	addOutputFlag(cmd, g)
 	return cmd
 }
@@ -158,10 +140,7 @@ func printDump(g *globals, res *checkpoint.DumpResult) error {
 }
 
 func newRestoreCmd(g *globals) *cobra.Command {
-	var (
-		replace bool
-		pidWait time.Duration
-	)
+	var replace bool
 	cmd := &cobra.Command{
 		Use:   "restore FILE.zip",
 		Short: "Restore a process tree from an archive",
@@ -184,7 +163,7 @@ removed.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			req := checkpoint.RestoreRequest{Path: args[0], ReplaceFiles: replace, PIDWait: pidWait}
+			req := checkpoint.RestoreRequest{Path: args[0], ReplaceFiles: replace}
 			if term.IsTerminal(int(os.Stdin.Fd())) {
 				req.TTY = os.Stdin // a shell job comes back on this terminal
 			}
@@ -211,7 +190,7 @@ removed.`,
 		},
 	}
 	cmd.Flags().BoolVar(&replace, "replace-files", false, "overwrite files that changed since the checkpoint with the archived copy (the current one is kept as FILE.cedana-bak-TIME)")
-	cmd.Flags().DurationVar(&pidWait, "pid-wait", 0, "how long to wait for the process's old PIDs to be released (default: client.pid_wait, 10s)")
+	g.settingFlag(cmd.Flags(), "pid-wait", "client.pid_wait", "how long to wait for the process's old PIDs to be released, e.g. 30s (default: client.pid_wait, 10s)")
 	addOutputFlag(cmd, g)
 	return cmd
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -38,14 +40,41 @@ type containerFlags struct {
 func (f *containerFlags) register(fs *pflag.FlagSet, runtime string) {
 	switch runtime {
 	case container.Docker:
-		fs.StringVar(&f.dockerHost, "docker-host", "", "the Docker engine: unix:///path or tcp://host:port (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+		fs.StringVar(&f.dockerHost, "docker-host", "", "the Docker engine: unix:///path, or tcp://127.0.0.1:port on loopback only (no TLS) (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 	case container.Runc:
 		fs.StringVar(&f.runcRoot, "runc-root", "", "runc's state directory, as runc --root (default: runc's, /run/runc)")
 	}
 }
 
+// checkDockerHost refuses a Docker engine reached over TCP anywhere but
+// loopback: cedana speaks plain HTTP to it, and Docker's API gives root to
+// whoever can use it, so the connection would be open to the network.
+func checkDockerHost(host, from string) error {
+	rest, ok := strings.CutPrefix(host, "tcp://")
+	if !ok {
+		return nil
+	}
+	h, _, err := net.SplitHostPort(strings.TrimSuffix(rest, "/"))
+	if err != nil {
+		h = rest
+	}
+	if ip := net.ParseIP(h); h == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	return usagef("%s is %s: cedana talks to Docker without TLS, so only a unix socket or a loopback tcp:// address is accepted "+
+		"(reach a remote engine through an SSH tunnel: ssh -L 2375:/var/run/docker.sock HOST, then tcp://127.0.0.1:2375)", from, host)
+}
+
 // containerService builds the container engine from the configuration.
-func (g *globals) containerService(cfg *config.Loaded, f *containerFlags) *container.Service {
+func (g *globals) containerService(cfg *config.Loaded, f *containerFlags) (*container.Service, error) {
+	if err := checkDockerHost(f.dockerHost, "--docker-host"); err != nil {
+		return nil, err
+	}
+	if f.dockerHost == "" {
+		if err := checkDockerHost(os.Getenv("DOCKER_HOST"), "$DOCKER_HOST"); err != nil {
+			return nil, err
+		}
+	}
 	var w io.Writer = io.Discard
 	if g.verbose {
 		w = os.Stderr
@@ -58,7 +87,7 @@ func (g *globals) containerService(cfg *config.Loaded, f *containerFlags) *conta
 		RuncRoot:    f.runcRoot,
 		StateDir:    filepath.Join(cfg.Daemon.StateDir, "runc"),
 		DockerHost:  f.dockerHost,
-	}, slog.New(slog.NewTextHandler(w, nil)))
+	}, slog.New(slog.NewTextHandler(w, nil))), nil
 }
 
 // notReady marks a missing or unreachable runtime for the exit code,
@@ -101,7 +130,11 @@ Checkpoint it with ` + "`cedana dump runc --id ID`" + `.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			res, err := g.containerService(cfg, &cf).RunRunc(context.Background(), req)
+			svc, err := g.containerService(cfg, &cf)
+			if err != nil {
+				return err
+			}
+			res, err := svc.RunRunc(context.Background(), req)
 			if err != nil {
 				return containerErr(err)
 			}
@@ -162,7 +195,11 @@ func newDumpContainerCmd(g *globals, runtime string) *cobra.Command {
 			}
 			bar := newProgress(g.output == "")
 			req.Progress = bar
-			res, err := g.containerService(cfg, &cf).Dump(context.Background(), req)
+			svc, err := g.containerService(cfg, &cf)
+			if err != nil {
+				return err
+			}
+			res, err := svc.Dump(context.Background(), req)
 			bar.close()
 			if err != nil {
 				return containerErr(err)
@@ -258,7 +295,11 @@ func newRestoreContainerCmd(g *globals, runtime string) *cobra.Command {
 			}
 			bar := newProgress(g.output == "")
 			req.Progress = bar
-			res, err := g.containerService(cfg, &cf).Restore(context.Background(), req)
+			svc, err := g.containerService(cfg, &cf)
+			if err != nil {
+				return err
+			}
+			res, err := svc.Restore(context.Background(), req)
 			bar.close()
 			if err != nil {
 				return containerErr(err)

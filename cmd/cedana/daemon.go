@@ -13,43 +13,25 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
-	"github.com/cedana/cedana/internal/config"
 	"github.com/cedana/cedana/internal/daemon"
 )
 
-// daemonFlags override the daemon section of the configuration.
-type daemonFlags struct {
-	socket, stateDir, metricsAddr string
-}
-
-func (f *daemonFlags) apply(cfg *config.Loaded) {
-	if f.socket != "" {
-		cfg.Daemon.Socket = f.socket
-	}
-	if f.stateDir != "" {
-		cfg.Daemon.StateDir = f.stateDir
-	}
-	if f.metricsAddr != "" {
-		if f.metricsAddr == "off" {
-			f.metricsAddr = ""
-		}
-		cfg.Daemon.MetricsAddr = f.metricsAddr
-	}
-}
-
 func newDaemonCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "daemon", Short: "Run and control the Cedana daemon"}
-	var df daemonFlags
 	start := &cobra.Command{
 		Use:   "start",
 		Short: "Run the daemon in the foreground",
 		Long: `Run the daemon in the foreground (under systemd, see contrib/systemd).
-It serves the gRPC API on daemon.socket (root-only), supervises jobs,
+It serves the gRPC API on daemon.socket (root-only; members of
+daemon.socket_group, if set, are root-equivalent) and, with
+daemon.tcp_addr, on TCP over TLS only (daemon.tls_cert, daemon.tls_key,
+plus daemon.token_file and/or daemon.tls_client_ca). It supervises jobs,
 takes their periodic checkpoints, restores them when they die, and serves
 Prometheus metrics on daemon.metrics_addr. SIGTERM checkpoints and stops
 every running job first (daemon.drain_on_sigterm); SIGINT leaves jobs
@@ -60,18 +42,21 @@ running for the next daemon to adopt.`,
 			if err != nil {
 				return err
 			}
-			df.apply(cfg)
 			if err := requireRoot(); err != nil {
+				return err
+			}
+			containers, err := g.containerService(cfg, &containerFlags{})
+			if err != nil {
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			return daemon.Run(context.Background(), daemon.Options{Config: cfg.Config, Engine: g.service(cfg),
-				Containers: g.containerService(cfg, &containerFlags{}), Log: log})
+				Containers: containers, Log: log})
 		},
 	}
-	start.Flags().StringVar(&df.socket, "socket", "", "unix socket of the API (default: daemon.socket)")
-	start.Flags().StringVar(&df.stateDir, "state-dir", "", "state store, job logs and checkpoints (default: daemon.state_dir)")
-	start.Flags().StringVar(&df.metricsAddr, "metrics-addr", "", `address for Prometheus /metrics, or "off" (default: daemon.metrics_addr)`)
+	g.settingFlag(start.Flags(), "socket", "daemon.socket", "unix socket of the API (default: daemon.socket)")
+	g.settingFlag(start.Flags(), "state-dir", "daemon.state_dir", "state store, job logs and checkpoints (default: daemon.state_dir)")
+	g.settingFlag(start.Flags(), "metrics-addr", "daemon.metrics_addr", `address for Prometheus /metrics, or "off" (default: daemon.metrics_addr)`)
 
 	status := &cobra.Command{
 		Use:   "status",
@@ -125,8 +110,9 @@ running for the next daemon to adopt.`,
 
 var errDaemonDown = errors.New("daemon not available")
 
-// dial connects to the daemon's unix socket (or a TCP address with a
-// token), failing fast with a clear message when no daemon listens.
+// dial connects to the daemon's unix socket, or to its TCP listener
+// (host:port) over TLS with a token and/or a client certificate, failing
+// fast with a clear message when no daemon listens.
 func (g *globals) dial() (*grpc.ClientConn, error) {
 	cfg, err := g.load()
 	if err != nil {
@@ -136,8 +122,6 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	if g.address != "" {
 		addr = g.address
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	target := addr
 	if strings.HasPrefix(addr, "/") {
 		if c, err := net.DialTimeout("unix", addr, time.Second); err != nil {
 			if errors.Is(err, os.ErrPermission) {
@@ -147,20 +131,43 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 		} else {
 			c.Close()
 		}
-		target = "unix://" + addr
-	} else if g.token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(g.token)))
+		return grpc.NewClient("unix://"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	return grpc.NewClient(target, opts...)
+	tlsCfg, err := daemon.ClientTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	token, err := g.bearerToken()
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(daemon.Bearer(token)))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
-// bearer sends a token with every call (only over TCP).
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+// bearerToken returns the token for the TCP listener: --token,
+// --token-file, else $CEDANA_TOKEN. Errors never quote it.
+func (g *globals) bearerToken() (string, error) {
+	token := g.token
+	switch {
+	case token != "":
+	case g.tokenFile != "":
+		b, err := os.ReadFile(g.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	default:
+		token = os.Getenv("CEDANA_TOKEN")
+	}
+	if err := daemon.CheckToken(token); err != nil {
+		return "", usageError{"the bearer token (--token, --token-file or $CEDANA_TOKEN): " + err.Error()}
+	}
+	return token, nil
 }
-func (bearer) RequireTransportSecurity() bool { return false }
 
 // rpcError turns a gRPC status into an error for the user, keeping the
 // meaning the exit code needs.

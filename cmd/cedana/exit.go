@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -26,7 +25,11 @@ const (
 	ExitInternal = 70 // a bug in cedana
 )
 
-// usageError marks errors in the command line itself.
+// usageError marks errors in the command line itself. Every one is typed
+// where it arises (flag parsing through cobra's flag-error hook, argument
+// counts and required flags through typeUsageErrors, our own checks
+// through usagef); nothing is recognised by its wording, so an EINVAL
+// ("invalid argument") from the system stays an operation failure.
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
@@ -38,7 +41,7 @@ func exitCode(err error) int {
 	var ue usageError
 	var ce *criu.Error
 	switch {
-	case errors.As(err, &ue), isCobraUsage(err):
+	case errors.As(err, &ue):
 		return ExitUsage
 	case errors.Is(err, errDaemonDown):
 		return ExitDaemon
@@ -59,15 +62,48 @@ func exitCode(err error) int {
 
 var errNotReady = errors.New("this machine cannot checkpoint")
 
-func isCobraUsage(err error) bool {
-	s := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "invalid argument",
-		"accepts ", "requires at least", "requires at most", "flag needs an argument", "required flag"} {
-		if strings.Contains(s, p) {
-			return true
+// typeUsageErrors makes every command-line error of the tree a
+// usageError: positional arguments (cobra.NoArgs, ExactArgs…), unknown
+// subcommands, required flags and flag groups. Cobra reports those as
+// plain errors, and only flag parsing has a hook (SetFlagErrorFunc), so
+// each command's Args check is wrapped to do all of them, typed; cobra's
+// own later checks then find nothing left to report.
+func typeUsageErrors(root *cobra.Command) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if c.HasSubCommands() && !c.Runnable() {
+			// A group: with arguments it was given an unknown subcommand
+			// (cobra would print its help and exit 0), without any it
+			// shows its help.
+			c.Args = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return usagef("unknown command %q for %q", args[0], c.CommandPath())
+				}
+				return nil
+			}
+			c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+			return
+		}
+		orig := c.Args
+		c.Args = func(c *cobra.Command, args []string) error {
+			if orig != nil {
+				if err := orig(c, args); err != nil {
+					return usageError{err.Error()}
+				}
+			}
+			if err := c.ValidateRequiredFlags(); err != nil {
+				return usageError{err.Error()}
+			}
+			if err := c.ValidateFlagGroups(); err != nil {
+				return usageError{err.Error()}
+			}
+			return nil
 		}
 	}
-	return false
+	walk(root)
 }
 
 // report prints err for a user and returns its exit code.

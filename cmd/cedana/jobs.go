@@ -29,7 +29,7 @@ type policyFlags struct {
 }
 
 func (p *policyFlags) register(fs *pflag.FlagSet) {
-	fs.DurationVar(&p.every, "checkpoint-every", 0, "checkpoint the job periodically, e.g. 30s (default: policy.checkpoint_every)")
+	fs.Var(newDurationValue(&p.every), "checkpoint-every", "checkpoint the job periodically, e.g. 30s (default: policy.checkpoint_every)")
 	fs.IntVar(&p.keep, "keep", 0, "keep the last N checkpoints (default: policy.keep)")
 	fs.StringVar(&p.keepBytes, "keep-bytes", "", "keep at most this many bytes of checkpoints, e.g. 10GiB")
 	fs.BoolVar(&p.restoreOnFailure, "restore-on-failure", false, "restore from the latest checkpoint when the job dies unexpectedly")

@@ -2,12 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/config"
@@ -16,17 +17,24 @@ import (
 
 // globals are the flags every command has.
 type globals struct {
-	criuPath   string
-	stagingDir string
-	logDir     string
-	verbose    bool
-	output     string // "" (human) or "json"
-	address    string // daemon: unix socket path or host:port
-	token      string // daemon over TCP: bearer token
+	verbose bool
+	output  string // "" (human) or "json"
+	address string // daemon: unix socket path or host:port
+	// token is the bearer token for the daemon's TCP listener; empty:
+	// $CEDANA_TOKEN, read when dialling (never a flag default, which
+	// --help would print).
+	token     string
+	tokenFile string
+	// settings are the flags bound to configuration keys, in the order
+	// given; config.Load applies them last, with the same parsers as
+	// files and the environment.
+	settings []config.Override
 }
 
-func newRootCmd() *cobra.Command {
-	g := &globals{}
+func newRootCmd() *cobra.Command { return newRoot(&globals{}) }
+
+// newRoot builds the command tree around g (tests keep g).
+func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "cedana",
 		Short:         "Checkpoint running Linux processes into a file and restore them later, or elsewhere",
@@ -36,12 +44,16 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.criuPath, "criu", "", "path of the criu binary (default: criu.path from config, else criu on PATH)")
-	pf.StringVar(&g.stagingDir, "staging-dir", "", "directory for CRIU images while an archive is written or read (default: /dev/shm when it has room)")
-	pf.StringVar(&g.logDir, "log-dir", "", "directory for CRIU logs (default: log_dir from config)")
+	g.settingFlag(pf, "criu", "criu.path", "path of the criu binary (default: criu.path from config, else criu on PATH)")
+	g.settingFlag(pf, "staging-dir", "staging_dir", "directory for CRIU images while an archive is written or read (default: /dev/shm when it has room)")
+	g.settingFlag(pf, "log-dir", "log_dir", "directory for CRIU logs (default: log_dir from config)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log what cedana does to stderr")
-	pf.StringVar(&g.address, "address", "", "the daemon: a unix socket path, or host:port for its TCP listener (default: daemon.socket)")
-	pf.StringVar(&g.token, "token", os.Getenv("CEDANA_TOKEN"), "bearer token for the daemon's TCP listener (default: $CEDANA_TOKEN)")
+	pf.StringVar(&g.address, "address", "", "the daemon: a unix socket path, or host:port for its TCP listener, which speaks TLS only (default: daemon.socket)")
+	pf.StringVar(&g.token, "token", "", "bearer token for the daemon's TCP listener (default: $CEDANA_TOKEN; prefer --token-file: other users can read a command line)")
+	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the bearer token for the daemon's TCP listener")
+	g.settingFlag(pf, "tls-ca", "tls.ca", "CA certificate (PEM) that signed the daemon's TLS certificate (default: tls.ca, $CEDANA_TLS_CA, else the system's roots)")
+	g.settingFlag(pf, "tls-cert", "tls.cert", "client certificate (PEM) for a daemon that wants one (default: tls.cert, $CEDANA_TLS_CERT)")
+	g.settingFlag(pf, "tls-key", "tls.key", "key of --tls-cert (PEM) (default: tls.key, $CEDANA_TLS_KEY)")
 
 	dump := &cobra.Command{Use: "dump", Short: "Checkpoint a managed job through the daemon"}
 	dump.AddCommand(newDumpJobCmd(g))
@@ -51,6 +63,8 @@ func newRootCmd() *cobra.Command {
 		newDaemonCmd(g), newRunCmd(g), newManageCmd(g), newPolicyCmd(g), newPsCmd(g), newLogsCmd(g),
 		newKillCmd(g), dump, restore, newCheckpointsCmd(g), newCheckpointCmd(g), newEventsCmd(g))
 	addContainerCmds(g, root, dump, restore)
+	root.AddCommand(newGenManCmd())
+	typeUsageErrors(root)
 	return root
 }
 
@@ -66,25 +80,80 @@ func (g *globals) checkOutput() error {
 	return nil
 }
 
-// load reads the configuration and applies the global flags to it.
+// load reads the configuration: files, environment, then the flags bound
+// to settings.
 func (g *globals) load() (*config.Loaded, error) {
-	cfg, err := config.Load()
+	return config.Load(g.settings...)
+}
+
+// settingValue is a flag bound to a configuration key: it checks its
+// value with the setting's own parser when parsed (a bad value is a usage
+// error) and hands it to config.Load, which applies it after the files and
+// the environment.
+type settingValue struct {
+	g       *globals
+	setting config.Setting
+	flag    string
+	value   string
+}
+
+func (v *settingValue) String() string { return v.value }
+func (v *settingValue) Type() string {
+	switch k := v.setting.Kind; k {
+	case "bool", "int", "size", "duration":
+		return k
+	}
+	return "string"
+}
+func (v *settingValue) Set(s string) error {
+	if err := v.setting.Check(s); err != nil {
+		return err
+	}
+	v.value = s
+	v.g.settings = append(v.g.settings, config.Override{Key: v.setting.Key, Value: s, Flag: "--" + v.flag})
+	return nil
+}
+
+// durationValue is a duration flag that takes what a duration setting
+// takes ("90s", or 90 seconds), through config.ParseDuration: for flags
+// that override a setting per job (--checkpoint-every) rather than bind it.
+type durationValue struct{ d *time.Duration }
+
+func newDurationValue(d *time.Duration) *durationValue { return &durationValue{d} }
+
+func (v *durationValue) String() string {
+	if v.d == nil || *v.d == 0 {
+		return ""
+	}
+	return v.d.String()
+}
+func (v *durationValue) Type() string { return "duration" }
+func (v *durationValue) Set(s string) error {
+	d, err := config.ParseDuration(s)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if g.criuPath != "" {
-		cfg.CRIU.Path = g.criuPath
+	*v.d = d
+	return nil
+}
+
+// settingFlag adds flag name to fs, bound to the configuration key.
+func (g *globals) settingFlag(fs *pflag.FlagSet, name, key, usage string) *pflag.Flag {
+	return g.settingFlagP(fs, name, "", key, usage)
+}
+
+// settingFlagP is settingFlag with a one-letter shorthand.
+func (g *globals) settingFlagP(fs *pflag.FlagSet, name, short, key, usage string) *pflag.Flag {
+	s, ok := config.Lookup(key)
+	if !ok {
+		panic("no configuration key " + key) // a programming error, caught by every test
 	}
-	if g.stagingDir != "" {
-		cfg.StagingDir = g.stagingDir
+	fs.VarP(&settingValue{g: g, setting: s, flag: name}, name, short, usage)
+	f := fs.Lookup(name)
+	if s.Kind == "bool" {
+		f.NoOptDefVal = "true"
 	}
-	if g.logDir != "" {
-		cfg.LogDir = g.logDir
-	}
-	if !criu.NetworkLock(cfg.CRIU.NetworkLock).Valid() {
-		return nil, fmt.Errorf("config: criu.network_lock is %q; want nftables, iptables or skip", cfg.CRIU.NetworkLock)
-	}
-	return cfg, nil
+	return f
 }
 
 // service builds the engine from the configuration.

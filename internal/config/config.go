@@ -7,21 +7,26 @@
 //  3. the user file ~/.cedana/cedana_config.json;
 //  4. CEDANA_* environment variables, one per key: the key's JSON path in
 //     upper case joined by "_", e.g. CEDANA_SHARED_STORAGE_DUMP_STORAGE_DIR;
-//  5. command-line flags (applied by the caller).
+//  5. command-line flags, passed to Load as Overrides.
+//
+// Every setting has one parser (see Settings), used for all three kinds of
+// source, so a value accepted in a file is accepted in the environment and
+// on the command line too ("off" for daemon.metrics_addr, "64MiB" for a
+// size, "10s" or 10 for a duration).
 //
 // Files are strict: invalid JSON is reported with its line and column, and
 // an unknown key with its full path, so that a typo never silently falls
-// back to a default.
+// back to a default. A file that someone other than root and the invoking
+// user could have written is refused (see CheckTrusted): it could name a
+// hook or a CRIU binary, which run as root.
 package config
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +49,19 @@ type Config struct {
 	Policy Policy `json:"policy"`
 	// Hooks are scripts run around dumps and restores.
 	Hooks Hooks `json:"hooks"`
+	// TLS is how the CLI reaches a daemon's TCP listener.
+	TLS ClientTLS `json:"tls"`
+}
+
+// ClientTLS is the CLI's side of the daemon's TCP listener (--address
+// host:port), which speaks only TLS.
+type ClientTLS struct {
+	// CA verifies the daemon's certificate; empty: the system's roots.
+	CA string `json:"ca"`
+	// Cert and Key are the client's certificate, for a daemon with
+	// daemon.tls_client_ca.
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
 }
 
 // Daemon configures the daemon.
@@ -56,17 +74,21 @@ type Daemon struct {
 	StateDir string `json:"state_dir"`
 	// CheckpointDir holds jobs' archives; empty: StateDir/checkpoints.
 	CheckpointDir string `json:"checkpoint_dir"`
-	// MetricsAddr serves Prometheus /metrics; empty turns it off.
-	MetricsAddr string `json:"metrics_addr"`
-	// TCPAddr, if set, also serves the API on TCP; it requires TokenFile
-	// or TLS client certificates.
+	// MetricsAddr serves Prometheus /metrics; empty (or "off" in any
+	// source) turns it off.
+	MetricsAddr string `json:"metrics_addr" setting:"off"`
+	// TCPAddr, if set, also serves the API on TCP. It requires TLSCert and
+	// TLSKey (TCP is served only over TLS), and TokenFile or TLSClientCA
+	// (or both) for authentication.
 	TCPAddr string `json:"tcp_addr"`
 	// TokenFile holds the bearer token TCP clients must present.
 	TokenFile string `json:"token_file"`
-	// TLSCert and TLSKey are the server's certificate; with TLSClientCA,
-	// TCP clients must present a certificate signed by it.
-	TLSCert     string `json:"tls_cert"`
-	TLSKey      string `json:"tls_key"`
+	// TLSCert and TLSKey are the server's certificate and key (PEM) for
+	// the TCP listener.
+	TLSCert string `json:"tls_cert"`
+	TLSKey  string `json:"tls_key"`
+	// TLSClientCA, if set, makes TCP clients present a certificate
+	// signed by it.
 	TLSClientCA string `json:"tls_client_ca"`
 	// DrainOnSIGTERM checkpoints and stops every running job when the
 	// daemon receives SIGTERM (the preemption case).
@@ -106,7 +128,7 @@ type CRIU struct {
 	// Path of the criu binary; empty means the one on PATH.
 	Path string `json:"path"`
 	// NetworkLock is "nftables", "iptables" or "skip"; empty: nftables.
-	NetworkLock string `json:"network_lock"`
+	NetworkLock string `json:"network_lock" setting:"enum=nftables,iptables,skip"`
 	// GhostLimit is the largest deleted-but-open file to copy, in bytes.
 	GhostLimit int64 `json:"ghost_limit"`
 	// Stream moves memory pages between CRIU and the archive through
@@ -133,22 +155,26 @@ type Duration struct{ time.Duration }
 // MarshalJSON writes the duration as a string such as "10s".
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
-// UnmarshalJSON reads "10s" (or a number of seconds).
+// UnmarshalJSON reads "10s" or a number of seconds, as ParseDuration.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		var secs float64
-		if err2 := json.Unmarshal(b, &secs); err2 != nil {
-			return fmt.Errorf("want a duration such as \"10s\"")
-		}
-		d.Duration = time.Duration(secs * float64(time.Second))
-		return nil
+	switch v := v.(type) {
+	case string:
+		s = v
+	case float64:
+		s = strconv.FormatFloat(v, 'f', -1, 64)
+	default:
+		return fmt.Errorf("want a duration such as \"10s\"")
 	}
-	v, err := time.ParseDuration(s)
+	p, err := ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("want a duration such as \"10s\": %v", err)
+		return err
 	}
-	d.Duration = v
+	d.Duration = p
 	return nil
 }
 
@@ -196,199 +222,47 @@ type Loaded struct {
 	Sources []string `json:"-"`
 }
 
-// Load reads the configuration from the default locations.
-func Load() (*Loaded, error) {
-	return LoadFrom([]string{SystemFile, UserFile()}, os.Environ())
+// Load reads the configuration from the default locations, then applies
+// the command line's overrides.
+func Load(flags ...Override) (*Loaded, error) {
+	return LoadFrom([]string{SystemFile, UserFile()}, os.Environ(), flags...)
 }
 
 // LoadFrom applies defaults, then each existing file of files in order,
-// then the CEDANA_* variables of env.
-func LoadFrom(files []string, env []string) (*Loaded, error) {
+// then the CEDANA_* variables of env, then flags. A file that is not
+// trusted (CheckTrusted) is refused.
+func LoadFrom(files []string, env []string, flags ...Override) (*Loaded, error) {
 	l := &Loaded{Config: Default()}
+	set := Settings()
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := readTrusted(f)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read config %s: %w", f, err)
+			return nil, err
 		}
-		if err := apply(&l.Config, data); err != nil {
+		if err := applyFile(&l.Config, set, data); err != nil {
 			return nil, fmt.Errorf("config %s: %w", f, err)
 		}
 		l.Sources = append(l.Sources, f)
 	}
-	applied, err := applyEnv(&l.Config, env)
+	applied, err := applyEnv(&l.Config, set, env)
 	if err != nil {
 		return nil, err
 	}
 	l.Sources = append(l.Sources, applied...)
+	for _, o := range flags {
+		s, ok := lookup(set, o.Key)
+		if !ok {
+			return nil, fmt.Errorf("no setting %q", o.Key)
+		}
+		if err := s.set(&l.Config, o.Value); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", o.Source(), o.Value, err)
+		}
+		l.Sources = append(l.Sources, o.Source())
+	}
 	return l, nil
-}
-
-// apply overlays one JSON document on c, refusing unknown keys.
-func apply(c *Config, data []byte) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
-	}
-	var raw map[string]any
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return describeJSONError(data, err)
-	}
-	if err := checkKeys(raw, reflect.TypeOf(Config{}), ""); err != nil {
-		return err
-	}
-	if err := json.Unmarshal(data, c); err != nil {
-		return describeJSONError(data, err)
-	}
-	return nil
-}
-
-// checkKeys reports the first key of raw that t has no field for.
-func checkKeys(raw map[string]any, t reflect.Type, prefix string) error {
-	fields := jsonFields(t)
-	for k, v := range raw {
-		f, ok := fields[k]
-		if !ok {
-			return fmt.Errorf("unknown key %q (known keys here: %s)", prefix+k, strings.Join(sortedKeys(fields), ", "))
-		}
-		if sub, ok := v.(map[string]any); ok && f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(Duration{}) {
-			if err := checkKeys(sub, f.Type, prefix+k+"."); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func jsonFields(t reflect.Type) map[string]reflect.StructField {
-	out := map[string]reflect.StructField{}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name != "" && name != "-" {
-			out[name] = f
-		}
-	}
-	return out
-}
-
-func sortedKeys(m map[string]reflect.StructField) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
-}
-
-// describeJSONError turns a decoding error into one with line and column.
-func describeJSONError(data []byte, err error) error {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		line, col := position(data, syn.Offset)
-		return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, syn)
-	case errors.As(err, &typ):
-		line, col := position(data, typ.Offset)
-		return fmt.Errorf("line %d, column %d: key %q wants a %s, not a JSON %s", line, col, typ.Field, typ.Type, typ.Value)
-	}
-	return fmt.Errorf("invalid value: %v", err)
-}
-
-func position(data []byte, off int64) (line, col int) {
-	if off > int64(len(data)) {
-		off = int64(len(data))
-	}
-	line = 1 + bytes.Count(data[:off], []byte("\n"))
-	col = int(off) - bytes.LastIndexByte(data[:off], '\n')
-	return line, col
-}
-
-// applyEnv applies CEDANA_* variables and returns their names.
-func applyEnv(c *Config, env []string) ([]string, error) {
-	vars := map[string]string{}
-	for _, kv := range env {
-		k, v, ok := strings.Cut(kv, "=")
-		if ok && strings.HasPrefix(k, "CEDANA_") {
-			vars[k] = v
-		}
-	}
-	var applied []string
-	err := walk(reflect.ValueOf(c).Elem(), "CEDANA", func(name string, f reflect.Value) error {
-		v, ok := vars[name]
-		if !ok {
-			return nil
-		}
-		if err := setValue(f, v); err != nil {
-			return fmt.Errorf("environment variable %s=%q: %w", name, v, err)
-		}
-		applied = append(applied, name)
-		return nil
-	})
-	return applied, err
-}
-
-// walk calls fn for every leaf field of v with its env variable name.
-func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) error {
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if name == "" || name == "-" {
-			continue
-		}
-		full := prefix + "_" + strings.ToUpper(name)
-		f := v.Field(i)
-		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) {
-			if err := walk(f, full, fn); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := fn(full, f); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func setValue(f reflect.Value, s string) error {
-	switch f.Kind() {
-	case reflect.String:
-		f.SetString(s)
-	case reflect.Bool:
-		b, err := strconv.ParseBool(s)
-		if err != nil {
-			return fmt.Errorf("want true or false")
-		}
-		f.SetBool(b)
-	case reflect.Int:
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			return fmt.Errorf("want a whole number")
-		}
-		f.SetInt(int64(n))
-	case reflect.Int64:
-		n, err := ParseSize(s)
-		if err != nil {
-			return err
-		}
-		f.SetInt(n)
-	case reflect.Struct: // Duration
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			return fmt.Errorf("want a duration such as 10s")
-		}
-		f.Set(reflect.ValueOf(Duration{d}))
-	default:
-		return fmt.Errorf("unsupported type %s", f.Type())
-	}
-	return nil
 }
 
 // ParseSize reads a byte count: a plain number or one with a unit

@@ -1,6 +1,6 @@
 // Package daemon runs Cedana's long-running service: the gRPC API on a
-// unix socket (and optionally on TCP, with a token or TLS client
-// certificates), the standard gRPC health service, Prometheus metrics, and
+// unix socket (and optionally on TCP, over TLS only, with a token and/or
+// client certificates), the standard gRPC health service, Prometheus metrics, and
 // the job manager behind them.
 package daemon
 
@@ -55,6 +55,17 @@ type Options struct {
 func Run(ctx context.Context, o Options) error {
 	d := o.Config.Daemon
 	log := o.Log
+	// The TCP listener is checked first: a daemon that refuses to serve
+	// it (no TLS, no authentication) starts nothing, recovers no job.
+	var tcpSrv *grpc.Server
+	var tl net.Listener
+	if d.TCPAddr != "" {
+		var err error
+		if tcpSrv, tl, err = listenTCP(d); err != nil {
+			return err
+		}
+		defer tl.Close()
+	}
 	if err := os.MkdirAll(d.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
@@ -99,11 +110,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- unixSrv.Serve(ul) }()
 	defer unixSrv.Stop()
 
-	if d.TCPAddr != "" {
-		tcpSrv, tl, err := listenTCP(d)
-		if err != nil {
-			return err
-		}
+	if tcpSrv != nil {
 		pb.RegisterCedanaServer(tcpSrv, svc)
 		healthpb.RegisterHealthServer(tcpSrv, hs)
 		go func() { errc <- tcpSrv.Serve(tl) }()
@@ -158,38 +165,60 @@ func Run(ctx context.Context, o Options) error {
 // listenUnix listens on a unix socket readable only by root, or by root
 // and group when one is configured. A stale socket from a dead daemon is
 // replaced; a live one is an error.
+//
+// It never touches the process's umask (which is shared by every
+// goroutine, and the job manager's are already running): the socket is
+// bound in a private 0700 directory next to path, given its owner and
+// mode there, and only then renamed into place, so that it is never
+// reachable with looser permissions.
 func listenUnix(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create socket dir: %w", err)
 	}
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another cedana daemon is already listening on %s", path)
 	}
-	_ = os.Remove(path)
-	old := syscall.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
+	gid := -1
 	mode := os.FileMode(0o600)
 	if group != "" {
 		g, err := user.LookupGroup(group)
 		if err != nil {
-			l.Close()
 			return nil, fmt.Errorf("daemon.socket_group: %w", err)
 		}
-		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(path, 0, gid); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("chown %s: %w", path, err)
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("daemon.socket_group %s: gid %q: %w", group, g.Gid, err)
 		}
 		mode = 0o660
 	}
-	if err := os.Chmod(path, mode); err != nil {
+	private, err := os.MkdirTemp(dir, ".cedana-")
+	if err != nil {
+		return nil, fmt.Errorf("create a private directory for the socket: %w", err)
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "s")
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// The listener would unlink tmp on Close, which by then names nothing
+	// (or someone else's file): the caller removes path instead.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
 		l.Close()
 		return nil, err
+	}
+	if gid >= 0 {
+		if err := os.Chown(tmp, 0, gid); err != nil {
+			return fail(fmt.Errorf("chown %s: %w", path, err))
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("put the socket in place at %s: %w", path, err))
 	}
 	return l, nil
 }

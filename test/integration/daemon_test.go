@@ -355,48 +355,8 @@ func TestDaemonPermissions(t *testing.T) {
 	}
 }
 
-// TestDaemonTCP: the TCP listener needs the bearer token, and a daemon
-// asked to listen on TCP without any authentication refuses to start.
-func TestDaemonTCP(t *testing.T) {
-	t.Run("token", func(t *testing.T) {
-		token := "s3cret-token-for-the-daemon-test"
-		tokenFile := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		d := startDaemon(t, daemonOpts{Daemon: map[string]any{"tcp_addr": addr, "token_file": tokenFile}})
-
-		r := d.cli("--address", addr, "ps")
-		if r.code == 0 {
-			t.Fatalf("ps over TCP without a token succeeded: %s", r)
-		}
-		if s := strings.ToLower(r.stderr); !strings.Contains(s, "token") && !strings.Contains(s, "unauthenticated") {
-			t.Errorf("error without a token does not mention the token: %s", r)
-		}
-		if r := d.cli("--address", addr, "--token", "wrong-token-wrong-token", "ps"); r.code == 0 {
-			t.Errorf("ps over TCP with a wrong token succeeded: %s", r)
-		}
-		if r := d.cli("--address", addr, "--token", token, "ps"); r.code != 0 {
-			t.Errorf("ps over TCP with the token: %s", r)
-		}
-	})
-	t.Run("refuses without authentication", func(t *testing.T) {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		d := newTestDaemon(t, daemonOpts{Daemon: map[string]any{"tcp_addr": addr}})
-		d.launch()
-		if code := d.waitExit(15 * time.Second); code == 0 {
-			t.Errorf("daemon with tcp_addr and no authentication exited 0")
-		}
-		log := d.log()
-		if !strings.Contains(log, "without authentication") || !strings.Contains(log, "token_file") {
-			t.Errorf("the refusal does not say why and what to set:\n%s", log)
-		}
-		if r := d.cli("daemon", "status"); r.code != 7 {
-			t.Errorf("daemon status after the refusal: want exit 7, got %s", r)
-		}
-	})
-}
+// The TCP listener (TLS, token, client certificates) is tested in
+// secure_test.go.
 
 // TestDaemonConcurrentDumps: two jobs dumped at the same time both
 // succeed, and both restore with their state.

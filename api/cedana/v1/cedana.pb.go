@@ -1,6 +1,6 @@
 // The Cedana daemon's API, served on a unix socket (/run/cedana/cedana.sock
-// by default) and optionally on TCP with a token or TLS client
-// certificates. It speaks in Cedana's terms only: CRIU's own options never
+// by default) and optionally on TCP over TLS, with a token and/or
+// client certificates. It speaks in Cedana's terms only: CRIU's own options never
 // appear here, so the schema does not change when CRIU's does.
 //
 // Errors use standard gRPC codes: NOT_FOUND (unknown job or checkpoint),
