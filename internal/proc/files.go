@@ -21,6 +21,10 @@ type FD struct {
 	Pos   int64
 	// Inode is the socket or pipe inode for "socket:[N]" and "pipe:[N]".
 	Inode uint64
+	// PTYIndex is, for the master side of a pseudo-terminal (/dev/ptmx),
+	// the index N of its slave /dev/pts/N (fdinfo's tty-index); -1 for
+	// every other descriptor.
+	PTYIndex int
 }
 
 // Writable reports whether the descriptor was opened for writing.
@@ -47,17 +51,20 @@ func FDs(pid int) ([]FD, error) {
 			continue // closed meanwhile
 		}
 		fd := FD{Num: n, Path: target}
-		fd.Flags, fd.Pos = fdinfo(pid, n)
+		fd.Flags, fd.Pos, fd.PTYIndex = fdinfo(pid, n)
 		fd.Type, fd.Inode = classify(filepath.Join(dir, e.Name()), target)
 		out = append(out, fd)
 	}
 	return out, nil
 }
 
-func fdinfo(pid, fd int) (flags int, pos int64) {
+// fdinfo reads a descriptor's flags, position and, for a pseudo-terminal
+// master, its slave's index (-1 when it is none).
+func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int) {
+	ptyIndex = -1
 	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
 	if err != nil {
-		return 0, 0
+		return 0, 0, -1
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		k, v, ok := strings.Cut(line, ":")
@@ -71,9 +78,23 @@ func fdinfo(pid, fd int) (flags int, pos int64) {
 		case "flags":
 			f, _ := strconv.ParseInt(v, 8, 64)
 			flags = int(f)
+		case "tty-index":
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				ptyIndex = n
+			}
 		}
 	}
-	return flags, pos
+	return flags, pos, ptyIndex
+}
+
+// PTSIndex returns N for a pseudo-terminal slave path /dev/pts/N.
+func PTSIndex(path string) (int, bool) {
+	rest, ok := strings.CutPrefix(path, "/dev/pts/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n >= 0
 }
 
 func classify(link, target string) (string, uint64) {

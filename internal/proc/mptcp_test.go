@@ -1,0 +1,96 @@
+package proc
+
+import (
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+)
+
+// TestMPTCPSockets: of this process's sockets, the MPTCP one is found
+// (although /proc/PID/net/tcp lists it like the TCP one) and the TCP and
+// unix ones are not; the descriptor stays open in the process.
+func TestMPTCPSockets(t *testing.T) {
+	mp, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, IPProtoMPTCP)
+	if err != nil {
+		t.Skipf("skipping: this kernel cannot create an MPTCP socket: %v", err)
+	}
+	defer unix.Close(mp)
+	if err := unix.Bind(mp, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(mp, 1); err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(tcp)
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+
+	pid := os.Getpid()
+	fds, err := FDs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := MPTCPSockets(pid, fds, Sockets(pid))
+	if errors.Is(err, ErrCannotInspect) {
+		t.Skipf("skipping: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Num != mp {
+		t.Fatalf("MPTCP sockets = %+v, want only fd %d", got, mp)
+	}
+	if _, err := unix.GetsockoptInt(mp, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+		t.Fatalf("the MPTCP socket was closed by the inspection: %v", err)
+	}
+	if none, err := MPTCPSockets(pid, nil, nil); err != nil || none != nil {
+		t.Fatalf("no descriptors: %v, %v", none, err)
+	}
+}
+
+// TestPTYIndex: the master side of a pseudo-terminal reports the index of
+// its slave, and the slave's path gives the same index.
+func TestPTYIndex(t *testing.T) {
+	master, slave, err := pty.Open()
+	if err != nil {
+		t.Skipf("skipping: no pseudo-terminals here: %v", err)
+	}
+	defer master.Close()
+	defer slave.Close()
+	n, ok := PTSIndex(slave.Name())
+	if !ok {
+		t.Fatalf("PTSIndex(%q) failed", slave.Name())
+	}
+	fds, err := FDs(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		switch uintptr(fd.Num) {
+		case master.Fd():
+			if fd.PTYIndex != n {
+				t.Errorf("master fd %d: PTYIndex %d, want %d", fd.Num, fd.PTYIndex, n)
+			}
+		case slave.Fd():
+			if fd.PTYIndex != -1 {
+				t.Errorf("slave fd %d: PTYIndex %d, want -1", fd.Num, fd.PTYIndex)
+			}
+		}
+	}
+	for _, bad := range []string{"/dev/pts/ptmx", "/dev/ptmx", "/dev/pts/", "/dev/pts/-1", "/dev/tty1"} {
+		if _, ok := PTSIndex(bad); ok {
+			t.Errorf("PTSIndex(%q) succeeded", bad)
+		}
+	}
+}
