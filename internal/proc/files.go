@@ -25,6 +25,10 @@ type FD struct {
 	// the index N of its slave /dev/pts/N (fdinfo's tty-index); -1 for
 	// every other descriptor.
 	PTYIndex int
+	// Locks are the file locks (POSIX, OFD, flock) this process holds
+	// through the descriptor, as fdinfo lists them, e.g.
+	// "POSIX  ADVISORY  WRITE 42 fe:00:1234 0 EOF".
+	Locks []string
 }
 
 // Writable reports whether the descriptor was opened for writing.
@@ -51,20 +55,21 @@ func FDs(pid int) ([]FD, error) {
 			continue // closed meanwhile
 		}
 		fd := FD{Num: n, Path: target}
-		fd.Flags, fd.Pos, fd.PTYIndex = fdinfo(pid, n)
+		fd.Flags, fd.Pos, fd.PTYIndex, fd.Locks = fdinfo(pid, n)
 		fd.Type, fd.Inode = classify(filepath.Join(dir, e.Name()), target)
 		out = append(out, fd)
 	}
 	return out, nil
 }
 
-// fdinfo reads a descriptor's flags, position and, for a pseudo-terminal
-// master, its slave's index (-1 when it is none).
-func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int) {
+// fdinfo reads a descriptor's flags, position, the locks held through it
+// and, for a pseudo-terminal master, its slave's index (-1 when it is
+// none).
+func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int, locks []string) {
 	ptyIndex = -1
 	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
 	if err != nil {
-		return 0, 0, -1
+		return 0, 0, -1, nil
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		k, v, ok := strings.Cut(line, ":")
@@ -82,9 +87,14 @@ func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int) {
 			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
 				ptyIndex = n
 			}
+		case "lock":
+			// "1: POSIX  ADVISORY  WRITE 42 fe:00:1234 0 EOF"
+			if _, l, ok := strings.Cut(v, ":"); ok {
+				locks = append(locks, strings.TrimSpace(l))
+			}
 		}
 	}
-	return flags, pos, ptyIndex
+	return flags, pos, ptyIndex, locks
 }
 
 // PTSIndex returns N for a pseudo-terminal slave path /dev/pts/N.

@@ -3,6 +3,7 @@ package proc
 import (
 	"errors"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/creack/pty"
@@ -92,5 +93,54 @@ func TestPTYIndex(t *testing.T) {
 		if _, ok := PTSIndex(bad); ok {
 			t.Errorf("PTSIndex(%q) succeeded", bad)
 		}
+	}
+}
+
+// TestFDLocks: a POSIX lock and a flock held by this process show on the
+// descriptors they were taken through, and nowhere else.
+func TestFDLocks(t *testing.T) {
+	dir := t.TempDir()
+	posix, err := os.Create(dir + "/posix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer posix.Close()
+	flocked, err := os.Create(dir + "/flock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flocked.Close()
+	plain, err := os.Create(dir + "/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(posix.Fd(), unix.F_SETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(flocked.Fd()), unix.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := FDs(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uintptr]string{posix.Fd(): "POSIX", flocked.Fd(): "FLOCK", plain.Fd(): ""}
+	for _, fd := range fds {
+		kind, ok := want[uintptr(fd.Num)]
+		if !ok {
+			continue
+		}
+		delete(want, uintptr(fd.Num))
+		switch {
+		case kind == "" && len(fd.Locks) != 0:
+			t.Errorf("fd %d (%s) has no lock but shows %q", fd.Num, fd.Path, fd.Locks)
+		case kind != "" && (len(fd.Locks) != 1 || !strings.HasPrefix(fd.Locks[0], kind)):
+			t.Errorf("fd %d (%s): locks %q, want one %s lock", fd.Num, fd.Path, fd.Locks, kind)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("descriptors not listed: %v", want)
 	}
 }
