@@ -39,7 +39,7 @@ type snapshot struct {
 
 type writableFile struct {
 	path string // the path the process opened
-	via  string // /proc/PID/fd/N: reads the very inode the process holds
+	via  string // /proc/PID/fd/N or map_files/A-B: reads the very inode the process holds
 }
 
 // Tree describes a live process tree for a checkpoint: the manifest's
@@ -231,6 +231,16 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 					seenFile[fd.Path] = true
 					s.writable = append(s.writable, writableFile{path: fd.Path, via: filepath.Join(proc.Root, fmt.Sprint(p), "fd", fmt.Sprint(fd.Num))})
 				}
+			}
+		}
+		// Files mapped shared and writable change with the process's memory
+		// and travel like files open for writing (a JVM's hsperfdata file
+		// is one; CRIU cannot restore the mapping when the file is gone).
+		maps, _ := proc.SharedWritableMappings(p)
+		for _, m := range maps {
+			if carryable(m.Path) && !seenFile[m.Path] {
+				seenFile[m.Path] = true
+				s.writable = append(s.writable, writableFile{path: m.Path, via: m.MapFile(p)})
 			}
 		}
 		s.processes = append(s.processes, ap)

@@ -239,3 +239,73 @@ func unixState(st string) string {
 	}
 	return st
 }
+
+// Mapping is a file mapped into a process's memory.
+type Mapping struct {
+	Start, End uint64 // the mapping's addresses
+	Path       string
+}
+
+// MapFile is the /proc/PID/map_files link of the mapping: opening it
+// reaches the very inode mapped, even if the path was replaced since.
+func (m Mapping) MapFile(pid int) string {
+	return filepath.Join(Root, strconv.Itoa(pid), "map_files", fmt.Sprintf("%x-%x", m.Start, m.End))
+}
+
+// SharedWritableMappings lists the regular files pid maps shared and
+// writable (MAP_SHARED with PROT_WRITE: "rw-s" in /proc/PID/maps), whose
+// content the process changes without holding a descriptor open, e.g. a
+// JVM's /tmp/hsperfdata_USER/PID. Deleted files are left out. Each path
+// is listed once.
+func SharedWritableMappings(pid int) ([]Mapping, error) {
+	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	if err != nil {
+		return nil, fmt.Errorf("read the mappings of PID %d: %w", pid, err)
+	}
+	defer f.Close()
+	var out []Mapping
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m, ok := parseSharedWritable(sc.Text())
+		if ok && !seen[m.Path] {
+			seen[m.Path] = true
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// parseSharedWritable parses one line of /proc/PID/maps,
+//
+//	7f7c8d597000-7f7c8d59f000 rw-s 00000000 fe:00 9986067    /tmp/hsperfdata_root/42
+//
+// and reports whether it maps a file shared and writable. The path is
+// what follows the first five fields (it may contain spaces).
+func parseSharedWritable(line string) (Mapping, bool) {
+	rest := line
+	var f [5]string
+	for i := range f {
+		rest = strings.TrimLeft(rest, " ")
+		j := strings.IndexByte(rest, ' ')
+		if j < 0 {
+			return Mapping{}, false
+		}
+		f[i], rest = rest[:j], rest[j:]
+	}
+	path := strings.TrimLeft(rest, " ")
+	if len(f[1]) != 4 || f[1][1] != 'w' || f[1][3] != 's' || !strings.HasPrefix(path, "/") ||
+		strings.HasSuffix(path, " (deleted)") || f[4] == "0" {
+		return Mapping{}, false
+	}
+	lo, hi, ok := strings.Cut(f[0], "-")
+	if !ok {
+		return Mapping{}, false
+	}
+	start, err1 := strconv.ParseUint(lo, 16, 64)
+	end, err2 := strconv.ParseUint(hi, 16, 64)
+	if err1 != nil || err2 != nil {
+		return Mapping{}, false
+	}
+	return Mapping{Start: start, End: end, Path: path}, true
+}

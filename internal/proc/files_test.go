@@ -144,3 +144,75 @@ func TestFDLocks(t *testing.T) {
 		t.Errorf("descriptors not listed: %v", want)
 	}
 }
+
+// TestSharedWritableMappings: a file this process maps shared and
+// writable is listed (once, with its map_files link reaching its
+// content); private or read-only mappings, and deleted files, are not.
+func TestSharedWritableMappings(t *testing.T) {
+	dir := t.TempDir()
+	mapFile := func(name string, prot, flags int) []byte {
+		t.Helper()
+		f, err := os.Create(dir + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(strings.Repeat(name, 4096/len(name)+1)[:4096]); err != nil {
+			t.Fatal(err)
+		}
+		b, err := unix.Mmap(int(f.Fd()), 0, 4096, prot, flags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Munmap(b) })
+		return b
+	}
+	shared := mapFile("shared with space", unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mapFile("private", unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	mapFile("readonly", unix.PROT_READ, unix.MAP_SHARED)
+	mapFile("deleted", unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err := os.Remove(dir + "/deleted"); err != nil {
+		t.Fatal(err)
+	}
+	copy(shared, "changed in memory")
+
+	maps, err := SharedWritableMappings(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []Mapping
+	for _, m := range maps {
+		if strings.HasPrefix(m.Path, dir+"/") {
+			mine = append(mine, m)
+		}
+	}
+	if len(mine) != 1 || mine[0].Path != dir+"/shared with space" {
+		t.Fatalf("shared writable mappings under %s: %+v, want only \"shared with space\"", dir, mine)
+	}
+	data, err := os.ReadFile(mine[0].MapFile(os.Getpid()))
+	if err != nil {
+		t.Skipf("skipping the map_files check: %v", err)
+	}
+	if !strings.HasPrefix(string(data), "changed in memory") {
+		t.Errorf("map_files reads %q…, not the mapped file", data[:20])
+	}
+}
+
+func TestParseSharedWritable(t *testing.T) {
+	for line, want := range map[string]string{
+		"7f7c8d597000-7f7c8d59f000 rw-s 00000000 fe:00 9986067                    /tmp/hsperfdata_root/42": "/tmp/hsperfdata_root/42",
+		"7f7c8d597000-7f7c8d59f000 rw-s 00000000 fe:00 9986067 /a b/c":                                     "/a b/c",
+		"7f7c8d597000-7f7c8d59f000 rw-p 00000000 fe:00 9986067 /usr/lib/x.so":                              "",
+		"7f7c8d597000-7f7c8d59f000 r--s 00000000 fe:00 9986067 /var/cache/x":                               "",
+		"7f7c8d597000-7f7c8d59f000 rw-s 00000000 00:01 2048 /dev/zero (deleted)":                           "",
+		"7f7c8d597000-7f7c8d59f000 rw-s 00000000 00:00 0 ":                                                 "",
+		"7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]":                 "",
+		"garbage": "",
+		"":        "",
+	} {
+		m, ok := parseSharedWritable(line)
+		if got := map[bool]string{true: m.Path}[ok]; got != want {
+			t.Errorf("parseSharedWritable(%q) = %q, %v; want %q", line, m.Path, ok, want)
+		}
+	}
+}

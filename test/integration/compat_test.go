@@ -143,8 +143,11 @@ func TestCompatPerl(t *testing.T) {
 
 // TestCompatJVM: a JVM (java running a single source file, so compiled in
 // the same JVM at start) whose heap HashMap checks itself every tick keeps
-// counting after restore. No extra CRIU option is needed: its
-// /tmp/hsperfdata file is an ordinary shared file mapping.
+// counting after restore, with default options: no --file-locks, no ghost
+// files. The JVM maps /tmp/hsperfdata_USER/PID shared and writable without
+// keeping it open; CRIU cannot restore that mapping when the file is gone
+// (another machine, a cleaned /tmp), so the archive carries it. The test
+// removes it between dump and restore.
 func TestCompatJVM(t *testing.T) {
 	requireCRIU(t)
 	java := requireBinary(t, "java")
@@ -152,12 +155,24 @@ func TestCompatJVM(t *testing.T) {
 	ctr := filepath.Join(t.TempDir(), "counter")
 	src := compatProgram(t, "Counter.java")
 	p := start(t, java, "-Xmx64m", "-XX:+UseSerialGC", src, ctr)
-	t.Cleanup(func() { _ = os.Remove(fmt.Sprintf("/tmp/hsperfdata_%s/%d", userName(), p.pid())) })
+	perf := fmt.Sprintf("/tmp/hsperfdata_%s/%d", userName(), p.pid())
+	t.Cleanup(func() { _ = os.Remove(perf) })
 	eventually(t, 60*time.Second, "the JVM to start and count", func() bool { return readCounter(ctr) >= 3 })
 	path, _ := e.dumpNoted(p.pid())
 	p.waitExit(t, 10*time.Second)
 	before := readCounter(ctr)
-	e.restore(path)
+	if err := os.Remove(perf); err != nil {
+		t.Fatalf("the JVM's perf data file: %v", err)
+	}
+	r := e.cedana("client", "restore", path)
+	if r.code != 0 {
+		t.Fatalf("restore without the JVM's perf data file: %s", r)
+	}
+	pid, _ := strconv.Atoi(r.stdout)
+	killTreeAtEnd(t, pid)
+	if !strings.Contains(r.stderr, "put back "+perf) {
+		t.Errorf("the restore did not put back %s:\n%s", perf, r.stderr)
+	}
 	checkContinues(t, ctr, before)
 }
 
