@@ -48,8 +48,11 @@ type Tree struct {
 	Processes      []archive.Process
 	ShellJob       bool
 	TCPEstablished bool
-	// Reasons explain ShellJob and TCPEstablished, e.g. "tcp-established:
-	// PID 42 has a ESTABLISHED connection 10.0.0.2:5432 -> ...".
+	// FileLocks: a task holds a file lock, which CRIU dumps only with
+	// --file-locks.
+	FileLocks bool
+	// Reasons explain ShellJob, TCPEstablished and FileLocks, e.g.
+	// "tcp-established: PID 42 has a ESTABLISHED connection 10.0.0.2:5432 -> ...".
 	Reasons []string
 	// MPTCP lists the Multipath TCP sockets of the tree (CRIU cannot dump
 	// them), e.g. "PID 42 (server) has one, fd 3 (LISTEN 127.0.0.1:8080)".
@@ -68,7 +71,8 @@ func DescribeTree(pid int) (*Tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tree{Processes: s.processes, ShellJob: s.shellJob, TCPEstablished: s.tcpEstablished, Reasons: s.why, MPTCP: s.mptcp}, nil
+	return &Tree{Processes: s.processes, ShellJob: s.shellJob, TCPEstablished: s.tcpEstablished,
+		FileLocks: s.fileLocks, Reasons: s.why, MPTCP: s.mptcp}, nil
 }
 
 // takeSnapshot describes the tree rooted at pid as it is now, before a
