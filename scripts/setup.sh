@@ -25,6 +25,10 @@ set -euo pipefail
 # (`script` is in bsdutils, `setsid` in util-linux. No nftables/iptables: CRIU's
 # `--network-lock nftables` uses libnftables, which comes with the private CRIU.)
 SYSTEM_PACKAGES="redis-server python3 procps iproute2 zstd util-linux bsdutils"
+# The compatibility suite (test/integration/compat_test.go): a terminal multiplexer, a
+# second interpreter and a JVM. default-jre-headless is the big one (~44 MB of .debs,
+# ~190 MB installed; once per machine); it is skipped when a `java` is already on PATH.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES tmux perl default-jre-headless"
 
 CRIU_MIN_VERSION="4.2"
 # Versions verified on these machines; used while the suite still has them, otherwise the
@@ -69,6 +73,7 @@ install_system_packages() {
   for p in $SYSTEM_PACKAGES; do
     case "$p" in
       python3) command -v python3 >/dev/null && continue ;;
+      default-jre-headless) command -v java >/dev/null && continue ;;
     esac
     pkg_installed "$p" || missing+=("$p")
   done

@@ -30,7 +30,8 @@ type DumpRequest struct {
 	// Overrides of the automatic choices; nil means "decide for me".
 	TCPEstablished *bool
 	ShellJob       *bool
-	// ExtUnixSockets, FileLocks and LinkRemap are off unless asked for.
+	// ExtUnixSockets, FileLocks and LinkRemap are off unless asked for
+	// (FileLocks also turns on by itself when the tree holds a file lock).
 	ExtUnixSockets bool
 	FileLocks      bool
 	LinkRemap      bool
@@ -240,7 +241,7 @@ func (s *Service) chooseOptions(req DumpRequest, snap *snapshot) (criu.DumpOptio
 		TCPEstablished: snap.tcpEstablished,
 		ShellJob:       snap.shellJob,
 		ExtUnixSockets: req.ExtUnixSockets,
-		FileLocks:      req.FileLocks,
+		FileLocks:      req.FileLocks || snap.fileLocks,
 		LinkRemap:      req.LinkRemap,
 		GhostLimit:     s.set.GhostLimit,
 		NetworkLock:    s.set.NetworkLock,

@@ -42,6 +42,8 @@ const (
 	CauseFileMissing    Cause = "file-missing"     // restore: a file the process had open is gone
 	CauseTraced         Cause = "traced"           // the process is traced (gdb, strace)
 	CauseExtMount       Cause = "external-mount"   // a file on a mount CRIU cannot see
+	CauseMPTCP          Cause = "mptcp"            // a Multipath TCP socket (Go ≥ 1.24 servers)
+	CauseFileLocks      Cause = "file-locks"       // a file lock and no --file-locks
 )
 
 func (e *Error) Error() string {
@@ -105,6 +107,10 @@ var hints = []struct {
 		"the process holds a deleted file larger than the ghost limit: retry with a larger --ghost-limit (e.g. --ghost-limit 64MiB)"},
 	{regexp.MustCompile(`(?i)can't fork for \d+|File exists.*clone|clone.*File exists`), CausePIDInUse,
 		"a PID of the checkpointed tree is in use: stop that process (or wait until its parent reaps it) and retry"},
+	{regexp.MustCompile(`(?i)file locks are hold|--file-locks`), CauseFileLocks,
+		"a process of the tree held a file lock (a database, a lock file) when it was frozen: retry with --file-locks"},
+	{regexp.MustCompile(`Unsupported proto 262|multipathtcp`), CauseMPTCP,
+		"the process has a Multipath TCP socket, which CRIU cannot dump: restart it with GODEBUG=multipathtcp=0 in its environment (Go ≥ 1.24 listens with MPTCP by default), or start it while MPTCP is off (sysctl -w net.mptcp.enabled=0)"},
 	{regexp.MustCompile(`(?i)(bad size|size mismatch|has changed)`), CauseFileChanged,
 		"a file the process had open changed since the checkpoint; put back the file as it was (or restore with --replace-files to write the archived copy)"},
 	{regexp.MustCompile(`(?i)(Can't open|Unable to open|Can't lookup).*(No such file|ENOENT)`), CauseFileMissing,

@@ -22,6 +22,9 @@ func TestDiagnose(t *testing.T) {
 		{"(00.00) Error (criu/tty.c:100): tty: A session leader of 42(42) is outside of the tree", CauseShellJob},
 		{"(00.00) Error (criu/files-reg.c:2000): File var/log/app.log has bad size 10 (expect 20)", CauseFileChanged},
 		{"(00.00) Error (criu/seize.c:10): Unable to seize 42: Operation not permitted", CauseTraced},
+		{"(00.95) Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! You can try --file-locks to dump them.", CauseFileLocks},
+		{"(00.33) Error (criu/sk-inet.c:137): inet: Unsupported proto 262 for socket 76e3", CauseMPTCP},
+		{`(00.33) Error (criu/sk-inet.c:139): inet: For Go programs, consider using "GODEBUG=multipathtcp=0" to disable MPTCP`, CauseMPTCP},
 		{"(00.00) Error (criu/mystery.c:1): something nobody has seen", ""},
 	}
 	for _, c := range cases {

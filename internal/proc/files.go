@@ -21,6 +21,14 @@ type FD struct {
 	Pos   int64
 	// Inode is the socket or pipe inode for "socket:[N]" and "pipe:[N]".
 	Inode uint64
+	// PTYIndex is, for the master side of a pseudo-terminal (/dev/ptmx),
+	// the index N of its slave /dev/pts/N (fdinfo's tty-index); -1 for
+	// every other descriptor.
+	PTYIndex int
+	// Locks are the file locks (POSIX, OFD, flock) this process holds
+	// through the descriptor, as fdinfo lists them, e.g.
+	// "POSIX  ADVISORY  WRITE 42 fe:00:1234 0 EOF".
+	Locks []string
 }
 
 // Writable reports whether the descriptor was opened for writing.
@@ -47,17 +55,21 @@ func FDs(pid int) ([]FD, error) {
 			continue // closed meanwhile
 		}
 		fd := FD{Num: n, Path: target}
-		fd.Flags, fd.Pos = fdinfo(pid, n)
+		fd.Flags, fd.Pos, fd.PTYIndex, fd.Locks = fdinfo(pid, n)
 		fd.Type, fd.Inode = classify(filepath.Join(dir, e.Name()), target)
 		out = append(out, fd)
 	}
 	return out, nil
 }
 
-func fdinfo(pid, fd int) (flags int, pos int64) {
+// fdinfo reads a descriptor's flags, position, the locks held through it
+// and, for a pseudo-terminal master, its slave's index (-1 when it is
+// none).
+func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int, locks []string) {
+	ptyIndex = -1
 	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
 	if err != nil {
-		return 0, 0
+		return 0, 0, -1, nil
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		k, v, ok := strings.Cut(line, ":")
@@ -71,9 +83,28 @@ func fdinfo(pid, fd int) (flags int, pos int64) {
 		case "flags":
 			f, _ := strconv.ParseInt(v, 8, 64)
 			flags = int(f)
+		case "tty-index":
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				ptyIndex = n
+			}
+		case "lock":
+			// "1: POSIX  ADVISORY  WRITE 42 fe:00:1234 0 EOF"
+			if _, l, ok := strings.Cut(v, ":"); ok {
+				locks = append(locks, strings.TrimSpace(l))
+			}
 		}
 	}
-	return flags, pos
+	return flags, pos, ptyIndex, locks
+}
+
+// PTSIndex returns N for a pseudo-terminal slave path /dev/pts/N.
+func PTSIndex(path string) (int, bool) {
+	rest, ok := strings.CutPrefix(path, "/dev/pts/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n >= 0
 }
 
 func classify(link, target string) (string, uint64) {
@@ -207,4 +238,74 @@ func unixState(st string) string {
 		return "DISCONNECTING"
 	}
 	return st
+}
+
+// Mapping is a file mapped into a process's memory.
+type Mapping struct {
+	Start, End uint64 // the mapping's addresses
+	Path       string
+}
+
+// MapFile is the /proc/PID/map_files link of the mapping: opening it
+// reaches the very inode mapped, even if the path was replaced since.
+func (m Mapping) MapFile(pid int) string {
+	return filepath.Join(Root, strconv.Itoa(pid), "map_files", fmt.Sprintf("%x-%x", m.Start, m.End))
+}
+
+// SharedWritableMappings lists the regular files pid maps shared and
+// writable (MAP_SHARED with PROT_WRITE: "rw-s" in /proc/PID/maps), whose
+// content the process changes without holding a descriptor open, e.g. a
+// JVM's /tmp/hsperfdata_USER/PID. Deleted files are left out. Each path
+// is listed once.
+func SharedWritableMappings(pid int) ([]Mapping, error) {
+	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	if err != nil {
+		return nil, fmt.Errorf("read the mappings of PID %d: %w", pid, err)
+	}
+	defer f.Close()
+	var out []Mapping
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m, ok := parseSharedWritable(sc.Text())
+		if ok && !seen[m.Path] {
+			seen[m.Path] = true
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// parseSharedWritable parses one line of /proc/PID/maps,
+//
+//	7f7c8d597000-7f7c8d59f000 rw-s 00000000 fe:00 9986067    /tmp/hsperfdata_root/42
+//
+// and reports whether it maps a file shared and writable. The path is
+// what follows the first five fields (it may contain spaces).
+func parseSharedWritable(line string) (Mapping, bool) {
+	rest := line
+	var f [5]string
+	for i := range f {
+		rest = strings.TrimLeft(rest, " ")
+		j := strings.IndexByte(rest, ' ')
+		if j < 0 {
+			return Mapping{}, false
+		}
+		f[i], rest = rest[:j], rest[j:]
+	}
+	path := strings.TrimLeft(rest, " ")
+	if len(f[1]) != 4 || f[1][1] != 'w' || f[1][3] != 's' || !strings.HasPrefix(path, "/") ||
+		strings.HasSuffix(path, " (deleted)") || f[4] == "0" {
+		return Mapping{}, false
+	}
+	lo, hi, ok := strings.Cut(f[0], "-")
+	if !ok {
+		return Mapping{}, false
+	}
+	start, err1 := strconv.ParseUint(lo, 16, 64)
+	end, err2 := strconv.ParseUint(hi, 16, 64)
+	if err1 != nil || err2 != nil {
+		return Mapping{}, false
+	}
+	return Mapping{Start: start, End: end, Path: path}, true
 }
