@@ -101,8 +101,9 @@ func (d workerDir) fresh(t *testing.T) string {
 
 // checkReader runs everything a restore would on an opened archive and
 // checks that the paths agree: Verify, Extract (into dir, nothing
-// written outside it), and StreamEntry of every streamable entry, whose
-// output must equal the extracted file. Verify checks every digest the
+// written outside it), and StreamEntry of every streamable entry, into a
+// buffer and into a pipe (splice, vmsplice), whose output must equal the
+// extracted file. Verify checks every digest the
 // manifest records, Extract and StreamEntry only the fastest (XXH3-128,
 // see checksFor), so what Verify accepts they must accept, not the
 // converse. It returns what StreamEntry wrote and Verify's error.
@@ -138,6 +139,12 @@ func checkReader(t *testing.T, r *Reader, dir workerDir) (map[string][]byte, err
 		if verr != nil {
 			continue
 		}
+		// Into a pipe, raw blocks are spliced from the archive and large
+		// frames vmspliced: the same bytes must come out.
+		piped, perr := streamToPipe(t, r, name)
+		if perr != nil || !bytes.Equal(piped, buf.Bytes()) {
+			t.Fatalf("StreamEntry(%s) into a pipe: %d bytes, %v; into a buffer: %d bytes", name, len(piped), perr, buf.Len())
+		}
 		if int64(buf.Len()) != r.entries[name].info.Size {
 			t.Fatalf("StreamEntry(%s) wrote %d bytes, the manifest says %d", name, buf.Len(), r.entries[name].info.Size)
 		}
@@ -148,6 +155,26 @@ func checkReader(t *testing.T, r *Reader, dir workerDir) (map[string][]byte, err
 		streamed[name] = buf.Bytes()
 	}
 	return streamed, verr
+}
+
+// streamToPipe runs StreamEntry into a pipe and returns what came out.
+func streamToPipe(t *testing.T, r *Reader, name string) ([]byte, error) {
+	t.Helper()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	var got []byte
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got, _ = io.ReadAll(pr)
+	}()
+	err = r.StreamEntry(name, pw)
+	pw.Close()
+	<-done
+	return got, err
 }
 
 // FuzzParseManifest: any bytes parse to a valid manifest or to an error
