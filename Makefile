@@ -44,9 +44,10 @@ vet:
 unit:
 	$(GO) test -count=1 ./internal/...
 
+# scripts/test.sh: go test -json ./..., short fuzz runs, then the list of
+# skipped tests with their reasons; fails if anything failed.
 test: setup build vet
-	CEDANA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
-	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+	@GO=$(GO) CEDANA_BIN=$(CURDIR)/$(BIN) TEST_FUZZTIME=$(TEST_FUZZTIME) bash scripts/test.sh
 
 fuzz:
 	@GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh

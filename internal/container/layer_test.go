@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,14 +13,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cedana/cedana/internal/testenv"
 )
 
-// requireRoot skips tests that create device nodes and trusted xattrs.
-func requireRoot(t *testing.T) {
+// requireRoot skips (in CI: fails) tests that create device nodes and
+// trusted xattrs.
+func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (device nodes and trusted.* xattrs)")
-	}
+	testenv.RequireRoot(t, "device nodes and trusted.* xattrs")
 }
 
 // TestLayerRoundTrip writes an overlay upper directory as a changeset and
@@ -42,7 +44,7 @@ func TestLayerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Lsetxattr(filepath.Join(src, "opaque"), overlayOpaque, []byte("y"), 0); err != nil {
-		t.Skipf("skipping: this filesystem has no trusted xattrs: %v", err)
+		testenv.Missing(t, fmt.Sprintf("this filesystem has no trusted xattrs: %v", err))
 	}
 	mustWrite(t, filepath.Join(src, "opaque", "kept"), "k", 0o644)
 	if err := unix.Mkfifo(filepath.Join(src, "fifo"), 0o600); err != nil {

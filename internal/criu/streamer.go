@@ -177,8 +177,9 @@ func validImageName(name string) bool {
 // readImageRequest reads one length-prefixed ImgStreamerRequestEntry and
 // returns its file name. It reads exactly the request's bytes, so that the
 // byte carrying the pipe stays in the socket for recvPipe. io.EOF means
-// CRIU closed the connection between requests.
-func readImageRequest(c *net.UnixConn) (string, error) {
+// CRIU closed the connection between requests. c is CRIU's connection
+// (an io.Reader, so that the parser can be fuzzed in memory).
+func readImageRequest(c io.Reader) (string, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		if err == io.EOF {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	procfs "github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/testenv"
 )
 
 // cedanaBin is the binary under test: $CEDANA_BIN, or one built for the run.
@@ -54,25 +55,19 @@ func setup(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
-// inCI reports whether missing prerequisites must fail instead of skip.
-func inCI() bool { return os.Getenv("CI") != "" }
+// inCI reports whether missing prerequisites must fail instead of skip
+// (CI set, as .ci/run does; see testenv.InCI).
+func inCI() bool { return testenv.InCI() }
 
 // requireCRIU skips (or, in CI, fails) a test that needs root and CRIU.
+// `make test` lists the skips and their reasons at its end.
 func requireCRIU(t *testing.T) {
 	t.Helper()
-	var why string
 	if os.Geteuid() != 0 {
-		why = "needs root"
+		testenv.Missing(t, "needs root")
 	} else if _, err := exec.LookPath("criu"); err != nil {
-		why = "needs criu on PATH (run `make setup`)"
+		testenv.Missing(t, "needs criu on PATH (run `make setup`)")
 	}
-	if why == "" {
-		return
-	}
-	if inCI() {
-		t.Fatalf("prerequisite missing in CI: %s", why)
-	}
-	t.Skipf("skipping: %s", why)
 }
 
 // requireBinary skips (or fails in CI) when a helper program is missing.
@@ -80,10 +75,7 @@ func requireBinary(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if inCI() {
-			t.Fatalf("%s missing in CI (make setup installs it)", name)
-		}
-		t.Skipf("skipping: %s not installed (run `make setup`)", name)
+		testenv.Missing(t, name+" not installed (run `make setup`)")
 	}
 	return p
 }
