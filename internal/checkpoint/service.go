@@ -8,13 +8,12 @@ package checkpoint
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // Version is the cedana version recorded in archives. It is set at build
@@ -75,6 +74,11 @@ type Settings struct {
 	// Stream moves memory pages between CRIU and the archive through
 	// pipes (criu --stream) instead of staging them as files.
 	Stream bool
+	// KeepLogs is how many operations' work directories (CRIU logs) are
+	// kept in LogDir, newest first; 0 keeps them all.
+	KeepLogs int
+	// MaxLogAge removes work directories older than this; 0 never does.
+	MaxLogAge time.Duration
 }
 
 // Service runs dumps and restores. It is safe for concurrent use.
@@ -82,6 +86,8 @@ type Service struct {
 	criu *criu.Client
 	set  Settings
 	log  *slog.Logger
+	// fault injects failures for tests (nil in production builds).
+	fault fault.Injector
 }
 
 // NewService returns a Service. A nil logger discards logs.
@@ -92,20 +98,8 @@ func NewService(s Settings, log *slog.Logger) *Service {
 	if s.PIDWait == 0 {
 		s.PIDWait = 10 * time.Second
 	}
-	return &Service{criu: criu.New(s.CRIUPath), set: s, log: log}
+	return &Service{criu: criu.New(s.CRIUPath), set: s, log: log, fault: fault.FromEnv()}
 }
 
 // CRIU returns the CRIU client the service uses.
 func (s *Service) CRIU() *criu.Client { return s.criu }
-
-// logDir makes sure the log directory exists.
-func (s *Service) logDir() (string, error) {
-	if err := os.MkdirAll(s.set.LogDir, 0o700); err != nil {
-		return "", fmt.Errorf("create log dir: %w", err)
-	}
-	return s.set.LogDir, nil
-}
-
-func logName(op, name string, t time.Time) string {
-	return fmt.Sprintf("%s-%s-%s.log", op, name, t.UTC().Format("20060102T150405.000000000Z"))
-}

@@ -119,7 +119,14 @@ func (e *env) cedana(args ...string) result {
 
 func (e *env) cedanaWith(extraEnv []string, args ...string) result {
 	e.t.Helper()
-	cmd := exec.Command(cedanaBin, args...)
+	return e.runBinary(cedanaBin, extraEnv, args...)
+}
+
+// runBinary runs a cedana binary (cedanaBin, or one built for a test)
+// in the environment.
+func (e *env) runBinary(bin string, extraEnv []string, args ...string) result {
+	e.t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "HOME="+e.home)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	var out, errb bytes.Buffer
