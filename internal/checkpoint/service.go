@@ -7,7 +7,9 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"time"
@@ -103,3 +105,28 @@ func NewService(s Settings, log *slog.Logger) *Service {
 
 // CRIU returns the CRIU client the service uses.
 func (s *Service) CRIU() *criu.Client { return s.criu }
+
+// RunHook runs the configured hook called name ("pre-dump", "post-dump",
+// "pre-restore" or "post-restore") for an operation on pid and archive.
+// Other engines (containers) call it so that they run the same hooks as
+// processes.
+func (s *Service) RunHook(ctx context.Context, name string, pid int, archive string, env []string) error {
+	var script string
+	switch name {
+	case "pre-dump":
+		script = s.set.Hooks.PreDump
+	case "post-dump":
+		script = s.set.Hooks.PostDump
+	case "pre-restore":
+		script = s.set.Hooks.PreRestore
+	case "post-restore":
+		script = s.set.Hooks.PostRestore
+	default:
+		return fmt.Errorf("unknown hook %q", name)
+	}
+	return runHook(ctx, name, script, pid, archive, env)
+}
+
+// Fault returns the service's fault injector (nil in production
+// builds), for engines built on it.
+func (s *Service) Fault() fault.Injector { return s.fault }

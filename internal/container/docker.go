@@ -182,11 +182,21 @@ func (d *dockerDriver) startFrom(ctx context.Context, id, imagesDir string) erro
 	if err := moveDir(imagesDir, dst); err != nil {
 		return fmt.Errorf("place the checkpoint for the engine: %w", err)
 	}
-	defer os.RemoveAll(dst) // the engine has read it once started
+	started := false
+	defer func() {
+		if started {
+			os.RemoveAll(dst) // the engine has read it once started
+		} else if _, err := os.Stat(imagesDir); err == nil || moveDir(dst, imagesDir) == nil {
+			// The images stay the caller's (copied, or moved back), to
+			// keep them when the container cannot be started.
+			os.RemoveAll(dst)
+		}
+	}()
 	q := url.Values{"checkpoint": {restoreCheckpointName}}
 	for attempt := 1; ; attempt++ {
 		err := d.c.do(ctx, http.MethodPost, "/containers/"+id+"/start", q, nil, nil)
 		if err == nil {
+			started = true
 			return nil
 		}
 		if attempt == checkpointUploadAttempts || !isCheckpointUploadRace(err) {

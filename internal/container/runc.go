@@ -227,7 +227,7 @@ func (d *runcDriver) resume(ctx context.Context, t *target, imagesDir string, o 
 		}
 		logPath = rt.managed.logPath()
 	}
-	work, err := d.s.workDir("resume", Runc, t.info.ID, time.Now())
+	work, err := d.s.eng.WorkDir(Runc+"-resume", t.info.ID, time.Now())
 	if err != nil {
 		return err
 	}
@@ -412,7 +412,7 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 	if err := mc.mount(); err != nil {
 		return nil, err
 	}
-	work, err := d.s.workDir("restore", Runc, id, time.Now())
+	work, err := d.s.eng.WorkDir(Runc+"-restore", id, time.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -160,4 +161,64 @@ func TestFailedDumpResumes(t *testing.T) {
 			checkMemContinues(t, ctr, before, digest)
 		})
 	}
+}
+
+// TestRuncFailedDumpResumes: a runc container whose dump fails after its
+// checkpoint (a full destination, a failing fsync, a failure right after
+// runc) is restored in place and goes on counting; when that restore
+// fails too, the error says so and where the images are kept, and they
+// are there.
+func TestRuncFailedDumpResumes(t *testing.T) {
+	requireContainers(t, "runc", "nsenter", "ip")
+	bin := faultBinary(t)
+	rootfs := busyboxRootfs(t)
+	ce := newCtrEnv(t)
+	bundle := makeBundle(t, rootfs, "sh", "-c", counterCmd)
+	if r := ce.run("run", "runc", "--runc-root", ce.runcRoot, "--bundle", bundle, "--id", "ctr"); r.code != 0 {
+		t.Fatalf("run runc: %s", r)
+	}
+	before := waitCounter(t, countFile(ce.runcPID("ctr")), 3)
+	dump := func(step, dir string) result {
+		return ce.runBinary(bin, []string{"CEDANA_DAEMON_STATE_DIR=" + ce.state, "CEDANA_FAULT=" + step},
+			"dump", "runc", "--runc-root", ce.runcRoot, "--id", "ctr", "-d", dir)
+	}
+	for _, f := range []struct{ name, step string }{
+		{"destination full", ""},
+		{"archive fsync fails", "archive-fsync"},
+		{"failure right after runc", "after-freeze"},
+	} {
+		t.Run(f.name, func(t *testing.T) {
+			dir := ce.dir
+			if f.step == "" {
+				dir = tinyTmpfs(t)
+			}
+			r := dump(f.step, dir)
+			if r.code == 0 {
+				t.Fatalf("the dump succeeded despite the fault: %s", r)
+			}
+			if !strings.Contains(r.stderr, "runs again") {
+				t.Errorf("the error does not say the container runs again:\n%s", r.stderr)
+			}
+			pid := ce.runcPID("ctr")
+			if pid == 0 {
+				t.Fatalf("the container is not running after the failed dump:\n%s", r.stderr)
+			}
+			before = waitCounter(t, countFile(pid), before+3)
+			noArchive(t, dir)
+		})
+	}
+	t.Run("restart fails too", func(t *testing.T) {
+		r := dump("after-freeze,container-resume", ce.dir)
+		if r.code == 0 {
+			t.Fatalf("the dump succeeded despite the fault: %s", r)
+		}
+		m := regexp.MustCompile(`kept in (\S+):`).FindStringSubmatch(r.stderr)
+		if m == nil || !strings.Contains(r.stderr, "STOPPED") {
+			t.Fatalf("the error does not say loudly that the container is stopped and where its images are:\n%s", r.stderr)
+		}
+		t.Cleanup(func() { os.RemoveAll(filepath.Dir(m[1])) })
+		if _, err := os.Stat(filepath.Join(m[1], "inventory.img")); err != nil {
+			t.Fatalf("the kept images are not in %s: %v", m[1], err)
+		}
+	})
 }
