@@ -127,7 +127,7 @@ func (d *dockerDriver) checkpoint(ctx context.Context, t *target, imagesDir stri
 }
 
 // explain turns an engine error from a checkpoint or restore into a
-// *CRIUError when it came from CRIU (the message names CRIU's log).
+// *criu.Error when it came from CRIU (the message names CRIU's log).
 func (d *dockerDriver) explain(op string, err error) error {
 	if errors.Is(err, ErrUnavailable) {
 		return err

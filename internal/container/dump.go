@@ -87,7 +87,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return nil, invalid("%s container %s has no running process (PID %d): %v", d.name(), req.Container, t.pid, err)
 	}
 	if len(tree.hostFiles) > 0 {
-		return nil, &CRIUError{Op: "checkpoint", Runtime: d.name(), Cause: CauseHostFile,
+		return nil, &criu.Error{Op: "checkpoint", Runtime: d.name(), Cause: CauseHostFile,
 			Err:   fmt.Errorf("%w: the container has files of the host open, which CRIU cannot find inside it", checkpoint.ErrInvalidInput),
 			Lines: tree.hostFiles,
 			Hint:  "start the container with its stdout and stderr on /dev/null, a pipe or a file inside its rootfs (`cedana run runc` connects them to pipes and logs them to a file); nothing was checkpointed, the container is still running"}
@@ -111,7 +111,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		notes = append(notes, fmt.Sprintf("tcp-established=%v: set by flag", o.TCPEstablished))
 	}
 	if o.TCPEstablished && d.name() == Docker && !dockerHasCRIUOption("tcp-established") {
-		return nil, &CRIUError{Op: "checkpoint", Runtime: Docker, Cause: CauseTCP,
+		return nil, &criu.Error{Op: "checkpoint", Runtime: Docker, Cause: criu.CauseTCPEstablished,
 			Err:  fmt.Errorf("%w: %s, and Docker's checkpoint API cannot ask CRIU to keep TCP connections", checkpoint.ErrInvalidInput, tree.tcp),
 			Hint: d.optionHint("tcp-established") + "; nothing was checkpointed, the container is still running"}
 	}
