@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // dockerDriver checkpoints Docker containers through the engine's API:
@@ -192,6 +193,9 @@ func (d *dockerDriver) startFrom(ctx context.Context, id, imagesDir string) erro
 			os.RemoveAll(dst)
 		}
 	}()
+	if err := d.s.fault.At(fault.ContainerResume); err != nil {
+		return err // as if the engine had refused to start it
+	}
 	q := url.Values{"checkpoint": {restoreCheckpointName}}
 	for attempt := 1; ; attempt++ {
 		err := d.c.do(ctx, http.MethodPost, "/containers/"+id+"/start", q, nil, nil)

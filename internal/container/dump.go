@@ -252,9 +252,6 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 // resume restores a checkpointed container in place, on a context of its
 // own bounded by resumeTimeout.
 func (s *Service) resume(d driver, t *target, imagesDir string, o criuOptions) error {
-	if err := s.fault.At(fault.ContainerResume); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), resumeTimeout)
 	defer cancel()
 	return d.resume(ctx, t, imagesDir, o)

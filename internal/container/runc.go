@@ -16,6 +16,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // runcDriver checkpoints OCI containers run with runc. Containers that
@@ -218,6 +219,9 @@ func runcError(err error, out []byte) error {
 }
 
 func (d *runcDriver) resume(ctx context.Context, t *target, imagesDir string, o criuOptions) error {
+	if err := d.s.fault.At(fault.ContainerResume); err != nil {
+		return err
+	}
 	rt := t.priv.(*runcTarget)
 	bundle := rt.state.Bundle
 	logPath := filepath.Join(d.s.set.StateDir, "logs", t.info.ID+".log")

@@ -33,8 +33,9 @@ const (
 	// AfterFreeze fails the dump right after the tree or the container
 	// was frozen (CRIU or the runtime's checkpoint succeeded).
 	AfterFreeze = "after-freeze"
-	// ContainerResume fails the in-place restore of a container after a
-	// failed dump, as if the runtime had refused it.
+	// ContainerResume fails the in-place restore of a container, as if
+	// the runtime had refused it (Docker: once the images are in the
+	// container's checkpoint directory).
 	ContainerResume = "container-resume"
 )
 

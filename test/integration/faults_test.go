@@ -229,3 +229,46 @@ func TestRuncFailedDumpResumes(t *testing.T) {
 		}
 	})
 }
+
+// TestDockerFailedDumpResumes: a Docker container whose dump fails after
+// the engine checkpointed it is started again from that checkpoint and
+// goes on counting; when that start is refused too, the images are kept.
+func TestDockerFailedDumpResumes(t *testing.T) {
+	requireContainers(t, "nsenter")
+	lookDockerd(t)
+	bin := faultBinary(t)
+	d := startDocker(t)
+	const image = "cedana-busybox:test"
+	d.importBusybox(busyboxRootfs(t), image)
+	ce := newCtrEnv(t)
+	id := d.runContainer("cedana-fault", image, "sh", "-c", counterCmd)
+	before := waitCounter(t, countFile(d.pid(id)), 3)
+	dump := func(step string) result {
+		return ce.runBinary(bin, []string{"CEDANA_DAEMON_STATE_DIR=" + ce.state, "CEDANA_FAULT=" + step},
+			"dump", "docker", "--docker-host="+d.host(), id, "-d", ce.dir)
+	}
+	for _, step := range []string{"after-freeze", "archive-rename"} {
+		t.Run(step, func(t *testing.T) {
+			r := dump(step)
+			if r.code == 0 {
+				t.Fatalf("the dump succeeded despite the fault: %s", r)
+			}
+			if !strings.Contains(r.stderr, "runs again") {
+				t.Fatalf("the error does not say the container runs again:\n%s", r.stderr)
+			}
+			before = waitCounter(t, countFile(d.pid(id)), before+3)
+			noArchive(t, ce.dir)
+		})
+	}
+	t.Run("restart fails too", func(t *testing.T) {
+		r := dump("after-freeze,container-resume")
+		m := regexp.MustCompile(`kept in (\S+):`).FindStringSubmatch(r.stderr)
+		if r.code == 0 || m == nil || !strings.Contains(r.stderr, "STOPPED") {
+			t.Fatalf("the error does not say loudly that the container is stopped and where its images are:\n%s", r)
+		}
+		t.Cleanup(func() { os.RemoveAll(filepath.Dir(m[1])) })
+		if _, err := os.Stat(filepath.Join(m[1], "inventory.img")); err != nil {
+			t.Fatalf("the kept images are not in %s: %v", m[1], err)
+		}
+	})
+}
