@@ -176,6 +176,15 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		}
 		return nil, fmt.Errorf("%w (the container was restored in place and runs again)", err)
 	}
+	committed := false
+	defer func() {
+		if r := recover(); r != nil {
+			if !committed {
+				_ = s.resume(d, t, imagesDir, o) // a bug must not leave it stopped either
+			}
+			panic(r)
+		}
+	}()
 	if err := s.fault.At(fault.AfterFreeze); err != nil {
 		return fail(err)
 	}
@@ -233,6 +242,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return fail(fmt.Errorf("writing the archive failed: %w", err))
 	}
 	res.ArchiveTime, res.Size, res.Manifest = time.Since(archStart), size, m
+	committed = true
 	if req.LeaveRunning {
 		rs := time.Now()
 		if err := s.resume(d, t, imagesDir, o); err != nil {
