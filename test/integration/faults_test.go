@@ -272,3 +272,26 @@ func TestDockerFailedDumpResumes(t *testing.T) {
 		}
 	})
 }
+
+// TestDaemonFailedDumpResumes: through the daemon too, a job whose dump
+// fails after CRIU froze it (a failing fsync, a lost image of a streamed
+// dump) keeps running and counting.
+func TestDaemonFailedDumpResumes(t *testing.T) {
+	requireBinary(t, "python3")
+	for _, step := range []string{"archive-fsync", "sink-image"} {
+		t.Run(step, func(t *testing.T) {
+			d := startDaemon(t, daemonOpts{Binary: faultBinary(t), Env: []string{"CEDANA_FAULT=" + step}})
+			ctr := filepath.Join(t.TempDir(), "counter")
+			j := d.runJob("mem", nil, "python3", "-c", memCounterScript(ctr, 80))
+			eventually(t, 30*time.Second, "counter to reach 3", func() bool { n, _ := readMemCounter(ctr); return n >= 3 })
+			r := d.cli("dump", "job", "mem")
+			if r.code == 0 {
+				t.Fatalf("dump job succeeded despite the fault: %s", r)
+			}
+			if !strings.Contains(r.stderr, "still running") {
+				t.Errorf("the error does not say the process is still running:\n%s", r.stderr)
+			}
+			checkRunsOn(t, j.PID, ctr)
+		})
+	}
+}
