@@ -51,7 +51,11 @@ func setup(m *testing.M) (int, error) {
 			return 0, fmt.Errorf("build cedana: %v\n%s", err, out)
 		}
 	}
-	return m.Run(), nil
+	code := m.Run()
+	if faultBinPath != "" {
+		os.RemoveAll(filepath.Dir(faultBinPath)) // built by faultBinary
+	}
+	return code, nil
 }
 
 // inCI reports whether missing prerequisites must fail instead of skip.
