@@ -87,6 +87,7 @@ func (g *globals) containerService(cfg *config.Loaded, f *containerFlags) (*cont
 		RuncRoot:    f.runcRoot,
 		StateDir:    filepath.Join(cfg.Daemon.StateDir, "runc"),
 		DockerHost:  f.dockerHost,
+		Engine:      g.service(cfg), // the same staging, work dirs, checks and hooks as processes
 	}, slog.New(slog.NewTextHandler(w, nil))), nil
 }
 
@@ -257,6 +258,9 @@ func printContainerDump(g *globals, res *container.DumpResult) error {
 	for _, n := range res.Notes {
 		fmt.Fprintf(os.Stderr, "note: %s\n", n)
 	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
+	}
 	name := c.Name
 	if name == "" {
 		name = c.ID
@@ -313,6 +317,9 @@ func newRestoreContainerCmd(g *globals, runtime string) *cobra.Command {
 			}
 			for _, n := range res.Notes {
 				fmt.Fprintf(os.Stderr, "note: %s\n", n)
+			}
+			for _, w := range res.Warnings {
+				fmt.Fprintf(os.Stderr, "warning: %s\n", w)
 			}
 			fmt.Println(res.ID)
 			fmt.Fprintf(os.Stderr, "Restored %s container %s as PID %d in %s.\n", runtime, res.Name, res.PID, res.Total.Round(time.Millisecond))

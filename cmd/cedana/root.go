@@ -170,6 +170,8 @@ func (g *globals) service(cfg *config.Loaded) *checkpoint.Service {
 		NetworkLock:   criu.NetworkLock(cfg.CRIU.NetworkLock),
 		GhostLimit:    uint64(cfg.CRIU.GhostLimit),
 		Stream:        cfg.CRIU.Stream,
+		KeepLogs:      cfg.CRIU.KeepLogs,
+		MaxLogAge:     cfg.CRIU.MaxLogAge.Duration,
 		CarryFileMax:  cfg.Client.CarryFileMaxBytes,
 		CarryTotalMax: cfg.Client.CarryTotalMaxBytes,
 		PIDWait:       cfg.Client.PIDWait.Duration,

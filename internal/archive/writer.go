@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // FileSource is a carried file to store in an archive.
@@ -39,6 +41,9 @@ type WriteOptions struct {
 	// Extra are container files (configuration, rootfs changes), stored as
 	// entries under container/ with the same integrity records.
 	Extra []ExtraFile
+	// Fault injects failures of the fsync and of the rename, for tests
+	// (see package fault); nil in production.
+	Fault fault.Injector
 }
 
 // ExtraFile is a container file to store in the archive.
@@ -200,7 +205,11 @@ func (w *Writer) Close(m *Manifest, files []FileSource) (*Manifest, int64, error
 		err = cerr
 	}
 	if err == nil {
-		err = publish(w.tmp.Name(), w.path)
+		if err = w.opts.Fault.At(fault.ArchiveRename); err != nil {
+			err = fmt.Errorf("rename %s: %w", w.tmp.Name(), err)
+		} else {
+			err = publish(w.tmp.Name(), w.path)
+		}
 	}
 	w.release()
 	if err != nil {
@@ -350,6 +359,9 @@ func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
 	}
 	if err := w.sink.Close(); err != nil { // writes the tail and fsyncs
 		return 0, err
+	}
+	if err := w.opts.Fault.At(fault.ArchiveFsync); err != nil {
+		return 0, fmt.Errorf("sync %s: %w", w.tmp.Name(), err)
 	}
 	return w.cw.n, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
 )
 
@@ -69,8 +70,10 @@ type DumpResult struct {
 //
 // The tree is frozen by CRIU and stays frozen until the archive is durable
 // on disk (written, fsynced, renamed into place); only then is it killed
-// (or resumed, with LeaveRunning). If anything fails, the tree is resumed
-// and no archive appears under the final name.
+// (or resumed, with LeaveRunning). If anything fails once CRIU started,
+// the tree is resumed (see resumeTree) and no archive appears under the
+// final name; if it cannot be resumed, the error wraps ErrLeftStopped and
+// names the processes left stopped.
 func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error) {
 	start := time.Now()
 	prog := req.Progress
@@ -99,15 +102,12 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	}
 	copts, reasons := s.chooseOptions(req, snap)
 
-	path, err := archivePath(req, snap.processes[0].Name, start)
+	name := snap.processes[0].Name
+	path, err := ArchivePath(req.Dir, req.Path, name, start)
 	if err != nil {
 		return nil, err
 	}
-	logDir, err := s.logDir()
-	if err != nil {
-		return nil, err
-	}
-	staging, err := s.stagingDir(filepath.Dir(path), int64(snap.rss()))
+	staging, err := s.StagingDir("", filepath.Dir(path), int64(snap.rss()))
 	if err != nil {
 		return nil, err
 	}
@@ -116,9 +116,13 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if err := os.Mkdir(imagesDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create staging dir: %w", err)
 	}
+	work, err := s.WorkDir("dump", name, start)
+	if err != nil {
+		return nil, err
+	}
 	copts.ImagesDir = imagesDir
-	copts.LogDir = logDir
-	copts.LogFile = logName("dump", SanitizeName(snap.processes[0].Name), start)
+	copts.LogDir = work
+	copts.LogFile = "dump.log"
 
 	if err := runHook(ctx, "pre-dump", s.set.Hooks.PreDump, req.PID, path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
@@ -126,38 +130,60 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	stream := s.set.Stream && snap.rss() >= streamMinBytes
 	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging,
 		"stream", stream, "reasons", strings.Join(reasons, "; "))
+	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Fault: s.fault}
+	var w *archive.Writer // streamed dumps write the archive while CRIU runs
+	if stream {
+		if w, err = archive.NewWriter(path, wopts); err != nil {
+			return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
+		}
+	}
+
+	// From here on the tree may be frozen: every failure resumes it.
+	before := stoppedBefore(snap)
+	fail := func(err error) (*DumpResult, error) {
+		prog.Done()
+		if w != nil {
+			w.Abort()
+		}
+		if rerr := resumeTree(req.PID, snap, before); rerr != nil {
+			s.log.Error("a failed dump left processes stopped", "pid", req.PID, "error", rerr, "cause", err)
+			return nil, fmt.Errorf("checkpoint of PID %d failed and the process could not be resumed: %w\n  the checkpoint failed because: %w", req.PID, rerr, err)
+		}
+		return nil, fmt.Errorf("checkpoint of PID %d failed, the process is still running: %w", req.PID, err)
+	}
+	done := false
+	defer func() {
+		if r := recover(); r != nil {
+			if !done {
+				_ = resumeTree(req.PID, snap, before)
+			}
+			panic(r)
+		}
+	}()
+
 	criuStart := time.Now()
 	var (
 		res *criu.DumpResult
-		w   *archive.Writer // streamed dumps write the archive while CRIU runs
 		col *imageCollector
 	)
-	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()}
 	if stream {
 		prog.Start("checkpointing", int64(snap.rss()))
-		if w, err = archive.NewWriter(path, wopts); err != nil {
-			prog.Done()
-			return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
-		}
-		col = newImageCollector(w, imagesDir)
+		col = newImageCollector(w, imagesDir, s.fault)
 		res, err = s.criu.DumpStreamed(copts, col.sink)
 	} else {
 		prog.Start("checkpointing", 0)
 		res, err = s.criu.Dump(copts)
 		prog.Done()
 	}
+	if err == nil {
+		err = s.fault.At(fault.AfterFreeze)
+	}
 	if err != nil {
-		prog.Done()
-		if w != nil {
-			w.Abort()
-		}
-		// CRIU resumes the tree itself when a dump fails.
-		return nil, fmt.Errorf("checkpoint of PID %d failed, the process is still running: %w", req.PID, err)
+		return fail(err)
 	}
 	criuTime := time.Since(criuStart)
-	// From here on, a stopped tree must be killed or resumed. Describe it
-	// again now that it is frozen: it may have forked since the snapshot,
-	// and what is frozen is exactly what CRIU dumped.
+	// Describe the tree again now that it is frozen: it may have forked
+	// since the snapshot, and what is frozen is exactly what CRIU dumped.
 	frozen := copts.LeaveStopped
 	if frozen {
 		if pids, terr := proc.Tree(req.PID); terr == nil {
@@ -199,8 +225,6 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		// the carried files, then the manifest.
 		if err = col.finish(); err == nil {
 			m, size, err = w.Close(m, files)
-		} else {
-			w.Abort()
 		}
 	} else {
 		prog.Start("writing archive", archive.DirSize(imagesDir)+sumSizes(files))
@@ -208,14 +232,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	}
 	prog.Done()
 	if err != nil {
-		if frozen {
-			if rerr := resume(snap); rerr != nil {
-				return nil, fmt.Errorf("writing the archive failed (%v) and resuming the process failed too: %w", err, rerr)
-			}
-			return nil, fmt.Errorf("writing the archive failed, the process was resumed: %w", err)
-		}
-		return nil, fmt.Errorf("writing the archive failed (the process kept running): %w", err)
+		return fail(fmt.Errorf("writing the archive failed: %w", err))
 	}
+	done = true
 	if frozen {
 		kill(snap)
 	}
@@ -274,67 +293,35 @@ func effectiveLock(l criu.NetworkLock) criu.NetworkLock {
 	return l
 }
 
-// archivePath picks a new archive path that does not exist yet.
-func archivePath(req DumpRequest, name string, t time.Time) (string, error) {
-	if req.Path != "" {
-		if _, err := os.Lstat(req.Path); err == nil {
-			return "", fmt.Errorf("%w: %s already exists", ErrInvalidInput, req.Path)
+// ArchivePath picks a new archive path that does not exist yet: exact
+// when it is set (refused if it exists), else a new name for name at t in
+// dir (created 0700 if missing). Process and container dumps share it.
+func ArchivePath(dir, exact, name string, t time.Time) (string, error) {
+	if exact != "" {
+		if _, err := os.Lstat(exact); err == nil {
+			return "", fmt.Errorf("%w: %s already exists", ErrInvalidInput, exact)
 		}
-		return req.Path, nil
+		return exact, nil
 	}
-	if req.Dir == "" {
+	if dir == "" {
 		return "", fmt.Errorf("%w: no directory for the archive (use -d or set shared_storage.dump_storage_dir)", ErrInvalidInput)
 	}
-	if err := os.MkdirAll(req.Dir, 0o700); err != nil {
-		return "", fmt.Errorf("create %s: %w", req.Dir, err)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	if st, err := os.Stat(req.Dir); err != nil || !st.IsDir() {
-		return "", fmt.Errorf("%w: %s is not a directory", ErrInvalidInput, req.Dir)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("%w: %s is not a directory", ErrInvalidInput, dir)
 	}
-	if err := syscall.Access(req.Dir, 2 /* W_OK */); err != nil {
-		return "", fmt.Errorf("%w: cannot write to %s: %v", ErrInvalidInput, req.Dir, err)
+	if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
+		return "", fmt.Errorf("%w: cannot write to %s: %v", ErrInvalidInput, dir, err)
 	}
 	for n := 0; n < 1000; n++ {
-		p := filepath.Join(req.Dir, ArchiveName(name, t, n))
+		p := filepath.Join(dir, ArchiveName(name, t, n))
 		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("no free archive name in %s", req.Dir)
-}
-
-// resume continues every task of a tree that CRIU left stopped.
-func resume(s *snapshot) error {
-	var errs []error
-	for _, p := range s.processes {
-		if err := signalIfSame(p.PID, s.startTimes[p.PID], syscall.SIGCONT); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// kill ends every task of a dumped tree.
-func kill(s *snapshot) {
-	for _, p := range s.processes {
-		_ = signalIfSame(p.PID, s.startTimes[p.PID], syscall.SIGKILL)
-	}
-}
-
-// signalIfSame signals pid only if it is still the process that started
-// at startTime, never a newcomer that reused the PID.
-func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {
-	st, err := proc.ReadStat(pid)
-	if err != nil {
-		return nil // gone already
-	}
-	if st.StartTime != startTime {
-		return nil
-	}
-	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("signal %v to PID %d: %w", sig, pid, err)
-	}
-	return nil
+	return "", fmt.Errorf("no free archive name in %s", dir)
 }
 
 func sumSizes(files []archive.FileSource) int64 {

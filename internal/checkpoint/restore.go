@@ -69,7 +69,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	}
 	defer r.Close()
 	m := r.Manifest
-	if err := s.checkCompatible(m); err != nil {
+	if err := s.CheckCompatible(m); err != nil {
 		return nil, err
 	}
 	if len(m.Options.ExternalTTYs) > 0 && req.TTY == nil {
@@ -95,7 +95,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 			}
 		}
 	}
-	staging, err := s.stagingDir(filepath.Dir(req.Path), extractSize)
+	staging, err := s.StagingDir("", filepath.Dir(req.Path), extractSize)
 	if err != nil {
 		return nil, err
 	}
@@ -135,15 +135,15 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		}
 	}
 
-	logDir, err := s.logDir()
+	work, err := s.WorkDir("restore", m.Processes[0].Name, start)
 	if err != nil {
 		return nil, err
 	}
 	o := m.Options
 	ropts := criu.RestoreOptions{
 		ImagesDir:      filepath.Join(staging, "images"),
-		LogDir:         logDir,
-		LogFile:        logName("restore", SanitizeName(m.Processes[0].Name), start),
+		LogDir:         work,
+		LogFile:        "restore.log",
 		TCPEstablished: o.TCPEstablished,
 		ShellJob:       o.ShellJob,
 		ExtUnixSockets: o.ExtUnixSockets,
@@ -218,8 +218,10 @@ func killRestored(m *archive.Manifest, root int) {
 	}
 }
 
-// checkCompatible refuses archives this machine cannot restore.
-func (s *Service) checkCompatible(m *archive.Manifest) error {
+// CheckCompatible refuses archives this machine cannot restore: another
+// architecture, an unknown network lock, images of a newer CRIU. Process
+// and container restores share it.
+func (s *Service) CheckCompatible(m *archive.Manifest) error {
 	if m.Host.Arch != "" && m.Host.Arch != runtime.GOARCH {
 		return fmt.Errorf("%w: the checkpoint was taken on %s, this machine is %s", ErrInvalidInput, m.Host.Arch, runtime.GOARCH)
 	}

@@ -7,14 +7,15 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // Version is the cedana version recorded in archives. It is set at build
@@ -75,6 +76,11 @@ type Settings struct {
 	// Stream moves memory pages between CRIU and the archive through
 	// pipes (criu --stream) instead of staging them as files.
 	Stream bool
+	// KeepLogs is how many operations' work directories (CRIU logs) are
+	// kept in LogDir, newest first; 0 keeps them all.
+	KeepLogs int
+	// MaxLogAge removes work directories older than this; 0 never does.
+	MaxLogAge time.Duration
 }
 
 // Service runs dumps and restores. It is safe for concurrent use.
@@ -82,6 +88,8 @@ type Service struct {
 	criu *criu.Client
 	set  Settings
 	log  *slog.Logger
+	// fault injects failures for tests (nil in production builds).
+	fault fault.Injector
 }
 
 // NewService returns a Service. A nil logger discards logs.
@@ -92,20 +100,33 @@ func NewService(s Settings, log *slog.Logger) *Service {
 	if s.PIDWait == 0 {
 		s.PIDWait = 10 * time.Second
 	}
-	return &Service{criu: criu.New(s.CRIUPath), set: s, log: log}
+	return &Service{criu: criu.New(s.CRIUPath), set: s, log: log, fault: fault.FromEnv()}
 }
 
 // CRIU returns the CRIU client the service uses.
 func (s *Service) CRIU() *criu.Client { return s.criu }
 
-// logDir makes sure the log directory exists.
-func (s *Service) logDir() (string, error) {
-	if err := os.MkdirAll(s.set.LogDir, 0o700); err != nil {
-		return "", fmt.Errorf("create log dir: %w", err)
+// RunHook runs the configured hook called name ("pre-dump", "post-dump",
+// "pre-restore" or "post-restore") for an operation on pid and archive.
+// Other engines (containers) call it so that they run the same hooks as
+// processes.
+func (s *Service) RunHook(ctx context.Context, name string, pid int, archive string, env []string) error {
+	var script string
+	switch name {
+	case "pre-dump":
+		script = s.set.Hooks.PreDump
+	case "post-dump":
+		script = s.set.Hooks.PostDump
+	case "pre-restore":
+		script = s.set.Hooks.PreRestore
+	case "post-restore":
+		script = s.set.Hooks.PostRestore
+	default:
+		return fmt.Errorf("unknown hook %q", name)
 	}
-	return s.set.LogDir, nil
+	return runHook(ctx, name, script, pid, archive, env)
 }
 
-func logName(op, name string, t time.Time) string {
-	return fmt.Sprintf("%s-%s-%s.log", op, name, t.UTC().Format("20060102T150405.000000000Z"))
-}
+// Fault returns the service's fault injector (nil in production
+// builds), for engines built on it.
+func (s *Service) Fault() fault.Injector { return s.fault }

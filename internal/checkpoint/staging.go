@@ -19,12 +19,18 @@ const shm = "/dev/shm"
 // behind (it holds process memory) without touching live operations.
 const stagingPrefix = ".cedana-staging-"
 
-// stagingDir creates a private directory for images. need is the expected
-// size of the images. It prefers the configured dir, then /dev/shm when it
-// has room for need plus a margin, then fallback (the archive's directory,
-// so that the images never compete for memory).
-func (s *Service) stagingDir(fallback string, need int64) (string, error) {
+// StagingDir creates a private directory for images, for process and
+// container operations alike. need is the expected size of the images.
+// It uses the configured staging directory when there is one; else
+// preferred (a runtime's choice, e.g. below Docker's data root) when not
+// ""; else /dev/shm when it has room for need plus a margin; else
+// fallback (the archive's directory, so that the images never compete
+// for memory).
+func (s *Service) StagingDir(preferred, fallback string, need int64) (string, error) {
 	parent := s.set.StagingDir
+	if parent == "" {
+		parent = preferred
+	}
 	if parent == "" {
 		parent = fallback
 		if free, err := freeBytes(shm); err == nil && free > uint64(need)+need64(need) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // Streaming: CRIU hands its images to Cedana through pipes (criu
@@ -47,20 +48,28 @@ const pagesWait = 200 * time.Millisecond
 // into the archive as they arrive (one at a time: a zip is written
 // sequentially), the others into dir, to be added once CRIU is done.
 type imageCollector struct {
-	w    *archive.Writer
-	dir  string
-	slot chan struct{} // held while an image streams into w
+	w     *archive.Writer
+	dir   string
+	slot  chan struct{} // held while an image streams into w
+	fault fault.Injector
 
 	mu     sync.Mutex
 	staged []string
 }
 
-func newImageCollector(w *archive.Writer, dir string) *imageCollector {
-	return &imageCollector{w: w, dir: dir, slot: make(chan struct{}, 1)}
+func newImageCollector(w *archive.Writer, dir string, f fault.Injector) *imageCollector {
+	return &imageCollector{w: w, dir: dir, slot: make(chan struct{}, 1), fault: f}
 }
 
 // sink is CRIU's image sink (see criu.Client.DumpStreamed).
 func (c *imageCollector) sink(name string, r io.Reader) error {
+	step := fault.SinkImage
+	if isPagesImage(name) {
+		step = fault.SinkPages
+	}
+	if err := c.fault.At(step); err != nil {
+		return err
+	}
 	if isPagesImage(name) {
 		t := time.NewTimer(pagesWait)
 		select {

@@ -26,7 +26,7 @@ func TestCollectorStagesABusyPagesImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	col := newImageCollector(w, staging)
+	col := newImageCollector(w, staging, nil)
 	first := bytes.Repeat([]byte("first pages "), 100_000)
 	second := bytes.Repeat([]byte("second pages "), 100_000)
 

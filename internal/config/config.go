@@ -134,6 +134,11 @@ type CRIU struct {
 	// Stream moves memory pages between CRIU and the archive through
 	// pipes (criu --stream) instead of staging files.
 	Stream bool `json:"stream"`
+	// KeepLogs is how many operations' CRIU work directories (logs) are
+	// kept in log_dir, newest first; 0 keeps them all.
+	KeepLogs int `json:"keep_logs"`
+	// MaxLogAge removes CRIU work directories older than this; 0 never.
+	MaxLogAge Duration `json:"max_log_age"`
 }
 
 // Client holds defaults for `cedana client`.
@@ -184,7 +189,7 @@ func Default() Config {
 	return Config{
 		SharedStorage: SharedStorage{DumpStorageDir: filepath.Join(home, ".cedana", "dumps")},
 		LogDir:        filepath.Join(home, ".cedana", "logs"),
-		CRIU:          CRIU{Stream: true},
+		CRIU:          CRIU{Stream: true, KeepLogs: 50},
 		Client: Client{
 			CarryFileMaxBytes:  16 << 20,
 			CarryTotalMaxBytes: 64 << 20,

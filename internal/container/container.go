@@ -27,17 +27,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // Runtime names, as in the manifest's Kind and Container.Runtime.
@@ -90,6 +89,11 @@ type Settings struct {
 	// DockerHost is the engine's address, "unix:///path" or "tcp://h:p"
 	// ("" = $DOCKER_HOST, else unix:///var/run/docker.sock).
 	DockerHost string
+	// Engine is the process engine whose archive paths, staging and work
+	// directories, compatibility checks and hooks containers share. nil
+	// builds one from CRIUPath, LogDir, StagingDir and NetworkLock (and
+	// then no hooks run).
+	Engine *checkpoint.Service
 }
 
 // Service checkpoints and restores containers. It is safe for concurrent
@@ -97,7 +101,12 @@ type Settings struct {
 type Service struct {
 	set  Settings
 	log  *slog.Logger
+	eng  *checkpoint.Service
 	criu *criu.Client
+	// fault injects failures for tests (nil in production builds).
+	fault fault.Injector
+	// newDriver, if set, replaces the real runtimes (tests).
+	newDriver func(runtime string) (driver, error)
 }
 
 // NewService returns a Service. A nil logger discards logs.
@@ -108,7 +117,12 @@ func NewService(s Settings, log *slog.Logger) *Service {
 	if s.StateDir == "" {
 		s.StateDir = "/var/lib/cedana/runc"
 	}
-	return &Service{set: s, log: log, criu: criu.New(s.CRIUPath)}
+	eng := s.Engine
+	if eng == nil {
+		eng = checkpoint.NewService(checkpoint.Settings{CRIUPath: s.CRIUPath, LogDir: s.LogDir,
+			StagingDir: s.StagingDir, NetworkLock: s.NetworkLock}, log)
+	}
+	return &Service{set: s, log: log, eng: eng, criu: eng.CRIU(), fault: eng.Fault()}
 }
 
 // driver is what each runtime provides to the shared dump and restore
@@ -166,7 +180,10 @@ type criuOptions struct {
 	WorkDir string
 }
 
-func (s *Service) driver(ctx context.Context, runtimeName string) (driver, error) {
+func (s *Service) driver(runtimeName string) (driver, error) {
+	if s.newDriver != nil {
+		return s.newDriver(runtimeName)
+	}
 	switch runtimeName {
 	case Docker:
 		return newDockerDriver(s)
@@ -174,195 +191,6 @@ func (s *Service) driver(ctx context.Context, runtimeName string) (driver, error
 		return newRuncDriver(s)
 	}
 	return nil, invalid("unknown container runtime %q (want docker or runc)", runtimeName)
-}
-
-// DumpRequest asks for a checkpoint of a running container.
-type DumpRequest struct {
-	// Runtime is "docker" or "runc".
-	Runtime string
-	// Container is the container's ID (or, for Docker, its name).
-	Container string
-	// Dir receives the archive (created 0700 if missing); Path, if set, is
-	// the exact archive path.
-	Dir, Path string
-	// LeaveRunning restores the container in place once the archive is
-	// written, so that it goes on running.
-	LeaveRunning bool
-	// TCPEstablished overrides the automatic choice (runc only; Docker's
-	// API has no such option).
-	TCPEstablished *bool
-	// ExtUnixSockets and FileLocks are passed to runc.
-	ExtUnixSockets, FileLocks bool
-	// Progress, if set, receives progress reports.
-	Progress checkpoint.Progress
-}
-
-// DumpResult describes a finished container checkpoint.
-type DumpResult struct {
-	Path     string
-	Size     int64
-	Manifest *archive.Manifest
-	// Notes explain automatic choices.
-	Notes []string
-	// Layer counts the writable layer's changes carried.
-	Layer LayerStats
-	// Timings: the runtime's checkpoint, the writable layer, the archive,
-	// the in-place restore (LeaveRunning) and the whole.
-	CheckpointTime, LayerTime, ArchiveTime, ResumeTime, Total time.Duration
-}
-
-// Dump checkpoints a running container into a new archive.
-func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error) {
-	start := time.Now()
-	prog := req.Progress
-	if prog == nil {
-		prog = checkpoint.NoProgress{}
-	}
-	if req.Container == "" {
-		return nil, invalid("no container given")
-	}
-	d, err := s.driver(ctx, req.Runtime)
-	if err != nil {
-		return nil, err
-	}
-	t, err := d.lookup(ctx, req.Container)
-	if err != nil {
-		return nil, err
-	}
-	tree, err := describeTree(t.pid)
-	if err != nil {
-		return nil, invalid("%s container %s has no running process (PID %d): %v", d.name(), req.Container, t.pid, err)
-	}
-	if len(tree.hostFiles) > 0 {
-		return nil, &CRIUError{Op: "checkpoint", Runtime: d.name(), Cause: CauseHostFile,
-			Err:   fmt.Errorf("%w: the container has files of the host open, which CRIU cannot find inside it", checkpoint.ErrInvalidInput),
-			Lines: tree.hostFiles,
-			Hint:  "start the container with its stdout and stderr on /dev/null, a pipe or a file inside its rootfs (`cedana run runc` connects them to pipes and logs them to a file); nothing was checkpointed, the container is still running"}
-	}
-	version, err := s.criu.CheckVersion()
-	if err != nil {
-		return nil, err
-	}
-	o := criuOptions{ExtUnixSockets: req.ExtUnixSockets, FileLocks: req.FileLocks,
-		NetworkLock: s.set.NetworkLock}
-	if o.NetworkLock == criu.NetworkLockAuto {
-		o.NetworkLock = criu.NetworkLockNFTables
-	}
-	notes := append([]string(nil), t.notes...)
-	if tree.tcp != "" {
-		o.TCPEstablished = true
-		notes = append(notes, "tcp-established: "+tree.tcp)
-	}
-	if req.TCPEstablished != nil {
-		o.TCPEstablished = *req.TCPEstablished
-		notes = append(notes, fmt.Sprintf("tcp-established=%v: set by flag", o.TCPEstablished))
-	}
-	if o.TCPEstablished && d.name() == Docker && !dockerHasCRIUOption("tcp-established") {
-		return nil, &CRIUError{Op: "checkpoint", Runtime: Docker, Cause: CauseTCP,
-			Err:  fmt.Errorf("%w: %s, and Docker's checkpoint API cannot ask CRIU to keep TCP connections", checkpoint.ErrInvalidInput, tree.tcp),
-			Hint: d.optionHint("tcp-established") + "; nothing was checkpointed, the container is still running"}
-	}
-
-	name := t.info.Name
-	if name == "" {
-		name = shortID(t.info.ID)
-	}
-	path, err := archivePath(req.Dir, req.Path, name, start)
-	if err != nil {
-		return nil, err
-	}
-	staging, err := s.stagingDir(ctx, d, filepath.Dir(path))
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(staging)
-	if o.WorkDir, err = s.workDir("dump", d.name(), name, start); err != nil {
-		return nil, err
-	}
-	imagesDir := filepath.Join(staging, "images")
-
-	s.log.Info("checkpointing container", "runtime", d.name(), "id", t.info.ID, "archive", path, "staging", staging)
-	prog.Start("checkpointing", 0)
-	ckStart := time.Now()
-	err = d.checkpoint(ctx, t, imagesDir, o)
-	prog.Done()
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint of %s container %s failed, it is still running: %w", d.name(), req.Container, err)
-	}
-	res := &DumpResult{Path: path, Notes: notes, CheckpointTime: time.Since(ckStart)}
-
-	// The container is stopped now: every failure below restores it.
-	fail := func(err error) (*DumpResult, error) {
-		if rerr := d.resume(ctx, t, imagesDir, o); rerr != nil {
-			return nil, fmt.Errorf("%w; restarting the container from its checkpoint failed too: %v", err, rerr)
-		}
-		return nil, fmt.Errorf("%w (the container was restored in place and runs again)", err)
-	}
-	layerStart := time.Now()
-	cdir := filepath.Join(staging, "container")
-	if err := os.Mkdir(cdir, 0o700); err != nil {
-		return fail(err)
-	}
-	if err := os.WriteFile(filepath.Join(cdir, configEntry), t.config, 0o600); err != nil {
-		return fail(err)
-	}
-	extra := []archive.ExtraFile{
-		{Name: archive.ContainerPrefix + configEntry, Source: filepath.Join(cdir, configEntry)},
-		{Name: archive.ContainerPrefix + layerEntry, Source: filepath.Join(cdir, layerEntry)},
-	}
-	for name, data := range t.extra {
-		if err := os.WriteFile(filepath.Join(cdir, name), data, 0o600); err != nil {
-			return fail(err)
-		}
-		extra = append(extra, archive.ExtraFile{Name: archive.ContainerPrefix + name, Source: filepath.Join(cdir, name)})
-	}
-	lf, err := os.OpenFile(filepath.Join(cdir, layerEntry), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fail(err)
-	}
-	res.Layer, err = t.writeLayer(lf)
-	if cerr := lf.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fail(err)
-	}
-	res.LayerTime = time.Since(layerStart)
-
-	m := &archive.Manifest{
-		FormatVersion: archive.FormatVersion,
-		Kind:          d.name(),
-		Created:       time.Now().UTC(),
-		Cedana:        checkpoint.Version,
-		CRIU:          archive.CRIUInfo{Version: version, VersionString: criu.FormatVersion(version)},
-		Host:          archive.CurrentHost(),
-		RootPID:       t.pid,
-		PIDNamespace:  true, // runtimes always give containers their own PID namespace
-		Processes:     tree.processes,
-		Options: archive.DumpOptions{TCPEstablished: o.TCPEstablished, ExtUnixSockets: o.ExtUnixSockets,
-			FileLocks: o.FileLocks, NetworkLock: string(o.NetworkLock), LeaveRunning: req.LeaveRunning},
-		Container: &t.info,
-	}
-	archStart := time.Now()
-	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(cdir))
-	m, size, err := archive.Create(path, m, imagesDir, nil, archive.WriteOptions{Progress: prog.Advance,
-		Concurrency: runtime.NumCPU(), Extra: extra})
-	prog.Done()
-	if err != nil {
-		return fail(fmt.Errorf("writing the archive failed: %w", err))
-	}
-	res.ArchiveTime, res.Size, res.Manifest = time.Since(archStart), size, m
-	if req.LeaveRunning {
-		rs := time.Now()
-		if err := d.resume(ctx, t, imagesDir, o); err != nil {
-			return nil, fmt.Errorf("the archive %s was written, but restarting the container in place failed: %w", path, err)
-		}
-		res.ResumeTime = time.Since(rs)
-	} else {
-		d.finish(t)
-	}
-	res.Total = time.Since(start)
-	return res, nil
 }
 
 // RestoreRequest asks to bring a container back from an archive.
@@ -380,6 +208,8 @@ type RestoreRequest struct {
 	Bundle string
 	// Progress, if set, receives progress reports.
 	Progress checkpoint.Progress
+	// HookEnv is added to the environment of hook scripts.
+	HookEnv []string
 }
 
 // RestoreResult describes a restored container.
@@ -396,6 +226,9 @@ type RestoreResult struct {
 	// Timings: verify+extract, recreate (container and layer), the
 	// runtime's restore, and the whole.
 	ExtractTime, PrepareTime, RestoreTime, Total time.Duration
+	// Warnings are problems that did not fail the restore (a post-restore
+	// hook).
+	Warnings []string
 }
 
 // Restore verifies an archive and restores its container.
@@ -414,14 +247,18 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if err := checkKind(m, req.Runtime, req.Path); err != nil {
 		return nil, err
 	}
-	if err := s.checkCompatible(m); err != nil {
+	if err := s.eng.CheckCompatible(m); err != nil {
 		return nil, err
 	}
-	d, err := s.driver(ctx, req.Runtime)
+	d, err := s.driver(req.Runtime)
 	if err != nil {
 		return nil, err
 	}
-	staging, err := s.stagingDir(ctx, d, filepath.Dir(req.Path))
+	preferred, err := d.stagingParent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	staging, err := s.eng.StagingDir(preferred, filepath.Dir(req.Path), m.TotalSize())
 	if err != nil {
 		return nil, err
 	}
@@ -433,6 +270,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
 	}
 	extractTime := time.Since(start)
+	if err := s.eng.RunHook(ctx, "pre-restore", m.RootPID, req.Path, req.HookEnv); err != nil {
+		return nil, fmt.Errorf("restore not started: %w", err)
+	}
 	prog.Start("restoring", 0)
 	res, err := d.restore(ctx, m, staging, req)
 	prog.Done()
@@ -440,6 +280,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, err
 	}
 	res.Manifest, res.ExtractTime, res.Total = m, extractTime, time.Since(start)
+	if err := s.eng.RunHook(ctx, "post-restore", res.PID, req.Path, req.HookEnv); err != nil {
+		res.Warnings = append(res.Warnings, err.Error())
+	}
 	return res, nil
 }
 
@@ -465,90 +308,6 @@ func processName(m *archive.Manifest) string {
 		return m.Processes[0].Name
 	}
 	return "?"
-}
-
-// checkCompatible refuses archives this machine cannot restore.
-func (s *Service) checkCompatible(m *archive.Manifest) error {
-	if m.Host.Arch != "" && m.Host.Arch != runtime.GOARCH {
-		return invalid("the checkpoint was taken on %s, this machine is %s", m.Host.Arch, runtime.GOARCH)
-	}
-	v, err := s.criu.CheckVersion()
-	if err != nil {
-		return err
-	}
-	if m.CRIU.Version/100 > v/100 {
-		return invalid("the checkpoint was made by CRIU %s but this machine has CRIU %s; install CRIU ≥ %s (make setup)",
-			m.CRIU.VersionString, criu.FormatVersion(v), m.CRIU.VersionString)
-	}
-	return nil
-}
-
-// stagingDir creates a private staging directory in the configured
-// directory, the driver's choice, /dev/shm, or next to the archive.
-func (s *Service) stagingDir(ctx context.Context, d driver, archiveDir string) (string, error) {
-	parent := s.set.StagingDir
-	if parent == "" {
-		p, err := d.stagingParent(ctx)
-		if err != nil {
-			return "", err
-		}
-		parent = p
-	}
-	if parent == "" {
-		parent = archiveDir
-		if free, err := freeBytes("/dev/shm"); err == nil && free > 256<<20 {
-			parent = "/dev/shm"
-		}
-	}
-	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
-	}
-	staging, err := os.MkdirTemp(parent, ".cedana-staging-")
-	if err != nil {
-		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
-	}
-	return staging, nil
-}
-
-// workDir creates a directory for one operation's CRIU logs.
-func (s *Service) workDir(op, rt, name string, t time.Time) (string, error) {
-	dir := filepath.Join(s.set.LogDir, fmt.Sprintf("%s-%s-%s-%s", rt, op, checkpoint.SanitizeName(name),
-		t.UTC().Format("20060102T150405.000000000Z")))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create log dir: %w", err)
-	}
-	return dir, nil
-}
-
-// archivePath picks a new archive path that does not exist yet.
-func archivePath(dir, exact, name string, t time.Time) (string, error) {
-	if exact != "" {
-		if _, err := os.Lstat(exact); err == nil {
-			return "", invalid("%s already exists", exact)
-		}
-		return exact, nil
-	}
-	if dir == "" {
-		return "", invalid("no directory for the archive (use -d or set shared_storage.dump_storage_dir)")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("create %s: %w", dir, err)
-	}
-	for n := 0; n < 1000; n++ {
-		p := filepath.Join(dir, checkpoint.ArchiveName(name, t, n))
-		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("no free archive name in %s", dir)
-}
-
-func freeBytes(dir string) (uint64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
-	}
-	return st.Bavail * uint64(st.Bsize), nil
 }
 
 func shortID(id string) string {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/criu"
 )
 
 func TestParseNetns(t *testing.T) {
@@ -101,12 +102,18 @@ func TestBundleRootfs(t *testing.T) {
 func TestExplainHints(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
-		log, cause, hintHas string
+		log     string
+		cause   criu.Cause
+		hintHas string
 	}{
 		{"(00.04) Error (criu/files-reg.c:1790): Can't lookup mount=27 for fd=1 path=/tmp/out.log\n", CauseHostFile, "host"},
-		{"(00.1) Error (criu/sk-inet.c:188): inet: Connected TCP socket, consider using --tcp-established option.\n", CauseTCP, "/etc/criu/runc.conf"},
-		{"(00.1) Error (criu/netfilter.c:88): iptables-restore failed\n(00.1) Error (criu/net.c:3100): Failed to lock TCP connection\n", CauseNetworkLock, "network-lock nftables"},
+		{"(00.1) Error (criu/sk-inet.c:188): inet: Connected TCP socket, consider using --tcp-established option.\n", criu.CauseTCPEstablished, "/etc/criu/runc.conf"},
+		{"(00.1) Error (criu/netfilter.c:88): iptables-restore failed\n(00.1) Error (criu/net.c:3100): Failed to lock TCP connection\n", criu.CauseNetworkLock, "network-lock nftables"},
 		{"(00.1) Error (criu/mount.c:1090): mnt: Mount 120 ./data (master_id: 5 shared_id: 0) has unreachable sharing\n", CauseMount, "bind mount"},
+		// Causes that containers share with processes, explained by the
+		// same table (the container engine had none for them).
+		{"(00.1) Error (criu/files-reg.c:1000): Can't dump ghost file /tmp/x of 2097152 size, increase limit\n", criu.CauseGhostLimit, "ghost-limit 64MiB"},
+		{"(00.1) Error (criu/seize.c:10): Unable to seize 42: Operation not permitted\n", criu.CauseTraced, "tracer"},
 	}
 	docker := &dockerDriver{}
 	for _, c := range cases {
@@ -116,7 +123,7 @@ func TestExplainHints(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := explain("checkpoint", Docker, errors.New("criu failed"), p, docker.optionHint)
-		var ce *CRIUError
+		var ce *criu.Error
 		if !errors.As(err, &ce) || ce.Cause != c.cause || !strings.Contains(ce.Hint, c.hintHas) {
 			t.Errorf("log %q: got cause %q hint %q", c.log, ce.Cause, ce.Hint)
 		}

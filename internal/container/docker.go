@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // dockerDriver checkpoints Docker containers through the engine's API:
@@ -127,7 +128,7 @@ func (d *dockerDriver) checkpoint(ctx context.Context, t *target, imagesDir stri
 }
 
 // explain turns an engine error from a checkpoint or restore into a
-// *CRIUError when it came from CRIU (the message names CRIU's log).
+// *criu.Error when it came from CRIU (the message names CRIU's log).
 func (d *dockerDriver) explain(op string, err error) error {
 	if errors.Is(err, ErrUnavailable) {
 		return err
@@ -182,11 +183,24 @@ func (d *dockerDriver) startFrom(ctx context.Context, id, imagesDir string) erro
 	if err := moveDir(imagesDir, dst); err != nil {
 		return fmt.Errorf("place the checkpoint for the engine: %w", err)
 	}
-	defer os.RemoveAll(dst) // the engine has read it once started
+	started := false
+	defer func() {
+		if started {
+			os.RemoveAll(dst) // the engine has read it once started
+		} else if _, err := os.Stat(imagesDir); err == nil || moveDir(dst, imagesDir) == nil {
+			// The images stay the caller's (copied, or moved back), to
+			// keep them when the container cannot be started.
+			os.RemoveAll(dst)
+		}
+	}()
+	if err := d.s.fault.At(fault.ContainerResume); err != nil {
+		return err // as if the engine had refused to start it
+	}
 	q := url.Values{"checkpoint": {restoreCheckpointName}}
 	for attempt := 1; ; attempt++ {
 		err := d.c.do(ctx, http.MethodPost, "/containers/"+id+"/start", q, nil, nil)
 		if err == nil {
+			started = true
 			return nil
 		}
 		if attempt == checkpointUploadAttempts || !isCheckpointUploadRace(err) {

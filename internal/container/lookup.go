@@ -13,7 +13,7 @@ type Running struct {
 // Lookup finds a running container by ID or (Docker) name. It fails with
 // a clear error for an unknown, stopped or unsupported container.
 func (s *Service) Lookup(ctx context.Context, runtime, id string) (*Running, error) {
-	d, err := s.driver(ctx, runtime)
+	d, err := s.driver(runtime)
 	if err != nil {
 		return nil, err
 	}

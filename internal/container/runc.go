@@ -16,6 +16,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 )
 
 // runcDriver checkpoints OCI containers run with runc. Containers that
@@ -218,6 +219,9 @@ func runcError(err error, out []byte) error {
 }
 
 func (d *runcDriver) resume(ctx context.Context, t *target, imagesDir string, o criuOptions) error {
+	if err := d.s.fault.At(fault.ContainerResume); err != nil {
+		return err
+	}
 	rt := t.priv.(*runcTarget)
 	bundle := rt.state.Bundle
 	logPath := filepath.Join(d.s.set.StateDir, "logs", t.info.ID+".log")
@@ -227,7 +231,7 @@ func (d *runcDriver) resume(ctx context.Context, t *target, imagesDir string, o 
 		}
 		logPath = rt.managed.logPath()
 	}
-	work, err := d.s.workDir("resume", Runc, t.info.ID, time.Now())
+	work, err := d.s.eng.WorkDir(Runc+"-resume", t.info.ID, time.Now())
 	if err != nil {
 		return err
 	}
@@ -412,7 +416,7 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 	if err := mc.mount(); err != nil {
 		return nil, err
 	}
-	work, err := d.s.workDir("restore", Runc, id, time.Now())
+	work, err := d.s.eng.WorkDir(Runc+"-restore", id, time.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,10 @@ import (
 
 // Error is a failed CRIU operation, explained.
 type Error struct {
-	// Op is "dump" or "restore".
+	// Runtime is the program that ran CRIU for Cedana ("runc", "docker"),
+	// or "" when Cedana ran CRIU itself.
+	Runtime string
+	// Op is "dump" or "restore" ("checkpoint" or "restore" for a runtime).
 	Op string
 	// Err is what go-criu reported (usually only "operation failed").
 	Err error
@@ -48,15 +51,18 @@ const (
 
 func (e *Error) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "criu %s failed", e.Op)
-	if len(e.Lines) > 0 {
-		b.WriteString(":")
+	if e.Runtime != "" {
+		// A runtime's own message says more than "operation failed".
+		fmt.Fprintf(&b, "%s %s failed", e.Runtime, e.Op)
+		if e.Err != nil {
+			fmt.Fprintf(&b, ": %v", e.Err)
+		}
 		for _, l := range e.Lines {
 			b.WriteString("\n    ")
 			b.WriteString(l)
 		}
-	} else if e.Err != nil {
-		fmt.Fprintf(&b, ": %v", e.Err)
+	} else {
+		e.writeCRIU(&b)
 	}
 	if e.LogPath != "" {
 		fmt.Fprintf(&b, "\n  full log: %s", e.LogPath)
@@ -65,6 +71,19 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, "\n  fix: %s", e.Hint)
 	}
 	return b.String()
+}
+
+func (e *Error) writeCRIU(b *strings.Builder) {
+	fmt.Fprintf(b, "criu %s failed", e.Op)
+	if len(e.Lines) > 0 {
+		b.WriteString(":")
+		for _, l := range e.Lines {
+			b.WriteString("\n    ")
+			b.WriteString(l)
+		}
+	} else if e.Err != nil {
+		fmt.Fprintf(b, ": %v", e.Err)
+	}
 }
 
 func (e *Error) Unwrap() error { return e.Err }
@@ -84,42 +103,51 @@ var harmless = []*regexp.Regexp{
 	regexp.MustCompile(`Can't setup RLIMIT_NOFILE for self`),
 }
 
-// hints maps log patterns to a cause and the fix a user can apply. The
+// Hint maps a pattern of CRIU's log to a cause and its fix. In Fix, %s
+// stands for how the user gives CRIU the option Option (see Explain);
+// Option is "" when the fix needs no CRIU option.
+type Hint struct {
+	Pattern *regexp.Regexp
+	Cause   Cause
+	Option  string
+	Fix     string
+}
+
+// hints are the known causes, for processes and containers alike. The
 // first match, in this order, wins.
-var hints = []struct {
-	re    *regexp.Regexp
-	cause Cause
-	hint  string
-}{
-	{regexp.MustCompile(`vdso: Unexpected rt vDSO area bounds|Unexpected vDSO`), CauseCRIUTooOld,
+var hints = []Hint{
+	{regexp.MustCompile(`vdso: Unexpected rt vDSO area bounds|Unexpected vDSO`), CauseCRIUTooOld, "",
 		"this kernel needs a newer CRIU (≥ 4.2): run `make setup`"},
-	{regexp.MustCompile(`Can't get rlimit|rlimit.*Operation not permitted`), CauseNoCapResource,
+	{regexp.MustCompile(`Can't get rlimit|rlimit.*Operation not permitted`), CauseNoCapResource, "",
 		"the process belongs to another user and this root lacks CAP_SYS_RESOURCE, so CRIU cannot read its limits; run the process as root, or checkpoint on a host where root has CAP_SYS_RESOURCE"},
-	{regexp.MustCompile(`(?i)connected tcp socket|consider using --tcp-established`), CauseTCPEstablished,
-		"the process has an established TCP connection: retry with --tcp-established"},
-	{regexp.MustCompile(`(?i)iptables|nftables|Failed to lock TCP connection|network.?lock`), CauseNetworkLock,
-		"locking the network failed: use --network-lock nftables (built into CRIU ≥ 4; `make setup` installs it), or install iptables and use --network-lock iptables"},
-	{regexp.MustCompile(`(?i)external socket is used|ext-unix-sk|Unix socket.*(peer|external)`), CauseExtUnixSocket,
-		"the process has a unix socket connected to a process outside the dumped tree: retry with --ext-unix-sk (the peer must exist again at restore), or dump the peer's tree instead"},
-	{regexp.MustCompile(`(?i)session leader|shell.?job|tty.*(not|outside)|Can't dump tty`), CauseShellJob,
-		"the process is attached to a terminal or a session outside the dumped tree: retry with --shell-job (and restore from a terminal)"},
-	{regexp.MustCompile(`(?i)ghost.*(limit|too big|size)|Can't dump ghost file`), CauseGhostLimit,
-		"the process holds a deleted file larger than the ghost limit: retry with a larger --ghost-limit (e.g. --ghost-limit 64MiB)"},
-	{regexp.MustCompile(`(?i)can't fork for \d+|File exists.*clone|clone.*File exists`), CausePIDInUse,
+	{regexp.MustCompile(`(?i)connected tcp socket|consider using --tcp-established`), CauseTCPEstablished, "tcp-established",
+		"a process has an established TCP connection: %s"},
+	{regexp.MustCompile(`(?i)iptables|nftables|Failed to lock TCP connection|network.?lock`), CauseNetworkLock, "network-lock nftables",
+		"locking the network failed: %s (built into CRIU ≥ 4; `make setup` installs it), or install iptables"},
+	{regexp.MustCompile(`(?i)external socket is used|ext-unix-sk|Unix socket.*(peer|external)`), CauseExtUnixSocket, "ext-unix-sk",
+		"a process has a unix socket connected to a process outside the checkpointed tree: %s (the peer must exist again at restore), or checkpoint the peer too"},
+	{regexp.MustCompile(`(?i)session leader|shell.?job|tty.*(not|outside)|Can't dump tty`), CauseShellJob, "shell-job",
+		"the process is attached to a terminal or a session outside the dumped tree: %s (and restore from a terminal)"},
+	{regexp.MustCompile(`(?i)ghost.*(limit|too big|size)|Can't dump ghost file`), CauseGhostLimit, "ghost-limit 64MiB",
+		"the process holds a deleted file larger than the ghost limit: %s, or larger"},
+	{regexp.MustCompile(`(?i)can't fork for \d+|File exists.*clone|clone.*File exists`), CausePIDInUse, "",
 		"a PID of the checkpointed tree is in use: stop that process (or wait until its parent reaps it) and retry"},
-	{regexp.MustCompile(`(?i)file locks are hold|--file-locks`), CauseFileLocks,
-		"a process of the tree held a file lock (a database, a lock file) when it was frozen: retry with --file-locks"},
-	{regexp.MustCompile(`Unsupported proto 262|multipathtcp`), CauseMPTCP,
+	{regexp.MustCompile(`(?i)file locks are hold|--file-locks`), CauseFileLocks, "file-locks",
+		"a process of the tree held a file lock (a database, a lock file) when it was frozen: %s"},
+	{regexp.MustCompile(`Unsupported proto 262|multipathtcp`), CauseMPTCP, "",
 		"the process has a Multipath TCP socket, which CRIU cannot dump: restart it with GODEBUG=multipathtcp=0 in its environment (Go ≥ 1.24 listens with MPTCP by default), or start it while MPTCP is off (sysctl -w net.mptcp.enabled=0)"},
-	{regexp.MustCompile(`(?i)(bad size|size mismatch|has changed)`), CauseFileChanged,
+	{regexp.MustCompile(`(?i)(bad size|size mismatch|has changed)`), CauseFileChanged, "",
 		"a file the process had open changed since the checkpoint; put back the file as it was (or restore with --replace-files to write the archived copy)"},
-	{regexp.MustCompile(`(?i)(Can't open|Unable to open|Can't lookup).*(No such file|ENOENT)`), CauseFileMissing,
+	{regexp.MustCompile(`(?i)(Can't open|Unable to open|Can't lookup).*(No such file|ENOENT)`), CauseFileMissing, "",
 		"a file the process had open is missing on this machine; recreate it (same path) and retry"},
-	{regexp.MustCompile(`(?i)seize.*(Operation not permitted|busy)|is traced|ptrace.*EPERM`), CauseTraced,
+	{regexp.MustCompile(`(?i)seize.*(Operation not permitted|busy)|is traced|ptrace.*EPERM`), CauseTraced, "",
 		"CRIU cannot attach to the process: detach any debugger or tracer (gdb, strace) and retry"},
-	{regexp.MustCompile(`(?i)Can't lookup mount=|mount.*(not found|external)|Unreachable mount`), CauseExtMount,
+	{regexp.MustCompile(`(?i)Can't lookup mount=|mount.*(not found|external)|Unreachable mount`), CauseExtMount, "",
 		"the process uses a file on a mount CRIU cannot see (for example a bind mount from outside its namespace); close it or run the process inside a namespace that contains the mount"},
 }
+
+// retryWith says how to give CRIU an option on cedana's own command line.
+func retryWith(opt string) string { return "retry with --" + opt }
 
 // newError builds an *Error from go-criu's error and CRIU's log.
 func newError(op string, err error, logPath string) error {
@@ -129,7 +157,30 @@ func newError(op string, err error, logPath string) error {
 	e := &Error{Op: op, Err: err, LogPath: logPath}
 	lines, _ := errorLines(logPath)
 	e.Lines = lines
-	e.Cause, e.Hint = diagnose(lines)
+	e.Cause, e.Hint = diagnose(lines, retryWith, nil)
+	return e
+}
+
+// Explain builds an *Error for a CRIU operation that a runtime (runc,
+// Docker) ran for Cedana: the runtime's error, the lines of CRIU's log
+// at logPath that say why (logPath may be "" or missing), and the fix of
+// a known cause. option says how a user gives CRIU an option through
+// that runtime; extra hints, tried before the common ones, cover causes
+// only that caller knows. The runtime's own message counts as a log
+// line for the hints.
+func Explain(runtime, op string, err error, logPath string, option func(opt string) string, extra []Hint) *Error {
+	e := &Error{Runtime: runtime, Op: op, Err: err, LogPath: logPath}
+	if logPath != "" {
+		e.Lines, _ = errorLines(logPath)
+		if _, serr := os.Stat(logPath); serr != nil {
+			e.LogPath = ""
+		}
+	}
+	lines := e.Lines
+	if err != nil {
+		lines = append([]string{err.Error()}, lines...)
+	}
+	e.Cause, e.Hint = diagnose(lines, option, extra)
 	return e
 }
 
@@ -181,12 +232,18 @@ func isHarmless(l string) bool {
 	return false
 }
 
-// diagnose finds the first known cause in the log lines.
-func diagnose(lines []string) (Cause, string) {
-	for _, h := range hints {
-		for _, l := range lines {
-			if h.re.MatchString(l) {
-				return h.cause, h.hint
+// diagnose finds the first known cause in the log lines, trying extra
+// before the common hints, and returns it with its fix.
+func diagnose(lines []string, option func(opt string) string, extra []Hint) (Cause, string) {
+	for _, table := range [][]Hint{extra, hints} {
+		for _, h := range table {
+			for _, l := range lines {
+				if h.Pattern.MatchString(l) {
+					if h.Option == "" {
+						return h.Cause, h.Fix
+					}
+					return h.Cause, fmt.Sprintf(h.Fix, option(h.Option))
+				}
 			}
 		}
 	}

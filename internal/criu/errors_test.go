@@ -28,7 +28,7 @@ func TestDiagnose(t *testing.T) {
 		{"(00.00) Error (criu/mystery.c:1): something nobody has seen", ""},
 	}
 	for _, c := range cases {
-		cause, hint := diagnose([]string{c.log})
+		cause, hint := diagnose([]string{c.log}, retryWith, nil)
 		if cause != c.cause {
 			t.Errorf("%q: cause %q, want %q", c.log, cause, c.cause)
 		}

@@ -23,8 +23,14 @@ import (
 // CRIU writes its stats there). sink is called once per image, from its
 // own goroutine, concurrently with other images (CRIU writes a pagemap and
 // its pages at the same time); it must read r to EOF, and a sink that
-// stops reading stalls CRIU while the tree is frozen. If sink fails, CRIU
-// sees a broken pipe and the dump fails, leaving the tree running.
+// stops reading stalls CRIU while the tree is frozen.
+//
+// If sink fails, the error tells two cases apart. While CRIU still writes
+// the image, CRIU sees a broken pipe and fails; it resumes the tree
+// itself, and the error is an *Error explaining CRIU's failure. But CRIU
+// may have written the whole image into the pipe already, and then it
+// succeeds: with o.LeaveStopped the tree stays stopped, and the error
+// wraps ErrSinkFailed — the caller must resume the tree.
 func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader) error) (*DumpResult, error) {
 	p, err := c.Path()
 	if err != nil {
@@ -68,8 +74,9 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 		return nil, newError("dump", runErr, logPath)
 	}
 	if srvErr != nil {
-		// CRIU succeeded but an image did not reach the archive intact.
-		return nil, &Error{Op: "dump", Err: srvErr, LogPath: logPath}
+		// CRIU succeeded but an image did not reach the archive intact:
+		// the tree is as CRIU left it (stopped, with LeaveStopped).
+		return nil, fmt.Errorf("%w: %w\n  CRIU's log: %s", ErrSinkFailed, srvErr, logPath)
 	}
 	res := &DumpResult{LogPath: logPath}
 	if d, err := os.Open(o.LogDir); err == nil {
@@ -78,6 +85,10 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	}
 	return res, nil
 }
+
+// ErrSinkFailed means CRIU dumped the tree but an image did not reach its
+// destination (see DumpStreamed): CRIU did not resume the tree.
+var ErrSinkFailed = errors.New("CRIU finished the dump, but an image did not reach the archive")
 
 // ImageSource provides the images of a streamed restore.
 type ImageSource interface {

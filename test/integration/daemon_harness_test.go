@@ -33,6 +33,10 @@ type daemonOpts struct {
 	Config map[string]any
 	// Metrics serves /metrics on a free loopback port (MetricsAddr).
 	Metrics bool
+	// Binary is the cedana binary the daemon runs ("" = cedanaBin), and
+	// Env extra variables for it (e.g. a fault binary and CEDANA_FAULT).
+	Binary string
+	Env    []string
 }
 
 // testDaemon is a cedana daemon run by a test.
@@ -45,6 +49,9 @@ type testDaemon struct {
 	metricsAddr string
 	// logPath receives the daemon's stderr, across restarts.
 	logPath string
+	// bin and extraEnv are how the daemon is started (daemonOpts).
+	bin      string
+	extraEnv []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -85,6 +92,11 @@ func newTestDaemon(t *testing.T, opts daemonOpts) *testDaemon {
 		stateDir: filepath.Join(base, "state"), // created by the daemon
 		logPath:  filepath.Join(base, "daemon.log"),
 		seen:     map[int]uint64{},
+		bin:      cedanaBin,
+		extraEnv: opts.Env,
+	}
+	if opts.Binary != "" {
+		d.bin = opts.Binary
 	}
 	d.ckptDir = filepath.Join(d.stateDir, "checkpoints")
 
@@ -126,8 +138,9 @@ func (d *testDaemon) launch() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- cedana daemon start at %s ---\n", time.Now().Format(time.StampMilli))
-	cmd := exec.Command(cedanaBin, "daemon", "start")
+	cmd := exec.Command(d.bin, "daemon", "start")
 	cmd.Env = append(os.Environ(), "HOME="+d.env.home, "CEDANA_TOKEN=")
+	cmd.Env = append(cmd.Env, d.extraEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: signals meant for the test never reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -52,7 +52,11 @@ func setup(m *testing.M) (int, error) {
 			return 0, fmt.Errorf("build cedana: %v\n%s", err, out)
 		}
 	}
-	return m.Run(), nil
+	code := m.Run()
+	if faultBinPath != "" {
+		os.RemoveAll(filepath.Dir(faultBinPath)) // built by faultBinary
+	}
+	return code, nil
 }
 
 // inCI reports whether missing prerequisites must fail instead of skip
@@ -111,7 +115,14 @@ func (e *env) cedana(args ...string) result {
 
 func (e *env) cedanaWith(extraEnv []string, args ...string) result {
 	e.t.Helper()
-	cmd := exec.Command(cedanaBin, args...)
+	return e.runBinary(cedanaBin, extraEnv, args...)
+}
+
+// runBinary runs a cedana binary (cedanaBin, or one built for a test)
+// in the environment.
+func (e *env) runBinary(bin string, extraEnv []string, args ...string) result {
+	e.t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "HOME="+e.home)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	var out, errb bytes.Buffer
