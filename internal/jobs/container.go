@@ -62,9 +62,9 @@ func (m *Manager) ManageContainer(ctx context.Context, runtime, id, name string,
 
 // dumpContainer checkpoints a container job. With leaveRunning the
 // container is restored in place, so its init has a new PID afterwards.
-func (m *Manager) dumpContainer(ctx context.Context, j *store.Job, leaveRunning bool) (path string, size int64, stats *archive.DumpStats, err error) {
+func (m *Manager) dumpContainer(ctx context.Context, j *store.Job, path string, leaveRunning bool) (string, int64, *archive.DumpStats, error) {
 	res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
-		Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning})
+		Path: path, LeaveRunning: leaveRunning})
 	if err != nil {
 		return "", 0, nil, err
 	}
