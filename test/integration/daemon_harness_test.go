@@ -49,7 +49,11 @@ type testDaemon struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	seen   map[int]uint64 // job PIDs seen running → their start time
+	seen   map[int]uint64  // job PIDs seen running → their start time
+	jobIDs map[string]bool // jobs seen, whose cgroups cleanup empties
+	// extraEnv is added to the daemon's environment at its next launch
+	// (CEDANA_CRASHPOINT...).
+	extraEnv []string
 }
 
 // daemonReadyTimeout bounds how long a daemon may take to serve.
@@ -85,6 +89,7 @@ func newTestDaemon(t *testing.T, opts daemonOpts) *testDaemon {
 		stateDir: filepath.Join(base, "state"), // created by the daemon
 		logPath:  filepath.Join(base, "daemon.log"),
 		seen:     map[int]uint64{},
+		jobIDs:   map[string]bool{},
 	}
 	d.ckptDir = filepath.Join(d.stateDir, "checkpoints")
 
@@ -128,6 +133,9 @@ func (d *testDaemon) launch() {
 	fmt.Fprintf(logf, "--- cedana daemon start at %s ---\n", time.Now().Format(time.StampMilli))
 	cmd := exec.Command(cedanaBin, "daemon", "start")
 	cmd.Env = append(os.Environ(), "HOME="+d.env.home, "CEDANA_TOKEN=")
+	d.mu.Lock()
+	cmd.Env = append(cmd.Env, d.extraEnv...)
+	d.mu.Unlock()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: signals meant for the test never reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -263,6 +271,20 @@ func (d *testDaemon) cleanup() {
 			_ = syscall.Kill(c, syscall.SIGKILL)
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	d.mu.Lock()
+	ids := make([]string, 0, len(d.jobIDs))
+	for id := range d.jobIDs {
+		ids = append(ids, id)
+	}
+	d.mu.Unlock()
+	for _, id := range ids { // what is left in the jobs' own cgroups
+		if dir := jobCgroupDir(id); dir != "" {
+			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+			for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
 	}
 	if d.t.Failed() {
 		d.t.Logf("daemon log (%s):\n%s", d.logPath, d.log())
@@ -405,6 +427,9 @@ func (d *testDaemon) jobsQuiet() {
 
 func (d *testDaemon) trackJobs(js []jobInfo) {
 	for _, j := range js {
+		d.mu.Lock()
+		d.jobIDs[j.ID] = true
+		d.mu.Unlock()
 		if j.State == "running" || j.State == "dumping" || j.State == "restoring" {
 			d.track(j.PID)
 		}
@@ -435,6 +460,7 @@ func (d *testDaemon) runJob(name string, flags []string, argv ...string) jobInfo
 		d.t.Fatalf("run -o json: %v\n%s", err, r.stdout)
 	}
 	d.track(j.PID)
+	d.trackJobs([]jobInfo{j})
 	if j.Name != name || j.PID <= 0 {
 		d.t.Fatalf("run returned %+v", j)
 	}
@@ -538,4 +564,78 @@ func loudCounterScript(path string) string {
 func waitGone(t *testing.T, pid int, timeout time.Duration) {
 	t.Helper()
 	eventually(t, timeout, fmt.Sprintf("PID %d to exit", pid), func() bool { return !alive(pid) })
+}
+
+// setCrashpoint makes the daemon's next launches kill themselves at the
+// named step (CEDANA_CRASHPOINT, test only); "" clears it.
+func (d *testDaemon) setCrashpoint(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.extraEnv = nil
+	if name != "" {
+		d.extraEnv = []string{"CEDANA_CRASHPOINT=" + name}
+	}
+}
+
+// jobCgroupDir returns the directory of a job's cgroup (cgroup v2), or ""
+// where there is no cgroup v2 hierarchy.
+func jobCgroupDir(jobID string) string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, fs := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fs) > 0 && fs[0] == "cgroup2" && len(f) >= 5 && f[3] == "/" {
+			return filepath.Join(f[4], "cedana", jobID)
+		}
+	}
+	return ""
+}
+
+// cgroupProcs lists the processes in a job's cgroup (nil without one).
+func cgroupProcs(jobID string) []int {
+	dir := jobCgroupDir(jobID)
+	if dir == "" {
+		return nil
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	var out []int
+	for _, f := range strings.Fields(string(data)) {
+		if p, err := strconv.Atoi(f); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// copies counts the running copies of a job: processes whose command line
+// holds marker and whose parent's does not (a shell's short-lived forks
+// carry its command line too, under it).
+func copies(marker string) []int {
+	ents, _ := os.ReadDir("/proc")
+	has := map[int]bool{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || procState(pid) == 'Z' {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(cmd, []byte(marker)) {
+			has[pid] = true
+		}
+	}
+	var roots []int
+	for pid := range has {
+		f := statFields(pid)
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if !has[ppid] {
+			roots = append(roots, pid)
+		}
+	}
+	return roots
 }
