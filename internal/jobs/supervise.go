@@ -138,6 +138,9 @@ func (m *Manager) watch(ctx context.Context, id string, pid int, st uint64, chil
 	if err != nil && !status.known {
 		m.log.Warn("watch job", "job", id, "pid", pid, "err", err)
 	}
+	if !status.known && m.containers != nil {
+		status = m.containerExit(id)
+	}
 	m.died(id, pid, st, status)
 }
 
