@@ -225,3 +225,23 @@ func TestDaemonRestoreShellWithLiveChild(t *testing.T) {
 	checkContinues(t, ctr, floor)
 	exactlyOne(t, d, j, marker)
 }
+
+// TestDaemonCrashBeforeDump: the daemon recorded the pending checkpoint
+// and died before the engine started: the checkpoint is failed (no
+// archive), the job runs on, re-adopted, once.
+func TestDaemonCrashBeforeDump(t *testing.T) {
+	d := startDaemon(t, daemonOpts{})
+	j, ctr, marker := markedCounter(t, d, "pre")
+	crashAt(t, d, "dump-before-engine", "dump", "job", "pre")
+	got := d.job("pre")
+	if got.State != "running" || got.PID != j.PID {
+		t.Fatalf("after the restart the job is %s as PID %d; want running as %d", got.State, got.PID, j.PID)
+	}
+	for _, c := range d.checkpoints("pre") {
+		if c.State != "failed" {
+			t.Errorf("checkpoint %s is %s; want failed (it never started)", c.ID, c.State)
+		}
+	}
+	checkNotFrozen(t, j.PID, ctr)
+	exactlyOne(t, d, j, marker)
+}
