@@ -220,7 +220,7 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 			d := startDaemon(t, daemonOpts{Config: map[string]any{"staging_dir": staging}})
 			ctr := filepath.Join(t.TempDir(), "counter")
 			j := d.runJob("big", nil, py, "-c", memJobScript, ctr)
-			eventually(t, 20*time.Second, "the job to fill its memory", func() bool { return readCounter(ctr) >= 1 })
+			eventually(t, 60*time.Second, "the job to fill its memory", func() bool { return readCounter(ctr) >= 1 })
 			startTimeBefore := startTime(j.PID)
 
 			bg := make(chan result, 1)
