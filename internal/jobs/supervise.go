@@ -228,8 +228,9 @@ func (m *Manager) autoRestore(id string) {
 	}
 	_, err = m.restore(m.ctx, id, "", true)
 	switch {
-	case err == nil, errors.Is(err, errAutoCancelled), m.ctx.Err() != nil:
-	case errors.Is(err, ErrNoCheckpoint), errors.Is(err, ErrIllegalTransition), errors.Is(err, store.ErrNotFound):
+	case err == nil, errors.Is(err, errAutoCancelled), errors.Is(err, store.ErrNotFound), m.ctx.Err() != nil:
+		// restored, or no longer wanted (killed, removed, shutting down)
+	case errors.Is(err, ErrNoCheckpoint), errors.Is(err, ErrIllegalTransition):
 		m.giveUp(id, fmt.Sprintf("cannot restore automatically: %v", err))
 	default:
 		// restoreFailed left it pending and started the next attempt.
