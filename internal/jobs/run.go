@@ -78,14 +78,18 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec) (*store.Job, error) {
 		return nil, err
 	}
 	pid, err := spawn(path, spec, j.Dir, logPath, cgroup)
-	if err == nil && cgroup != nil {
-		// Started inside the cgroup (CLONE_INTO_CGROUP) or, on kernels
-		// without it, moved there before the caller hears of it.
-		err = m.cg.enter(j.Cgroup, pid)
-	}
 	if err != nil {
 		_ = m.store.DeleteJob(ctx, j.ID)
+		_ = m.cg.remove(j.Cgroup)
 		return nil, err
+	}
+	if cgroup != nil {
+		// Started inside the cgroup (CLONE_INTO_CGROUP) or, on kernels
+		// without it, moved there before the caller hears of it. The
+		// process runs either way: a failure here is not the job's.
+		if err := m.cg.enter(j.Cgroup, pid); err != nil {
+			m.log.Warn("the job runs outside its cgroup", "job", j.ID, "err", err)
+		}
 	}
 	st, err := identity(pid)
 	if err != nil {

@@ -116,3 +116,19 @@ func TestDaemonLogsAdopted(t *testing.T) {
 		t.Errorf("logs of an adopted process writing to /dev/null: %s; want an error saying cedana keeps no log", r)
 	}
 }
+
+// TestDaemonPIDNamespaceJob: a job in its own PID namespace (and its own
+// cgroup) is dumped and restored twice — no PID clash — and the restored
+// tree is back in the job's cgroup.
+func TestDaemonPIDNamespaceJob(t *testing.T) {
+	d := startDaemon(t, daemonOpts{})
+	j, ctr, marker := markedCounter(t, d, "ns", "--pid-namespace")
+	for i := 0; i < 2; i++ {
+		before := readCounter(ctr)
+		d.dumpJob("ns")
+		waitGone(t, d.job("ns").PID, 5*time.Second)
+		d.restoreJob("ns")
+		checkContinues(t, ctr, before)
+		exactlyOne(t, d, j, marker)
+	}
+}
