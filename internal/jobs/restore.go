@@ -228,8 +228,9 @@ func sessionLeftovers(j *store.Job) []int {
 func (m *Manager) recoverRestore(ctx context.Context, j *store.Job) {
 	pid := m.findRestored(ctx, j)
 	if pid > 0 {
-		if _, err := m.restored(j, j.RestoringFrom, pid, j.Container, "re-adopted", false); err == nil {
-			m.event(j.ID, "re-adopted", "found the tree restored from %s running as PID %d after a daemon restart", j.RestoringFrom, pid)
+		// Its event: "re-adopted from checkpoint C as PID P".
+		if _, err := m.restored(j, j.RestoringFrom, pid, j.Container, "re-adopted", false); err != nil {
+			m.log.Error("re-adopt the restored tree", "job", j.ID, "pid", pid, "err", err)
 		}
 		return
 	}
