@@ -35,15 +35,16 @@ func (m *Manager) Remove(ctx context.Context, ref string, force, checkpoints boo
 	if err != nil {
 		return nil, err
 	}
-	switch s := State(j.State); {
-	case s == Starting || s == Restoring:
-		return nil, fmt.Errorf("%w: cannot remove job %s: %s; try again in a moment", ErrIllegalTransition, j.Name, explain[s])
-	case s.alive() && !force:
-		return nil, fmt.Errorf("%w: cannot remove job %s: it is running (kill it first, or use -f)", ErrIllegalTransition, j.Name)
-	case s.alive():
+	if s := State(j.State); s.alive() {
+		if !force {
+			return nil, fmt.Errorf("%w: cannot remove job %s: it is %s (kill it first, or use -f)", ErrIllegalTransition, j.Name, s)
+		}
 		if j, err = m.Kill(ctx, j.ID); err != nil {
 			return nil, err
 		}
+	}
+	if err := check("remove", State(j.State), j.Name); err != nil {
+		return nil, err
 	}
 	cks, err := m.store.ListCheckpoints(ctx, j.ID)
 	if err != nil {
