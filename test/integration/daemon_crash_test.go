@@ -7,6 +7,7 @@ package integration
 // archive listed. Copies are counted by a marker in the job's command line.
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -243,5 +244,74 @@ func TestDaemonCrashBeforeDump(t *testing.T) {
 		}
 	}
 	checkNotFrozen(t, j.PID, ctr)
+	exactlyOne(t, d, j, marker)
+}
+
+// bigCounterScript holds ~150 MiB of random bytes (so that a restore
+// takes a while) and writes an increasing counter to argv[1]; argv[2] is
+// a marker.
+const bigCounterScript = `
+import os, sys, time
+b = bytearray(os.urandom(150 << 20))
+n = 0
+while True:
+    n += 1
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(0.05)
+`
+
+// TestDaemonKilledWhileCRIURestores: kill -9 of the daemon while CRIU
+// (its child) restores a job, without a crash point: whatever CRIU then
+// does, afterwards exactly one copy runs and continues, or the job is
+// failed with its archive listed and a restore brings it back once.
+func TestDaemonKilledWhileCRIURestores(t *testing.T) {
+	py := requireBinary(t, "python3")
+	d := startDaemon(t, daemonOpts{})
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-criu", time.Now().UnixNano())
+	j := d.runJob("mem", nil, py, "-c", bigCounterScript, ctr, marker)
+	eventually(t, 60*time.Second, "the job to fill its memory", func() bool { return readCounter(ctr) >= 1 })
+	before := readCounter(ctr)
+	d.dumpJob("mem")
+	waitGone(t, j.PID, 5*time.Second)
+
+	bg := make(chan result, 1)
+	go func() { bg <- d.cli("restore", "job", "mem") }()
+	daemon := d.pid()
+	sawCRIU := false
+	for deadline := time.Now().Add(30 * time.Second); !sawCRIU && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, p := range descendants(daemon) {
+			// `criu swrk` (RPC) or `criu restore --stream` (streamed)
+			if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); bytes.Contains(c, []byte("criu")) &&
+				(bytes.Contains(c, []byte("swrk")) || bytes.Contains(c, []byte("restore\x00"))) {
+				sawCRIU = true
+			}
+		}
+	}
+	d.crash()
+	t.Logf("daemon killed (CRIU was running: %v)", sawCRIU)
+	d.launch()
+	d.waitReady()
+	<-bg
+	got := d.waitJob("mem", 20*time.Second, "settled", func(j jobInfo) bool { return j.State != "restoring" })
+	t.Logf("after the restart the job is %s (%s)", got.State, got.Error)
+	switch got.State {
+	case "running":
+		d.track(got.PID)
+	case "failed", "checkpointed":
+		cs := complete(d.checkpoints("mem"))
+		if len(cs) == 0 {
+			t.Fatalf("the job is %s with no complete checkpoint listed", got.State)
+		}
+		if n := copies(marker); len(n) != 0 {
+			t.Fatalf("the job is %s but %d copies run: %v", got.State, len(n), n)
+		}
+		d.restoreJob("mem")
+	default:
+		t.Fatalf("after the restart the job is %s", got.State)
+	}
+	checkContinues(t, ctr, before)
 	exactlyOne(t, d, j, marker)
 }
