@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -271,13 +272,15 @@ func (m *Manager) findRestored(ctx context.Context, j *store.Job) int {
 			if err != nil {
 				break
 			}
-			traced := false
+			// CRIU still at work: tasks traced, or an orphaned CRIU (its
+			// daemon died) still running.
+			busy := orphanedCRIU()
 			for _, p := range pids {
 				if tracerOf(p) != 0 {
-					traced = true
+					busy = true
 				}
 			}
-			if !traced || time.Now().After(deadline) {
+			if !busy || time.Now().After(deadline) {
 				return treeRoot(pids)
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -301,6 +304,39 @@ func (m *Manager) findRestored(ctx context.Context, j *store.Job) int {
 		return 0
 	}
 	return mf.RootPID
+}
+
+// orphanedCRIU reports whether a CRIU restore whose parent died (a
+// daemon killed mid-restore) is still running.
+func orphanedCRIU() bool {
+	ents, err := os.ReadDir(proc.Root)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil || (st.PPID != 1 && proc.Exists(st.PPID)) {
+			continue
+		}
+		args := proc.Cmdline(pid)
+		isCRIU, restoring := false, false
+		for _, a := range args {
+			switch {
+			case filepath.Base(a) == "criu":
+				isCRIU = true
+			case a == "swrk" || a == "restore":
+				restoring = true
+			}
+		}
+		if isCRIU && restoring {
+			return true
+		}
+	}
+	return false
 }
 
 // treeRoot returns the oldest process of pids whose parent is not among
