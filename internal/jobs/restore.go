@@ -106,7 +106,7 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 	if auto {
 		kind = "auto-restored"
 	}
-	j, err = m.restored(j, ck.ID, pid, containerID, kind, j.Runtime == "")
+	j, err = m.restored(j, ck.ID, pid, containerID, kind, time.Since(start), j.Runtime == "")
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 // restored records a restored tree as the job's process, puts the tree
 // into the job's cgroup and supervises it. child says whether the root is
 // this daemon's child.
-func (m *Manager) restored(j *store.Job, ckID string, pid int, containerID, kind string, child bool) (*store.Job, error) {
+func (m *Manager) restored(j *store.Job, ckID string, pid int, containerID, kind string, took time.Duration, child bool) (*store.Job, error) {
 	if j.Cgroup != "" && m.cg.available() && j.Runtime == "" {
 		// CRIU put the tree back into the cgroup it was dumped in; an
 		// archive made before the job had a cgroup needs moving.
@@ -134,7 +134,7 @@ func (m *Manager) restored(j *store.Job, ckID string, pid int, containerID, kind
 			j.Container, j.RestoringFrom = containerID, ""
 			return nil
 		},
-		Events: []store.Event{{Type: kind, Message: fmt.Sprintf("%s from checkpoint %s as PID %d", kind, ckID, pid)}},
+		Events: []store.Event{{Type: kind, Message: fmt.Sprintf("%s from checkpoint %s as PID %d%s", kind, ckID, pid, tookMsg(took))}},
 	})
 	if err != nil {
 		return nil, err
@@ -142,6 +142,13 @@ func (m *Manager) restored(j *store.Job, ckID string, pid int, containerID, kind
 	m.log.Info("restored", "job", j.ID, "event", kind, "checkpoint", ckID, "pid", pid)
 	m.supervise(j, child)
 	return j, nil
+}
+
+func tookMsg(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return " in " + d.Round(time.Millisecond).String()
 }
 
 // restoreFailed records a failed (or interrupted) restore. An automatic
@@ -230,7 +237,7 @@ func (m *Manager) recoverRestore(ctx context.Context, j *store.Job) {
 	pid := m.findRestored(ctx, j)
 	if pid > 0 {
 		// Its event: "re-adopted from checkpoint C as PID P".
-		if _, err := m.restored(j, j.RestoringFrom, pid, j.Container, "re-adopted", false); err != nil {
+		if _, err := m.restored(j, j.RestoringFrom, pid, j.Container, "re-adopted", 0, false); err != nil {
 			m.log.Error("re-adopt the restored tree", "job", j.ID, "pid", pid, "err", err)
 		}
 		return
