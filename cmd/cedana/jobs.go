@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,6 +19,7 @@ import (
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
 	"github.com/cedana/cedana/internal/config"
+	"github.com/cedana/cedana/internal/jobs"
 )
 
 // policyFlags are the policy flags of run, manage and policy.
@@ -84,8 +87,17 @@ func newRunCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer done()
-			wd, _ := os.Getwd()
-			j, err := c.Run(context.Background(), &pb.RunRequest{Name: name, Cmd: args, Dir: wd, Env: os.Environ(),
+			// Resolve the command here, with the user's PATH and working
+			// directory, not the daemon's.
+			wd, err := os.Getwd()
+			if err != nil {
+				return fmt.Errorf("current directory: %w", err)
+			}
+			argv := append([]string(nil), args...)
+			if argv[0], err = resolveProgram(args[0], wd); err != nil {
+				return err
+			}
+			j, err := c.Run(context.Background(), &pb.RunRequest{Name: name, Cmd: argv, Dir: wd, Env: jobs.JobEnv(os.Environ()),
 				Policy: pol, PidNamespace: pidns})
 			if err != nil {
 				return g.rpcError(err)
@@ -304,6 +316,64 @@ func newKillCmd(g *globals) *cobra.Command {
 			return g.printJob(j)
 		},
 	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+// resolveProgram returns the absolute path of the program name names, as
+// the shell would find it from dir.
+func resolveProgram(name, dir string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", usagef("%v", err)
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	return p, nil
+}
+
+func newRmCmd(g *globals) *cobra.Command {
+	var force, checkpoints bool
+	cmd := &cobra.Command{
+		Use:   "rm [-f] [--checkpoints] JOB...",
+		Short: "Remove jobs that no longer run, freeing their names (their archives stay unless --checkpoints)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			var firstErr error
+			for _, ref := range args {
+				r, err := c.RemoveJob(context.Background(), &pb.RemoveJobRequest{Job: ref, Force: force, Checkpoints: checkpoints})
+				if err != nil {
+					if firstErr == nil {
+						firstErr = g.rpcError(err)
+					}
+					fmt.Fprintf(os.Stderr, "cedana rm %s: %v\n", ref, g.rpcError(err))
+					continue
+				}
+				if g.output == "json" {
+					if err := printProto(r); err != nil {
+						return err
+					}
+					continue
+				}
+				fmt.Printf("removed %s (%s)\n", r.GetJob().GetName(), r.GetJob().GetId())
+				for _, p := range r.GetKeptArchives() {
+					fmt.Printf("  kept %s (restore it with: cedana restore %s)\n", p, p)
+				}
+				for _, p := range r.GetRemovedArchives() {
+					fmt.Printf("  deleted %s\n", p)
+				}
+			}
+			return firstErr
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill the job first if it is running")
+	cmd.Flags().BoolVar(&checkpoints, "checkpoints", false, "delete the job's checkpoint archives too")
 	addOutputFlag(cmd, g)
 	return cmd
 }

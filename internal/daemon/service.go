@@ -76,6 +76,14 @@ func (s *service) KillJob(ctx context.Context, r *pb.KillJobRequest) (*pb.Job, e
 	return jobToPB(j), toStatus(err)
 }
 
+func (s *service) RemoveJob(ctx context.Context, r *pb.RemoveJobRequest) (*pb.RemoveJobResponse, error) {
+	res, err := s.m.Remove(ctx, r.GetJob(), r.GetForce(), r.GetCheckpoints())
+	if res == nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RemoveJobResponse{Job: jobToPB(res.Job), RemovedArchives: res.Removed, KeptArchives: res.Kept}, toStatus(err)
+}
+
 func (s *service) UpdatePolicy(ctx context.Context, r *pb.UpdatePolicyRequest) (*pb.Job, error) {
 	j, err := s.m.UpdatePolicy(ctx, r.GetJob(), policyFromPB(r.GetPolicy()))
 	return jobToPB(j), toStatus(err)
@@ -114,14 +122,11 @@ func (s *service) ListEvents(ctx context.Context, r *pb.ListEventsRequest) (*pb.
 // job.
 func (s *service) Logs(r *pb.LogsRequest, stream pb.Cedana_LogsServer) error {
 	ctx := stream.Context()
-	j, err := s.m.Get(ctx, r.GetJob())
+	path, err := s.m.LogFile(ctx, r.GetJob())
 	if err != nil {
 		return toStatus(err)
 	}
-	if j.LogPath == "" {
-		return toStatus(jobs.ErrNoLog)
-	}
-	f, err := os.Open(j.LogPath)
+	f, err := os.Open(path)
 	if err != nil {
 		return toStatus(err)
 	}

@@ -1,6 +1,8 @@
 // Package fault injects failures at named steps of the checkpoint engine,
 // so that tests can prove what happens when a step fails: a full disk, a
-// failing fsync or rename, an image that does not reach the archive.
+// failing fsync or rename, an image that does not reach the archive. It
+// also names the daemon's crash points, where a test makes the daemon
+// kill itself (Crash) to prove that a new daemon recovers its jobs.
 //
 // Production binaries never fail on purpose: without the build tag
 // "faults", FromEnv returns a nil Injector and every At is a no-op. A
@@ -12,6 +14,7 @@ package fault
 import (
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 )
 
@@ -37,6 +40,25 @@ const (
 	// the runtime had refused it (Docker: once the images are in the
 	// container's checkpoint directory).
 	ContainerResume = "container-resume"
+)
+
+// Crash points of the daemon's job operations, in the order an operation
+// reaches them (see Injector.Crash).
+const (
+	// fault.CrashDumpBeforeEngine: the pending checkpoint and its final path are
+	// recorded, the engine has not started.
+	CrashDumpBeforeEngine = "dump-before-engine"
+	// fault.CrashAfterKillBeforeCommit: the archive is durable and the dumped
+	// tree killed; the checkpoint is not yet recorded complete.
+	CrashAfterKillBeforeCommit = "after-kill-before-commit"
+	// fault.CrashRestoreBeforeEngine: the job is recorded restoring (with the
+	// checkpoint), CRIU has not started.
+	CrashRestoreBeforeEngine = "restore-before-engine"
+	// fault.CrashRestoreAfterEngine: CRIU restored the tree; its new PID is not
+	// yet recorded.
+	CrashRestoreAfterEngine = "restore-after-engine"
+	// fault.CrashAutoRestoreBackoff: a failed job awaits its automatic restore.
+	CrashAutoRestoreBackoff = "auto-restore-backoff"
 )
 
 // ErrInjected marks an injected failure.
@@ -68,4 +90,15 @@ func Steps(steps ...string) Injector {
 		}
 		return nil
 	}
+}
+
+// Crash kills the process with SIGKILL, as `kill -9` would (no deferred
+// function runs, nothing is flushed), when step is one of the injected
+// steps. It never returns then.
+func (f Injector) Crash(step string) {
+	if f.At(step) == nil {
+		return
+	}
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // SIGKILL cannot be blocked; never go on
 }

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/container"
@@ -19,6 +20,34 @@ type Containers interface {
 }
 
 var _ Containers = (*container.Service)(nil)
+
+// containerExits is implemented by container engines that can say how a
+// container's init ended (only a parent learns that from the kernel, and
+// the daemon is not the parent of a container's init).
+type containerExits interface {
+	ExitStatus(ctx context.Context, runtime, id string, wait time.Duration) (code int, known bool, err error)
+}
+
+var _ containerExits = (*container.Service)(nil)
+
+// containerExit asks the runtime how a container job's init ended.
+func (m *Manager) containerExit(id string) exitStatus {
+	ce, ok := m.containers.(containerExits)
+	if !ok {
+		return exitStatus{}
+	}
+	j, err := m.store.GetJob(m.ctx, id)
+	if err != nil || j.Runtime == "" {
+		return exitStatus{}
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
+	defer cancel()
+	code, known, err := ce.ExitStatus(ctx, j.Runtime, j.Container, 3*time.Second)
+	if err != nil {
+		m.log.Warn("exit status of a container job", "job", id, "err", err)
+	}
+	return exitStatus{known: known, code: code}
+}
 
 // ManageContainer adopts a running Docker or runc container as a job. Its
 // checkpoints are container archives (config, writable layer, images);
@@ -62,9 +91,9 @@ func (m *Manager) ManageContainer(ctx context.Context, runtime, id, name string,
 
 // dumpContainer checkpoints a container job. With leaveRunning the
 // container is restored in place, so its init has a new PID afterwards.
-func (m *Manager) dumpContainer(ctx context.Context, j *store.Job, leaveRunning bool) (path string, size int64, stats *archive.DumpStats, err error) {
+func (m *Manager) dumpContainer(ctx context.Context, j *store.Job, path string, leaveRunning bool) (string, int64, *archive.DumpStats, error) {
 	res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
-		Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning})
+		Path: path, LeaveRunning: leaveRunning})
 	if err != nil {
 		return "", 0, nil, err
 	}

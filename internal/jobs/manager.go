@@ -22,7 +22,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -48,14 +48,19 @@ type Config struct {
 	// RestoreBackoff is the delay before the first automatic restore; it
 	// doubles with each further one, up to 30 s.
 	RestoreBackoff time.Duration
+	// NoCgroups runs jobs without cgroups of their own (see cgroup.go);
+	// they are also skipped when the machine has no cgroup v2 hierarchy.
+	NoCgroups bool
 }
 
 // Manager runs jobs. It is safe for concurrent use.
 type Manager struct {
 	cfg        Config
 	store      store.Store
-	engine     *checkpoint.Service
-	containers Containers // nil: no container jobs
+	engine     Engine
+	containers Containers     // nil: no container jobs
+	cg         cgroups        // job cgroups; unavailable: /proc walks
+	fault      fault.Injector // crash points, for tests of crash windows
 	log        *slog.Logger
 	metrics    *Metrics
 
@@ -72,7 +77,7 @@ type Manager struct {
 }
 
 // New returns a Manager. containers and metrics may be nil.
-func New(cfg Config, st store.Store, engine *checkpoint.Service, containers Containers, log *slog.Logger, metrics *Metrics) *Manager {
+func New(cfg Config, st store.Store, engine Engine, containers Containers, log *slog.Logger, metrics *Metrics) *Manager {
 	if cfg.MaxRestores <= 0 {
 		cfg.MaxRestores = 3
 	}
@@ -82,8 +87,16 @@ func New(cfg Config, st store.Store, engine *checkpoint.Service, containers Cont
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var cg cgroups
+	if !cfg.NoCgroups {
+		var why string
+		if cg, why = findCgroups(); why != "" {
+			log.Warn("jobs run without cgroups of their own (their processes are found through /proc instead): " + why)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, store: st, engine: engine, containers: containers, log: log, metrics: metrics,
+		cg: cg, fault: fault.FromEnv(),
 		ctx: ctx, cancel: cancel, live: map[string]*supervisor{},
 		dumps: make(chan struct{}, max(1, runtime.NumCPU()))}
 }
@@ -133,7 +146,9 @@ func (m *Manager) Checkpoints(ctx context.Context, ref string) ([]*store.Checkpo
 	return m.store.ListCheckpoints(ctx, j.ID)
 }
 
-// DeleteCheckpoint removes a checkpoint's archive and record.
+// DeleteCheckpoint removes a checkpoint's record, then its archive: a
+// crash in between leaves an unlisted file, never a listed checkpoint
+// whose archive is gone.
 func (m *Manager) DeleteCheckpoint(ctx context.Context, id string) error {
 	c, err := m.store.GetCheckpoint(ctx, id)
 	if err != nil {
@@ -142,19 +157,25 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id string) error {
 	if c.State == store.CheckpointPending {
 		return fmt.Errorf("%w: checkpoint %s is being written", ErrIllegalTransition, id)
 	}
-	if err := removeArchive(c.Path); err != nil {
-		return err
-	}
-	if err := m.store.DeleteCheckpoint(ctx, id); err != nil {
-		return err
-	}
-	_, _ = m.store.UpdateJob(ctx, c.JobID, func(j *store.Job) error {
-		if j.LastCheckpointID == id {
-			j.LastCheckpointID, j.LastCheckpointAt = "", time.Time{}
-		}
-		return nil
+	_, err = m.store.Commit(ctx, c.JobID, store.Change{
+		Job: func(j *store.Job) error {
+			if j.RestoringFrom == id {
+				return fmt.Errorf("%w: checkpoint %s is being restored", ErrIllegalTransition, id)
+			}
+			if j.LastCheckpointID == id {
+				j.LastCheckpointID, j.LastCheckpointAt = "", time.Time{}
+			}
+			return nil
+		},
+		Delete: []string{id},
+		Events: []store.Event{{Type: "checkpoint-deleted", Message: fmt.Sprintf("checkpoint %s deleted", id)}},
 	})
-	m.event(c.JobID, "checkpoint-deleted", "checkpoint %s deleted", id)
+	if err != nil {
+		return err
+	}
+	if err := removeArchive(c.Path); err != nil {
+		return fmt.Errorf("checkpoint %s is no longer listed, but its archive could not be removed: %w", id, err)
+	}
 	return nil
 }
 

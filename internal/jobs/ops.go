@@ -2,13 +2,17 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -24,15 +28,25 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
+	// The archive's final path is chosen, and recorded, before anything
+	// happens: the engine writes it under a temporary name and renames it
+	// into place only once it is durable, so a restarted daemon that finds
+	// a file at the recorded path knows the checkpoint is complete even if
+	// the daemon died between the kill of the dumped tree and the commit
+	// below (see recoverCheckpoints).
+	path, err := m.newArchivePath(j)
+	if err != nil {
+		return nil, err
+	}
 	// One durable write starts the checkpoint: the state and a pending
-	// record (never listed as good; marked failed if the daemon dies).
-	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointPending}
+	// record (never listed as good; resolved on restart).
+	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointPending, Path: path}
 	j, err = m.store.Commit(ctx, j.ID, store.Change{
 		Job: func(j *store.Job) error {
 			if err := check("dump", State(j.State), j.Name); err != nil {
 				return err
 			}
-			j.State = string(Dumping)
+			j.State, j.DumpLeaveRunning = string(Dumping), leaveRunning
 			return nil
 		},
 		Put: []*store.Checkpoint{ck},
@@ -40,6 +54,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
+	m.crashpoint(fault.CrashDumpBeforeEngine)
 	select { // wait for a slot; the job shows as dumping meanwhile
 	case m.dumps <- struct{}{}:
 	case <-ctx.Done():
@@ -51,17 +66,16 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	defer func() { <-m.dumps }()
 	start := time.Now()
 	var (
-		path  string
 		size  int64
 		stats *archive.DumpStats
 		derr  error
 	)
 	if j.Runtime != "" {
-		path, size, stats, derr = m.dumpContainer(ctx, j, leaveRunning)
+		path, size, stats, derr = m.dumpContainer(ctx, j, path, leaveRunning)
 	} else {
 		var res *checkpoint.DumpResult
 		res, derr = m.engine.Dump(ctx, checkpoint.DumpRequest{
-			PID: j.PID, Dir: m.jobDir(j.ID), LeaveRunning: leaveRunning,
+			PID: j.PID, Path: path, LeaveRunning: leaveRunning,
 			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
 		})
 		if derr == nil {
@@ -69,6 +83,9 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		}
 	}
 	elapsed := time.Since(start)
+	if derr == nil {
+		m.crashpoint(fault.CrashAfterKillBeforeCommit)
+	}
 	if derr != nil {
 		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
 		msg := fmt.Sprintf("%s checkpoint failed (the job kept running): %v", why, derr)
@@ -96,29 +113,11 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if leaveRunning {
 		next = Running
 	}
-	// One durable write completes it: the record, the job's state, what
-	// retention drops and the event. Dropped archives are removed after,
-	// so that no record ever points to a missing archive.
-	drop := m.retention(j, ck)
 	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
-	if len(drop) > 0 {
-		msg += fmt.Sprintf("; removed %s (retention policy)", strings.Join(checkpointIDs(drop), ", "))
-	}
-	j, err = m.store.Commit(context.Background(), j.ID, store.Change{
-		Job: func(j *store.Job) error {
-			j.State = string(next)
-			j.LastCheckpointID, j.LastCheckpointAt = ck.ID, ck.CompletedAt
-			return nil
-		},
-		Put:    []*store.Checkpoint{ck},
-		Delete: checkpointIDs(drop),
-		Events: []store.Event{{Type: "checkpointed", Message: msg}},
-	})
+	j, err = m.completeCheckpoint(j, ck, next, msg)
 	if err != nil {
 		return nil, err
 	}
-	m.log.Info(msg, "job", j.ID, "event", "checkpointed")
-	m.removeArchives(j.ID, drop)
 	m.metrics.dumped(elapsed, size, stats)
 	switch {
 	case !leaveRunning:
@@ -135,6 +134,50 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		m.afterLeaveRunning(j)
 	}
 	return ck, nil
+}
+
+// completeCheckpoint records a complete checkpoint in one durable write:
+// the record, the job's next state, what retention drops and the event.
+// Dropped archives are removed after, so that no record ever points to a
+// missing archive.
+func (m *Manager) completeCheckpoint(j *store.Job, ck *store.Checkpoint, next State, msg string) (*store.Job, error) {
+	drop := m.retention(j, ck)
+	if len(drop) > 0 {
+		msg += fmt.Sprintf("; removed %s (retention policy)", strings.Join(checkpointIDs(drop), ", "))
+	}
+	j, err := m.store.Commit(context.Background(), j.ID, store.Change{
+		Job: func(j *store.Job) error {
+			j.State, j.DumpLeaveRunning = string(next), false
+			j.LastCheckpointID, j.LastCheckpointAt = ck.ID, ck.CompletedAt
+			return nil
+		},
+		Put:    []*store.Checkpoint{ck},
+		Delete: checkpointIDs(drop),
+		Events: []store.Event{{Type: "checkpointed", Message: msg}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.log.Info(msg, "job", j.ID, "event", "checkpointed")
+	m.removeArchives(j.ID, drop)
+	return j, nil
+}
+
+// newArchivePath picks the path of a job's next archive, one that does not
+// exist yet, and creates the job's directory.
+func (m *Manager) newArchivePath(j *store.Job) (string, error) {
+	dir := m.jobDir(j.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
+	}
+	now := time.Now()
+	for n := 0; n < 1000; n++ {
+		p := filepath.Join(dir, checkpoint.ArchiveName(j.Name, now, n))
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no free archive name in %s", dir)
 }
 
 // afterLeaveRunning notices a job that died while a dump held it, when the
@@ -154,75 +197,6 @@ func (m *Manager) setState(id string, s State, errMsg string) {
 	if err != nil {
 		m.log.Error("update job state", "job", id, "state", s, "err", err)
 	}
-}
-
-// Restore restores a job from a checkpoint: ckptID, or the newest
-// complete one.
-func (m *Manager) Restore(ctx context.Context, ref, ckptID string) (*store.Job, error) {
-	return m.restore(ctx, ref, ckptID, false)
-}
-
-func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*store.Job, error) {
-	j, err := m.store.GetJob(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	if err := check("restore", State(j.State), j.Name); err != nil {
-		return nil, err
-	}
-	ck, err := m.pickCheckpoint(ctx, j, ckptID)
-	if err != nil {
-		return nil, err
-	}
-	j, err = m.transition(ctx, j.ID, "restore", Restoring, func(j *store.Job) {
-		if auto {
-			j.Restores++
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	var (
-		pid         int
-		containerID = j.Container
-		rerr        error
-	)
-	if j.Runtime != "" {
-		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path)
-	} else {
-		var res *checkpoint.RestoreResult
-		res, rerr = m.engine.Restore(ctx, checkpoint.RestoreRequest{
-			Path:    ck.Path,
-			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-		})
-		if rerr == nil {
-			pid = res.PID
-		}
-	}
-	if rerr != nil {
-		m.setState(j.ID, Failed, "restore failed: "+rerr.Error())
-		m.metrics.restoreFailed()
-		m.event(j.ID, "restore-failed", "restore from %s failed: %v", ck.ID, rerr)
-		return nil, rerr
-	}
-	st, _ := identity(pid)
-	j, err = m.store.UpdateJob(context.Background(), j.ID, func(j *store.Job) error {
-		j.State, j.PID, j.StartTime, j.Error, j.ExitCode = string(Running), pid, st, "", nil
-		j.Container = containerID
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	m.metrics.restored(time.Since(start))
-	kind := "restored"
-	if auto {
-		kind = "auto-restored"
-	}
-	m.event(j.ID, kind, "%s from checkpoint %s as PID %d in %s", kind, ck.ID, pid, time.Since(start).Round(time.Millisecond))
-	m.supervise(j, j.Runtime == "") // a container's init is the runtime's child, not ours
-	return j, nil
 }
 
 // pickCheckpoint returns the requested checkpoint or the newest complete.

@@ -7,52 +7,104 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
 )
 
 // Start reconciles the catalogue with the machine, as after a crash: it
-// removes half-written archives, marks checkpoints that were being
-// written as failed (never as good), resumes jobs that a dump had frozen,
-// re-adopts jobs whose processes still run (identified by PID and start
-// time, never by PID alone), and treats the others as failed.
+// removes half-written archives, settles checkpoints that were being
+// written (complete if their archive reached its final path, failed
+// otherwise — never complete without an archive), resumes jobs that a dump
+// had frozen, re-adopts jobs whose processes still run (identified by PID
+// and start time, never by PID alone) and trees a restore brought back,
+// resumes pending automatic restores, and treats the other jobs as failed.
 func (m *Manager) Start(ctx context.Context) error {
 	m.removePartials()
-	cks, err := m.store.ListCheckpoints(ctx, "")
+	done, err := m.recoverCheckpoints(ctx)
 	if err != nil {
 		return err
-	}
-	for _, c := range cks {
-		if c.State != store.CheckpointPending {
-			continue
-		}
-		c.State, c.Error = store.CheckpointFailed, "the daemon stopped while this checkpoint was being written"
-		if err := m.store.PutCheckpoint(ctx, c); err != nil {
-			return err
-		}
-		_ = removeArchive(c.Path)
-		m.event(c.JobID, "dump-failed", "checkpoint %s was interrupted by a daemon restart; marked failed", c.ID)
 	}
 	jobs, err := m.store.ListJobs(ctx)
 	if err != nil {
 		return err
 	}
 	for _, j := range jobs {
-		m.reconcile(ctx, j)
+		m.reconcile(ctx, j, done[j.ID])
 	}
 	return nil
 }
 
-func (m *Manager) reconcile(ctx context.Context, j *store.Job) {
+// recoverCheckpoints settles pending checkpoints. The archive's final path
+// is recorded before the dump starts and the engine renames the archive
+// there only once it is durable, so a file at that path is a complete
+// checkpoint — one whose tree the dump may already have killed: recording
+// it keeps the job restorable instead of losing it. It returns those
+// checkpoints by job.
+func (m *Manager) recoverCheckpoints(ctx context.Context) (map[string]*store.Checkpoint, error) {
+	cks, err := m.store.ListCheckpoints(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	done := map[string]*store.Checkpoint{}
+	for _, c := range cks {
+		if c.State != store.CheckpointPending {
+			continue
+		}
+		if size, ok := completeArchive(c.Path); ok {
+			c.State, c.Size, c.Error, c.CompletedAt = store.CheckpointComplete, size, "", time.Now().UTC()
+			if err := m.store.PutCheckpoint(ctx, c); err != nil {
+				return nil, err
+			}
+			done[c.JobID] = c
+			m.event(c.JobID, "checkpoint-recovered", "checkpoint %s (%s) was written completely before the daemon stopped; recorded as complete", c.ID, c.Path)
+			continue
+		}
+		c.State, c.Error = store.CheckpointFailed, "the daemon stopped while this checkpoint was being written"
+		if err := m.store.PutCheckpoint(ctx, c); err != nil {
+			return nil, err
+		}
+		m.event(c.JobID, "dump-failed", "checkpoint %s was interrupted by a daemon restart; marked failed", c.ID)
+	}
+	return done, nil
+}
+
+// completeArchive reports whether path holds a whole archive (its
+// manifest reads back), and its size.
+func completeArchive(path string) (int64, bool) {
+	if path == "" {
+		return 0, false
+	}
+	st, err := os.Stat(path)
+	if err != nil || !st.Mode().IsRegular() {
+		return 0, false
+	}
+	r, err := archive.Open(path, archive.DefaultLimits())
+	if err != nil {
+		return 0, false
+	}
+	r.Close()
+	return st.Size(), true
+}
+
+// reconcile settles one job after a restart. ck is a checkpoint of the job
+// that recoverCheckpoints found complete, if any.
+func (m *Manager) reconcile(ctx context.Context, j *store.Job, ck *store.Checkpoint) {
 	s := State(j.State)
 	alive := j.PID > 0 && sameProcess(j.PID, j.StartTime)
 	switch {
+	case s == Dumping && ck != nil:
+		m.recoverDump(ctx, j, ck, alive)
 	case (s == Running || s == Dumping) && alive:
 		if s == Dumping {
 			resumeTree(j.PID) // a dump may have left it frozen
 		}
-		j2, err := m.store.UpdateJob(ctx, j.ID, func(j *store.Job) error { j.State = string(Running); return nil })
+		j2, err := m.store.UpdateJob(ctx, j.ID, func(j *store.Job) error {
+			j.State, j.DumpLeaveRunning = string(Running), false
+			return nil
+		})
 		if err != nil {
 			return
 		}
@@ -61,20 +113,44 @@ func (m *Manager) reconcile(ctx context.Context, j *store.Job) {
 	case s == Running || s == Dumping:
 		m.setState(j.ID, Running, "")
 		m.died(j.ID, j.PID, j.StartTime, exitStatus{})
-	case s == Starting || s == Restoring:
-		if alive && s == Restoring {
-			// The restore completed as the daemon died; keep the process.
-			m.setState(j.ID, Running, "")
-			j.State = string(Running)
-			m.supervise(j, false)
-			return
-		}
-		m.setState(j.ID, Failed, fmt.Sprintf("the daemon stopped while the job was %s", s))
-		m.event(j.ID, "failed", "the daemon stopped while the job was %s", s)
-		if j.Policy.RestoreOnFailure && s == Restoring {
-			m.wg.Add(1)
-			go func() { defer m.wg.Done(); m.autoRestore(j.ID) }()
-		}
+	case s == Restoring:
+		m.recoverRestore(ctx, j)
+	case s == Starting:
+		// The process may have started, but nobody was told: end it, so
+		// that no copy runs unmanaged.
+		m.killCgroup(j)
+		m.setState(j.ID, Failed, "the daemon stopped while the job was starting")
+		m.event(j.ID, "failed", "the daemon stopped while the job was starting")
+	case s == Failed && j.RestorePending:
+		m.event(j.ID, "auto-restore-resumed", "resuming the automatic restore that was pending when the daemon stopped")
+		m.startAutoRestore(j.ID)
+	}
+}
+
+// recoverDump settles a job whose dump completed (its archive is durable)
+// but whose daemon died before recording it: before the tree was killed
+// it is still there, frozen — resume it, it keeps running; after, the job
+// is checkpointed, as the dump intended.
+func (m *Manager) recoverDump(ctx context.Context, j *store.Job, ck *store.Checkpoint, alive bool) {
+	next := Checkpointed
+	if alive {
+		resumeTree(j.PID)
+		next = Running
+	} else if j.DumpLeaveRunning {
+		// It died on its own while a leave-running dump held it.
+		next = Running
+	}
+	msg := fmt.Sprintf("checkpoint %s: %s, %d bytes (recorded after a daemon restart)", ck.ID, ck.Path, ck.Size)
+	j2, err := m.completeCheckpoint(j, ck, next, msg)
+	if err != nil {
+		m.log.Error("record recovered checkpoint", "job", j.ID, "err", err)
+		return
+	}
+	switch {
+	case alive:
+		m.supervise(j2, false)
+	case next == Running:
+		m.died(j.ID, j.PID, j.StartTime, exitStatus{})
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -37,9 +36,9 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec) (*store.Job, error) {
 	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
 		return nil, fmt.Errorf("%w: no command to run", store.ErrInvalid)
 	}
-	path, err := exec.LookPath(spec.Cmd[0])
+	path, err := resolveCommand(spec.Cmd[0], spec.Dir, spec.Env)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
+		return nil, err
 	}
 	id := store.NewID("job-")
 	name := spec.Name
@@ -58,15 +57,39 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec) (*store.Job, error) {
 	if j.Dir == "" {
 		j.Dir = "/"
 	}
-	// Create the record first: a name clash must not leave a process behind.
+	var cgroup *os.File
+	if m.cg.available() {
+		j.Cgroup = m.cg.name(id)
+		if cgroup, err = m.cg.create(j.Cgroup); err != nil {
+			m.log.Warn("the job runs without a cgroup of its own", "job", id, "err", err)
+			j.Cgroup = ""
+		} else {
+			defer cgroup.Close()
+		}
+	}
+	// Create the record first: a name clash must not leave a process
+	// behind, and a daemon that dies before the PID is recorded finds the
+	// process in the recorded cgroup (see reconcile).
 	j.State = string(Starting) // no operation may begin until the process exists
 	if err := m.store.CreateJob(ctx, j); err != nil {
+		if cgroup != nil {
+			_ = m.cg.remove(j.Cgroup)
+		}
 		return nil, err
 	}
-	pid, err := spawn(path, spec, j.Dir, logPath)
+	pid, err := spawn(path, spec, j.Dir, logPath, cgroup)
 	if err != nil {
 		_ = m.store.DeleteJob(ctx, j.ID)
+		_ = m.cg.remove(j.Cgroup)
 		return nil, err
+	}
+	if cgroup != nil {
+		// Started inside the cgroup (CLONE_INTO_CGROUP) or, on kernels
+		// without it, moved there before the caller hears of it. The
+		// process runs either way: a failure here is not the job's.
+		if err := m.cg.enter(j.Cgroup, pid); err != nil {
+			m.log.Warn("the job runs outside its cgroup", "job", j.ID, "err", err)
+		}
 	}
 	st, err := identity(pid)
 	if err != nil {
@@ -84,9 +107,10 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec) (*store.Job, error) {
 	return j, nil
 }
 
-// spawn starts the process and returns its PID. The daemon never calls
-// Wait on it: the supervisor reaps it through a pidfd.
-func spawn(path string, spec RunSpec, dir, logPath string) (int, error) {
+// spawn starts the process, inside cgroup when it is set, and returns its
+// PID. The daemon never calls Wait on it: the supervisor reaps it through a
+// pidfd.
+func spawn(path string, spec RunSpec, dir, logPath string, cgroup *os.File) (int, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, fmt.Errorf("open job log: %w", err)
@@ -101,13 +125,22 @@ func spawn(path string, spec RunSpec, dir, logPath string) (int, error) {
 	if env == nil {
 		env = os.Environ()
 	}
+	env = JobEnv(env)
 	sys := &syscall.SysProcAttr{Setsid: true}
 	if spec.PIDNamespace {
 		sys.Cloneflags = syscall.CLONE_NEWPID
 	}
-	p, err := os.StartProcess(path, spec.Cmd, &os.ProcAttr{
-		Dir: dir, Env: env, Files: []*os.File{null, logf, logf}, Sys: sys,
-	})
+	attr := &os.ProcAttr{Dir: dir, Env: env, Files: []*os.File{null, logf, logf}, Sys: sys}
+	if cgroup != nil {
+		sys.UseCgroupFD, sys.CgroupFD = true, int(cgroup.Fd())
+	}
+	p, err := os.StartProcess(path, spec.Cmd, attr)
+	if err != nil && cgroup != nil {
+		// clone3 with CLONE_INTO_CGROUP needs Linux 5.7: start it outside,
+		// the caller moves it in.
+		sys.UseCgroupFD, sys.CgroupFD = false, 0
+		p, err = os.StartProcess(path, spec.Cmd, attr)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%w: start %s: %v", store.ErrInvalid, spec.Cmd[0], err)
 	}
@@ -173,7 +206,8 @@ func (m *Manager) Kill(ctx context.Context, ref string) (*store.Job, error) {
 		}
 	}
 	was := State(j.State)
-	j, err = m.transition(ctx, j.ID, "kill", Killed, nil)
+	// Killed also cancels an automatic restore waiting for its backoff.
+	j, err = m.transition(ctx, j.ID, "kill", Killed, func(j *store.Job) { j.RestorePending = false })
 	if err != nil {
 		return nil, err
 	}
@@ -181,8 +215,21 @@ func (m *Manager) Kill(ctx context.Context, ref string) (*store.Job, error) {
 	if was.alive() && sameProcess(j.PID, j.StartTime) {
 		killTree(j.PID)
 	}
+	m.killCgroup(j)
 	m.event(j.ID, "killed", "killed by request (PID %d)", j.PID)
 	return j, nil
+}
+
+// killCgroup ends every process left in a job's cgroup, if it has one.
+func (m *Manager) killCgroup(j *store.Job) {
+	if j.Cgroup == "" || !m.cg.available() {
+		return
+	}
+	if n, err := m.cg.kill(j.Cgroup, 5*time.Second); err != nil {
+		m.log.Warn("end the job's processes through its cgroup", "job", j.ID, "err", err)
+	} else if n > 0 {
+		m.log.Info("ended the processes in the job's cgroup", "job", j.ID, "count", n)
+	}
 }
 
 // killTree sends SIGKILL to pid and its descendants, leaves first.

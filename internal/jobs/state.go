@@ -21,7 +21,8 @@ import (
 //
 // A job that dies unexpectedly becomes failed (or exited, with status 0);
 // kill makes it killed. Every state but dumping and restoring accepts a
-// restore; only running accepts a dump.
+// restore; only running accepts a dump; a job without processes can be
+// removed (rm), a running one only after a kill (rm -f).
 type State string
 
 // Job states.
@@ -45,6 +46,7 @@ var transitions = map[string][]State{
 	"dump":    {Running},
 	"restore": {Checkpointed, Exited, Failed, Killed},
 	"kill":    {Running, Checkpointed, Exited, Failed},
+	"remove":  {Checkpointed, Exited, Failed, Killed},
 }
 
 // explain says why an operation is refused in a state, in user terms.

@@ -23,6 +23,10 @@ func TestTransitions(t *testing.T) {
 		{"kill", Running, true},
 		{"kill", Dumping, false},
 		{"kill", Killed, false},
+		{"remove", Killed, true},
+		{"remove", Failed, true},
+		{"remove", Restoring, false},
+		{"remove", Starting, false},
 	}
 	for _, c := range cases {
 		err := check(c.op, c.from, "j1")

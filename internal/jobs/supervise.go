@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -138,6 +139,9 @@ func (m *Manager) watch(ctx context.Context, id string, pid int, st uint64, chil
 	if err != nil && !status.known {
 		m.log.Warn("watch job", "job", id, "pid", pid, "err", err)
 	}
+	if !status.known && m.containers != nil {
+		status = m.containerExit(id)
+	}
 	m.died(id, pid, st, status)
 }
 
@@ -171,6 +175,7 @@ func (m *Manager) died(id string, pid int, st uint64, status exitStatus) {
 		} else {
 			j.State, j.Error = string(Failed), status.String()
 			restore = j.Policy.RestoreOnFailure
+			j.RestorePending = restore // durable: a restarted daemon resumes it
 		}
 		if status.known && !status.signaled {
 			code := status.code
@@ -185,44 +190,64 @@ func (m *Manager) died(id string, pid int, st uint64, status exitStatus) {
 	m.event(id, "died", "PID %d %s", pid, status)
 	if restore {
 		m.metrics.died()
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.autoRestore(id)
-		}()
+		m.startAutoRestore(id)
 	}
 }
 
-// autoRestore restores a failed job from its newest checkpoint, with
-// exponential backoff, until it runs or the policy's limit is reached.
+// startAutoRestore runs autoRestore in the background.
+func (m *Manager) startAutoRestore(id string) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.autoRestore(id)
+	}()
+}
+
+// autoRestore restores a failed job from its newest checkpoint after a
+// backoff, while the job's RestorePending says one is due: a kill or a
+// removal during the backoff cancels it (the restore's own transaction
+// checks the flag), a daemon restart resumes it (Start). A failed attempt
+// leaves it pending, with a longer backoff, until the policy's limit.
 func (m *Manager) autoRestore(id string) {
-	for {
-		j, err := m.store.GetJob(m.ctx, id)
-		if err != nil || State(j.State) != Failed {
-			return
-		}
-		if j.Restores >= j.Policy.MaxRestores {
-			m.event(id, "gave-up", "not restoring again: %d automatic restores already (max_restores)", j.Restores)
-			return
-		}
-		delay := m.cfg.RestoreBackoff << min(j.Restores, 5)
-		if delay > 30*time.Second {
-			delay = 30 * time.Second
-		}
-		select {
-		case <-m.ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		_, err = m.restore(m.ctx, id, "", true)
-		if err == nil {
-			return
-		}
-		if errors.Is(err, ErrNoCheckpoint) || errors.Is(err, ErrIllegalTransition) {
-			m.event(id, "gave-up", "cannot restore automatically: %v", err)
-			return
-		}
+	j, err := m.store.GetJob(m.ctx, id)
+	if err != nil || State(j.State) != Failed || !j.RestorePending {
+		return
 	}
+	if j.Restores >= j.Policy.MaxRestores {
+		m.giveUp(id, fmt.Sprintf("not restoring again: %d automatic restores already (max_restores)", j.Restores))
+		return
+	}
+	delay := m.cfg.RestoreBackoff << min(j.Restores, 5)
+	if delay > 30*time.Second {
+		delay = 30 * time.Second
+	}
+	m.crashpoint(fault.CrashAutoRestoreBackoff)
+	select {
+	case <-m.ctx.Done():
+		return
+	case <-time.After(delay):
+	}
+	_, err = m.restore(m.ctx, id, "", true)
+	switch {
+	case err == nil, errors.Is(err, errAutoCancelled), errors.Is(err, store.ErrNotFound), m.ctx.Err() != nil:
+		// restored, or no longer wanted (killed, removed, shutting down)
+	case errors.Is(err, ErrNoCheckpoint), errors.Is(err, ErrIllegalTransition):
+		m.giveUp(id, fmt.Sprintf("cannot restore automatically: %v", err))
+	default:
+		// restoreFailed left it pending and started the next attempt.
+	}
+}
+
+// giveUp clears a job's pending automatic restore.
+func (m *Manager) giveUp(id, why string) {
+	_, err := m.store.Commit(context.Background(), id, store.Change{
+		Job:    func(j *store.Job) error { j.RestorePending = false; return nil },
+		Events: []store.Event{{Type: "gave-up", Message: why}},
+	})
+	if err != nil {
+		m.log.Warn("record gave-up", "job", id, "err", err)
+	}
+	m.log.Info(why, "job", id, "event", "gave-up")
 }
 
 // tick takes periodic checkpoints of a running job.

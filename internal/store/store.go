@@ -107,6 +107,20 @@ type Job struct {
 	Policy Policy `json:"policy"`
 	// Restores counts automatic restores so far.
 	Restores int `json:"restores"`
+	// RestorePending says an automatic restore is due: the job failed
+	// under a restore-on-failure policy. A restarted daemon resumes it;
+	// a kill, a removal or giving up clears it.
+	RestorePending bool `json:"restore_pending,omitempty"`
+	// RestoringFrom is the checkpoint a restore in progress uses, recorded
+	// before CRIU starts, so that a daemon restarted mid-restore can find
+	// the restored tree (or know that none runs).
+	RestoringFrom string `json:"restoring_from,omitempty"`
+	// Cgroup is the job's cgroup, relative to the cgroup v2 root
+	// ("cedana/<job ID>"); "" when the job has none.
+	Cgroup string `json:"cgroup,omitempty"`
+	// DumpLeaveRunning says whether a dump in progress leaves the job
+	// running, so that a restarted daemon knows which state it wanted.
+	DumpLeaveRunning bool `json:"dump_leave_running,omitempty"`
 	// ExitCode is set once the job has exited.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// Error is the last failure, for display.

@@ -66,4 +66,39 @@ func TestDaemonManageDocker(t *testing.T) {
 		t.Fatalf("restored job = %+v", restored)
 	}
 	checkContinues(t, countFile(restored.PID), before)
+
+	// A container job that ends has its exit status, from Docker (the
+	// daemon is not its init's parent): 0 is exited, anything else failed.
+	for _, tc := range []struct {
+		name  string
+		code  int
+		state string
+	}{{"cedana-exit0", 0, "exited"}, {"cedana-exit3", 3, "failed"}} {
+		dk.runContainer(tc.name, image, "sh", "-c", "sleep 2; exit "+itoa(tc.code))
+		d.ok("manage", "docker", tc.name)
+		got := d.waitJob(tc.name, 15*time.Second, "ended", func(j jobInfo) bool { return j.State != "running" })
+		var withCode struct {
+			HasExitCode bool `json:"has_exit_code"`
+			ExitCode    *int `json:"exit_code"`
+		}
+		for _, raw := range psRaw(t, d) {
+			if n, _ := raw["name"].(string); n == tc.name {
+				b, _ := json.Marshal(raw)
+				_ = json.Unmarshal(b, &withCode)
+			}
+		}
+		if got.State != tc.state || !withCode.HasExitCode || withCode.ExitCode == nil || *withCode.ExitCode != tc.code {
+			t.Errorf("container %s exiting with %d: job %s, exit_code %v; want %s, %d", tc.name, tc.code, got.State, withCode.ExitCode, tc.state, tc.code)
+		}
+	}
+}
+
+// psRaw returns `ps -o json` as generic objects.
+func psRaw(t *testing.T, d *testDaemon) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	if err := json.Unmarshal([]byte(d.ok("ps", "-o", "json").stdout), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,14 +50,17 @@ type testDaemon struct {
 	metricsAddr string
 	// logPath receives the daemon's stderr, across restarts.
 	logPath string
-	// bin and extraEnv are how the daemon is started (daemonOpts).
-	bin      string
-	extraEnv []string
+	// bin is the binary the daemon runs (daemonOpts.Binary).
+	bin string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	seen   map[int]uint64 // job PIDs seen running → their start time
+	seen   map[int]uint64  // job PIDs seen running → their start time
+	jobIDs map[string]bool // jobs seen, whose cgroups cleanup empties
+	// extraEnv is added to the daemon's environment at its next launch
+	// (daemonOpts.Env, CEDANA_FAULT...).
+	extraEnv []string
 }
 
 // daemonReadyTimeout bounds how long a daemon may take to serve.
@@ -94,6 +98,7 @@ func newTestDaemon(t *testing.T, opts daemonOpts) *testDaemon {
 		seen:     map[int]uint64{},
 		bin:      cedanaBin,
 		extraEnv: opts.Env,
+		jobIDs:   map[string]bool{},
 	}
 	if opts.Binary != "" {
 		d.bin = opts.Binary
@@ -138,9 +143,11 @@ func (d *testDaemon) launch() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- cedana daemon start at %s ---\n", time.Now().Format(time.StampMilli))
+	d.mu.Lock()
 	cmd := exec.Command(d.bin, "daemon", "start")
 	cmd.Env = append(os.Environ(), "HOME="+d.env.home, "CEDANA_TOKEN=")
 	cmd.Env = append(cmd.Env, d.extraEnv...)
+	d.mu.Unlock()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: signals meant for the test never reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -276,6 +283,20 @@ func (d *testDaemon) cleanup() {
 			_ = syscall.Kill(c, syscall.SIGKILL)
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	d.mu.Lock()
+	ids := make([]string, 0, len(d.jobIDs))
+	for id := range d.jobIDs {
+		ids = append(ids, id)
+	}
+	d.mu.Unlock()
+	for _, id := range ids { // what is left in the jobs' own cgroups
+		if dir := jobCgroupDir(id); dir != "" {
+			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+			for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
 	}
 	if d.t.Failed() {
 		d.t.Logf("daemon log (%s):\n%s", d.logPath, d.log())
@@ -418,6 +439,9 @@ func (d *testDaemon) jobsQuiet() {
 
 func (d *testDaemon) trackJobs(js []jobInfo) {
 	for _, j := range js {
+		d.mu.Lock()
+		d.jobIDs[j.ID] = true
+		d.mu.Unlock()
 		if j.State == "running" || j.State == "dumping" || j.State == "restoring" {
 			d.track(j.PID)
 		}
@@ -448,6 +472,7 @@ func (d *testDaemon) runJob(name string, flags []string, argv ...string) jobInfo
 		d.t.Fatalf("run -o json: %v\n%s", err, r.stdout)
 	}
 	d.track(j.PID)
+	d.trackJobs([]jobInfo{j})
 	if j.Name != name || j.PID <= 0 {
 		d.t.Fatalf("run returned %+v", j)
 	}
@@ -551,4 +576,82 @@ func loudCounterScript(path string) string {
 func waitGone(t *testing.T, pid int, timeout time.Duration) {
 	t.Helper()
 	eventually(t, timeout, fmt.Sprintf("PID %d to exit", pid), func() bool { return !alive(pid) })
+}
+
+// setCrashpoint makes the daemon's next launches kill themselves at the
+// named step (a cedana built with -tags faults, CEDANA_FAULT); "" clears
+// it. The daemon keeps running the fault binary afterwards, which behaves
+// as cedanaBin without CEDANA_FAULT.
+func (d *testDaemon) setCrashpoint(name string) {
+	bin := faultBinary(d.t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.bin = bin
+	d.extraEnv = slices.DeleteFunc(d.extraEnv, func(kv string) bool { return strings.HasPrefix(kv, "CEDANA_FAULT=") })
+	if name != "" {
+		d.extraEnv = append(d.extraEnv, "CEDANA_FAULT="+name)
+	}
+}
+
+// jobCgroupDir returns the directory of a job's cgroup (cgroup v2), or ""
+// where there is no cgroup v2 hierarchy.
+func jobCgroupDir(jobID string) string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, fs := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fs) > 0 && fs[0] == "cgroup2" && len(f) >= 5 && f[3] == "/" {
+			return filepath.Join(f[4], "cedana", jobID)
+		}
+	}
+	return ""
+}
+
+// cgroupProcs lists the processes in a job's cgroup (nil without one).
+func cgroupProcs(jobID string) []int {
+	dir := jobCgroupDir(jobID)
+	if dir == "" {
+		return nil
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	var out []int
+	for _, f := range strings.Fields(string(data)) {
+		if p, err := strconv.Atoi(f); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// copies counts the running copies of a job: processes whose command line
+// holds marker and whose parent's does not (a shell's short-lived forks
+// carry its command line too, under it).
+func copies(marker string) []int {
+	ents, _ := os.ReadDir("/proc")
+	has := map[int]bool{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || procState(pid) == 'Z' {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(cmd, []byte(marker)) {
+			has[pid] = true
+		}
+	}
+	var roots []int
+	for pid := range has {
+		f := statFields(pid)
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if !has[ppid] {
+			roots = append(roots, pid)
+		}
+	}
+	return roots
 }

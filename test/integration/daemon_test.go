@@ -192,7 +192,10 @@ while True:
 // dumps a large job, and started again. Afterwards no checkpoint is
 // pending, every complete one has its archive, no half-written file
 // remains, the job's process is not left frozen, and the job can be
-// operated on.
+// operated on. The oracle is strict: either the process runs on, or a
+// complete checkpoint brings it back with its counter — a job whose
+// process is gone without a checkpoint fails the test — and exactly one
+// copy runs at the end.
 func TestDaemonCrashDuringDump(t *testing.T) {
 	py := requireBinary(t, "python3")
 	cases := []struct {
@@ -217,7 +220,7 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 			d := startDaemon(t, daemonOpts{Config: map[string]any{"staging_dir": staging}})
 			ctr := filepath.Join(t.TempDir(), "counter")
 			j := d.runJob("big", nil, py, "-c", memJobScript, ctr)
-			eventually(t, 20*time.Second, "the job to fill its memory", func() bool { return readCounter(ctr) >= 1 })
+			eventually(t, 60*time.Second, "the job to fill its memory", func() bool { return readCounter(ctr) >= 1 })
 			startTimeBefore := startTime(j.PID)
 
 			bg := make(chan result, 1)
@@ -271,11 +274,20 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 				d.restoreJob("big")
 				checkContinues(t, ctr, before)
 			default:
-				if len(complete(d.checkpoints("big"))) > 0 {
-					d.restoreJob("big")
-				} else {
-					d.ok("kill", "big")
+				// The process is gone: only a complete checkpoint with its
+				// archive makes that acceptable. A job lost both ways fails.
+				cs := complete(d.checkpoints("big"))
+				if len(cs) == 0 {
+					t.Fatalf("the job's process is gone and no complete checkpoint is listed: the job was lost (it is %s: %s)", got.State, got.Error)
 				}
+				waitGone(t, j.PID, 5*time.Second)
+				before := readCounter(ctr)
+				d.restoreJob("big")
+				checkContinues(t, ctr, before)
+			}
+			// Exactly one copy runs (its argv holds the counter's path).
+			if n := copies(ctr); len(n) != 1 {
+				t.Errorf("%d copies of the job run after the restart: %v", len(n), n)
 			}
 		})
 	}

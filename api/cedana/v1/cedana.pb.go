@@ -1496,6 +1496,131 @@ func (x *DrainResponse) GetErrors() []string {
 	return nil
 }
 
+type RemoveJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// Kill the job first if it is running.
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// Delete its checkpoint archives too.
+	Checkpoints   bool `protobuf:"varint,3,opt,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveJobRequest) Reset() {
+	*x = RemoveJobRequest{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveJobRequest) ProtoMessage() {}
+
+func (x *RemoveJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveJobRequest.ProtoReflect.Descriptor instead.
+func (*RemoveJobRequest) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RemoveJobRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *RemoveJobRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RemoveJobRequest) GetCheckpoints() bool {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return false
+}
+
+type RemoveJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it was when removed.
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// Archives deleted (with checkpoints).
+	RemovedArchives []string `protobuf:"bytes,2,rep,name=removed_archives,json=removedArchives,proto3" json:"removed_archives,omitempty"`
+	// Archives left on disk; `cedana restore PATH` still restores them.
+	KeptArchives  []string `protobuf:"bytes,3,rep,name=kept_archives,json=keptArchives,proto3" json:"kept_archives,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveJobResponse) Reset() {
+	*x = RemoveJobResponse{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveJobResponse) ProtoMessage() {}
+
+func (x *RemoveJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveJobResponse.ProtoReflect.Descriptor instead.
+func (*RemoveJobResponse) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RemoveJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *RemoveJobResponse) GetRemovedArchives() []string {
+	if x != nil {
+		return x.RemovedArchives
+	}
+	return nil
+}
+
+func (x *RemoveJobResponse) GetKeptArchives() []string {
+	if x != nil {
+		return x.KeptArchives
+	}
+	return nil
+}
+
 var File_api_cedana_v1_cedana_proto protoreflect.FileDescriptor
 
 const file_api_cedana_v1_cedana_proto_rawDesc = "" +
@@ -1603,7 +1728,15 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\fDrainRequest\"`\n" +
 	"\rDrainResponse\x127\n" +
 	"\vcheckpoints\x18\x01 \x03(\v2\x15.cedana.v1.CheckpointR\vcheckpoints\x12\x16\n" +
-	"\x06errors\x18\x02 \x03(\tR\x06errors2\x8d\a\n" +
+	"\x06errors\x18\x02 \x03(\tR\x06errors\"\\\n" +
+	"\x10RemoveJobRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12 \n" +
+	"\vcheckpoints\x18\x03 \x01(\bR\vcheckpoints\"\x85\x01\n" +
+	"\x11RemoveJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12)\n" +
+	"\x10removed_archives\x18\x02 \x03(\tR\x0fremovedArchives\x12#\n" +
+	"\rkept_archives\x18\x03 \x03(\tR\fkeptArchives2\xd5\a\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
 	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
@@ -1620,7 +1753,8 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\n" +
 	"ListEvents\x12\x1c.cedana.v1.ListEventsRequest\x1a\x1d.cedana.v1.ListEventsResponse\x125\n" +
 	"\x04Logs\x12\x16.cedana.v1.LogsRequest\x1a\x13.cedana.v1.LogChunk0\x01\x12:\n" +
-	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
+	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponse\x12F\n" +
+	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
 
 var (
 	file_api_cedana_v1_cedana_proto_rawDescOnce sync.Once
@@ -1634,7 +1768,7 @@ func file_api_cedana_v1_cedana_proto_rawDescGZIP() []byte {
 	return file_api_cedana_v1_cedana_proto_rawDescData
 }
 
-var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
@@ -1660,6 +1794,8 @@ var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*LogChunk)(nil),                 // 21: cedana.v1.LogChunk
 	(*DrainRequest)(nil),             // 22: cedana.v1.DrainRequest
 	(*DrainResponse)(nil),            // 23: cedana.v1.DrainResponse
+	(*RemoveJobRequest)(nil),         // 24: cedana.v1.RemoveJobRequest
+	(*RemoveJobResponse)(nil),        // 25: cedana.v1.RemoveJobResponse
 }
 var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
@@ -1671,39 +1807,42 @@ var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	12, // 6: cedana.v1.ListCheckpointsResponse.checkpoints:type_name -> cedana.v1.Checkpoint
 	17, // 7: cedana.v1.ListEventsResponse.events:type_name -> cedana.v1.Event
 	12, // 8: cedana.v1.DrainResponse.checkpoints:type_name -> cedana.v1.Checkpoint
-	2,  // 9: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 10: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 11: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
-	5,  // 12: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	7,  // 13: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	8,  // 14: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	9,  // 15: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	10, // 16: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	11, // 17: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	13, // 18: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	15, // 19: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	18, // 20: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	20, // 21: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	22, // 22: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	1,  // 23: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 24: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	1,  // 25: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
-	6,  // 26: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 27: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	12, // 28: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 29: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 30: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 31: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	14, // 32: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	16, // 33: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	19, // 34: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	21, // 35: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	23, // 36: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	23, // [23:37] is the sub-list for method output_type
-	9,  // [9:23] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	1,  // 9: cedana.v1.RemoveJobResponse.job:type_name -> cedana.v1.Job
+	2,  // 10: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 11: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 12: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 13: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 14: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 15: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 16: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 17: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 18: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 19: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 20: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 21: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 22: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 23: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	24, // 24: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
+	1,  // 25: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 26: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 27: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 28: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 29: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 30: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 31: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 32: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 33: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 34: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 35: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 36: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 37: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 38: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	25, // 39: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
+	25, // [25:40] is the sub-list for method output_type
+	10, // [10:25] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_api_cedana_v1_cedana_proto_init() }
@@ -1717,7 +1856,7 @@ func file_api_cedana_v1_cedana_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_cedana_v1_cedana_proto_rawDesc), len(file_api_cedana_v1_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

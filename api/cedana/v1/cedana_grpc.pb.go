@@ -43,6 +43,7 @@ const (
 	Cedana_ListEvents_FullMethodName       = "/cedana.v1.Cedana/ListEvents"
 	Cedana_Logs_FullMethodName             = "/cedana.v1.Cedana/Logs"
 	Cedana_Drain_FullMethodName            = "/cedana.v1.Cedana/Drain"
+	Cedana_RemoveJob_FullMethodName        = "/cedana.v1.Cedana/RemoveJob"
 )
 
 // CedanaClient is the client API for Cedana service.
@@ -75,6 +76,10 @@ type CedanaClient interface {
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
 	// Drain checkpoints every running job and stops it (the preemption case).
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
+	// RemoveJob deletes a job from the catalogue, freeing its name. A job
+	// with processes is refused (FAILED_PRECONDITION) unless force, which
+	// kills it first. Its archives stay on disk unless checkpoints is set.
+	RemoveJob(ctx context.Context, in *RemoveJobRequest, opts ...grpc.CallOption) (*RemoveJobResponse, error)
 }
 
 type cedanaClient struct {
@@ -234,6 +239,16 @@ func (c *cedanaClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *cedanaClient) RemoveJob(ctx context.Context, in *RemoveJobRequest, opts ...grpc.CallOption) (*RemoveJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveJobResponse)
+	err := c.cc.Invoke(ctx, Cedana_RemoveJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CedanaServer is the server API for Cedana service.
 // All implementations must embed UnimplementedCedanaServer
 // for forward compatibility.
@@ -264,6 +279,10 @@ type CedanaServer interface {
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
 	// Drain checkpoints every running job and stops it (the preemption case).
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
+	// RemoveJob deletes a job from the catalogue, freeing its name. A job
+	// with processes is refused (FAILED_PRECONDITION) unless force, which
+	// kills it first. Its archives stay on disk unless checkpoints is set.
+	RemoveJob(context.Context, *RemoveJobRequest) (*RemoveJobResponse, error)
 	mustEmbedUnimplementedCedanaServer()
 }
 
@@ -315,6 +334,9 @@ func (UnimplementedCedanaServer) Logs(*LogsRequest, grpc.ServerStreamingServer[L
 }
 func (UnimplementedCedanaServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
+}
+func (UnimplementedCedanaServer) RemoveJob(context.Context, *RemoveJobRequest) (*RemoveJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveJob not implemented")
 }
 func (UnimplementedCedanaServer) mustEmbedUnimplementedCedanaServer() {}
 func (UnimplementedCedanaServer) testEmbeddedByValue()                {}
@@ -582,6 +604,24 @@ func _Cedana_Drain_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cedana_RemoveJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).RemoveJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_RemoveJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).RemoveJob(ctx, req.(*RemoveJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cedana_ServiceDesc is the grpc.ServiceDesc for Cedana service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -640,6 +680,10 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Drain",
 			Handler:    _Cedana_Drain_Handler,
+		},
+		{
+			MethodName: "RemoveJob",
+			Handler:    _Cedana_RemoveJob_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
