@@ -400,6 +400,7 @@ func runTamper(t *testing.T, e *Encrypted, big int) {
 		"flipped chunk size":             flip(10),
 		"flipped wrapped key":            flip(hdrLen - 5),
 		"truncated by one chunk":         raw[:len(raw)-full],
+		"truncated at a chunk boundary":  raw[:hdrLen+2*full],
 		"truncated inside a chunk":       raw[:len(raw)-100],
 		"extended":                       append(bytes.Clone(raw), make([]byte, full)...),
 		"two chunks swapped": func() []byte {

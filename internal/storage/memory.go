@@ -110,8 +110,8 @@ func (m *Memory) Open(ctx context.Context, key string) (Object, error) {
 type memReader struct{ r *bytes.Reader }
 
 func (o *memReader) ReadAt(p []byte, off int64) (int, error) { return o.r.ReadAt(p, off) }
-func (o *memReader) Size() int64                              { return o.r.Size() }
-func (o *memReader) Close() error                             { return nil }
+func (o *memReader) Size() int64                             { return o.r.Size() }
+func (o *memReader) Close() error                            { return nil }
 func (o *memReader) Stream(off, n int64) (io.ReadCloser, error) {
 	off, n, err := clampRange(off, n, o.r.Size())
 	if err != nil {

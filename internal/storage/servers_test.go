@@ -61,9 +61,9 @@ func freePort(t testing.TB) int {
 type testServer struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has been waited for
-	log  string
-	addr string // host:port
-	dir  string // its data directory
+	log    string
+	addr   string // host:port
+	dir    string // its data directory
 }
 
 func (s *testServer) logTail() string {
