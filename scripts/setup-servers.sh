@@ -47,7 +47,7 @@ works() {
   esac
 }
 
-echo "$SERVERS" | while read -r name version pkg; do
+while read -r name version pkg; do
   [ -n "$name" ] || continue
   target="$CACHE/$name-$version"
   if [ -x "$target" ] && works "$target"; then
@@ -70,4 +70,4 @@ echo "$SERVERS" | while read -r name version pkg; do
   mv -f "$target.tmp.$$" "$target"
   rm -rf "$TMP"; TMP=""
   say "$name $version: built into $target in $((SECONDS - t0)) s"
-done
+done <<<"$SERVERS"
