@@ -61,6 +61,10 @@ const (
 	metaUpload     = "cedana-upload"
 	metaSize       = "cedana-size"
 	jsIndexVersion = 1
+	// jsPartsInFlight bounds the parts being stored at once: each Put pipelines its own
+	// chunks, and bounding parts bounds outstanding publishes (a single multi-GiB Put
+	// runs into "too many requests").
+	jsPartsInFlight = 4
 )
 
 // jsIndex is the content of an index object.
@@ -176,7 +180,7 @@ func (j *JetStream) Create(ctx context.Context, key string) (Writer, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &jsWriter{j: j, ctx: ctx, cancel: cancel, key: key, upload: nuid.Next(),
-		buf: make([]byte, 0, j.cfg.PartSize), sem: make(chan struct{}, 2)}
+		buf: make([]byte, 0, j.cfg.PartSize), sem: make(chan struct{}, jsPartsInFlight)}
 	return w, nil
 }
 
@@ -223,8 +227,7 @@ func (w *jsWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// flushPart stores the buffered part in the background (two parts in flight at most:
-// each Put pipelines its own chunks, and bounding parts bounds outstanding publishes).
+// flushPart stores the buffered part in the background (jsPartsInFlight at most).
 func (w *jsWriter) flushPart() error {
 	select {
 	case w.sem <- struct{}{}:

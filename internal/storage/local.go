@@ -119,6 +119,21 @@ func (w *dirWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom lets io.Copy from a file use copy_file_range or splice, as cp does.
+func (w *dirWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.done {
+		return 0, w.d.err("write", w.key, ErrClosed, "")
+	}
+	if err := w.ctx.Err(); err != nil {
+		return 0, w.d.err("write", w.key, err, "")
+	}
+	n, err := w.f.ReadFrom(r)
+	if err != nil {
+		return n, w.d.fsErr("write", w.key, err)
+	}
+	return n, nil
+}
+
 func (w *dirWriter) Commit() error {
 	if w.done {
 		return w.d.err("commit", w.key, ErrClosed, "")
@@ -220,8 +235,31 @@ func (o *fileObject) Stream(off, n int64) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, o.d.err("read", o.key, err, "")
 	}
-	return sectionCloser{io.NewSectionReader(o.f, off, n)}, nil
+	// A new open file description of the same inode (even if the name was replaced
+	// since), with its own offset: streams do not disturb each other, and io.Copy into
+	// a file can use copy_file_range.
+	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", o.f.Fd()))
+	if err != nil {
+		return sectionCloser{io.NewSectionReader(o.f, off, n)}, nil
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, o.d.fsErr("read", o.key, err)
+	}
+	return &fileStream{f: f, lr: io.LimitedReader{R: f, N: n}}, nil
 }
+
+type fileStream struct {
+	f  *os.File
+	lr io.LimitedReader
+}
+
+func (s *fileStream) Read(p []byte) (int, error) { return s.lr.Read(p) }
+
+// WriteTo hands the limited file to io.Copy, so a file destination uses copy_file_range.
+func (s *fileStream) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, &s.lr) }
+
+func (s *fileStream) Close() error { return s.f.Close() }
 
 // File is the open file behind the object, for callers that can use it directly (mmap,
 // copy_file_range). It stays owned by the Object.

@@ -22,11 +22,12 @@ type pipeline struct {
 	quit      chan struct{}
 	quitOnce  sync.Once
 	closeOnce sync.Once
-	pool      sync.Pool
+	free      chan *cryptJob // recycled jobs and their buffers (a sync.Pool loses them at each GC)
 }
 
 func newPipeline(workers, depth int, fn func(*cryptJob)) *pipeline {
-	p := &pipeline{fn: fn, work: make(chan *cryptJob, depth), order: make(chan *cryptJob, depth), quit: make(chan struct{})}
+	p := &pipeline{fn: fn, work: make(chan *cryptJob, depth), order: make(chan *cryptJob, depth),
+		quit: make(chan struct{}), free: make(chan *cryptJob, depth+workers+2)}
 	for range workers {
 		go func() {
 			for j := range p.work {
@@ -40,8 +41,10 @@ func newPipeline(workers, depth int, fn func(*cryptJob)) *pipeline {
 
 // job returns a fresh or recycled job (its buffers may be reused).
 func (p *pipeline) job() *cryptJob {
-	j, _ := p.pool.Get().(*cryptJob)
-	if j == nil {
+	var j *cryptJob
+	select {
+	case j = <-p.free:
+	default:
 		j = &cryptJob{}
 	}
 	j.done, j.err, j.final = make(chan struct{}), nil, false
@@ -49,7 +52,12 @@ func (p *pipeline) job() *cryptJob {
 }
 
 // recycle returns a job the consumer is done with.
-func (p *pipeline) recycle(j *cryptJob) { p.pool.Put(j) }
+func (p *pipeline) recycle(j *cryptJob) {
+	select {
+	case p.free <- j:
+	default:
+	}
+}
 
 // submit queues j; false if the pipeline was stopped.
 func (p *pipeline) submit(j *cryptJob) bool {
