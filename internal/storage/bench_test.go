@@ -16,7 +16,9 @@ func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (discardWriter) Commit() error               { return nil }
 func (discardWriter) Abort() error                { return nil }
 
-func (d *discard) Create(ctx context.Context, key string) (Writer, error) { return discardWriter{}, nil }
+func (d *discard) Create(ctx context.Context, key string) (Writer, error) {
+	return discardWriter{}, nil
+}
 
 // BenchmarkEncryptWrite measures the encryption wrapper's writer alone.
 func BenchmarkEncryptWrite(b *testing.B) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Backend kinds (storage.backend).
@@ -195,4 +196,26 @@ func ParseURL(raw string) (Config, error) {
 		return Config{}, fmt.Errorf("storage URL: unknown parameter(s) %s", strings.Join(names, ", "))
 	}
 	return cfg, nil
+}
+
+// Sweep removes what interrupted uploads left behind in b, when older than olderThan:
+// temporary files (dir, local), incomplete multipart uploads (s3), unreferenced parts
+// (jetstream). It returns how many it removed. Run it when the daemon starts.
+func Sweep(ctx context.Context, b Backend, olderThan time.Duration) (int, error) {
+	for {
+		switch v := b.(type) {
+		case *Encrypted:
+			b = v.inner
+		case *plainOnly:
+			b = v.Backend
+		case *Dir:
+			return v.SweepTemp(olderThan)
+		case *S3:
+			return v.AbortIncomplete(ctx, olderThan)
+		case *JetStream:
+			return v.SweepParts(ctx, olderThan)
+		default:
+			return 0, nil
+		}
+	}
 }

@@ -216,6 +216,14 @@ func runContract(t *testing.T, sp spec, big int) {
 			t.Fatal("the child never reported WROTE")
 		}
 		mustNotExist(t, b, "killed/obj")
+		// What the killed writer left behind is found and removed by Sweep.
+		n, err := Sweep(ctx, b, 0)
+		if err != nil || n == 0 {
+			t.Fatalf("Sweep after a killed writer removed %d leftovers, %v; want some", n, err)
+		}
+		if n, err := Sweep(ctx, b, 0); err != nil || n != 0 {
+			t.Fatalf("a second Sweep removed %d, %v; want 0", n, err)
+		}
 	})
 
 	t.Run("RangedReads", func(t *testing.T) {

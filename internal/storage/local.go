@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Dir is a backend over a directory: the local checkpoint directory ("local") or a shared
@@ -361,15 +362,18 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// SweepTemp removes temporary files that writers killed mid-way left under the root and
-// returns how many it removed. Run it when no writer is active (at daemon start).
-func (d *Dir) SweepTemp() (int, error) {
+// SweepTemp removes temporary files older than olderThan that writers killed mid-way
+// left under the root, and returns how many it removed.
+func (d *Dir) SweepTemp(olderThan time.Duration) (int, error) {
 	n := 0
 	err := filepath.WalkDir(d.root, func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
 		}
 		if !e.IsDir() && strings.HasPrefix(e.Name(), reservedPrefix+"tmp-") {
+			if st, err := e.Info(); err != nil || time.Since(st.ModTime()) < olderThan {
+				return nil
+			}
 			if os.Remove(path) == nil {
 				n++
 			}
