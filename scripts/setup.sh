@@ -341,4 +341,5 @@ if [ "${CEDANA_SKIP_PACKAGES:-0}" != 1 ]; then install_system_packages; fi
 setup_criu
 report_criu
 bash "$(dirname "${BASH_SOURCE[0]}")/setup-containers.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/setup-servers.sh"
 say "done"

@@ -1,0 +1,632 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// JetStreamConfig configures the jetstream backend (storage.jetstream.* in the
+// configuration).
+type JetStreamConfig struct {
+	// URL of the NATS servers, comma-separated ("nats://127.0.0.1:4222"); a user and
+	// password may be given in it ("nats://user:pass@host:4222"). Never logged with them.
+	URL string
+	// CredsFile is a NATS credentials file (JWT + nkey), instead of a password.
+	CredsFile string
+	// Bucket is the object store's name.
+	Bucket string
+	// CreateBucket creates the object store (with Replicas) when it does not exist;
+	// otherwise a missing one is an error.
+	CreateBucket bool
+	// Replicas for a created object store (default 1). Large archives were tested at R1.
+	Replicas int
+	// PartSize is the size of each stored part in bytes (default 16 MiB): large archives
+	// are stored as several objects so that no single object store entry holds gigabytes,
+	// and a ranged read fetches at most one part more than it needs.
+	PartSize int64
+}
+
+// JetStream is a backend on a NATS JetStream object store. An archive of any size is
+// stored as parts — objects named ".cedana-parts/<upload>/<n>", PartSize bytes each — and
+// an index object under the archive's key, written last, listing them with their sizes and
+// SHA-256 digests. The index is the commit point: until it is written nothing is listed, a
+// killed writer leaves only unlisted parts (SweepParts reclaims them), and Delete removes
+// the index before the parts.
+type JetStream struct {
+	cfg  JetStreamConfig
+	nc   *nats.Conn
+	obs  jetstream.ObjectStore
+	name string
+}
+
+var _ Backend = (*JetStream)(nil)
+
+const (
+	jsPartsPrefix  = reservedPrefix + "parts/"
+	jsChunkSize    = 512 << 10 // message size within a part (under the default 1 MiB max_payload)
+	metaIndex      = "cedana-index"
+	metaUpload     = "cedana-upload"
+	metaSize       = "cedana-size"
+	jsIndexVersion = 1
+	// jsPartsInFlight bounds the parts being stored at once: each Put pipelines its own
+	// chunks, and bounding parts bounds outstanding publishes (a single multi-GiB Put
+	// runs into "too many requests").
+	jsPartsInFlight = 4
+)
+
+// jsIndex is the content of an index object.
+type jsIndex struct {
+	Version  int      `json:"version"`
+	Size     int64    `json:"size"`
+	PartSize int64    `json:"part_size"`
+	Upload   string   `json:"upload"`
+	Parts    []jsPart `json:"parts"`
+}
+
+type jsPart struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"` // as the object store reports it ("SHA-256=…")
+}
+
+// NewJetStream connects to NATS and opens (or, with CreateBucket, creates) the object store.
+func NewJetStream(ctx context.Context, cfg JetStreamConfig) (*JetStream, error) {
+	j := &JetStream{cfg: cfg}
+	j.name = "jetstream://" + cfg.Bucket + " at " + redactServers(cfg.URL)
+	if cfg.URL == "" {
+		return nil, j.err("connect", "", errors.New("no server URL configured"), "set storage.jetstream.url, e.g. nats://127.0.0.1:4222")
+	}
+	if cfg.Bucket == "" {
+		return nil, j.err("connect", "", errors.New("no object store configured"), "set storage.jetstream.bucket")
+	}
+	if j.cfg.PartSize <= 0 {
+		j.cfg.PartSize = defaultPartSize
+	}
+	if j.cfg.Replicas <= 0 {
+		j.cfg.Replicas = 1
+	}
+	opts := []nats.Option{nats.Name("cedana-storage"), nats.Timeout(10 * time.Second), nats.MaxReconnects(10)}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, j.classify("connect", "", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, j.classify("connect", "", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	obs, err := js.ObjectStore(cctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && cfg.CreateBucket {
+		obs, err = js.CreateObjectStore(cctx, jetstream.ObjectStoreConfig{
+			Bucket: cfg.Bucket, Replicas: j.cfg.Replicas, Storage: jetstream.FileStorage,
+			Description: "Cedana checkpoints",
+		})
+	}
+	if err != nil {
+		nc.Close()
+		return nil, j.classify("connect", "", err)
+	}
+	j.nc, j.obs = nc, obs
+	return j, nil
+}
+
+// Close closes the connection to NATS.
+func (j *JetStream) Close() error {
+	if j.nc != nil {
+		j.nc.Close()
+	}
+	return nil
+}
+
+// Name implements Backend.
+func (j *JetStream) Name() string { return j.name }
+
+func (j *JetStream) err(op, key string, err error, hint string) error {
+	return &Error{Backend: j.name, Op: op, Key: key, Err: err, Hint: hint}
+}
+
+func (j *JetStream) classify(op, key string, err error) error {
+	var apiErr *jetstream.APIError
+	msg := strings.ToLower(err.Error())
+	switch {
+	case errors.Is(err, context.Canceled):
+		return j.err(op, key, err, "")
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		return j.err(op, key, withKind(ErrCorrupt, err), "")
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return j.err(op, key, withKind(ErrNotExist, err), "")
+	case errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound):
+		return j.err(op, key, withKind(ErrNoBucket, err),
+			fmt.Sprintf("create the object store (`nats object add %s --replicas %d`) or set storage.jetstream.create_bucket", j.cfg.Bucket, j.cfg.Replicas))
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return j.err(op, key, withKind(ErrNoBucket, err), "enable JetStream on the server (nats-server -js, or a jetstream {} block) and for this account")
+	case errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) ||
+		strings.Contains(msg, "authorization violation") || strings.Contains(msg, "authentication"):
+		return j.err(op, key, withKind(ErrAccess, err), "check the user and password in storage.jetstream.url or storage.jetstream.creds")
+	case errors.As(err, &apiErr) && (apiErr.ErrorCode == 10023 || apiErr.ErrorCode == 10047 || apiErr.ErrorCode == 10028),
+		strings.Contains(msg, "insufficient resources"), strings.Contains(msg, "maximum bytes exceeded"),
+		strings.Contains(msg, "resource limits exceeded"), strings.Contains(msg, "no space"):
+		return j.err(op, key, withKind(ErrNoSpace, err), "free space on the servers, raise the object store's max_bytes or the account's JetStream limits")
+	case errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host"):
+		return j.err(op, key, withKind(ErrUnreachable, err), "check storage.jetstream.url and that nats-server (with JetStream) is running and reachable")
+	}
+	return j.err(op, key, err, "")
+}
+
+// Create implements Backend.
+func (j *JetStream) Create(ctx context.Context, key string) (Writer, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, j.err("create", key, err, "")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w := &jsWriter{j: j, ctx: ctx, cancel: cancel, key: key, upload: nuid.Next(),
+		buf: make([]byte, 0, j.cfg.PartSize), sem: make(chan struct{}, jsPartsInFlight)}
+	return w, nil
+}
+
+type jsWriter struct {
+	j      *JetStream
+	ctx    context.Context
+	cancel context.CancelFunc
+	key    string
+	upload string
+	buf    []byte
+	sem    chan struct{}
+	size   int64
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	parts  []jsPart
+	perr   error
+	done   bool
+}
+
+func (w *jsWriter) firstErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.perr
+}
+
+func (w *jsWriter) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, w.j.err("write", w.key, ErrClosed, "")
+	}
+	if err := w.firstErr(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for len(p) > 0 {
+		k := min(cap(w.buf)-len(w.buf), len(p))
+		w.buf = append(w.buf, p[:k]...)
+		p, n = p[k:], n+k
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flushPart(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flushPart stores the buffered part in the background (jsPartsInFlight at most).
+func (w *jsWriter) flushPart() error {
+	select {
+	case w.sem <- struct{}{}:
+	case <-w.ctx.Done():
+		if err := w.firstErr(); err != nil {
+			return err
+		}
+		return w.j.classify("write", w.key, w.ctx.Err())
+	}
+	if err := w.firstErr(); err != nil {
+		<-w.sem
+		return err
+	}
+	idx := len(w.parts)
+	name := fmt.Sprintf("%s%s/%06d", jsPartsPrefix, w.upload, idx)
+	w.parts = append(w.parts, jsPart{Name: name, Size: int64(len(w.buf))})
+	w.size += int64(len(w.buf))
+	data := w.buf
+	w.buf = make([]byte, 0, cap(data))
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.sem }()
+		info, err := w.j.obs.Put(w.ctx, jetstream.ObjectMeta{
+			Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: jsChunkSize},
+			Metadata: map[string]string{metaUpload: w.upload},
+		}, bytes.NewReader(data))
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if err != nil {
+			if w.perr == nil {
+				w.perr = w.j.classify("write", w.key, err)
+				w.cancel()
+			}
+			return
+		}
+		w.parts[idx].Digest = info.Digest
+	}()
+	return nil
+}
+
+func (w *jsWriter) Commit() error {
+	if w.done {
+		return w.j.err("commit", w.key, ErrClosed, "")
+	}
+	if err := w.commit(); err != nil {
+		_ = w.abort()
+		return err
+	}
+	w.done = true
+	w.cancel()
+	return nil
+}
+
+func (w *jsWriter) commit() error {
+	if len(w.buf) > 0 || len(w.parts) == 0 {
+		if err := w.flushPart(); err != nil {
+			return err
+		}
+	}
+	w.wg.Wait()
+	if err := w.firstErr(); err != nil {
+		return err
+	}
+	if err := w.ctx.Err(); err != nil {
+		return w.j.classify("commit", w.key, err)
+	}
+	w.mu.Lock()
+	idx := jsIndex{Version: jsIndexVersion, Size: w.size, PartSize: w.j.cfg.PartSize, Upload: w.upload, Parts: w.parts}
+	w.mu.Unlock()
+	data, err := json.Marshal(idx)
+	if err != nil {
+		return w.j.err("commit", w.key, err, "")
+	}
+	// The index, written last, makes the archive visible. Put replaces an older object of
+	// the same name; the older archive's parts are removed afterwards.
+	old, _ := w.j.readIndex(w.ctx, w.key)
+	if _, err := w.j.obs.Put(w.ctx, jetstream.ObjectMeta{
+		Name: w.key,
+		Metadata: map[string]string{metaIndex: strconv.Itoa(jsIndexVersion), metaUpload: w.upload,
+			metaSize: strconv.FormatInt(w.size, 10)},
+	}, bytes.NewReader(data)); err != nil {
+		return w.j.classify("commit", w.key, err)
+	}
+	if old != nil && old.Upload != w.upload {
+		w.j.deleteParts(context.WithoutCancel(w.ctx), old.Parts)
+	}
+	return nil
+}
+
+func (w *jsWriter) Abort() error {
+	if w.done {
+		return nil
+	}
+	return w.abort()
+}
+
+func (w *jsWriter) abort() error {
+	w.done = true
+	w.cancel()
+	w.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), 30*time.Second)
+	defer cancel()
+	w.j.deleteParts(ctx, w.parts)
+	return nil
+}
+
+func (j *JetStream) deleteParts(ctx context.Context, parts []jsPart) {
+	for _, p := range parts {
+		_ = j.obs.Delete(ctx, p.Name)
+	}
+}
+
+// readIndex reads and checks the index object of key.
+func (j *JetStream) readIndex(ctx context.Context, key string) (*jsIndex, error) {
+	info, err := j.obs.GetInfo(ctx, key)
+	if err != nil {
+		return nil, j.classify("open", key, err)
+	}
+	if info.Metadata[metaIndex] == "" {
+		return nil, j.err("open", key, withKind(ErrCorrupt, errors.New("not a Cedana index object")), "the object was not written by Cedana's jetstream backend")
+	}
+	if info.Size > 64<<20 {
+		return nil, j.err("open", key, withKind(ErrCorrupt, fmt.Errorf("index of %d bytes", info.Size)), "")
+	}
+	data, err := j.obs.GetBytes(ctx, key)
+	if err != nil {
+		return nil, j.classify("open", key, err)
+	}
+	var idx jsIndex
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return nil, j.err("open", key, withKind(ErrCorrupt, err), "")
+	}
+	if idx.Version != jsIndexVersion {
+		return nil, j.err("open", key, withKind(ErrCorrupt, fmt.Errorf("index version %d, this Cedana reads %d", idx.Version, jsIndexVersion)), "")
+	}
+	var sum int64
+	for _, p := range idx.Parts {
+		if p.Size < 0 || !strings.HasPrefix(p.Name, jsPartsPrefix) {
+			return nil, j.err("open", key, withKind(ErrCorrupt, errors.New("bad part in index")), "")
+		}
+		sum += p.Size
+	}
+	if sum != idx.Size {
+		return nil, j.err("open", key, withKind(ErrCorrupt, fmt.Errorf("parts add up to %d bytes, index says %d", sum, idx.Size)), "")
+	}
+	return &idx, nil
+}
+
+// Open implements Backend.
+func (j *JetStream) Open(ctx context.Context, key string) (Object, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, j.err("open", key, err, "")
+	}
+	idx, err := j.readIndex(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	o := &jsObject{j: j, ctx: ctx, key: key, idx: idx, starts: make([]int64, len(idx.Parts))}
+	var off int64
+	for i, p := range idx.Parts {
+		o.starts[i] = off
+		off += p.Size
+	}
+	return o, nil
+}
+
+type jsObject struct {
+	j      *JetStream
+	ctx    context.Context
+	key    string
+	idx    *jsIndex
+	starts []int64 // offset of each part
+}
+
+func (o *jsObject) Size() int64  { return o.idx.Size }
+func (o *jsObject) Close() error { return nil }
+
+// part returns the index of the part holding offset off.
+func (o *jsObject) part(off int64) int {
+	return sort.Search(len(o.starts), func(i int) bool { return o.starts[i] > off }) - 1
+}
+
+// openPart opens part i positioned at skip bytes into it.
+func (o *jsObject) openPart(i int, skip int64) (io.ReadCloser, error) {
+	r, err := o.j.obs.Get(o.ctx, o.idx.Parts[i].Name)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil, o.j.err("read", o.key, withKind(ErrCorrupt, fmt.Errorf("part %d is missing", i)), "the archive was partly deleted")
+		}
+		return nil, o.j.classify("read", o.key, err)
+	}
+	if skip > 0 {
+		if _, err := io.CopyN(io.Discard, r, skip); err != nil {
+			r.Close()
+			return nil, o.j.classify("read", o.key, err)
+		}
+	}
+	return r, nil
+}
+
+func (o *jsObject) ReadAt(p []byte, off int64) (int, error) {
+	if off >= o.idx.Size {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), o.idx.Size-off)
+	r, err := o.Stream(off, want)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	n, err := io.ReadFull(r, p[:want])
+	if err != nil {
+		return n, err
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (o *jsObject) Stream(off, n int64) (io.ReadCloser, error) {
+	off, n, err := clampRange(off, n, o.idx.Size)
+	if err != nil {
+		return nil, o.j.err("read", o.key, err, "")
+	}
+	return &jsStream{o: o, off: off, left: n}, nil
+}
+
+// jsStream reads parts one after another. A part read to its end has its SHA-256 digest
+// checked by the client.
+type jsStream struct {
+	o    *jsObject
+	off  int64
+	left int64
+	cur  io.ReadCloser
+	curN int64 // bytes left in cur
+}
+
+func (s *jsStream) Read(p []byte) (int, error) {
+	if s.left <= 0 {
+		return 0, io.EOF
+	}
+	if s.cur == nil {
+		i := s.o.part(s.off)
+		skip := s.off - s.o.starts[i]
+		r, err := s.o.openPart(i, skip)
+		if err != nil {
+			return 0, err
+		}
+		s.cur, s.curN = r, s.o.idx.Parts[i].Size-skip
+	}
+	if lim := min(s.left, s.curN); int64(len(p)) > lim {
+		p = p[:lim]
+	}
+	n, err := s.cur.Read(p)
+	s.off += int64(n)
+	s.left -= int64(n)
+	s.curN -= int64(n)
+	if err != nil && err != io.EOF {
+		return n, s.o.j.classify("read", s.o.key, err)
+	}
+	if err == io.EOF && s.curN > 0 {
+		return n, s.o.j.err("read", s.o.key, withKind(ErrCorrupt, io.ErrUnexpectedEOF), "a part is shorter than its index says")
+	}
+	if s.curN == 0 {
+		// End of this part: read on to its EOF, where the client verifies its digest.
+		for err != io.EOF {
+			var one [1]byte
+			var m int
+			m, err = s.cur.Read(one[:])
+			if m > 0 {
+				return n, s.o.j.err("read", s.o.key, withKind(ErrCorrupt, errors.New("a part is longer than its index says")), "")
+			}
+			if err != nil && err != io.EOF {
+				return n, s.o.j.classify("read", s.o.key, err)
+			}
+		}
+		s.cur.Close()
+		s.cur = nil
+	}
+	if s.left == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (s *jsStream) Close() error {
+	if s.cur != nil {
+		s.cur.Close()
+		s.cur = nil
+	}
+	return nil
+}
+
+// Stat implements Backend.
+func (j *JetStream) Stat(ctx context.Context, key string) (Info, error) {
+	if err := CheckKey(key); err != nil {
+		return Info{}, j.err("stat", key, err, "")
+	}
+	info, err := j.obs.GetInfo(ctx, key)
+	if err != nil {
+		return Info{}, j.classify("stat", key, err)
+	}
+	return j.info(info)
+}
+
+func (j *JetStream) info(info *jetstream.ObjectInfo) (Info, error) {
+	if info.Metadata[metaIndex] == "" {
+		return Info{}, j.err("stat", info.Name, withKind(ErrCorrupt, errors.New("not a Cedana index object")), "")
+	}
+	size, err := strconv.ParseInt(info.Metadata[metaSize], 10, 64)
+	if err != nil {
+		return Info{}, j.err("stat", info.Name, withKind(ErrCorrupt, err), "")
+	}
+	return Info{Key: info.Name, Size: size, ModTime: info.ModTime}, nil
+}
+
+// List implements Backend.
+func (j *JetStream) List(ctx context.Context, prefix string) ([]Info, error) {
+	if err := checkPrefix(prefix); err != nil {
+		return nil, j.err("list", prefix, err, "")
+	}
+	all, err := j.obs.List(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, j.classify("list", "", err)
+	}
+	var out []Info
+	for _, o := range all {
+		if !strings.HasPrefix(o.Name, prefix) || CheckKey(o.Name) != nil || o.Metadata[metaIndex] == "" {
+			continue
+		}
+		in, err := j.info(o)
+		if err != nil {
+			continue
+		}
+		out = append(out, in)
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Key < out[k].Key })
+	return out, nil
+}
+
+// Delete implements Backend: the index first (the archive disappears at once), then its
+// parts.
+func (j *JetStream) Delete(ctx context.Context, key string) error {
+	if err := CheckKey(key); err != nil {
+		return j.err("delete", key, err, "")
+	}
+	idx, err := j.readIndex(ctx, key)
+	if err != nil {
+		if errors.Is(err, ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			return err
+		}
+	}
+	if err := j.obs.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return j.classify("delete", key, err)
+	}
+	if idx != nil {
+		j.deleteParts(ctx, idx.Parts)
+	}
+	return nil
+}
+
+// SweepParts deletes parts that no index references and that are older than olderThan
+// (left by writers killed mid-upload), and returns how many it deleted.
+func (j *JetStream) SweepParts(ctx context.Context, olderThan time.Duration) (int, error) {
+	all, err := j.obs.List(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoObjectsFound) {
+			return 0, nil
+		}
+		return 0, j.classify("list", "", err)
+	}
+	live := map[string]bool{}
+	for _, o := range all {
+		if o.Metadata[metaIndex] != "" {
+			live[o.Metadata[metaUpload]] = true
+		}
+	}
+	n := 0
+	for _, o := range all {
+		if !strings.HasPrefix(o.Name, jsPartsPrefix) || live[o.Metadata[metaUpload]] || time.Since(o.ModTime) < olderThan {
+			continue
+		}
+		if err := j.obs.Delete(ctx, o.Name); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// redactServers drops passwords from a comma-separated list of server URLs.
+func redactServers(urls string) string {
+	var out []string
+	for _, u := range strings.Split(urls, ",") {
+		out = append(out, redactURL(strings.TrimSpace(u)))
+	}
+	return strings.Join(out, ",")
+}
