@@ -3,28 +3,42 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 )
 
-// twoNodes starts node a (embedded server) and node b (joined to it) and
-// returns their lease managers with the given period.
-func twoNodes(t *testing.T, period time.Duration) (*Leases, *Leases) {
+// startNodes starts node n0 with the embedded server and count-1 more
+// joined to it, all with the given node timeout.
+func startNodes(t *testing.T, count int, timeout time.Duration) []*Node {
 	t.Helper()
 	addr := freeAddr(t)
-	a := join(t, Options{Node: "a", StateDir: t.TempDir(), Listen: addr, NodeTimeout: period}, Capacity{})
-	b := join(t, Options{Node: "b", URLs: []string{"nats://" + addr}, NodeTimeout: period}, Capacity{})
-	ctx := context.Background()
-	la, err := a.Leases(ctx, period)
-	if err != nil {
-		t.Fatal(err)
+	var nodes []*Node
+	for i := 0; i < count; i++ {
+		o := Options{Node: fmt.Sprintf("n%d", i), NodeTimeout: timeout}
+		if i == 0 {
+			o.StateDir, o.Listen = t.TempDir(), addr
+		} else {
+			o.URLs = []string{"nats://" + addr}
+		}
+		nodes = append(nodes, join(t, o, Capacity{}))
 	}
-	lb, err := b.Leases(ctx, period)
-	if err != nil {
-		t.Fatal(err)
+	return nodes
+}
+
+// twoNodes returns the lease managers of two nodes with the given period.
+func twoNodes(t *testing.T, period time.Duration) (*Leases, *Leases) {
+	t.Helper()
+	var ls []*Leases
+	for _, n := range startNodes(t, 2, period) {
+		l, err := n.Leases(context.Background(), period)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
 	}
-	return la, lb
+	return ls[0], ls[1]
 }
 
 // TestLeaseExactlyOne: of many acquisitions at once, from two nodes,
@@ -110,8 +124,8 @@ func TestLeaseRenewAndExpiry(t *testing.T) {
 	if err := la.Renew(ctx, l); !errors.Is(err, ErrLeaseLost) {
 		t.Errorf("a's renewal after b took over: %v, want ErrLeaseLost", err)
 	}
-	if node, epoch, _ := la.Holder(ctx, "job-2"); node != "b" || epoch != 2 {
-		t.Errorf("holder %s epoch %d, want b epoch 2", node, epoch)
+	if node, epoch, _ := la.Holder(ctx, "job-2"); node != "n1" || epoch != 2 {
+		t.Errorf("holder %s epoch %d, want n1 epoch 2", node, epoch)
 	}
 }
 
