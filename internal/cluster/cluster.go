@@ -55,6 +55,9 @@ func Join(ctx context.Context, o Options, report func() Capacity, log *slog.Logg
 		if err := checkListen(o.Listen, o.Token); err != nil {
 			return nil, err
 		}
+		if o.Replicas > 1 {
+			return nil, fmt.Errorf("cluster.replicas is %d, but the embedded NATS server is a single server: use 1, or give --nats URLs of a real cluster", o.Replicas)
+		}
 		if n.srv, err = startEmbedded(o); err != nil {
 			return nil, err
 		}

@@ -110,6 +110,7 @@ func TestRefusals(t *testing.T) {
 		{"nobody there", Options{Node: "x", URLs: []string{"nats://" + freeAddr(t)}}, "no NATS server reachable", nil},
 		{"bad scheme", Options{Node: "x", URLs: []string{"http://" + addr}}, "scheme must be", nil},
 		{"bad node name", Options{Node: "a b", StateDir: t.TempDir()}, "letters, digits", nil},
+		{"replicas on one server", Options{Node: "x", StateDir: t.TempDir(), Replicas: 3}, "single server", nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

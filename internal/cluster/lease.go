@@ -65,21 +65,14 @@ func (n *Node) Leases(ctx context.Context, period time.Duration) (*Leases, error
 	if period < time.Second {
 		return nil, fmt.Errorf("lease period %v is too short (at least 1s: the server expires keys by the second)", period)
 	}
-	cfg := jetstream.KeyValueConfig{
+	kv, err := n.bucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      LeasesBucket,
 		Description: "cedana job leases (docs/cluster.md)",
 		History:     1,
 		TTL:         period,
-		Replicas:    n.replicas(),
-	}
-	kv, err := n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil && cfg.Replicas > 1 {
-		n.log.Warn("cannot replicate the leases bucket; using one replica", "err", err)
-		cfg.Replicas = 1
-		kv, err = n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	}
+	})
 	if err != nil {
-		return nil, fmt.Errorf("create the %s bucket: %w", LeasesBucket, err)
+		return nil, err
 	}
 	return &Leases{node: n.opts.Node, period: period, kv: kv}, nil
 }

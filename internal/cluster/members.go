@@ -39,33 +39,54 @@ type heartbeat struct {
 	TimeoutMS int64 `json:"timeout_ms"`
 }
 
-// ensureBuckets creates the cluster's buckets, or checks they exist.
+// ensureBuckets creates the nodes bucket, or checks it exists.
 func (n *Node) ensureBuckets(ctx context.Context) error {
-	cfg := jetstream.KeyValueConfig{
+	kv, err := n.bucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      NodesBucket,
 		Description: "cedana node heartbeats (docs/cluster.md)",
 		History:     1,
 		// A node silent for three timeouts disappears from the list.
-		TTL:      3 * n.opts.NodeTimeout,
-		Replicas: n.replicas(),
-	}
-	kv, err := n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil && cfg.Replicas > 1 {
-		// Fewer servers than replicas: say so, and keep one copy.
-		n.log.Warn("cannot replicate the nodes bucket; using one replica", "replicas", cfg.Replicas, "err", err)
-		cfg.Replicas = 1
-		kv, err = n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	}
-	if err != nil {
-		return fmt.Errorf("create the %s bucket: %w", NodesBucket, err)
-	}
+		TTL: 3 * n.opts.NodeTimeout,
+	})
 	n.nodes = kv
-	return nil
+	return err
 }
 
-// replicas: one on an embedded server, three on an external cluster.
+// bucket creates (or updates) a KV bucket with the cluster's replication.
+// A cluster that is still forming may refuse replicas for a few seconds:
+// it retries for up to 15 s, then fails saying what to change — never
+// falling back to fewer copies than configured.
+func (n *Node) bucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = n.replicas()
+	end := time.Now().Add(15 * time.Second)
+	for {
+		kv, err := n.js.CreateOrUpdateKeyValue(ctx, cfg)
+		if err == nil {
+			return kv, nil
+		}
+		if cfg.Replicas == 1 || time.Now().After(end) || ctx.Err() != nil {
+			hint := ""
+			if cfg.Replicas > 1 {
+				hint = fmt.Sprintf(" (with %d replicas: does the NATS cluster have %d JetStream servers? otherwise set cluster.replicas)", cfg.Replicas, cfg.Replicas)
+			}
+			return nil, fmt.Errorf("create the %s bucket%s: %w", cfg.Bucket, hint, err)
+		}
+		n.log.Info("NATS cluster not ready for replicated buckets yet; retrying", "bucket", cfg.Bucket, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// replicas: as configured, else three when the server is part of a NATS
+// cluster and one when it is a single server (embedded, this node's or
+// another daemon's).
 func (n *Node) replicas() int {
-	if n.srv != nil {
+	switch {
+	case n.opts.Replicas > 0:
+		return n.opts.Replicas
+	case n.nc.ConnectedClusterName() == "":
 		return 1
 	}
 	return 3

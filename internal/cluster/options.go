@@ -39,6 +39,10 @@ type Options struct {
 	Token string
 	// NodeTimeout: a node without a heartbeat for this long is down.
 	NodeTimeout time.Duration
+	// Replicas of the cluster's buckets (0: 3 when the NATS server is part
+	// of a cluster, 1 on a single server). More than the cluster's
+	// JetStream servers is an error, not a silent downgrade.
+	Replicas int
 }
 
 // withDefaults fills in the node name and timeout.

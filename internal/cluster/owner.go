@@ -49,20 +49,13 @@ type Jobs struct {
 
 // Jobs returns the node's view of the job records.
 func (n *Node) Jobs(ctx context.Context) (*Jobs, error) {
-	cfg := jetstream.KeyValueConfig{
+	kv, err := n.bucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      JobsBucket,
 		Description: "cedana job records (docs/cluster.md)",
 		History:     8,
-		Replicas:    n.replicas(),
-	}
-	kv, err := n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil && cfg.Replicas > 1 {
-		n.log.Warn("cannot replicate the jobs bucket; using one replica", "err", err)
-		cfg.Replicas = 1
-		kv, err = n.js.CreateOrUpdateKeyValue(ctx, cfg)
-	}
+	})
 	if err != nil {
-		return nil, fmt.Errorf("create the %s bucket: %w", JobsBucket, err)
+		return nil, err
 	}
 	return &Jobs{node: n.opts.Node, kv: kv}, nil
 }
