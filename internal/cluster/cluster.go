@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Node is this daemon's membership of the cluster. It is safe for
+// concurrent use.
+type Node struct {
+	opts   Options
+	log    *slog.Logger
+	srv    *server.Server // nil when connected to an external cluster
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	nodes  jetstream.KeyValue
+	report func() Capacity
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Capacity is what a node reports about itself with each heartbeat.
+type Capacity struct {
+	CPUs        int    `json:"cpus"`
+	FreeMemory  uint64 `json:"free_memory"`
+	RunningJobs int    `json:"running_jobs"`
+	CRIUVersion string `json:"criu_version"`
+	Draining    bool   `json:"draining,omitempty"`
+}
+
+// Join starts (or connects to) NATS, creates the cluster's buckets if they
+// are missing, and starts heartbeating. report is called before each
+// heartbeat; it must be quick.
+func Join(ctx context.Context, o Options, report func() Capacity, log *slog.Logger) (*Node, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{opts: o, log: log.With("node", o.Node), report: report}
+	if len(o.URLs) == 0 {
+		if err := checkListen(o.Listen, o.Token); err != nil {
+			return nil, err
+		}
+		if o.Replicas > 1 {
+			return nil, fmt.Errorf("cluster.replicas is %d, but the embedded NATS server is a single server: use 1, or give --nats URLs of a real cluster", o.Replicas)
+		}
+		if n.srv, err = startEmbedded(o); err != nil {
+			return nil, err
+		}
+		n.nc, err = nats.Connect("", nats.InProcessServer(n.srv), nats.Token(o.Token), nats.Name("cedana "+o.Node))
+	} else {
+		if err := checkURLs(o.URLs, o.CredsFile); err != nil {
+			return nil, err
+		}
+		n.nc, err = connect(o)
+	}
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("JetStream: %w", err)
+	}
+	if err := n.ensureBuckets(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if err := n.heartbeat(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.wg.Add(1)
+	go n.heartbeats(hctx)
+	return n, nil
+}
+
+// connect dials an external NATS cluster.
+func connect(o Options) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("cedana " + o.Node),
+		nats.MaxReconnects(-1), // keep trying: leases, not the connection, decide ownership
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(5 * time.Second),
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	nc, err := nats.Connect(strings.Join(o.URLs, ","), opts...)
+	if err != nil {
+		return nil, explainConnect(o.URLs, err)
+	}
+	return nc, nil
+}
+
+// explainConnect names the servers (without secrets) and the likely fix.
+func explainConnect(urls []string, err error) error {
+	safe := make([]string, len(urls))
+	for i, u := range urls {
+		safe[i] = redact(u)
+	}
+	where := strings.Join(safe, ",")
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), strings.Contains(err.Error(), "Authorization Violation"):
+		return fmt.Errorf("NATS at %s refused the credentials: check the user:pass or token in --nats, or --nats-creds: %w", where, err)
+	case errors.Is(err, nats.ErrNoServers):
+		return fmt.Errorf("no NATS server reachable at %s: is nats-server running there, and the port open? %w", where, err)
+	}
+	return fmt.Errorf("connect to NATS at %s: %w", where, err)
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.opts.Node }
+
+// ClientURL is the address other daemons use to join this node's embedded
+// server ("" when connected to an external cluster).
+func (n *Node) ClientURL() string {
+	if n.srv == nil {
+		return ""
+	}
+	u, err := url.Parse(n.srv.ClientURL())
+	if err != nil {
+		return n.srv.ClientURL()
+	}
+	return u.String()
+}
+
+// JetStream is the node's JetStream context, for the layers above.
+func (n *Node) JetStream() jetstream.JetStream { return n.js }
+
+// Conn is the node's NATS connection.
+func (n *Node) Conn() *nats.Conn { return n.nc }
+
+// Close stops heartbeating (the others see this node down after the node
+// timeout), disconnects, and stops the embedded server.
+func (n *Node) Close() {
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.wg.Wait()
+	if n.nc != nil {
+		n.nc.Close()
+	}
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+	}
+}
