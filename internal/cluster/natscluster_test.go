@@ -214,8 +214,10 @@ func TestRealCluster(t *testing.T) {
 		if time.Now().After(lease.Deadline()) {
 			t.Fatalf("no successful renewal until the deadline with two servers of three up (last error %v)", err)
 		}
-		if _, err := ls[2].Acquire(ctx, rec.ID, rec.Epoch); !errors.Is(err, ErrLeaseHeld) {
-			t.Fatalf("node 2 acquired a renewed lease: %v", err)
+		// While the cluster re-elects, Acquire may also fail for want
+		// of an answer; what it must never do is succeed.
+		if _, err := ls[2].Acquire(ctx, rec.ID, rec.Epoch); err == nil {
+			t.Fatal("node 2 acquired a lease that node 1 renews")
 		}
 	}
 

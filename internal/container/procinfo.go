@@ -44,9 +44,16 @@ func describeTree(pid int) (*treeInfo, error) {
 		for _, f := range p.Files {
 			switch f.Type {
 			case "file", "dir", "deleted":
-				if mounts != nil && !mounts[fdMountID(p.PID, f.FD)] {
-					ti.hostFiles = append(ti.hostFiles, fmt.Sprintf("PID %d (%s) fd %d: %s", p.PID, p.Name, f.FD, f.Path))
+				if mounts == nil {
+					continue
 				}
+				// A descriptor closed or reopened since it was listed
+				// (a shell's `echo > file`) says nothing: skip it.
+				id := fdMountID(p.PID, f.FD)
+				if id < 0 || mounts[id] || fdPath(p.PID, f.FD) != f.Path {
+					continue
+				}
+				ti.hostFiles = append(ti.hostFiles, fmt.Sprintf("PID %d (%s) fd %d: %s", p.PID, p.Name, f.FD, f.Path))
 			}
 		}
 	}
@@ -70,6 +77,15 @@ func mountIDs(pid int) map[int]bool {
 		}
 	}
 	return ids
+}
+
+// fdPath returns the target of a descriptor, or "" if it is gone.
+func fdPath(pid, fd int) string {
+	target, err := os.Readlink(filepath.Join(proc.Root, strconv.Itoa(pid), "fd", strconv.Itoa(fd)))
+	if err != nil {
+		return ""
+	}
+	return target
 }
 
 // fdMountID returns the mount ID of a descriptor (-1 if unknown).
