@@ -121,10 +121,6 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 			return nil
 		}
 	}
-	written, err := putBackFiles(staging, m.CarriedFiles, req.ReplaceFiles, verified)
-	if err != nil {
-		return nil, err
-	}
 	wait := s.set.PIDWait
 	if req.PIDWait > 0 {
 		wait = req.PIDWait
@@ -161,6 +157,18 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if err := runHook(ctx, "pre-restore", s.set.Hooks.PreRestore, m.RootPID, req.Path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("restore not started: %w", err)
 	}
+	// The host changes only now, once nothing else can refuse the
+	// restore, and is put back as it was if CRIU fails.
+	put, err := putBackFiles(staging, m.CarriedFiles, req.ReplaceFiles, verified)
+	if err != nil {
+		return nil, fmt.Errorf("restore not started: %w", err)
+	}
+	undo := func(err error) error {
+		if left := put.undo(); len(left) > 0 {
+			return fmt.Errorf("%w; the carried files it wrote could not all be removed again: %s", err, strings.Join(left, "; "))
+		}
+		return err
+	}
 	s.log.Info("restoring", "archive", req.Path, "root_pid", m.RootPID, "staging", staging, "stream", stream)
 	prog.Start("restoring", 0)
 	criuStart := time.Now()
@@ -179,12 +187,12 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	prog.Done()
 	if err != nil {
 		if errors.Is(err, archive.ErrCorrupt) {
-			return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
+			return nil, undo(fmt.Errorf("%s: %w (nothing was restored)", req.Path, err))
 		}
-		return nil, fmt.Errorf("restore of %s failed: %w", req.Path, err)
+		return nil, undo(fmt.Errorf("restore of %s failed: %w", req.Path, err))
 	}
 	out := &RestoreResult{
-		PID: res.PID, Manifest: m, FilesWritten: written,
+		PID: res.PID, Manifest: m, FilesWritten: put.written,
 		ExtractTime: extractTime, CRIUTime: time.Since(criuStart), Total: time.Since(start),
 		LogPath: res.LogPath,
 	}
