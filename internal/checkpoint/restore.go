@@ -73,7 +73,11 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, err
 	}
 	if len(m.Options.ExternalTTYs) > 0 && req.TTY == nil {
-		return nil, fmt.Errorf("%w: %s was attached to a terminal (%s); run the restore from a terminal, where it will come back", ErrInvalidInput, m.Processes[0].Name, m.Processes[0].TTY)
+		tty := ""
+		if m.Processes[0].TTY != "" {
+			tty = " (" + m.Processes[0].TTY + ")"
+		}
+		return nil, fmt.Errorf("%w: %s was attached to a terminal%s when it was checkpointed; run the restore from a terminal, where it will come back", ErrInvalidInput, m.Processes[0].Name, tty)
 	}
 
 	// Streamed: the memory pages go from the archive into CRIU through

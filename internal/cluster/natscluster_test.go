@@ -156,7 +156,9 @@ func (c *natsCluster) kill(i int) {
 // renewed while one NATS server is killed.
 func TestRealCluster(t *testing.T) {
 	c := startNATSCluster(t)
-	const period = 2 * time.Second
+	// Long enough for a stream leader to be re-elected on a loaded 2-core
+	// machine (seconds): the product default is 10 s.
+	const period = 6 * time.Second
 	var nodes []*Node
 	for i := 0; i < 3; i++ {
 		// Each daemon prefers its own server and knows the others.
