@@ -124,16 +124,18 @@ func (p *putBack) mkdirNoFollow(dir string) error {
 	if err != nil {
 		return err
 	}
+	// Each step opens one name beneath the directory before it.
+	dirHow := &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
+	}
 	cur := "/"
 	for _, name := range strings.Split(filepath.Clean(dir), "/") {
 		if name == "" {
 			continue
 		}
 		cur = filepath.Join(cur, name)
-		next, err := unix.Openat2(fd, name, &unix.OpenHow{
-			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
-		})
+		next, err := unix.Openat2(fd, name, dirHow)
 		if errors.Is(err, unix.ENOENT) {
 			if err = unix.Mkdirat(fd, name, 0o755); err == nil {
 				p.dirs = append(p.dirs, cur)
@@ -141,10 +143,7 @@ func (p *putBack) mkdirNoFollow(dir string) error {
 				unix.Close(fd)
 				return fmt.Errorf("create directory %s: %w", cur, err)
 			}
-			next, err = unix.Openat2(fd, name, &unix.OpenHow{
-				Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-				Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_BENEATH,
-			})
+			next, err = unix.Openat2(fd, name, dirHow)
 		}
 		unix.Close(fd)
 		if err != nil {
