@@ -89,6 +89,10 @@ func (s *Service) dumpStreamed(ctx context.Context, sd memoryStreamer, j *dumpJo
 	ckStart := time.Now()
 	staged, err := sd.checkpointStopped(ctx, t, j.imagesDir, srv.Dir(), j.o)
 	connected, srvErr := srv.Wait()
+	if err != nil && srvErr != nil {
+		// CRIU failed because an image could not go on (a broken pipe).
+		return fail(fmt.Errorf("%w\n  because an image did not reach the archive: %w", err, srvErr))
+	}
 	if err != nil {
 		return fail(err)
 	}

@@ -100,7 +100,7 @@ func BridgeLog(cfg BridgeConfig) string {
 	data, _ := os.ReadFile(cfg.Log)
 	var why []string
 	for _, l := range strings.Split(string(data), "\n") {
-		if r, ok := strings.CutPrefix(l, "staged: "); ok {
+		if _, r, ok := strings.Cut(l, " staged: "); ok {
 			why = append(why, r)
 		}
 	}

@@ -192,6 +192,7 @@ func bridgeArgs(req *rpc.CriuReq, peer int, images, script string) ([]string, er
 	}
 	if left.SizeVT() > 0 {
 		rest := strings.TrimSpace(left.MarshalProtoText())
+		rest = strings.TrimSuffix(strings.TrimPrefix(rest, "criu_opts {"), "}")
 		return nil, fmt.Errorf("runc asked for CRIU options the bridge does not translate: %s", strings.Join(strings.Fields(rest), " "))
 	}
 	return args, nil
