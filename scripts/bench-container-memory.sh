@@ -85,11 +85,11 @@ wait_counting() { # until the container counts (its memory is allocated)
 # peak bytes under $STG while "$@" runs
 PEAK=0
 peak_of() {
-  ( mx=0; while :; do s=$(du -sb "$STG" 2>/dev/null | cut -f1); [ "${s:-0}" -gt "$mx" ] && mx=$s && echo "$mx" >"$BENCH_DIR/peak"; sleep 0.02; done ) &
+  ( set +e; mx=0; while :; do s=$(du -sb "$STG" 2>/dev/null | cut -f1); [ "${s:-0}" -gt "$mx" ] && mx=$s && echo "$mx" >"$BENCH_DIR/peak"; sleep 0.02; done ) &
   local sampler=$!
   echo 0 >"$BENCH_DIR/peak"
   "$@"
-  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   PEAK=$(cat "$BENCH_DIR/peak")
 }
 

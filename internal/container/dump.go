@@ -93,6 +93,13 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 			Lines: tree.hostFiles,
 			Hint:  "start the container with its stdout and stderr on /dev/null, a pipe or a file inside its rootfs (`cedana run runc` connects them to pipes and logs them to a file); nothing was checkpointed, the container is still running"}
 	}
+	if len(tree.mptcp) > 0 {
+		return nil, &criu.Error{Op: "checkpoint", Runtime: d.name(), Cause: criu.CauseMPTCP,
+			Err:   fmt.Errorf("%w: the container has Multipath TCP sockets", checkpoint.ErrMPTCP),
+			Lines: tree.mptcp,
+			Hint: "start the container's program with GODEBUG=multipathtcp=0 in its environment (Go ≥ 1.24 listens with MPTCP by default), " +
+				"or with MPTCP off in its network namespace (sysctl net.mptcp.enabled=0); nothing was checkpointed, the container is still running"}
+	}
 	version, err := s.criu.CheckVersion()
 	if err != nil {
 		return nil, err

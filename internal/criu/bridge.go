@@ -317,6 +317,9 @@ func (b *bridge) notifications(ln *net.UnixListener) {
 		}
 		go func() {
 			defer c.Close()
+			if !rootPeer(c) {
+				return // only CRIU's action script, run as root, may notify
+			}
 			buf := make([]byte, 256)
 			n, err := c.Read(buf)
 			if err != nil {
@@ -334,6 +337,20 @@ func (b *bridge) notifications(ln *net.UnixListener) {
 			_, _ = c.Write([]byte("ok"))
 		}()
 	}
+}
+
+// rootPeer reports whether c's peer runs as root.
+func rootPeer(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		ok = err == nil && cred.Uid == 0
+	})
+	return ok
 }
 
 // notify passes one of CRIU's notifications to runc and waits for its

@@ -143,3 +143,52 @@ func TestRuncStreamsMemory(t *testing.T) {
 		goesOn(t, "its restore")
 	})
 }
+
+// TestRuncRefusesMPTCP: a container holding a Multipath TCP socket
+// (which CRIU cannot dump) is refused before runc or CRIU run, as a
+// process is, with the fix; it goes on running and nothing is written.
+func TestRuncRefusesMPTCP(t *testing.T) {
+	requireContainers(t, "runc", "nsenter", "ip", "python3")
+	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_MPTCP); err != nil {
+		t.Skipf("skipping: this kernel has no Multipath TCP (%v)", err)
+	} else {
+		unix.Close(fd)
+	}
+	ce := newCtrEnv(t)
+	bundle := pythonBundle(t, `
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+s.bind(("127.0.0.1", 8080))
+s.listen()
+i = 0
+while True:
+    with open("/count.tmp", "w") as f:
+        f.write(str(i))
+    __import__("os").replace("/count.tmp", "/count")
+    i += 1
+    time.sleep(0.05)
+`)
+	if r := ce.run("run", "runc", "--runc-root", ce.runcRoot, "--bundle", bundle, "--id", "mptcp"); r.code != 0 {
+		t.Fatalf("run runc: %s", r)
+	}
+	before := waitCounter(t, countFile(ce.runcPID("mptcp")), 3)
+	logs := t.TempDir()
+	r := ce.run("--log-dir", logs, "dump", "runc", "--runc-root", ce.runcRoot, "--id", "mptcp", "-d", ce.dir)
+	if r.code != 3 {
+		t.Fatalf("dump of a container with an MPTCP socket: exit %d, want 3 (refused)\n%s", r.code, r)
+	}
+	for _, want := range []string{"Multipath TCP", "GODEBUG=multipathtcp=0", "still running"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("the error does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	if ents, _ := os.ReadDir(logs); len(ents) > 0 {
+		t.Errorf("CRIU ran (work directory %s): the container was not refused before", ents[0].Name())
+	}
+	pid := ce.runcPID("mptcp")
+	if pid == 0 {
+		t.Fatal("the container does not run after the refused dump")
+	}
+	waitCounter(t, countFile(pid), before+3)
+	noArchive(t, ce.dir)
+}
