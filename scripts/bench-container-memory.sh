@@ -77,7 +77,10 @@ pidof_ctr() { runc --root "$RUNC_ROOT" state "$1" | python3 -c 'import json,sys;
 wait_counting() { # until the container counts (its memory is allocated)
   for _ in $(seq 600); do
     p=$(pidof_ctr "$1" 2>/dev/null || echo 0)
-    [ "$p" != 0 ] && [ -s "/proc/$p/root/count" ] && return 0
+    # counting, and holding the memory (runc's own run writes /count into
+    # the shared rootfs: the count alone proves nothing)
+    [ "$p" != 0 ] && [ -s "/proc/$p/root/count" ] &&
+      [ "$(awk '/VmRSS/ {print int($2/1024)}' "/proc/$p/status" 2>/dev/null || echo 0)" -ge "$MIB" ] && return 0
     sleep 0.1
   done
   echo "container $1 does not count" >&2; exit 1
@@ -120,7 +123,7 @@ for run in $(seq "$RUNS"); do
   r_ck+=("$(elapsed "$t0" "$t1")")
   t0=$(now); runc --root "$RUNC_ROOT" restore -d --image-path "$img" --work-path "$img.work" --bundle "$BUNDLE" "$id" </dev/null >/dev/null 2>&1; t1=$(now)
   r_rs+=("$(elapsed "$t0" "$t1")")
-  runc --root "$RUNC_ROOT" delete -f "$id"; rm -rf "$img" "$img.work"
+  runc --root "$RUNC_ROOT" delete -f "$id"; rm -rf "$img" "$img.work" "$ROOTFS/count" "$ROOTFS/count.tmp"
   log "run $run/$RUNS: cedana, staged"
   cedana_pair staged st$run
   log "run $run/$RUNS: cedana, streamed"
