@@ -8,9 +8,18 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+
+	"github.com/cedana/cedana/internal/criu"
 )
 
 func main() {
+	// runc runs `cedana criu-bridge` as its CRIU when a container's
+	// memory streams (see internal/criu/bridge.go). It is no user
+	// command: it must leave stdio alone (a restored container's) and
+	// read no configuration.
+	if len(os.Args) > 1 && os.Args[1] == criu.BridgeCommand {
+		os.Exit(criu.RunBridge(os.Args[2:]))
+	}
 	// CEDANA_CPUPROFILE=FILE writes a CPU profile of the run (for
 	// `go tool pprof`; see CONTRIBUTING.md); %p in FILE becomes the PID.
 	if path := os.Getenv("CEDANA_CPUPROFILE"); path != "" {

@@ -145,7 +145,9 @@ type driver interface {
 	// whose container stays stopped.
 	finish(t *target)
 	// restore recreates a container from an extracted archive in dir.
-	restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest) (*RestoreResult, error)
+	// With src, the images are served from it (the memory pages from
+	// the archive, not extracted): only a memoryStreamer gets one.
+	restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest, src criu.ImageSource) (*RestoreResult, error)
 	// optionHint tells a user how to give CRIU an option (e.g.
 	// "tcp-established") for this runtime, for error messages.
 	optionHint(opt string) string
@@ -258,13 +260,31 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if err != nil {
 		return nil, err
 	}
-	staging, err := s.eng.StagingDir(preferred, filepath.Dir(req.Path), m.TotalSize())
+	// Streamed (runc, large memory): the memory pages go from the
+	// archive into CRIU, verified on the way, as a process's; every other
+	// entry is extracted and verified first.
+	_, streams := d.(memoryStreamer)
+	streams = streams && s.eng.StreamsRestore(m)
+	var skip func(string) bool
+	extractSize := m.TotalSize()
+	if streams {
+		skip = func(name string) bool { return checkpoint.StreamedEntry(r, name) }
+		extractSize = 0
+		for _, e := range m.Entries {
+			if skip(e.Name) {
+				r.VerifyAhead(e.Name)
+			} else {
+				extractSize += e.Size
+			}
+		}
+	}
+	staging, err := s.eng.StagingDir(preferred, filepath.Dir(req.Path), extractSize)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", m.TotalSize())
-	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU()})
+	prog.Start("verifying and extracting", extractSize)
+	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Skip: skip})
 	prog.Done()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
@@ -274,7 +294,12 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, fmt.Errorf("restore not started: %w", err)
 	}
 	prog.Start("restoring", 0)
-	res, err := d.restore(ctx, m, staging, req)
+	var src criu.ImageSource
+	if streams {
+		src = checkpoint.ArchiveImages(r, filepath.Join(staging, "images"))
+	}
+	s.log.Info("restoring container", "runtime", d.name(), "archive", req.Path, "staging", staging, "stream", streams)
+	res, err := d.restore(ctx, m, staging, req, src)
 	prog.Done()
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/fault"
 )
 
@@ -244,7 +245,7 @@ type dockerConfigDoc struct {
 	}
 }
 
-func (d *dockerDriver) restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest) (*RestoreResult, error) {
+func (d *dockerDriver) restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest, _ criu.ImageSource) (*RestoreResult, error) {
 	prepStart := time.Now()
 	data, err := os.ReadFile(filepath.Join(dir, "container", configEntry))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -92,6 +93,13 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 			Lines: tree.hostFiles,
 			Hint:  "start the container with its stdout and stderr on /dev/null, a pipe or a file inside its rootfs (`cedana run runc` connects them to pipes and logs them to a file); nothing was checkpointed, the container is still running"}
 	}
+	if len(tree.mptcp) > 0 {
+		return nil, &criu.Error{Op: "checkpoint", Runtime: d.name(), Cause: criu.CauseMPTCP,
+			Err:   fmt.Errorf("%w: the container has Multipath TCP sockets", checkpoint.ErrMPTCP),
+			Lines: tree.mptcp,
+			Hint: "start the container's program with GODEBUG=multipathtcp=0 in its environment (Go ≥ 1.24 listens with MPTCP by default), " +
+				"or with MPTCP off in its network namespace (sysctl net.mptcp.enabled=0); nothing was checkpointed, the container is still running"}
+	}
 	version, err := s.criu.CheckVersion()
 	if err != nil {
 		return nil, err
@@ -150,10 +158,16 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return nil, fmt.Errorf("checkpoint of %s container %s not started, it is still running: %w", d.name(), req.Container, err)
 	}
 
-	s.log.Info("checkpointing container", "runtime", d.name(), "id", t.info.ID, "archive", path, "staging", staging)
+	job := &dumpJob{d: d, t: t, req: req, tree: tree, version: version, o: o, notes: notes, name: name,
+		path: path, staging: staging, imagesDir: imagesDir, rss: rss, start: start, prog: prog}
 	// Once the runtime starts, the container may stop: nothing the caller
 	// cancels may interrupt it halfway, or its resume.
 	ctx = context.WithoutCancel(ctx)
+	if sd, ok := d.(memoryStreamer); ok && s.eng.StreamsMemory(rss) {
+		return s.dumpStreamed(ctx, sd, job)
+	}
+
+	s.log.Info("checkpointing container", "runtime", d.name(), "id", t.info.ID, "archive", path, "staging", staging)
 	prog.Start("checkpointing", 0)
 	ckStart := time.Now()
 	err = d.checkpoint(ctx, t, imagesDir, o)
@@ -189,52 +203,14 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return fail(err)
 	}
 	layerStart := time.Now()
-	cdir := filepath.Join(staging, "container")
-	if err := os.Mkdir(cdir, 0o700); err != nil {
-		return fail(err)
-	}
-	if err := os.WriteFile(filepath.Join(cdir, configEntry), t.config, 0o600); err != nil {
-		return fail(err)
-	}
-	extra := []archive.ExtraFile{
-		{Name: archive.ContainerPrefix + configEntry, Source: filepath.Join(cdir, configEntry)},
-		{Name: archive.ContainerPrefix + layerEntry, Source: filepath.Join(cdir, layerEntry)},
-	}
-	for name, data := range t.extra {
-		if err := os.WriteFile(filepath.Join(cdir, name), data, 0o600); err != nil {
-			return fail(err)
-		}
-		extra = append(extra, archive.ExtraFile{Name: archive.ContainerPrefix + name, Source: filepath.Join(cdir, name)})
-	}
-	lf, err := os.OpenFile(filepath.Join(cdir, layerEntry), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	extra, layer, err := writeContainerFiles(staging, t)
 	if err != nil {
 		return fail(err)
 	}
-	res.Layer, err = t.writeLayer(lf)
-	if cerr := lf.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fail(err)
-	}
-	res.LayerTime = time.Since(layerStart)
-
-	m := &archive.Manifest{
-		FormatVersion: archive.FormatVersion,
-		Kind:          d.name(),
-		Created:       time.Now().UTC(),
-		Cedana:        checkpoint.Version,
-		CRIU:          archive.CRIUInfo{Version: version, VersionString: criu.FormatVersion(version)},
-		Host:          archive.CurrentHost(),
-		RootPID:       t.pid,
-		PIDNamespace:  true, // runtimes always give containers their own PID namespace
-		Processes:     tree.processes,
-		Options: archive.DumpOptions{TCPEstablished: o.TCPEstablished, ExtUnixSockets: o.ExtUnixSockets,
-			FileLocks: o.FileLocks, NetworkLock: string(o.NetworkLock), LeaveRunning: req.LeaveRunning},
-		Container: &t.info,
-	}
+	res.Layer, res.LayerTime = layer, time.Since(layerStart)
+	m := job.manifest()
 	archStart := time.Now()
-	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(cdir))
+	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(filepath.Join(staging, "container")))
 	m, size, err := archive.Create(path, m, imagesDir, nil, archive.WriteOptions{Progress: prog.Advance,
 		Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault})
 	prog.Done()
@@ -257,6 +233,89 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		res.Warnings = append(res.Warnings, err.Error())
 	}
 	return res, nil
+}
+
+// dumpJob is a container dump under way, past its checks.
+type dumpJob struct {
+	d         driver
+	t         *target
+	req       DumpRequest
+	tree      *treeInfo
+	version   int
+	o         criuOptions
+	notes     []string
+	name      string
+	path      string
+	staging   string
+	imagesDir string
+	rss       int64
+	start     time.Time
+	prog      checkpoint.Progress
+}
+
+// manifest is the archive's manifest, before its entries.
+func (j *dumpJob) manifest() *archive.Manifest {
+	return &archive.Manifest{
+		FormatVersion: archive.FormatVersion,
+		Kind:          j.d.name(),
+		Created:       time.Now().UTC(),
+		Cedana:        checkpoint.Version,
+		CRIU:          archive.CRIUInfo{Version: j.version, VersionString: criu.FormatVersion(j.version)},
+		Host:          archive.CurrentHost(),
+		RootPID:       j.t.pid,
+		PIDNamespace:  true, // runtimes always give containers their own PID namespace
+		Processes:     j.tree.processes,
+		Options: archive.DumpOptions{TCPEstablished: j.o.TCPEstablished, ExtUnixSockets: j.o.ExtUnixSockets,
+			FileLocks: j.o.FileLocks, NetworkLock: string(j.o.NetworkLock), LeaveRunning: j.req.LeaveRunning,
+			// Restores stream large memory, as a process's.
+			Streamable: checkpoint.StreamableTree(j.tree.processes, j.rss)},
+		Container: &j.t.info,
+	}
+}
+
+// writeContainerFiles writes the container's own entries (configuration,
+// writable layer, the driver's extras) into staging/container, once the
+// container is stopped, and returns them as archive entries.
+func writeContainerFiles(staging string, t *target) ([]archive.ExtraFile, LayerStats, error) {
+	cdir := filepath.Join(staging, "container")
+	if err := os.Mkdir(cdir, 0o700); err != nil {
+		return nil, LayerStats{}, err
+	}
+	if err := os.WriteFile(filepath.Join(cdir, configEntry), t.config, 0o600); err != nil {
+		return nil, LayerStats{}, err
+	}
+	for name, data := range t.extra {
+		if err := os.WriteFile(filepath.Join(cdir, name), data, 0o600); err != nil {
+			return nil, LayerStats{}, err
+		}
+	}
+	lf, err := os.OpenFile(filepath.Join(cdir, layerEntry), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, LayerStats{}, err
+	}
+	layer, err := t.writeLayer(lf)
+	if cerr := lf.Close(); err == nil {
+		err = cerr
+	}
+	return containerEntries(staging, t), layer, err
+}
+
+// containerEntries are the archive entries writeContainerFiles writes.
+func containerEntries(staging string, t *target) []archive.ExtraFile {
+	cdir := filepath.Join(staging, "container")
+	extra := []archive.ExtraFile{
+		{Name: archive.ContainerPrefix + configEntry, Source: filepath.Join(cdir, configEntry)},
+		{Name: archive.ContainerPrefix + layerEntry, Source: filepath.Join(cdir, layerEntry)},
+	}
+	names := make([]string, 0, len(t.extra))
+	for name := range t.extra {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		extra = append(extra, archive.ExtraFile{Name: archive.ContainerPrefix + name, Source: filepath.Join(cdir, name)})
+	}
+	return extra
 }
 
 // resume restores a checkpointed container in place, on a context of its

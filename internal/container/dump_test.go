@@ -14,6 +14,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/fault"
 )
 
@@ -55,7 +56,7 @@ func (f *fakeDriver) resume(ctx context.Context, _ *target, imagesDir string, _ 
 	return f.resumeErr
 }
 func (f *fakeDriver) finish(*target) {}
-func (f *fakeDriver) restore(context.Context, *archive.Manifest, string, RestoreRequest) (*RestoreResult, error) {
+func (f *fakeDriver) restore(context.Context, *archive.Manifest, string, RestoreRequest, criu.ImageSource) (*RestoreResult, error) {
 	return nil, errors.New("not implemented")
 }
 func (f *fakeDriver) optionHint(string) string { return "" }

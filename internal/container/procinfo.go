@@ -22,6 +22,9 @@ type treeInfo struct {
 	// hostFiles are descriptors on files of the host that the container
 	// cannot see (CRIU fails on them), as "PID fd N: PATH".
 	hostFiles []string
+	// mptcp are the container's Multipath TCP sockets, which CRIU cannot
+	// dump ("Unsupported proto 262").
+	mptcp []string
 }
 
 // describeTree reads the container's process tree rooted at pid (its init,
@@ -33,7 +36,7 @@ func describeTree(pid int) (*treeInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	ti := &treeInfo{processes: t.Processes}
+	ti := &treeInfo{processes: t.Processes, mptcp: t.MPTCP}
 	for _, r := range t.Reasons {
 		if strings.HasPrefix(r, "tcp-established:") && ti.tcp == "" {
 			ti.tcp = strings.TrimSpace(strings.TrimPrefix(r, "tcp-established:"))

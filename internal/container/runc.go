@@ -61,11 +61,16 @@ func (d *runcDriver) optionHint(opt string) string {
 
 // command builds a runc invocation with the global options.
 func (d *runcDriver) command(ctx context.Context, args ...string) *exec.Cmd {
+	return d.commandWith(ctx, d.criu, args...)
+}
+
+// commandWith is command with runc running criuPath as its CRIU.
+func (d *runcDriver) commandWith(ctx context.Context, criuPath string, args ...string) *exec.Cmd {
 	g := []string{}
 	if d.s.set.RuncRoot != "" {
 		g = append(g, "--root", d.s.set.RuncRoot)
 	}
-	g = append(g, "--criu", d.criu)
+	g = append(g, "--criu", criuPath)
 	return exec.CommandContext(ctx, d.bin, append(g, args...)...)
 }
 
@@ -192,6 +197,50 @@ func (d *runcDriver) checkpoint(ctx context.Context, t *target, imagesDir string
 	return nil
 }
 
+var _ memoryStreamer = (*runcDriver)(nil)
+
+// bridge writes the per-operation CRIU bridge into o.WorkDir: the script
+// runc runs as its CRIU. streamDir "" relays to the real CRIU.
+func (d *runcDriver) bridge(o criuOptions, streamDir string, leaveStopped bool) (string, *criu.BridgeConfig, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, fmt.Errorf("find the cedana executable for the CRIU bridge: %w", err)
+	}
+	cfg := &criu.BridgeConfig{CRIU: d.criu, Images: streamDir, LeaveStopped: leaveStopped}
+	script, err := criu.WriteBridge(o.WorkDir, self, cfg)
+	return script, cfg, err
+}
+
+// checkpointStopped runs `runc checkpoint --leave-running` with the CRIU
+// bridge as runc's CRIU: the bridge streams the images to streamDir and
+// turns "leave running" into "leave stopped", so that runc keeps the
+// container and cedana kills or resumes it once the archive is durable.
+func (d *runcDriver) checkpointStopped(ctx context.Context, t *target, imagesDir, streamDir string, o criuOptions) (string, error) {
+	script, cfg, err := d.bridge(o, streamDir, true)
+	if err != nil {
+		return "", err
+	}
+	conf, err := criuConfig(o)
+	if err != nil {
+		return "", err
+	}
+	args := append([]string{"checkpoint", "--leave-running", "--image-path", imagesDir, "--work-path", o.WorkDir}, runcCRIUFlags(o)...)
+	cmd := d.commandWith(ctx, script, append(args, t.info.ID)...)
+	cmd.Env = append(os.Environ(), "CRIU_CONFIG_FILE="+conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", explain("checkpoint", Runc, runcError(err, out), filepath.Join(o.WorkDir, "dump.log"), d.optionHint)
+	}
+	return criu.BridgeLog(*cfg), nil
+}
+
+// kill ends a container that checkpointStopped left stopped.
+func (d *runcDriver) kill(ctx context.Context, t *target) error {
+	if out, err := d.command(ctx, "delete", "-f", t.info.ID).CombinedOutput(); err != nil {
+		return runcError(err, out)
+	}
+	return nil
+}
+
 // runcError turns runc's exit status and output into an error.
 func runcError(err error, out []byte) error {
 	msg := strings.TrimSpace(string(out))
@@ -236,7 +285,7 @@ func (d *runcDriver) resume(ctx context.Context, t *target, imagesDir string, o 
 		return err
 	}
 	o.WorkDir = work
-	_, err = d.runcRestore(ctx, t.info.ID, bundle, rt.managed, rt.netns, imagesDir, logPath, o)
+	_, err = d.runcRestore(ctx, t.info.ID, bundle, rt.managed, rt.netns, imagesDir, logPath, o, nil)
 	return err
 }
 
@@ -252,11 +301,27 @@ func (d *runcDriver) finish(t *target) {
 // checkpointed container had: a pipe where it had a pipe (logged to
 // logPath), /dev/null elsewhere. For a managed container (mc), the
 // bundle's configuration gets a prestart hook that restores netns, the
-// recorded loopback. It returns the container's state.
-func (d *runcDriver) runcRestore(ctx context.Context, id, bundle string, mc *managedContainer, netns *netnsConfig, imagesDir, logPath string, o criuOptions) (*runcState, error) {
+// recorded loopback. With src, the images are streamed from it (the
+// memory pages from the archive) through the CRIU bridge. It returns the
+// container's state.
+func (d *runcDriver) runcRestore(ctx context.Context, id, bundle string, mc *managedContainer, netns *netnsConfig, imagesDir, logPath string, o criuOptions, src criu.ImageSource) (*runcState, error) {
 	conf, err := criuConfig(o)
 	if err != nil {
 		return nil, err
+	}
+	criuPath := d.criu
+	var (
+		srv *criu.ImageStreamer
+		cfg *criu.BridgeConfig
+	)
+	if src != nil {
+		if srv, err = criu.ServeRestoreImages(imagesDir, src); err != nil {
+			return nil, err
+		}
+		defer srv.Wait()
+		if criuPath, cfg, err = d.bridge(o, srv.Dir(), false); err != nil {
+			return nil, err
+		}
 	}
 	if mc != nil && netns != nil {
 		if err := mc.addNetnsHook(netns); err != nil {
@@ -271,13 +336,31 @@ func (d *runcDriver) runcRestore(ctx context.Context, id, bundle string, mc *man
 	args := append([]string{"restore", "-d", "--image-path", imagesDir, "--work-path", o.WorkDir, "--bundle", bundle}, runcCRIUFlags(o)...)
 	// runc's own messages go to a log: its stderr is the container's.
 	runcLog := filepath.Join(o.WorkDir, "runc.log")
-	cmd := d.command(ctx, append([]string{"--log", runcLog}, append(args, id)...)...)
+	cmd := d.commandWith(ctx, criuPath, append([]string{"--log", runcLog}, append(args, id)...)...)
 	cmd.Env = append(os.Environ(), "CRIU_CONFIG_FILE="+conf)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
-	if err := cmd.Run(); err != nil {
+	runErr := cmd.Run()
+	if srv != nil {
+		connected, srvErr := srv.Wait()
+		switch {
+		case srvErr != nil:
+			// An image could not be served whole (a damaged archive):
+			// whatever runc restored must not run.
+			_, _ = d.command(ctx, "delete", "-f", id).CombinedOutput()
+			return nil, fmt.Errorf("restore stopped: %w", srvErr)
+		case !connected && runErr != nil:
+			_, _ = d.command(ctx, "delete", "-f", id).CombinedOutput()
+			why := criu.BridgeLog(*cfg)
+			if why == "" {
+				why = "CRIU did not connect to the image streamer"
+			}
+			return nil, fmt.Errorf("%w: %s (its log: %s); restore it with criu.stream set to false", errStreamRestore, why, cfg.Log)
+		}
+	}
+	if runErr != nil {
 		out, _ := os.ReadFile(runcLog)
 		_, _ = d.command(ctx, "delete", "-f", id).CombinedOutput()
-		return nil, explain("restore", Runc, runcError(err, out), filepath.Join(o.WorkDir, "restore.log"), d.optionHint)
+		return nil, explain("restore", Runc, runcError(runErr, out), filepath.Join(o.WorkDir, "restore.log"), d.optionHint)
 	}
 	st, err := d.state(ctx, id)
 	if err != nil {
@@ -365,7 +448,7 @@ func startLogRelay(r *os.File, logPath string) error {
 	return nil
 }
 
-func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest) (*RestoreResult, error) {
+func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir string, req RestoreRequest, src criu.ImageSource) (*RestoreResult, error) {
 	prepStart := time.Now()
 	id := req.Name
 	if id == "" {
@@ -428,7 +511,7 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 	if err != nil {
 		return nil, err
 	}
-	st, err := d.runcRestore(ctx, id, mc.dir, mc, netns, filepath.Join(dir, "images"), mc.logPath(), o)
+	st, err := d.runcRestore(ctx, id, mc.dir, mc, netns, filepath.Join(dir, "images"), mc.logPath(), o, src)
 	if err != nil {
 		return nil, fmt.Errorf("restore of runc container %s failed: %w", id, err)
 	}

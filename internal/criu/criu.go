@@ -3,7 +3,9 @@
 // It drives CRIU through its RPC interface (`criu swrk`, via go-criu), or,
 // for streamed dumps and restores, through the `criu` command with
 // --stream, serving CRIU's image-streamer protocol itself (streamer.go,
-// stream.go). It owns the mapping from Cedana's option structs to CRIU's
+// stream.go). For runc, which runs CRIU itself, it provides the bridge
+// runc runs as its CRIU, which turns runc's RPC requests into streamed
+// `criu` command lines (bridge.go, bridge_args.go). It owns the mapping from Cedana's option structs to CRIU's
 // options, so that no CRIU type leaks into the rest of the code. When CRIU fails,
 // the returned *Error carries the relevant lines of CRIU's log, the log's
 // path, and a hint that tells the user how to fix the problem when the

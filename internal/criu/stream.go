@@ -40,17 +40,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	if err != nil {
 		return nil, err
 	}
-	srv.handle = func(name string, pipe *os.File) error {
-		err := sink(name, pipe)
-		if err == nil {
-			// CRIU closed its end: make sure nothing is left unread.
-			var b [1]byte
-			if n, _ := pipe.Read(b[:]); n > 0 {
-				err = errors.New("image sink stopped before the end of the image")
-			}
-		}
-		return err
-	}
+	srv.handle = dumpHandler(sink)
 	srv.serve()
 
 	args := []string{"dump", "--stream", "-t", strconv.Itoa(o.PID)}

@@ -56,10 +56,11 @@ type imageServer struct {
 	dirPath string   // short path of the images directory for CRIU
 	sock    string   // the socket's real path
 
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	errs []error
-	done chan struct{}
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	errs      []error
+	connected bool
+	done      chan struct{}
 }
 
 // listenImages creates the streamer socket in dir. A unix socket path
@@ -100,6 +101,9 @@ func (s *imageServer) serve() {
 			return
 		}
 		defer conn.Close()
+		s.mu.Lock()
+		s.connected = true
+		s.mu.Unlock()
 		if err := s.session(conn); err != nil {
 			s.fail(err)
 		}
@@ -244,4 +248,63 @@ func recvPipe(c *net.UnixConn) (*os.File, error) {
 		return nil, fmt.Errorf("expected one byte with one descriptor, got %d bytes and %d descriptors", n, len(fds))
 	}
 	return os.NewFile(uintptr(fds[0]), "criu-image-pipe"), nil
+}
+
+// ImageStreamer serves the image streamer of a CRIU that another program
+// starts: runc, through the swrk bridge (see WriteBridge). The images
+// move exactly as in DumpStreamed and RestoreStreamed.
+type ImageStreamer struct{ srv *imageServer }
+
+// ServeDumpImages listens in dir (which must exist) for a dumping CRIU
+// and hands every image to sink, as DumpStreamed does.
+func ServeDumpImages(dir string, sink func(name string, r io.Reader) error) (*ImageStreamer, error) {
+	srv, err := listenImages(dir, false)
+	if err != nil {
+		return nil, err
+	}
+	srv.handle = dumpHandler(sink)
+	srv.serve()
+	return &ImageStreamer{srv: srv}, nil
+}
+
+// ServeRestoreImages listens in dir (which must exist) for a restoring
+// CRIU and serves it the images of src, as RestoreStreamed does.
+func ServeRestoreImages(dir string, src ImageSource) (*ImageStreamer, error) {
+	srv, err := listenImages(dir, true)
+	if err != nil {
+		return nil, err
+	}
+	srv.exists, srv.handle = src.Has, src.WriteImage
+	srv.serve()
+	return &ImageStreamer{srv: srv}, nil
+}
+
+// Dir is the images directory as CRIU must be given it (-D), valid until
+// Wait returns.
+func (s *ImageStreamer) Dir() string { return s.srv.dirPath }
+
+// Wait stops listening, waits for every transfer and returns their
+// errors; connected reports whether CRIU came at all (a CRIU that did
+// not stream wrote or read its images as files).
+func (s *ImageStreamer) Wait() (connected bool, err error) {
+	err = s.srv.wait()
+	s.srv.mu.Lock()
+	defer s.srv.mu.Unlock()
+	return s.srv.connected, err
+}
+
+// dumpHandler adapts an image sink to the server: after the sink
+// returns, nothing of the image may be left unread.
+func dumpHandler(sink func(name string, r io.Reader) error) func(string, *os.File) error {
+	return func(name string, pipe *os.File) error {
+		err := sink(name, pipe)
+		if err == nil {
+			// CRIU closed its end: make sure nothing is left unread.
+			var b [1]byte
+			if n, _ := pipe.Read(b[:]); n > 0 {
+				err = errors.New("image sink stopped before the end of the image")
+			}
+		}
+		return err
+	}
 }
