@@ -56,9 +56,9 @@ type Reader struct {
 	Size int64
 
 	path    string
-	src     io.ReaderAt // the archive's bytes
-	f       *os.File    // src, when the archive is a local file (mmap, splice); else nil
-	closer  io.Closer   // closes src; nil: nothing to close
+	src     io.ReaderAt       // the archive's bytes
+	f       *os.File          // src, when the archive is a local file (mmap, splice); else nil
+	closer  io.Closer         // closes src; nil: nothing to close
 	entries map[string]*entry // by name, manifest excluded
 	ahead   verifications     // digests checked ahead of StreamEntry
 }
