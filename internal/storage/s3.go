@@ -256,6 +256,9 @@ func (w *s3Writer) flushPart() error {
 	select {
 	case w.sem <- struct{}{}:
 	case <-w.ctx.Done():
+		if err := w.firstErr(); err != nil {
+			return err // a failed part cancelled the upload: its error is the cause
+		}
 		return w.s.classify("write", w.key, w.ctx.Err())
 	}
 	if err := w.firstErr(); err != nil {
