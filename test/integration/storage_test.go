@@ -305,3 +305,92 @@ func TestStorageServerKilledMidUpload(t *testing.T) {
 		t.Fatalf("an interrupted upload left an archive: %v", objs)
 	}
 }
+
+// TestStorageDaemonS3: a daemon with storage.backend s3 writes its jobs'
+// periodic checkpoints to the bucket, and retention deletes the pruned
+// ones from it (what is listed is exactly what is in the bucket). A job
+// checkpointed there is restored from it with its state. A failed upload
+// (the server gone) leaves the job running and the previous checkpoint as
+// its latest.
+func TestStorageDaemonS3(t *testing.T) {
+	s := startS3(t, itBucket)
+	d := startDaemon(t, daemonOpts{
+		Env: s.s3Env()[:2], // credentials only the AWS way: the environment
+		Config: map[string]any{"storage": map[string]any{"backend": "s3",
+			"s3": map[string]any{"endpoint": "http://" + s.addr, "bucket": itBucket, "region": "us-east-1",
+				"prefix": "cedana", "path_style": true}}},
+	})
+	ctr := filepath.Join(t.TempDir(), "counter")
+	j := d.runJob("s3job", []string{"--checkpoint-every", "1s", "--keep", "2"}, "bash", "-c", counterScript(ctr))
+	prefix := "s3://" + itBucket + "/cedana/jobs/" + j.ID + "/"
+
+	seen := map[string]bool{}
+	deadline := time.Now().Add(6 * time.Second)
+	for time.Now().Before(deadline) {
+		cs := complete(d.checkpoints("s3job"))
+		if len(cs) > 2 {
+			t.Fatalf("%d complete checkpoints listed with --keep 2", len(cs))
+		}
+		for _, c := range cs {
+			if !strings.HasPrefix(c.Path, prefix) {
+				t.Fatalf("checkpoint at %q; want it in %s", c.Path, prefix)
+			}
+			seen[c.Path] = true
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	if len(seen) < 3 {
+		t.Fatalf("only %d distinct checkpoints in ~6 s at 1 s intervals", len(seen))
+	}
+	// Stop the periodic checkpoints, then compare the list with the bucket.
+	d.ok("policy", "s3job", "--checkpoint-every", "0")
+	time.Sleep(1500 * time.Millisecond)
+	cs := complete(d.checkpoints("s3job"))
+	if len(cs) == 0 || len(cs) > 2 {
+		t.Fatalf("%d complete checkpoints after retention, want 1 or 2: %+v", len(cs), cs)
+	}
+	inBucket := map[string]bool{}
+	for _, o := range s.objects(itBucket) {
+		inBucket["s3://"+itBucket+"/"+o] = true
+	}
+	for _, c := range cs {
+		if !inBucket[c.Path] {
+			t.Errorf("listed checkpoint %s is not in the bucket (%v)", c.Path, inBucket)
+		}
+		delete(inBucket, c.Path)
+	}
+	if len(inBucket) > 0 {
+		t.Errorf("retention left pruned archives in the bucket: %v", inBucket)
+	}
+	if r := d.ok("checkpoints", "s3job"); !strings.Contains(r.stdout, prefix) {
+		t.Errorf("`cedana checkpoints` does not show where the checkpoints live:\n%s", r.stdout)
+	}
+
+	// Checkpoint and stop, restore from the bucket: the state continues.
+	c := d.dumpJob("s3job")
+	if !strings.HasPrefix(c.Path, prefix) {
+		t.Fatalf("checkpoint at %s, want it in %s", c.Path, prefix)
+	}
+	waitGone(t, j.PID, 10*time.Second)
+	before := readCounter(ctr)
+	r := d.restoreJob("s3job")
+	checkContinues(t, ctr, before)
+	last := d.job("s3job").LastCheckpointID
+
+	// The store goes away: the checkpoint fails, the job keeps running,
+	// and the latest checkpoint is still the previous one.
+	s.stop()
+	f := d.cli("dump", "job", "s3job", "--leave-running")
+	if f.code == 0 || !strings.Contains(f.stderr, "s3://"+itBucket) {
+		t.Fatalf("dump with the store down: %s; want a failure naming the store", f)
+	}
+	noSecret(t, f)
+	jj := d.waitJob("s3job", 10*time.Second, "running", func(j jobInfo) bool { return j.State == "running" })
+	if jj.PID != r.PID || !alive(r.PID) {
+		t.Fatalf("the job is not the restored process any more: %+v (restored PID %d)", jj, r.PID)
+	}
+	if jj.LastCheckpointID != last {
+		t.Fatalf("latest checkpoint %s after a failed upload, want %s", jj.LastCheckpointID, last)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
