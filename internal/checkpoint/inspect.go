@@ -18,7 +18,7 @@ func (s *Service) Inspect(ctx context.Context, path string, verify bool, prog Pr
 // InspectIn is Inspect of the object key in backend (when backend is not
 // nil; path then names it in messages).
 func (s *Service) InspectIn(ctx context.Context, backend storage.Backend, key, path string, verify bool, prog Progress) (*archive.Manifest, error) {
-	r, _, err := openArchive(ctx, backend, key, path)
+	r, _, err := s.openArchive(ctx, backend, key, path)
 	if err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ func (t archiveTarget) create(ctx context.Context, m *archive.Manifest, imagesDi
 // openArchive opens the archive a restore or inspect names: path, or key in
 // backend. It returns the reader and a local directory for staging when
 // /dev/shm has no room.
-func openArchive(ctx context.Context, backend storage.Backend, key, path string) (*archive.Reader, string, error) {
+func (s *Service) openArchive(ctx context.Context, backend storage.Backend, key, path string) (*archive.Reader, string, error) {
 	if backend == nil {
 		r, err := archive.Open(path, archive.DefaultLimits())
 		if err != nil {
@@ -109,7 +109,11 @@ func openArchive(ctx context.Context, backend storage.Backend, key, path string)
 	}
 	// A local file is read directly (mmap, splice); anything else through
 	// a bounded block cache that reads ahead.
-	var src io.ReaderAt = storage.NewReadCache(obj)
+	cache := storage.NewReadCache(obj)
+	cache.OnClose = func(fetched int64) {
+		s.log.Info("archive read from storage", "archive", loc, "size", obj.Size(), "fetched", fetched)
+	}
+	var src io.ReaderAt = cache
 	if f, ok := obj.(interface{ File() *os.File }); ok {
 		src = f.File() // closing it closes obj
 	}

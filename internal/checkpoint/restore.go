@@ -68,7 +68,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if prog == nil {
 		prog = NoProgress{}
 	}
-	r, stagingParent, err := openArchive(ctx, req.Storage, req.Key, req.Path) // storage wiring (remote.go)
+	r, stagingParent, err := s.openArchive(ctx, req.Storage, req.Key, req.Path) // storage wiring (remote.go)
 	if err != nil {
 		return nil, err
 	}
