@@ -77,8 +77,9 @@ type feed struct {
 	// pipeCap is the capacity of pipe in bytes. Decoded frames of at
 	// least that size are vmspliced (see vmsplice).
 	pipeCap  int64
-	pushed   int64 // bytes put into pipe so far
-	noSplice bool  // the archive's filesystem cannot splice: raw frames are copied
+	pushed   int64  // bytes put into pipe so far
+	noSplice bool   // the archive's filesystem cannot splice: raw frames are copied
+	rawBuf   []byte // reused for raw blocks that are copied, not spliced
 }
 
 // feedJob is one frame, in stream order.
@@ -660,7 +661,12 @@ func (s *feed) writeStored(sp span) error {
 	if left == 0 {
 		return nil
 	}
-	b := make([]byte, left)
+	// Raw blocks of an archive that is not a local file (a store) come
+	// through here, frame after frame: one buffer, not one allocation each.
+	if int64(cap(s.rawBuf)) < left {
+		s.rawBuf = make([]byte, left)
+	}
+	b := s.rawBuf[:left]
 	if _, err := s.r.src.ReadAt(b, foff); err != nil {
 		return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 	}
