@@ -325,8 +325,10 @@ func TestStorageDaemonS3(t *testing.T) {
 	prefix := "s3://" + itBucket + "/cedana/jobs/" + j.ID + "/"
 
 	seen := map[string]bool{}
-	deadline := time.Now().Add(6 * time.Second)
-	for time.Now().Before(deadline) {
+	// At least 6 s, until three distinct checkpoints were seen (a loaded
+	// machine takes longer than the 1 s interval per dump), at most 30 s.
+	start, deadline := time.Now(), time.Now().Add(30*time.Second)
+	for time.Now().Before(deadline) && (len(seen) < 3 || time.Since(start) < 6*time.Second) {
 		cs := complete(d.checkpoints("s3job"))
 		if len(cs) > 2 {
 			t.Fatalf("%d complete checkpoints listed with --keep 2", len(cs))
@@ -340,7 +342,7 @@ func TestStorageDaemonS3(t *testing.T) {
 		time.Sleep(150 * time.Millisecond)
 	}
 	if len(seen) < 3 {
-		t.Fatalf("only %d distinct checkpoints in ~6 s at 1 s intervals", len(seen))
+		t.Fatalf("only %d distinct checkpoints in 30 s at 1 s intervals", len(seen))
 	}
 	// Stop the periodic checkpoints, then compare the list with the bucket.
 	d.ok("policy", "s3job", "--checkpoint-every", "0")
