@@ -13,6 +13,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/config"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 func newClientCmd(g *globals) *cobra.Command {
@@ -92,6 +94,13 @@ the flags below override the choices.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
+			b, err := dumpStorage(context.Background(), &cfg.Config, cmd.Flags().Changed("dir"), &req)
+			if err != nil {
+				return err
+			}
+			if b != nil {
+				defer storage.CloseBackend(b)
+			}
 			bar := newProgress(g.output == "")
 			req.Progress = bar
 			res, err := g.service(cfg).Dump(context.Background(), req)
@@ -105,7 +114,7 @@ the flags below override the choices.`,
 	fs := cmd.Flags()
 	fs.StringVarP(&pidArg, "pid", "p", "", "PID of the process to checkpoint (with its children) (required)")
 	_ = cmd.MarkFlagRequired("pid")
-	g.settingFlagP(fs, "dir", "d", "shared_storage.dump_storage_dir", "directory for the archive (default: shared_storage.dump_storage_dir)")
+	g.settingFlagP(fs, "dir", "d", "shared_storage.dump_storage_dir", "where the archive goes: a directory, file:///dir, s3://bucket/prefix or nats://host:port/bucket (default: the storage.backend when not local, else shared_storage.dump_storage_dir)")
 	g.settingFlag(fs, "leave-running", "client.leave_running", "keep the process running after the checkpoint (default: client.leave_running)")
 	cf.register(g, fs)
 	addOutputFlag(cmd, g)
@@ -142,9 +151,11 @@ func printDump(g *globals, res *checkpoint.DumpResult) error {
 func newRestoreCmd(g *globals) *cobra.Command {
 	var replace bool
 	cmd := &cobra.Command{
-		Use:   "restore FILE.zip",
+		Use:   "restore FILE.zip|URL",
 		Short: "Restore a process tree from an archive",
-		Long: `Verify FILE.zip (integrity, format version, CRIU compatibility), then
+		Long: `Verify FILE.zip, or the archive at URL (s3://bucket/key.zip,
+nats://host:port/bucket/key.zip, file:///path), for integrity, format
+version and CRIU compatibility, then
 restore its process tree, detached from this terminal unless it was a
 shell job. Prints the restored PID. The archive is never modified or
 removed.`,
@@ -157,13 +168,22 @@ removed.`,
 			if err != nil {
 				return err
 			}
-			if _, err := os.Stat(args[0]); err != nil {
-				return fmt.Errorf("%w: %v", checkpoint.ErrInvalidInput, err)
+			if !storage.IsURL(args[0]) {
+				if _, err := os.Stat(args[0]); err != nil {
+					return fmt.Errorf("%w: %v", checkpoint.ErrInvalidInput, err)
+				}
 			}
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			req := checkpoint.RestoreRequest{Path: args[0], ReplaceFiles: replace}
+			b, key, err := storageAt(context.Background(), &cfg.Config, args[0])
+			if err != nil {
+				return err
+			}
+			if b != nil {
+				defer storage.CloseBackend(b)
+			}
+			req := checkpoint.RestoreRequest{Path: args[0], Storage: b, Key: key, ReplaceFiles: replace}
 			if term.IsTerminal(int(os.Stdin.Fd())) {
 				req.TTY = os.Stdin // a shell job comes back on this terminal
 			}
@@ -214,4 +234,31 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// dumpStorage points req at a storage backend when the archive goes to one:
+// -d (or shared_storage.dump_storage_dir) is a URL, or -d was not given
+// and storage.backend is not local (archives then go under "dumps/").
+// It returns the backend to close, or nil for a local directory.
+func dumpStorage(ctx context.Context, c *config.Config, dirGiven bool, req *checkpoint.DumpRequest) (storage.Backend, error) {
+	var (
+		b   storage.Backend
+		err error
+	)
+	switch dir := c.SharedStorage.DumpStorageDir; {
+	case storage.IsURL(dir):
+		sc, perr := storage.Destination(dir, storageConfig(c))
+		if perr != nil {
+			return nil, usageError{"-d: " + perr.Error()}
+		}
+		b, err = storage.Open(ctx, sc, "")
+	case !dirGiven:
+		b, err = configuredStorage(ctx, c)
+		req.KeyPrefix = "dumps/"
+	}
+	if err != nil || b == nil {
+		return nil, err
+	}
+	req.Storage = b
+	return b, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
 	"github.com/cedana/cedana/internal/daemon"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 func newDaemonCmd(g *globals) *cobra.Command {
@@ -50,13 +51,21 @@ running for the next daemon to adopt.`,
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			store, err := daemonStorage(context.Background(), &cfg.Config, log)
+			if err != nil {
+				return err
+			}
+			if store != nil {
+				defer storage.CloseBackend(store)
+			}
 			return daemon.Run(context.Background(), daemon.Options{Config: cfg.Config, Engine: g.service(cfg),
-				Containers: containers, Log: log})
+				Containers: containers, Log: log, Storage: store})
 		},
 	}
 	g.settingFlag(start.Flags(), "socket", "daemon.socket", "unix socket of the API (default: daemon.socket)")
 	g.settingFlag(start.Flags(), "state-dir", "daemon.state_dir", "state store, job logs and checkpoints (default: daemon.state_dir)")
 	g.settingFlag(start.Flags(), "metrics-addr", "daemon.metrics_addr", `address for Prometheus /metrics, or "off" (default: daemon.metrics_addr)`)
+	g.settingFlag(start.Flags(), "storage-backend", "storage.backend", "where jobs' checkpoints go: local, dir, s3 or jetstream (default: storage.backend, else local)")
 
 	status := &cobra.Command{
 		Use:   "status",

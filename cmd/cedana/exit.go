@@ -10,6 +10,7 @@ import (
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 // Exit codes, documented in README.md. Scripts may branch on them.
@@ -22,6 +23,7 @@ const (
 	ExitNotReady = 5  // this machine cannot checkpoint: CRIU missing or too old, not root
 	ExitPIDBusy  = 6  // restore: a PID the process needs is taken
 	ExitDaemon   = 7  // the daemon is not running or refused the connection
+	ExitStorage  = 8  // the checkpoint store refused or failed: credentials, bucket, unreachable, full, key
 	ExitInternal = 70 // a bug in cedana
 )
 
@@ -47,6 +49,14 @@ func exitCode(err error) int {
 		return ExitDaemon
 	case errors.Is(err, errPIDBusyRPC), errors.Is(err, checkpoint.ErrPIDBusy), criu.IsCause(err, criu.CausePIDInUse):
 		return ExitPIDBusy
+	case errors.Is(err, storage.ErrCorrupt):
+		return ExitArchive // tampered with or truncated in the store
+	case errors.Is(err, storage.ErrAccess), errors.Is(err, storage.ErrNoBucket), errors.Is(err, storage.ErrUnreachable),
+		errors.Is(err, storage.ErrNoSpace), errors.Is(err, storage.ErrWrongKey), errors.Is(err, storage.ErrNoKey),
+		errors.Is(err, storage.ErrEncrypted):
+		return ExitStorage
+	case errors.Is(err, storage.ErrNotExist), errors.Is(err, storage.ErrInvalidKey):
+		return ExitInput
 	case errors.Is(err, archive.ErrNotArchive), errors.Is(err, archive.ErrCorrupt),
 		errors.Is(err, archive.ErrUnsafeEntry), errors.Is(err, archive.ErrUnsupportedVersion),
 		errors.Is(err, archive.ErrTooLarge), errors.Is(err, errArchiveRPC):

@@ -11,14 +11,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {
 	var verify bool
 	cmd := &cobra.Command{
-		Use:   "inspect FILE.zip",
+		Use:   "inspect FILE.zip|URL",
 		Short: "Show what a checkpoint archive holds",
-		Long: `Show an archive's manifest: when and where it was made, with which
+		Long: `Show an archive's manifest — a local file, or one in a store:
+s3://bucket/key.zip, nats://host:port/bucket/key.zip, file:///path (read
+with ranged reads; encrypted archives need storage.encryption.key_file):
+when and where it was made, with which
 versions, the process tree, open files, sockets and sizes. The structure
 is always checked; --verify also checks every entry's size and digests (SHA-256 and XXH3-128).`,
 		Args: cobra.ExactArgs(1),
@@ -30,20 +34,36 @@ is always checked; --verify also checks every entry's size and digests (SHA-256 
 			if err != nil {
 				return err
 			}
-			st, err := os.Stat(args[0])
+			ctx := context.Background()
+			b, key, err := storageAt(ctx, &cfg.Config, args[0])
 			if err != nil {
-				return fmt.Errorf("%w: %v", os.ErrNotExist, err)
+				return err
+			}
+			var size int64
+			if b != nil {
+				defer storage.CloseBackend(b)
+				info, err := b.Stat(ctx, key)
+				if err != nil {
+					return err
+				}
+				size = info.Size
+			} else {
+				st, err := os.Stat(args[0])
+				if err != nil {
+					return fmt.Errorf("%w: %v", os.ErrNotExist, err)
+				}
+				size = st.Size()
 			}
 			bar := newProgress(g.output == "")
-			m, err := g.service(cfg).Inspect(context.Background(), args[0], verify, bar)
+			m, err := g.service(cfg).InspectIn(ctx, b, key, args[0], verify, bar)
 			bar.close()
 			if err != nil {
 				return err
 			}
 			if g.output == "json" {
-				return printJSON(map[string]any{"archive": args[0], "archive_size": st.Size(), "verified": verify, "manifest": m})
+				return printJSON(map[string]any{"archive": args[0], "archive_size": size, "verified": verify, "manifest": m})
 			}
-			printManifest(args[0], st.Size(), m, verify)
+			printManifest(args[0], size, m, verify)
 			return nil
 		},
 	}

@@ -103,6 +103,8 @@ func TestSettingFlagsMatchEnv(t *testing.T) {
 				value = "off"
 			case s.Key == "criu.network_lock":
 				value = "iptables"
+			case s.Key == "storage.backend":
+				value = "s3"
 			default:
 				value = "/x/" + s.Key
 			}

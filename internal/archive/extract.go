@@ -239,10 +239,10 @@ func (r *Reader) processEntry(ctx context.Context, e *entry, dec *decoders, work
 			return nil
 		})
 	}
-	if err := checkStored(r.f, e, allDigests); err != nil {
+	if err := checkStored(r.src, e, allDigests); err != nil {
 		return &EntryError{Entry: name, Err: err}
 	}
-	src := io.NewSectionReader(r.f, e.dataOffset, e.compSize)
+	src := io.NewSectionReader(r.src, e.dataOffset, e.compSize)
 	if e.method == methodZstd && e.info.Size > int64(pipe.bufSize) {
 		err = pipe.run(ctx, func(f *flow) error {
 			return decodeFrames(f, src, dec, workers, e.info.Size)

@@ -56,7 +56,9 @@ type Reader struct {
 	Size int64
 
 	path    string
-	f       *os.File
+	src     io.ReaderAt       // the archive's bytes
+	f       *os.File          // src, when the archive is a local file (mmap, splice); else nil
+	closer  io.Closer         // closes src; nil: nothing to close
 	entries map[string]*entry // by name, manifest excluded
 	ahead   verifications     // digests checked ahead of StreamEntry
 }
@@ -97,7 +99,29 @@ func Open(path string, lim Limits) (*Reader, error) {
 // It stops the digest checks VerifyAhead started and waits for them.
 func (r *Reader) Close() error {
 	r.ahead.stop()
-	return r.f.Close()
+	if r.closer == nil {
+		return nil
+	}
+	return r.closer.Close()
+}
+
+// OpenReaderAt opens an archive of size bytes read through src — an
+// object in a remote store, say — with the same checks as Open. name
+// describes it in messages. The Reader reads src only through ReadAt; its
+// Close closes src when src is an io.Closer. When src is an *os.File,
+// reads take the file's fast paths (mmap, splice) as Open's do.
+func OpenReaderAt(name string, src io.ReaderAt, size int64, lim Limits) (*Reader, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("open checkpoint archive %s: %w: it is empty", name, ErrNotArchive)
+	}
+	f, _ := src.(*os.File)
+	r, err := openAt(src, f, size, lim.orDefault())
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint archive %s: %w", name, err)
+	}
+	r.path = name
+	r.closer, _ = src.(io.Closer)
+	return r, nil
 }
 
 func open(f *os.File, lim Limits) (*Reader, error) {
@@ -112,9 +136,20 @@ func open(f *os.File, lim Limits) (*Reader, error) {
 	if size == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrNotArchive)
 	}
-	zr, err := zip.NewReader(f, size)
+	r, err := openAt(f, f, size, lim)
+	if err != nil {
+		return nil, err
+	}
+	r.closer = f
+	return r, nil
+}
+
+// openAt opens the archive of size bytes in src; f is src when it is a
+// local file, else nil.
+func openAt(src io.ReaderAt, f *os.File, size int64, lim Limits) (*Reader, error) {
+	zr, err := zip.NewReader(src, size)
 	if err != nil && !errors.Is(err, zip.ErrInsecurePath) { // names are checked below
-		return nil, classifyZipError(f, err)
+		return nil, classifyZipError(src, err)
 	}
 	zr.RegisterDecompressor(methodZstd, zstd.ZipDecompressor(zstd.WithDecoderMaxWindow(maxDecoderWindow)))
 
@@ -149,13 +184,13 @@ func open(f *os.File, lim Limits) (*Reader, error) {
 	if err := checkLayout(entries, manifest, size); err != nil {
 		return nil, err
 	}
-	return &Reader{Manifest: m, Size: size, f: f, entries: entries}, nil
+	return &Reader{Manifest: m, Size: size, src: src, f: f, entries: entries}, nil
 }
 
 // classifyZipError explains why archive/zip refused the file: a file that
 // starts like a zip but has no readable directory is corrupt (typically
 // truncated); anything else is not an archive.
-func classifyZipError(f *os.File, err error) error {
+func classifyZipError(f io.ReaderAt, err error) error {
 	var magic [4]byte
 	if _, rerr := f.ReadAt(magic[:], 0); rerr == nil && bytes.Equal(magic[:], []byte("PK\x03\x04")) {
 		return fmt.Errorf("%w: the zip directory is missing or damaged (truncated file?): %w", ErrCorrupt, err)

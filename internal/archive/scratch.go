@@ -33,13 +33,18 @@ func getScratch() *writeScratch {
 
 // putScratch caches s with the buffers left by an archive's pipeline and
 // frame writer, keeping those small enough.
-func putScratch(s *writeScratch, p *pipeline, fw *frameWriter, sink *fileSink) {
+func putScratch(s *writeScratch, p *pipeline, fw *frameWriter, sink archiveSink) {
 	keep := func(b []byte) []byte {
 		if cap(b) > maxCachedBuf {
 			return nil
 		}
 		return b[:0]
 	}
-	s.read, s.frame, s.packed, s.sink = keep(p.small), keep(fw.cur), keep(fw.out), keep(sink.small)
+	s.read, s.frame, s.packed = keep(p.small), keep(fw.cur), keep(fw.out)
+	if fs, ok := sink.(*fileSink); ok {
+		s.sink = keep(fs.small)
+	} else if s.sink == nil {
+		s.sink = make([]byte, 0, 128<<10)
+	}
 	scratchPool.Put(s)
 }

@@ -77,8 +77,9 @@ type feed struct {
 	// pipeCap is the capacity of pipe in bytes. Decoded frames of at
 	// least that size are vmspliced (see vmsplice).
 	pipeCap  int64
-	pushed   int64 // bytes put into pipe so far
-	noSplice bool  // the archive's filesystem cannot splice: raw frames are copied
+	pushed   int64  // bytes put into pipe so far
+	noSplice bool   // the archive's filesystem cannot splice: raw frames are copied
+	rawBuf   []byte // reused for raw blocks that are copied, not spliced
 }
 
 // feedJob is one frame, in stream order.
@@ -96,12 +97,12 @@ type feedJob struct {
 type span struct{ off, n int64 }
 
 func (s *feed) run() error {
-	s.src = io.NewSectionReader(s.r.f, s.e.dataOffset, s.e.compSize)
+	s.src = io.NewSectionReader(s.r.src, s.e.dataOffset, s.e.compSize)
 	if s.e.compSize == 0 {
 		if s.e.info.Size != 0 {
 			return fmt.Errorf("%w: truncated: 0 of %d bytes", ErrCorrupt, s.e.info.Size)
 		}
-		return checkDigest(s.e, s.r.f, nil)
+		return checkDigest(s.e, s.r.src, nil)
 	}
 	// The digest check runs on its own core (started by VerifyAhead, or
 	// now); the last frame waits for it.
@@ -142,7 +143,7 @@ func (s *feed) run() error {
 // faster (medians of 5 interleaved runs: 1.036 s against 1.220 s). A file
 // truncated under the mapping is reported as an error (SetPanicOnFault),
 // and where mapping fails the bytes are read instead.
-func checkDigest(e *entry, f *os.File, stop <-chan struct{}) error {
+func checkDigest(e *entry, f io.ReaderAt, stop <-chan struct{}) error {
 	d := checksFor(e.info, false)
 	if err := hashStored(e, f, stop, func(b []byte) { d.Write(b) }); err != nil {
 		return err
@@ -152,7 +153,8 @@ func checkDigest(e *entry, f *os.File, stop <-chan struct{}) error {
 
 // hashStored passes the stored bytes of e to add, in order, in pieces of
 // at most frameSize bytes.
-func hashStored(e *entry, f *os.File, stop <-chan struct{}, add func([]byte)) (err error) {
+func hashStored(e *entry, src io.ReaderAt, stop <-chan struct{}, add func([]byte)) (err error) {
+	f, _ := src.(*os.File) // a local file is hashed through a mapping
 	stopped := func() bool {
 		select {
 		case <-stop:
@@ -161,7 +163,7 @@ func hashStored(e *entry, f *os.File, stop <-chan struct{}, add func([]byte)) (e
 			return false
 		}
 	}
-	if e.compSize > 0 {
+	if e.compSize > 0 && f != nil {
 		page := int64(os.Getpagesize())
 		start := e.dataOffset &^ (page - 1)
 		if m, merr := unix.Mmap(int(f.Fd()), start, int(e.dataOffset-start+e.compSize), unix.PROT_READ, unix.MAP_SHARED); merr == nil {
@@ -183,13 +185,13 @@ func hashStored(e *entry, f *os.File, stop <-chan struct{}, add func([]byte)) (e
 			return nil
 		}
 	}
-	src := io.NewSectionReader(f, e.dataOffset, e.compSize)
+	sec := io.NewSectionReader(src, e.dataOffset, e.compSize)
 	buf := make([]byte, min(frameSize, max(e.compSize, 1)))
 	for off := int64(0); off < e.compSize; {
 		if stopped() {
 			return errStopped
 		}
-		n, err := src.ReadAt(buf[:min(int64(len(buf)), e.compSize-off)], off)
+		n, err := sec.ReadAt(buf[:min(int64(len(buf)), e.compSize-off)], off)
 		if n == 0 && err != nil {
 			return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 		}
@@ -270,12 +272,12 @@ func (v *verifications) start(r *Reader, e *entry) *verification {
 	}
 	v.wg.Go(func() {
 		defer close(j.planned)
-		s := &feed{r: r, e: e, src: io.NewSectionReader(r.f, e.dataOffset, e.compSize)}
+		s := &feed{r: r, e: e, src: io.NewSectionReader(r.src, e.dataOffset, e.compSize)}
 		j.plan, j.planErr = s.split()
 	})
 	v.wg.Go(func() {
 		defer close(j.finished)
-		j.err = checkDigest(e, r.f, v.done)
+		j.err = checkDigest(e, r.src, v.done)
 	})
 	return j
 }
@@ -640,7 +642,7 @@ func (s *feed) writeRaw(j *feedJob) error {
 // archive file into w when w is a pipe, else read and written.
 func (s *feed) writeStored(sp span) error {
 	foff, left := s.e.dataOffset+sp.off, sp.n
-	for s.pipe != nil && !s.noSplice && left > 0 {
+	for s.pipe != nil && s.r.f != nil && !s.noSplice && left > 0 {
 		n, err := unix.Splice(int(s.r.f.Fd()), &foff, int(s.pipe.Fd()), nil, int(left), unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
 		switch {
 		case err == unix.EINTR:
@@ -659,8 +661,13 @@ func (s *feed) writeStored(sp span) error {
 	if left == 0 {
 		return nil
 	}
-	b := make([]byte, left)
-	if _, err := s.r.f.ReadAt(b, foff); err != nil {
+	// Raw blocks of an archive that is not a local file (a store) come
+	// through here, frame after frame: one buffer, not one allocation each.
+	if int64(cap(s.rawBuf)) < left {
+		s.rawBuf = make([]byte, left)
+	}
+	b := s.rawBuf[:left]
+	if _, err := s.r.src.ReadAt(b, foff); err != nil {
 		return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 	}
 	return s.write(b)

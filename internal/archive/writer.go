@@ -79,6 +79,37 @@ func Create(path string, m *Manifest, imagesDir string, files []FileSource, opts
 	if err != nil {
 		return nil, 0, err
 	}
+	return w.fill(m, imagesDir, images, files)
+}
+
+// CreateTo is Create writing into dst (see NewWriterTo) instead of a
+// file; name describes dst in messages. On error dst is aborted.
+func CreateTo(name string, dst Destination, m *Manifest, imagesDir string, files []FileSource, opts WriteOptions) (*Manifest, int64, error) {
+	if m == nil {
+		_ = dst.Abort()
+		return nil, 0, errors.New("create checkpoint archive: nil manifest")
+	}
+	head := *m
+	head.FormatVersion = FormatVersion
+	if err := head.validateHeader(); err != nil {
+		_ = dst.Abort()
+		return nil, 0, fmt.Errorf("create checkpoint archive %s: %w", name, err)
+	}
+	images, err := listImages(imagesDir)
+	if err != nil {
+		_ = dst.Abort()
+		return nil, 0, fmt.Errorf("create checkpoint archive %s: %w", name, err)
+	}
+	w, err := NewWriterTo(name, dst, opts)
+	if err != nil {
+		_ = dst.Abort()
+		return nil, 0, err
+	}
+	return w.fill(m, imagesDir, images, files)
+}
+
+// fill adds the images and closes the archive.
+func (w *Writer) fill(m *Manifest, imagesDir string, images []string, files []FileSource) (*Manifest, int64, error) {
 	for _, name := range images {
 		if err := w.AddImageFile(name, filepath.Join(imagesDir, name)); err != nil {
 			w.Abort()
@@ -100,10 +131,11 @@ func Create(path string, m *Manifest, imagesDir string, files []FileSource, opts
 // safe for concurrent use.
 type Writer struct {
 	path    string
-	tmp     *os.File
+	tmp     *os.File    // nil when writing to a Destination
+	dst     Destination // nil when writing a file
 	opts    WriteOptions
 	sc      *writeScratch
-	sink    *fileSink
+	sink    archiveSink
 	cw      *countWriter
 	ew      *entryWriter
 	entries []EntryInfo
@@ -126,6 +158,30 @@ func NewWriter(path string, opts WriteOptions) (*Writer, error) {
 	sc := getScratch()
 	w := &Writer{path: path, tmp: tmp, opts: opts, sc: sc, names: map[string]bool{}}
 	w.sink = newFileSink(tmp, sc.sink)
+	w.start()
+	return w, nil
+}
+
+// NewWriterTo starts an archive written as one sequential stream into
+// dst, which publishes it on Commit (an object store upload, say). name
+// describes the destination in messages. Close commits dst once the
+// manifest is written; Abort, or a failed Close, aborts it, so a partial
+// archive never becomes visible. The archive package never learns where
+// the bytes go.
+func NewWriterTo(name string, dst Destination, opts WriteOptions) (*Writer, error) {
+	if dst == nil {
+		return nil, fmt.Errorf("create checkpoint archive %s: nil destination", name)
+	}
+	sc := getScratch()
+	w := &Writer{path: name, dst: dst, opts: opts, sc: sc, names: map[string]bool{}}
+	w.sink = newStreamSink(dst)
+	w.start()
+	return w, nil
+}
+
+// start sets up the zip and frame writers over w.sink.
+func (w *Writer) start() {
+	sc, opts := w.sc, w.opts
 	w.cw = &countWriter{w: w.sink}
 	fw := newFrameWriter(concurrency(opts.Concurrency))
 	fw.cur, fw.out = sc.frame, sc.packed
@@ -140,7 +196,6 @@ func NewWriter(path string, opts WriteOptions) (*Writer, error) {
 		progress: newProgress(opts.Progress),
 		modified: time.Now().UTC(),
 	}
-	return w, nil
 }
 
 // AddImage stores the CRIU image name, read from r until EOF, as
@@ -201,6 +256,23 @@ func (w *Writer) Close(m *Manifest, files []FileSource) (*Manifest, int64, error
 	out := *m
 	out.FormatVersion = FormatVersion
 	size, err := w.finish(&out, files)
+	if w.dst != nil {
+		if err == nil {
+			if err = w.opts.Fault.At(fault.ArchiveRename); err != nil {
+				err = fmt.Errorf("commit %s: %w", w.path, err)
+			} else {
+				err = w.dst.Commit() // on error, the destination aborted itself
+			}
+		} else {
+			_ = w.dst.Abort()
+		}
+		w.release()
+		if err != nil {
+			return nil, 0, w.fail(err)
+		}
+		*m = out
+		return m, size, nil
+	}
 	if cerr := w.tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -226,8 +298,13 @@ func (w *Writer) Abort() {
 	if w.done {
 		return
 	}
-	w.tmp.Close()
-	os.Remove(w.tmp.Name())
+	w.sink.abort()
+	if w.dst != nil {
+		_ = w.dst.Abort()
+	} else {
+		w.tmp.Close()
+		os.Remove(w.tmp.Name())
+	}
 	w.release()
 }
 
@@ -361,7 +438,7 @@ func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
 		return 0, err
 	}
 	if err := w.opts.Fault.At(fault.ArchiveFsync); err != nil {
-		return 0, fmt.Errorf("sync %s: %w", w.tmp.Name(), err)
+		return 0, fmt.Errorf("sync %s: %w", w.path, err)
 	}
 	return w.cw.n, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 // DumpRequest asks for a checkpoint of a process tree.
@@ -26,6 +27,13 @@ type DumpRequest struct {
 	Dir string
 	// Path, if set, is the exact archive path (Dir is then ignored).
 	Path string
+	// Storage, if set, receives the archive instead of a local file (Dir
+	// and Path are then ignored): it streams into the store as object Key,
+	// or, when Key is empty, KeyPrefix plus a new name, and becomes visible
+	// only once complete. DumpResult.Path is then its storage.Location.
+	Storage   storage.Backend
+	Key       string
+	KeyPrefix string
 	// LeaveRunning keeps the tree running after the dump.
 	LeaveRunning bool
 	// Overrides of the automatic choices; nil means "decide for me".
@@ -103,11 +111,12 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	copts, reasons := s.chooseOptions(req, snap)
 
 	name := snap.processes[0].Name
-	path, err := ArchivePath(req.Dir, req.Path, name, start)
+	target, err := dumpTarget(ctx, req, name, start)
 	if err != nil {
 		return nil, err
 	}
-	staging, err := s.StagingDir("", filepath.Dir(path), int64(snap.rss()))
+	path := target.loc
+	staging, err := s.StagingDir("", target.stagingFallback(), int64(snap.rss()))
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +142,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Fault: s.fault}
 	var w *archive.Writer // streamed dumps write the archive while CRIU runs
 	if stream {
-		if w, err = archive.NewWriter(path, wopts); err != nil {
+		if w, err = target.newWriter(ctx, wopts); err != nil {
 			return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
 		}
 	}
@@ -228,7 +237,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		}
 	} else {
 		prog.Start("writing archive", archive.DirSize(imagesDir)+sumSizes(files))
-		m, size, err = archive.Create(path, m, imagesDir, files, wopts)
+		m, size, err = target.create(ctx, m, imagesDir, files, wopts)
 	}
 	prog.Done()
 	if err != nil {

@@ -14,12 +14,17 @@ import (
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 // RestoreRequest asks to bring a checkpoint back.
 type RestoreRequest struct {
 	// Path is the archive. It is only read, never modified or removed.
 	Path string
+	// Storage, if set, holds the archive as object Key (Path then only
+	// names it in messages and hooks; see storage.Location).
+	Storage storage.Backend
+	Key     string
 	// ReplaceFiles writes the archived copy of carried files over files
 	// that changed since the dump (the current file is kept as a backup).
 	ReplaceFiles bool
@@ -63,9 +68,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if prog == nil {
 		prog = NoProgress{}
 	}
-	r, err := archive.Open(req.Path, archive.DefaultLimits())
+	r, stagingParent, err := s.openArchive(ctx, req.Storage, req.Key, req.Path) // storage wiring (remote.go)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", req.Path, err)
+		return nil, err
 	}
 	defer r.Close()
 	m := r.Manifest
@@ -99,7 +104,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 			}
 		}
 	}
-	staging, err := s.StagingDir("", filepath.Dir(req.Path), extractSize)
+	staging, err := s.StagingDir("", stagingParent, extractSize)
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,8 @@ type Config struct {
 	Hooks Hooks `json:"hooks"`
 	// TLS is how the CLI reaches a daemon's TCP listener.
 	TLS ClientTLS `json:"tls"`
+	// Storage is where checkpoint archives live (see storage.go).
+	Storage Storage `json:"storage"`
 }
 
 // ClientTLS is the CLI's side of the daemon's TCP listener (--address

@@ -28,7 +28,13 @@ func sample(t *testing.T, s Setting, def string) (value string, jsonForms []stri
 	case s.Kind == "string, or off":
 		return "off", []string{q("off"), q("OFF"), q("")}
 	case strings.HasPrefix(s.Kind, "one of "):
-		return "iptables", []string{q("iptables")}
+		// The last value the setting allows, or the first if that is the default.
+		allowed := strings.Split(strings.TrimPrefix(s.Kind, "one of "), ", ")
+		v := allowed[len(allowed)-1]
+		if v == def {
+			v = allowed[0]
+		}
+		return v, []string{q(v)}
 	case s.Kind == "string":
 		v := "/x/" + s.Key
 		return v, []string{q(v)}

@@ -61,6 +61,12 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 	runErr := run(p, args, nil)
 	srvErr := srv.wait()
 	if runErr != nil {
+		if srvErr != nil {
+			// CRIU failed because the sink stopped reading (a broken
+			// pipe): the sink's error (a full or unreachable store, say)
+			// is the cause; CRIU's follows.
+			return nil, fmt.Errorf("the archive could not be written: %w\n  so CRIU stopped: %w", srvErr, newError("dump", runErr, logPath))
+		}
 		return nil, newError("dump", runErr, logPath)
 	}
 	if srvErr != nil {

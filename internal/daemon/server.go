@@ -30,6 +30,7 @@ import (
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/config"
 	"github.com/cedana/cedana/internal/jobs"
+	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -46,6 +47,9 @@ type Options struct {
 	Log *slog.Logger
 	// Ready, if set, is called once every listener is up.
 	Ready func()
+	// Storage, if set, receives jobs' archives (storage.backend other than
+	// local); nil: the checkpoint directory.
+	Storage storage.Backend
 }
 
 // Run runs the daemon until ctx is done or a signal arrives. SIGTERM
@@ -84,6 +88,7 @@ func Run(ctx context.Context, o Options) error {
 	p := o.Config.Policy
 	mgr := jobs.New(jobs.Config{
 		CheckpointDir: ckptDir,
+		Storage:       o.Storage,
 		LogDir:        filepath.Join(d.StateDir, "logs"),
 		DefaultPolicy: store.Policy{CheckpointEvery: p.CheckpointEvery.Duration, Keep: p.Keep, KeepBytes: p.KeepBytes,
 			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores},

@@ -16,6 +16,7 @@ import (
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/jobs"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -183,6 +184,12 @@ func toStatus(err error) error {
 	var ce *criu.Error
 	code := codes.Internal
 	switch {
+	case errors.Is(err, storage.ErrCorrupt):
+		code = codes.DataLoss
+	case errors.Is(err, storage.ErrAccess), errors.Is(err, storage.ErrNoBucket), errors.Is(err, storage.ErrNoSpace),
+		errors.Is(err, storage.ErrWrongKey), errors.Is(err, storage.ErrNoKey), errors.Is(err, storage.ErrEncrypted),
+		errors.Is(err, storage.ErrUnreachable): // not Unavailable: the CLI reads that as "daemon down"
+		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoLog), errors.Is(err, os.ErrNotExist):
 		code = codes.NotFound
 	case errors.Is(err, store.ErrExists):

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -39,6 +40,9 @@ var (
 type Config struct {
 	// CheckpointDir holds archives, one subdirectory per job.
 	CheckpointDir string
+	// Storage, if set, receives process jobs' archives instead of
+	// CheckpointDir (see storage.go); retention deletes from it.
+	Storage storage.Backend
 	// LogDir holds jobs' stdout/stderr logs.
 	LogDir string
 	// DefaultPolicy applies to jobs whose request sets no policy field.
@@ -173,7 +177,7 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := removeArchive(c.Path); err != nil {
+	if err := m.removeArchive(c.Path); err != nil {
 		return fmt.Errorf("checkpoint %s is no longer listed, but its archive could not be removed: %w", id, err)
 	}
 	return nil

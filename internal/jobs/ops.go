@@ -34,7 +34,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	// a file at the recorded path knows the checkpoint is complete even if
 	// the daemon died between the kill of the dumped tree and the commit
 	// below (see recoverCheckpoints).
-	path, err := m.newArchivePath(j)
+	path, err := m.newArchiveLocation(ctx, j)
 	if err != nil {
 		return nil, err
 	}
@@ -74,10 +74,10 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		path, size, stats, derr = m.dumpContainer(ctx, j, path, leaveRunning)
 	} else {
 		var res *checkpoint.DumpResult
-		res, derr = m.engine.Dump(ctx, checkpoint.DumpRequest{
-			PID: j.PID, Path: path, LeaveRunning: leaveRunning,
-			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-		})
+		req := m.dumpRequest(path) // a local path or a key in the storage backend
+		req.PID, req.LeaveRunning = j.PID, leaveRunning
+		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
+		res, derr = m.engine.Dump(ctx, req)
 		if derr == nil {
 			path, size, stats = res.Path, res.Size, res.Manifest.Stats
 		}
@@ -288,7 +288,7 @@ func (m *Manager) prune(j *store.Job) []string {
 // removeArchives deletes the archives of checkpoints whose records are gone.
 func (m *Manager) removeArchives(jobID string, cs []*store.Checkpoint) {
 	for _, c := range cs {
-		if err := removeArchive(c.Path); err != nil {
+		if err := m.removeArchive(c.Path); err != nil {
 			m.log.Warn("remove pruned archive", "job", jobID, "checkpoint", c.ID, "err", err)
 		}
 		m.metrics.pruned()

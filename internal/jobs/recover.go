@@ -53,7 +53,7 @@ func (m *Manager) recoverCheckpoints(ctx context.Context) (map[string]*store.Che
 		if c.State != store.CheckpointPending {
 			continue
 		}
-		if size, ok := completeArchive(c.Path); ok {
+		if size, ok := m.completeArchive(c.Path); ok {
 			c.State, c.Size, c.Error, c.CompletedAt = store.CheckpointComplete, size, "", time.Now().UTC()
 			if err := m.store.PutCheckpoint(ctx, c); err != nil {
 				return nil, err

@@ -72,14 +72,14 @@ func (m *Manager) Remove(ctx context.Context, ref string, force, checkpoints boo
 		if c.Path == "" {
 			continue
 		}
-		if _, err := os.Stat(c.Path); err != nil {
+		if !m.archiveExists(c.Path) {
 			continue
 		}
 		if !checkpoints {
 			res.Kept = append(res.Kept, c.Path)
 			continue
 		}
-		if err := removeArchive(c.Path); err != nil {
+		if err := m.removeArchive(c.Path); err != nil {
 			errs = append(errs, err)
 			continue
 		}

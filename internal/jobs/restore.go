@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
@@ -89,10 +88,9 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path)
 	} else {
 		var res *checkpoint.RestoreResult
-		res, rerr = m.engine.Restore(ctx, checkpoint.RestoreRequest{
-			Path:    ck.Path,
-			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-		})
+		req := m.restoreRequest(ck.Path) // a local path or a key in the storage backend
+		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
+		res, rerr = m.engine.Restore(ctx, req)
 		if rerr == nil {
 			pid = res.PID
 		}
@@ -298,12 +296,10 @@ func (m *Manager) findRestored(ctx context.Context, j *store.Job) int {
 	if err != nil {
 		return 0
 	}
-	r, err := archive.Open(c.Path, archive.DefaultLimits())
+	mf, _, err := m.readManifest(c.Path)
 	if err != nil {
 		return 0
 	}
-	defer r.Close()
-	mf := r.Manifest
 	if mf.PIDNamespace || len(mf.Processes) == 0 {
 		return 0
 	}

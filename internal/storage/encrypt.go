@@ -577,3 +577,7 @@ func (e *Encrypted) List(ctx context.Context, prefix string) ([]Info, error) {
 
 // Delete implements Backend.
 func (e *Encrypted) Delete(ctx context.Context, key string) error { return e.inner.Delete(ctx, key) }
+
+// EncryptedMagic starts every object the Encrypted backend writes, so a caller holding a
+// bare file can tell an encrypted archive from a plain one.
+const EncryptedMagic = encMagic

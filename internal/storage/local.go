@@ -149,7 +149,7 @@ func (w *dirWriter) Commit() error {
 		_ = os.Remove(tmp)
 		return w.d.fsErr("commit", w.key, err)
 	}
-	if err := w.f.Chmod(0o644); err != nil {
+	if err := w.f.Chmod(0o600); err != nil { // archives hold process memory
 		_ = w.f.Close()
 		return fail(err)
 	}

@@ -46,6 +46,8 @@ type S3Config struct {
 const (
 	defaultPartSize = 16 << 20
 	minPartSize     = 5 << 20
+	// partTimeout bounds one part's upload (16 MiB at ≥ 140 KB/s).
+	partTimeout = 2 * time.Minute
 )
 
 // S3 is a backend on an S3-compatible object store. Objects larger than one part are
@@ -256,6 +258,9 @@ func (w *s3Writer) flushPart() error {
 	select {
 	case w.sem <- struct{}{}:
 	case <-w.ctx.Done():
+		if err := w.firstErr(); err != nil {
+			return err // a failed part cancelled the upload: its error is the cause
+		}
 		return w.s.classify("write", w.key, w.ctx.Err())
 	}
 	if err := w.firstErr(); err != nil {
@@ -270,8 +275,13 @@ func (w *s3Writer) flushPart() error {
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.sem }()
-		p, err := w.s.core.PutObjectPart(w.ctx, w.s.cfg.Bucket, w.s.objectName(w.key), w.uploadID, num,
+		// A store that stops answering mid-part (a hung server, a black-holed
+		// network) must not keep a dump — and the frozen process — waiting
+		// for TCP's own timeouts.
+		pctx, cancel := context.WithTimeout(w.ctx, partTimeout)
+		p, err := w.s.core.PutObjectPart(pctx, w.s.cfg.Bucket, w.s.objectName(w.key), w.uploadID, num,
 			bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
+		cancel()
 		data = data[:0]
 		w.pool.Put(&data)
 		w.mu.Lock()

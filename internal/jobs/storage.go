@@ -1,0 +1,138 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/storage"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// Where job archives live. With Config.Storage set (storage.backend other
+// than local), process jobs' archives go to that backend under
+// "jobs/<job ID>/<name>_<time>.zip" and each checkpoint record's Path is
+// the object's storage.Location (a file path for dir, s3://bucket/… for
+// s3, nats://host/bucket/… for jetstream). Records whose Path is not in
+// the backend (written before it was configured, container jobs) are
+// local files, handled as before.
+
+// storageTimeout bounds one metadata call (stat, delete) to the backend.
+const storageTimeout = 30 * time.Second
+
+// jobKeyPrefix is the prefix of a job's objects in the backend.
+func jobKeyPrefix(jobID string) string { return "jobs/" + jobID + "/" }
+
+// inStore returns the key of the archive at loc in the configured backend,
+// or false when loc is a local file.
+func (m *Manager) inStore(loc string) (string, bool) {
+	if m.cfg.Storage == nil || loc == "" {
+		return "", false
+	}
+	return storage.KeyOf(m.cfg.Storage, loc)
+}
+
+// newArchiveLocation picks the location of a job's next archive: a new
+// key in the backend for process jobs when one is configured, else a new
+// local path.
+func (m *Manager) newArchiveLocation(ctx context.Context, j *store.Job) (string, error) {
+	if m.cfg.Storage == nil || j.Runtime != "" {
+		return m.newArchivePath(j)
+	}
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	defer cancel()
+	now := time.Now()
+	for n := 0; n < 1000; n++ {
+		key := jobKeyPrefix(j.ID) + checkpoint.ArchiveName(j.Name, now, n)
+		_, err := m.cfg.Storage.Stat(ctx, key)
+		switch {
+		case errors.Is(err, storage.ErrNotExist):
+			return storage.Location(m.cfg.Storage, key), nil
+		case err != nil:
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free archive name in %s", m.cfg.Storage.Name())
+}
+
+// dumpRequest is the engine request writing a process job's archive to loc.
+func (m *Manager) dumpRequest(loc string) checkpoint.DumpRequest {
+	if key, ok := m.inStore(loc); ok {
+		return checkpoint.DumpRequest{Storage: m.cfg.Storage, Key: key}
+	}
+	return checkpoint.DumpRequest{Path: loc}
+}
+
+// restoreRequest is the engine request reading the archive at loc.
+func (m *Manager) restoreRequest(loc string) checkpoint.RestoreRequest {
+	if key, ok := m.inStore(loc); ok {
+		return checkpoint.RestoreRequest{Path: loc, Storage: m.cfg.Storage, Key: key}
+	}
+	return checkpoint.RestoreRequest{Path: loc}
+}
+
+// removeArchive deletes the archive at loc: the object in the backend, or
+// the local file. A missing archive is not an error.
+func (m *Manager) removeArchive(loc string) error {
+	if key, ok := m.inStore(loc); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+		defer cancel()
+		return m.cfg.Storage.Delete(ctx, key)
+	}
+	return removeArchive(loc)
+}
+
+// archiveExists reports whether the archive at loc exists.
+func (m *Manager) archiveExists(loc string) bool {
+	if key, ok := m.inStore(loc); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+		defer cancel()
+		_, err := m.cfg.Storage.Stat(ctx, key)
+		return err == nil
+	}
+	_, err := os.Stat(loc)
+	return err == nil
+}
+
+// completeArchive reports whether loc holds a whole archive, and its size.
+// An object in a backend is complete once it is visible (the backends
+// publish only complete objects); its manifest is read back all the same.
+func (m *Manager) completeArchive(loc string) (int64, bool) {
+	if _, ok := m.inStore(loc); !ok {
+		return completeArchive(loc)
+	}
+	mf, size, err := m.readManifest(loc)
+	return size, err == nil && mf != nil
+}
+
+// readManifest reads the manifest of the archive at loc.
+func (m *Manager) readManifest(loc string) (*archive.Manifest, int64, error) {
+	key, ok := m.inStore(loc)
+	if !ok {
+		r, err := archive.Open(loc, archive.DefaultLimits())
+		if err != nil {
+			return nil, 0, err
+		}
+		defer r.Close()
+		return r.Manifest, r.Size, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+	defer cancel()
+	obj, err := m.cfg.Storage.Open(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	var src io.ReaderAt = storage.NewReadCache(obj)
+	r, err := archive.OpenReaderAt(loc, src, obj.Size(), archive.DefaultLimits())
+	if err != nil {
+		obj.Close()
+		return nil, 0, err
+	}
+	defer r.Close()
+	return r.Manifest, r.Size, nil
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# What `make bench` runs for checkpoint storage (issue 11), in one run on
+# one machine, so that every ratio compares figures taken side by side:
+#
+# 1. bench/storage: upload and download of a SIZE_MIB object to each
+#    backend (dir, s3 on versitygw, jetstream on nats-server) against a
+#    plain copy with a standard tool (cp + sync; minio-go's multipart
+#    PutObject / GetObject; one nats.go object Put / Get), and each backend
+#    encrypted against itself unencrypted.
+# 2. Processes: `cedana client dump` and `client restore` of a process
+#    holding SIZE_MIB of memory (half random, half text) to and from
+#      local   a local directory (-d DIR: the archive is a file)
+#      dir     file://DIR (the dir backend, unencrypted)
+#      dir+enc the same with storage.encryption.key_file
+#      s3      s3://bucket/prefix on versitygw (same machine)
+#      s3+enc  the same, encrypted
+#    interleaved run by run; medians and the ratios the issue's bars name:
+#    encryption's cost on dump and restore (≤ 1.10×), restore from S3 against
+#    restore from local disk (≤ 1.5×).
+#
+# Environment: SIZE_MIB (default 1024), RUNS (default 3), BENCH_DIR (default
+# /var/tmp/cedana-storage-bench), SKIP_RAW=1 skips part 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${CEDANA_BIN:-$PWD/bin/cedana}
+SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-3}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/cedana-storage-bench}
+CACHE=${CEDANA_SERVER_CACHE:-/var/cache/cedana/bin}
+VGW="$CACHE/versitygw-v1.8.0"
+PY=$(command -v python3)
+export PATH=/usr/local/go/bin:/usr/local/sbin:$PATH
+
+[ -x "$VGW" ] || { echo "versitygw missing at $VGW: run scripts/setup-servers.sh" >&2; exit 1; }
+rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$BENCH_DIR"; }
+trap cleanup EXIT
+
+if [ "${SKIP_RAW:-0}" != 1 ]; then
+  echo "## Storage backends: go run ./bench/storage -size $((SIZE_MIB << 20)) -runs $RUNS -dir $BENCH_DIR"
+  go run ./bench/storage -size $((SIZE_MIB << 20)) -runs "$RUNS" -dir "$BENCH_DIR" \
+    || echo "bench/storage failed (above); going on with the process figures"
+  echo
+fi
+
+# --- processes ---
+export HOME="$BENCH_DIR/home"
+mkdir -p "$HOME" "$BENCH_DIR/local" "$BENCH_DIR/shared" "$BENCH_DIR/s3data/bench"
+"$BIN" storage keygen "$BENCH_DIR/key" >/dev/null 2>&1
+port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(cd "$BENCH_DIR" && exec env -i PATH=/usr/bin:/bin HOME="$BENCH_DIR" "$VGW" --access benchaccess --secret bench-secret-key \
+  --port "127.0.0.1:$port" --region us-east-1 --quiet posix "$BENCH_DIR/s3data" >"$BENCH_DIR/vgw.log" 2>&1) &
+pids+=("$!")
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=bench-secret-key
+export CEDANA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$port" CEDANA_STORAGE_S3_PATH_STYLE=true CEDANA_STORAGE_S3_REGION=us-east-1
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+start_hog() {
+  local ready="$BENCH_DIR/ready.$RANDOM"
+  setsid "$PY" bench/memhog.py "$ready" "$SIZE_MIB" </dev/null >/dev/null 2>&1 &
+  HOG_PID=$!; pids+=("$HOG_PID")
+  while [ ! -s "$ready" ]; do sleep 0.1; done
+  rm -f "$ready"
+}
+wait_gone() {
+  wait "$1" 2>/dev/null || true
+  for _ in $(seq 500); do
+    if ! awk '{print $1; print $5; print $6}' /proc/[0-9]*/stat 2>/dev/null | grep -qx "$1"; then return; fi
+    sleep 0.02
+  done
+  echo "PID $1 still taken" >&2; exit 1
+}
+
+declare -A dump restore
+configs="local dir dir+enc s3 s3+enc"
+for run in $(seq "$RUNS"); do
+  for c in $configs; do
+    keyenv=()
+    case $c in
+      local) dest="$BENCH_DIR/local" ;;
+      dir|dir+enc) dest="file://$BENCH_DIR/shared" ;;
+      s3|s3+enc) dest="s3://bench/run$run" ;;
+    esac
+    case $c in *+enc) keyenv=(CEDANA_STORAGE_ENCRYPTION_KEY_FILE="$BENCH_DIR/key") ;; esac
+    start_hog; pid=$HOG_PID
+    t0=$(now)
+    loc=$(env "${keyenv[@]}" "$BIN" client dump -p "$pid" -d "$dest" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
+    t1=$(now); dump[$c]+=" $(elapsed "$t0" "$t1")"
+    wait_gone "$pid"
+    t0=$(now)
+    rpid=$(env "${keyenv[@]}" "$BIN" client restore "$loc" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
+    t1=$(now); restore[$c]+=" $(elapsed "$t0" "$t1")"
+    pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
+    case $loc in s3://*) ;; *) rm -f "$loc" ;; esac
+    rm -rf "$BENCH_DIR/s3data/bench/run$run"
+    printf 'run %s %-8s dump %s s, restore %s s\n' "$run" "$c" "$(echo "${dump[$c]}" | awk '{print $NF}')" "$(echo "${restore[$c]}" | awk '{print $NF}')"
+  done
+done
+
+echo
+echo "## Processes: ${SIZE_MIB} MiB (half random, half text), median of $RUNS interleaved runs: SIZE_MIB=$SIZE_MIB RUNS=$RUNS scripts/bench-storage.sh"
+echo
+echo "| destination | dump | restore |"
+echo "| --- | --- | --- |"
+declare -A md mr
+for c in $configs; do
+  md[$c]=$(echo "${dump[$c]}" | median); mr[$c]=$(echo "${restore[$c]}" | median)
+  printf '| %s | %.2f s | %.2f s |\n' "$c" "${md[$c]}" "${mr[$c]}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f×", a/b}'; }
+echo
+echo "| ratio | value | bar |"
+echo "| --- | --- | --- |"
+echo "| dump dir+enc / dir | $(ratio "${md[dir+enc]}" "${md[dir]}") | ≤ 1.10× |"
+echo "| restore dir+enc / dir | $(ratio "${mr[dir+enc]}" "${mr[dir]}") | ≤ 1.10× |"
+echo "| dump s3+enc / s3 | $(ratio "${md[s3+enc]}" "${md[s3]}") | ≤ 1.10× |"
+echo "| restore s3+enc / s3 | $(ratio "${mr[s3+enc]}" "${mr[s3]}") | ≤ 1.10× |"
+echo "| restore s3 / local | $(ratio "${mr[s3]}" "${mr[local]}") | ≤ 1.5× |"
+echo "| dump s3 / local | $(ratio "${md[s3]}" "${md[local]}") | — |"
+echo "| dump dir / local | $(ratio "${md[dir]}" "${md[local]}") | — |"
+echo "| restore dir / local | $(ratio "${mr[dir]}" "${mr[local]}") | — |"
