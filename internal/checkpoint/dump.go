@@ -44,6 +44,11 @@ type DumpRequest struct {
 	Progress Progress
 	// HookEnv is added to the environment of hook scripts.
 	HookEnv []string
+	// AfterCRIU, if set, is called as soon as CRIU has dumped the tree
+	// successfully, before the archive is written: with LeaveRunning the
+	// tree runs again from then on. The daemon reads there what the tree
+	// looked like when it was dumped (see internal/jobs/skip.go).
+	AfterCRIU func()
 }
 
 // DumpResult describes a finished checkpoint.
@@ -182,6 +187,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return fail(err)
 	}
 	criuTime := time.Since(criuStart)
+	if req.AfterCRIU != nil {
+		req.AfterCRIU()
+	}
 	// Describe the tree again now that it is frozen: it may have forked
 	// since the snapshot, and what is frozen is exactly what CRIU dumped.
 	frozen := copts.LeaveStopped

@@ -69,14 +69,20 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		size  int64
 		stats *archive.DumpStats
 		derr  error
+		// observe reads, and base receives, the baseline that later
+		// periodic runs compare the job with (skip.go).
+		observe func()
+		base    = new(*treeState)
 	)
 	if j.Runtime != "" {
 		path, size, stats, derr = m.dumpContainer(ctx, j, path, leaveRunning)
 	} else {
 		var res *checkpoint.DumpResult
+		observe, base = m.observeAfterCRIU(j, leaveRunning)
 		res, derr = m.engine.Dump(ctx, checkpoint.DumpRequest{
 			PID: j.PID, Path: path, LeaveRunning: leaveRunning,
-			HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+			HookEnv:   []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+			AfterCRIU: observe,
 		})
 		if derr == nil {
 			path, size, stats = res.Path, res.Size, res.Manifest.Stats
@@ -87,6 +93,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		m.crashpoint(fault.CrashAfterKillBeforeCommit)
 	}
 	if derr != nil {
+		m.skips.forget(j.ID)
 		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
 		msg := fmt.Sprintf("%s checkpoint failed (the job kept running): %v", why, derr)
 		if _, err := m.store.Commit(context.Background(), j.ID, store.Change{
@@ -119,6 +126,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		return nil, err
 	}
 	m.metrics.dumped(elapsed, size, stats)
+	m.checkpointed(j.ID, ck.ID, *base)
 	switch {
 	case !leaveRunning:
 		m.unsupervise(j.ID)

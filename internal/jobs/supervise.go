@@ -60,6 +60,7 @@ func (m *Manager) unsupervise(id string) {
 		delete(m.live, id)
 	}
 	m.mu.Unlock()
+	m.skips.forget(id)
 }
 
 // exitStatus is how a process ended, when that is known: only a parent
@@ -270,6 +271,9 @@ func (m *Manager) tick(ctx context.Context, id string, every time.Duration) {
 		j, err := m.store.GetJob(ctx, id)
 		if err != nil || State(j.State) != Running {
 			continue
+		}
+		if m.unchanged(ctx, j) {
+			continue // recorded as unchanged; the latest checkpoint stays the restore point
 		}
 		_, _ = m.dump(ctx, id, true, "periodic") // failures are recorded as events
 	}
