@@ -64,11 +64,12 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		return nil, ctx.Err()
 	}
 	defer func() { <-m.dumps }()
-	start := time.Now()
+	start, cpu0 := time.Now(), selfCPU()
 	var (
-		size  int64
-		stats *archive.DumpStats
-		derr  error
+		criuCPU time.Duration
+		size    int64
+		stats   *archive.DumpStats
+		derr    error
 		// observe reads, and base receives, the baseline that later
 		// periodic runs compare the job with (skip.go).
 		observe func()
@@ -83,12 +84,13 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 			PID: j.PID, Path: path, LeaveRunning: leaveRunning,
 			HookEnv:   []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
 			AfterCRIU: observe,
+			LogGroup:  logGroup(j, why), KeepLogs: periodicLogs,
 		})
 		if derr == nil {
-			path, size, stats = res.Path, res.Size, res.Manifest.Stats
+			path, size, stats, criuCPU = res.Path, res.Size, res.Manifest.Stats, res.CRIUCPU
 		}
 	}
-	elapsed := time.Since(start)
+	elapsed, daemonCPU := time.Since(start), selfCPU()-cpu0
 	if derr == nil {
 		m.crashpoint(fault.CrashAfterKillBeforeCommit)
 	}
@@ -120,7 +122,8 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if leaveRunning {
 		next = Running
 	}
-	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s%s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond),
+		m.checkpointCost(why, daemonCPU, criuCPU))
 	j, err = m.completeCheckpoint(j, ck, next, msg)
 	if err != nil {
 		return nil, err

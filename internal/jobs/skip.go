@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"path/filepath"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -341,4 +341,3 @@ func (m *Manager) unchanged(ctx context.Context, j *store.Job) bool {
 	}
 	return true
 }
-
