@@ -32,6 +32,25 @@ func startProc(t *testing.T, extra []*os.File, argv ...string) int {
 	return cmd.Process.Pid
 }
 
+// settled waits until pid's tree stops changing (a Python process takes a
+// while to start on a busy machine) and returns its state.
+func settled(t *testing.T, pid int) *treeState {
+	t.Helper()
+	var prev *treeState
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		// A short-lived child that ends while it is read is an error:
+		// try again.
+		cur, err := readTreeState(pid, "", "")
+		if err == nil && prev != nil && prev.diff(cur) == "" {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("PID %d did not settle within 20 s", pid)
+	return nil
+}
+
 func mustState(t *testing.T, pid int) *treeState {
 	t.Helper()
 	s, err := readTreeState(pid, "", "")
@@ -46,10 +65,10 @@ func mustState(t *testing.T, pid int) *treeState {
 func TestTreeStateIdleBusySignal(t *testing.T) {
 	idle := startProc(t, nil, "sleep", "3600")
 	busy := startProc(t, nil, "sh", "-c", "while :; do :; done")
-	blocked := startProc(t, nil, "python3", "-c",
+	blocked := startProc(t, nil, pythonBin, "-c",
 		"import signal,os\nsignal.pthread_sigmask(signal.SIG_BLOCK,[signal.SIGUSR1])\nr,w=os.pipe()\nos.read(r,1)")
-	time.Sleep(500 * time.Millisecond) // let them start
-	a, b, c := mustState(t, idle), mustState(t, busy), mustState(t, blocked)
+	a, c := settled(t, idle), settled(t, blocked)
+	b := mustState(t, busy)
 	time.Sleep(300 * time.Millisecond)
 	if d := a.diff(mustState(t, idle)); d != "" {
 		t.Errorf("idle sleep changed: %s", d)
@@ -99,13 +118,12 @@ func TestTreeStateUnsafe(t *testing.T) {
 	}{
 		{"socket", []*os.File{sock}, []string{"sleep", "3600"}, "socket"},
 		{"pipe to outside", []*os.File{r}, []string{"sleep", "3600"}, "pipe whose other end is outside"},
-		{"own pipe", nil, []string{"python3", "-c", "import os\nr,w=os.pipe()\nos.read(r,1)"}, ""},
-		{"shared memory", nil, []string{"python3", "-c", "import mmap,os\nm=mmap.mmap(-1,4096,flags=mmap.MAP_SHARED)\nr,w=os.pipe()\nos.read(r,1)"}, "shared and writable"},
+		{"own pipe", nil, []string{pythonBin, "-c", "import os\nr,w=os.pipe()\nos.read(r,1)"}, ""},
+		{"shared memory", nil, []string{pythonBin, "-c", "import mmap,os\nm=mmap.mmap(-1,4096,flags=mmap.MAP_SHARED)\nr,w=os.pipe()\nos.read(r,1)"}, "shared and writable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pid := startProc(t, tc.extra, tc.argv...)
-			time.Sleep(400 * time.Millisecond)
-			s := mustState(t, pid)
+			s := settled(t, pid)
 			got := strings.Join(s.unsafe, "; ")
 			if tc.want == "" && got != "" {
 				t.Errorf("unsafe: %s", got)
@@ -116,3 +134,12 @@ func TestTreeStateUnsafe(t *testing.T) {
 		})
 	}
 }
+
+// pythonBin is the system's Python when there is one: a version manager's
+// shim on PATH (pyenv) runs helper processes before it execs Python.
+var pythonBin = func() string {
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	return "python3"
+}()
