@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
@@ -282,10 +283,48 @@ func (m *Manager) observeAfterCRIU(j *store.Job, leaveRunning bool) (func(), **t
 	}
 	cg, log := m.cgroupDir(j), j.LogPath
 	return func() {
+		settle(j.PID)
 		if st, err := readTreeState(j.PID, cg, log); err == nil {
 			*out = st
 		}
 	}, out
+}
+
+// settleWait bounds how long settle waits.
+const settleWait = 200 * time.Millisecond
+
+// settle waits, briefly, until no thread of the tree rooted at pid is
+// runnable. When CRIU lets a tree go, its threads still have to be
+// scheduled to leave the stop and go back into the calls they slept in —
+// on a busy machine that takes milliseconds — and that CPU time would
+// otherwise make the next periodic run see a change that is only the
+// checkpoint's own. A thread that keeps running keeps it waiting until
+// settleWait; the baseline read then differs next time, and the job is
+// checkpointed (never the other way round).
+func settle(pid int) {
+	deadline := time.Now().Add(settleWait)
+	for {
+		pids, err := proc.Tree(pid)
+		if err != nil {
+			return
+		}
+		quiet := true
+		for _, p := range pids {
+			ts, err := proc.Threads(p)
+			if err != nil {
+				return
+			}
+			for _, t := range ts {
+				if t.State == 'R' || t.State == 't' || t.State == 'T' {
+					quiet = false
+				}
+			}
+		}
+		if quiet || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // checkpointed records the baseline of a complete checkpoint that left

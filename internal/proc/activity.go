@@ -24,6 +24,9 @@ type Thread struct {
 	// SigPnd and ShdPnd are the thread's and its process's pending
 	// signals (blocked signals stay pending without waking anybody).
 	SigPnd, ShdPnd uint64
+	// State is the thread's state letter (R running or runnable, S, D,
+	// T, t, Z…), from its status file.
+	State byte
 }
 
 // Threads reads the activity of every thread of pid, sorted by TID.
@@ -54,7 +57,7 @@ func Threads(pid int) ([]Thread, error) {
 		if err != nil {
 			continue
 		}
-		t.SigPnd, t.ShdPnd = parsePending(status)
+		t.SigPnd, t.ShdPnd, t.State = parsePending(status)
 		out = append(out, t)
 	}
 	slices.SortFunc(out, func(a, b Thread) int { return a.TID - b.TID })
@@ -72,8 +75,8 @@ func parseSchedstat(b []byte) (uint64, error) {
 	return n, nil
 }
 
-// parsePending reads SigPnd and ShdPnd from a status file.
-func parsePending(status []byte) (sig, shd uint64) {
+// parsePending reads SigPnd, ShdPnd and the state from a status file.
+func parsePending(status []byte) (sig, shd uint64, state byte) {
 	sc := bufio.NewScanner(bytes.NewReader(status))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
@@ -85,9 +88,13 @@ func parsePending(status []byte) (sig, shd uint64) {
 			sig, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
 		case "ShdPnd":
 			shd, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		case "State":
+			if v = strings.TrimSpace(v); v != "" {
+				state = v[0]
+			}
 		}
 	}
-	return sig, shd
+	return sig, shd, state
 }
 
 // CgroupCPU returns the CPU time used by every process that was ever in a
