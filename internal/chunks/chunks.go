@@ -205,6 +205,12 @@ func (s *Store) Manifest(ctx context.Context, checkpoint string) (*Manifest, err
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
+	return parseManifest(data, checkpoint)
+}
+
+// parseManifest decodes and validates the manifest of checkpoint (bytes
+// read from storage: untrusted).
+func parseManifest(data []byte, checkpoint string) (*Manifest, error) {
 	m := new(Manifest)
 	if err := json.Unmarshal(data, m); err != nil {
 		return nil, fmt.Errorf("%w: checkpoint %s: manifest: %v", ErrCorrupt, checkpoint, err)
