@@ -29,6 +29,7 @@ type policyFlags struct {
 	keepBytes        string
 	restoreOnFailure bool
 	maxRestores      int
+	skipUnchanged    string
 }
 
 func (p *policyFlags) register(fs *pflag.FlagSet) {
@@ -37,11 +38,15 @@ func (p *policyFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&p.keepBytes, "keep-bytes", "", "keep at most this many bytes of checkpoints, e.g. 10GiB")
 	fs.BoolVar(&p.restoreOnFailure, "restore-on-failure", false, "restore from the latest checkpoint when the job dies unexpectedly")
 	fs.IntVar(&p.maxRestores, "max-restores", 0, "automatic restores before giving up (default: policy.max_restores)")
+	fs.StringVar(&p.skipUnchanged, "skip-unchanged", "", `skip periodic checkpoints when the job did not change: safe, always or never (default: policy.skip_unchanged, else safe)`)
 }
 
 func (p *policyFlags) toPB() (*pb.Policy, error) {
 	out := &pb.Policy{CheckpointEveryMs: p.every.Milliseconds(), Keep: int32(p.keep),
-		RestoreOnFailure: p.restoreOnFailure, MaxRestores: int32(p.maxRestores)}
+		RestoreOnFailure: p.restoreOnFailure, MaxRestores: int32(p.maxRestores), SkipUnchanged: p.skipUnchanged}
+	if err := jobs.ValidSkipPolicy(p.skipUnchanged); err != nil {
+		return nil, usagef("--skip-unchanged must be safe, always or never")
+	}
 	if p.every < 0 || p.keep < 0 || p.maxRestores < 0 {
 		return nil, usagef("policy values must not be negative")
 	}

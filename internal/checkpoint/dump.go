@@ -52,6 +52,18 @@ type DumpRequest struct {
 	Progress Progress
 	// HookEnv is added to the environment of hook scripts.
 	HookEnv []string
+	// LogGroup, if set, puts CRIU's log into one of KeepLogs work
+	// directories of the group, reused in turn (GroupWorkDir), and keeps
+	// the directory of a failure apart: a daemon's periodic checkpoints of
+	// one job keep the CRIU logs of their failures and last few successes.
+	// The group's dumps must not overlap.
+	LogGroup string
+	KeepLogs int
+	// AfterCRIU, if set, is called as soon as CRIU has dumped the tree
+	// successfully, before the archive is written: with LeaveRunning the
+	// tree runs again from then on. The daemon reads there what the tree
+	// looked like when it was dumped (see internal/jobs/skip.go).
+	AfterCRIU func()
 }
 
 // DumpResult describes a finished checkpoint.
@@ -68,6 +80,8 @@ type DumpResult struct {
 	Skipped []string
 	// Timings of each phase.
 	CRIUTime, ArchiveTime, Total time.Duration
+	// CRIUCPU is the CPU time CRIU's process used (0 when unknown).
+	CRIUCPU time.Duration
 	// LogPath is CRIU's log.
 	LogPath string
 	// Warnings are problems that did not fail the dump (a post-dump hook).
@@ -125,7 +139,12 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if err := os.Mkdir(imagesDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create staging dir: %w", err)
 	}
-	work, err := s.WorkDir("dump", name, start)
+	var work string
+	if req.LogGroup != "" {
+		work, err = s.GroupWorkDir("dump", req.LogGroup, req.KeepLogs)
+	} else {
+		work, err = s.WorkDir("dump", name, start)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +170,11 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	before := stoppedBefore(snap)
 	fail := func(err error) (*DumpResult, error) {
 		prog.Done()
+		if req.LogGroup != "" {
+			s.KeepFailedWorkDir(work, err)
+		} else {
+			markFailed(work, err)
+		}
 		if w != nil {
 			w.Abort()
 		}
@@ -191,6 +215,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return fail(err)
 	}
 	criuTime := time.Since(criuStart)
+	if req.AfterCRIU != nil {
+		req.AfterCRIU()
+	}
 	// Describe the tree again now that it is frozen: it may have forked
 	// since the snapshot, and what is frozen is exactly what CRIU dumped.
 	frozen := copts.LeaveStopped
@@ -250,7 +277,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	out := &DumpResult{
 		Path: path, Size: size, Manifest: m, Reasons: reasons, Skipped: skipped,
 		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
-		LogPath: res.LogPath,
+		LogPath: res.LogPath, CRIUCPU: res.CPU,
 	}
 	s.log.Info("checkpointed", "pid", req.PID, "criu", criuTime, "archive_after_criu", out.ArchiveTime, "total", out.Total)
 	if err := runHook(ctx, "post-dump", s.set.Hooks.PostDump, req.PID, path, req.HookEnv); err != nil {

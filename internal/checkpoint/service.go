@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cedana/cedana/internal/criu"
@@ -90,6 +91,11 @@ type Service struct {
 	log  *slog.Logger
 	// fault injects failures for tests (nil in production builds).
 	fault fault.Injector
+
+	// pruneMu guards lastPrune, when the log directory was last pruned
+	// (workdir.go).
+	pruneMu   sync.Mutex
+	lastPrune time.Time
 }
 
 // NewService returns a Service. A nil logger discards logs.

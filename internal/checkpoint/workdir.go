@@ -24,6 +24,88 @@ import (
 // cedana process may still be writing them.
 const pruneGrace = 10 * time.Minute
 
+// pruneEvery spaces the pruning of the whole log directory: it reads every
+// work directory, and a daemon checkpointing many jobs creates one every
+// few hundred milliseconds. Periodic checkpoints prune their own group at
+// once (pruneGroup).
+const pruneEvery = time.Minute
+
+// failedMarker is a file a failed dump leaves in its work directory: a
+// group's pruning keeps those (see DumpRequest.LogGroup).
+const failedMarker = "FAILED"
+
+// pruneDue reports whether the log directory is due for pruning, and
+// records that it is being pruned now.
+func (s *Service) pruneDue(now time.Time) bool {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	if !s.lastPrune.IsZero() && now.Sub(s.lastPrune) < pruneEvery {
+		return false
+	}
+	s.lastPrune = now
+	return true
+}
+
+// GroupWorkDir returns the work directory of the next operation of a
+// group whose operations never overlap (one job's periodic dumps): one of
+// keep slot directories "<op>-<group>-slot<N>" under the log directory,
+// the least recently used, reused as it is (CRIU truncates its log and
+// rewrites stats-dump). Reusing them keeps the CRIU logs of the last keep
+// successes without creating and removing a directory per checkpoint,
+// which costs the daemon more CPU than anything else it does around an
+// idle job's dump. A failed operation's directory is renamed away with
+// KeepFailedWorkDir, so that its log stays.
+func (s *Service) GroupWorkDir(op, group string, keep int) (string, error) {
+	root := s.set.LogDir
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return "", fmt.Errorf("create log dir: %w", err)
+	}
+	if now := time.Now(); s.pruneDue(now) {
+		s.pruneWorkDirs(now)
+	}
+	var (
+		pick   string
+		oldest time.Time
+	)
+	for n := range max(1, keep) {
+		dir := filepath.Join(root, fmt.Sprintf("%s-%s-slot%d", op, SanitizeName(group), n))
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			pick = dir // a free slot
+			break
+		}
+		if pick == "" || fi.ModTime().Before(oldest) {
+			pick, oldest = dir, fi.ModTime()
+		}
+	}
+	if err := os.Mkdir(pick, 0o700); err != nil && !os.IsExist(err) {
+		return "", fmt.Errorf("create work dir: %w", err)
+	}
+	now := time.Now()
+	if err := os.Chtimes(pick, now, now); err != nil {
+		return "", fmt.Errorf("work dir: %w", err)
+	}
+	return pick, nil
+}
+
+// KeepFailedWorkDir renames a failed operation's slot directory (see
+// GroupWorkDir) to "<slot>-failed-<UTC time>", where the general pruning
+// (KeepLogs, MaxLogAge) finds it, and leaves a failedMarker in it.
+func (s *Service) KeepFailedWorkDir(dir string, cause error) string {
+	markFailed(dir, cause)
+	to := fmt.Sprintf("%s-failed-%s", dir, time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if err := os.Rename(dir, to); err != nil {
+		s.log.Warn("keeping the CRIU log of a failed operation", "path", dir, "error", err)
+		return dir
+	}
+	return to
+}
+
+// markFailed leaves a failedMarker in a failed operation's work directory.
+func markFailed(work string, cause error) {
+	_ = os.WriteFile(filepath.Join(work, failedMarker), []byte(cause.Error()+"\n"), 0o600)
+}
+
 // workPrefixes are the name prefixes of the work directories (and of the
 // single log files of older versions) that pruning may remove.
 var workPrefixes = []string{"dump-", "restore-", "runc-", "docker-"}
@@ -36,7 +118,9 @@ func (s *Service) WorkDir(op, name string, t time.Time) (string, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return "", fmt.Errorf("create log dir: %w", err)
 	}
-	s.pruneWorkDirs(time.Now())
+	if now := time.Now(); s.pruneDue(now) {
+		s.pruneWorkDirs(now)
+	}
 	base := fmt.Sprintf("%s-%s-%s", op, SanitizeName(name), t.UTC().Format("20060102T150405.000000000Z"))
 	for n := 0; n < 1000; n++ {
 		dir := filepath.Join(root, base)

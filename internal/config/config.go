@@ -109,6 +109,9 @@ type Policy struct {
 	KeepBytes        int64    `json:"keep_bytes"`
 	RestoreOnFailure bool     `json:"restore_on_failure"`
 	MaxRestores      int      `json:"max_restores"`
+	// SkipUnchanged: "safe" (default), "always" or "never"; see
+	// docs/periodic.md.
+	SkipUnchanged string `json:"skip_unchanged"`
 }
 
 // Hooks are shell commands run around dumps and restores.

@@ -148,10 +148,24 @@ func (c *Client) Dump(o DumpOptions) (*DumpResult, error) {
 		opts.GhostLimit = ptr(uint32(lim))
 	}
 	logPath := filepath.Join(o.LogDir, o.LogFile)
-	if err := g.Dump(opts, nil); err != nil {
+	// Start `criu swrk` first, so that its CPU time can be read once it
+	// has been reaped (see usage.go).
+	if err := g.Prepare(); err != nil {
 		return nil, newError("dump", err, logPath)
 	}
-	return &DumpResult{LogPath: logPath, Stats: dumpStats(logDir)}, nil
+	cmd := swrkCmd(g)
+	err = g.Dump(opts, nil)
+	if cerr := g.Cleanup(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, newError("dump", err, logPath)
+	}
+	res := &DumpResult{LogPath: logPath, Stats: dumpStats(logDir)}
+	if cmd != nil {
+		res.CPU = cpuOf(cmd.ProcessState)
+	}
+	return res, nil
 }
 
 // dumpStats reads the stats-dump file CRIU leaves in its work directory,

@@ -1,6 +1,8 @@
 package criu
 
 import (
+	"time"
+
 	"fmt"
 	"os"
 	"syscall"
@@ -101,6 +103,9 @@ type DumpResult struct {
 	LogPath string
 	// Stats are CRIU's own measurements; nil if CRIU wrote none.
 	Stats *DumpStats
+	// CPU is the CPU time (user and system) the CRIU process used, with
+	// the children it waited for; 0 when unknown.
+	CPU time.Duration
 }
 
 // DumpStats are CRIU's measurements of a dump (from its stats-dump image).

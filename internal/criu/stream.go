@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Streamed operations run the `criu` command rather than `criu swrk`:
@@ -58,7 +59,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 		args = append(args, "--external", ext)
 	}
 	logPath := filepath.Join(o.LogDir, o.LogFile)
-	runErr := run(p, args, nil)
+	cpu, runErr := runUsage(p, args, nil)
 	srvErr := srv.wait()
 	if runErr != nil {
 		if srvErr != nil {
@@ -74,7 +75,7 @@ func (c *Client) DumpStreamed(o DumpOptions, sink func(name string, r io.Reader)
 		// the tree is as CRIU left it (stopped, with LeaveStopped).
 		return nil, fmt.Errorf("%w: %w\n  CRIU's log: %s", ErrSinkFailed, srvErr, logPath)
 	}
-	res := &DumpResult{LogPath: logPath}
+	res := &DumpResult{LogPath: logPath, CPU: cpu}
 	if d, err := os.Open(o.LogDir); err == nil {
 		res.Stats = dumpStats(d)
 		d.Close()
@@ -198,15 +199,23 @@ func networkLockName(l NetworkLock) string {
 // error that includes what CRIU printed on its own output (it prints there
 // before its log is open, e.g. when it cannot reach the streamer).
 func run(path string, args []string, extra []*os.File) error {
+	_, err := runUsage(path, args, extra)
+	return err
+}
+
+// runUsage is run, also returning the CPU time the command used.
+func runUsage(path string, args []string, extra []*os.File) (time.Duration, error) {
 	cmd := exec.Command(path, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.ExtraFiles = extra
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	cpu := cpuOf(cmd.ProcessState)
+	if err != nil {
 		if msg := strings.TrimSpace(out.String()); msg != "" {
-			return fmt.Errorf("%w: %s", err, lastLines(msg, 5))
+			return cpu, fmt.Errorf("%w: %s", err, lastLines(msg, 5))
 		}
-		return err
+		return cpu, err
 	}
-	return nil
+	return cpu, nil
 }

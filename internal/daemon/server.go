@@ -91,7 +91,7 @@ func Run(ctx context.Context, o Options) error {
 		Storage:       o.Storage,
 		LogDir:        filepath.Join(d.StateDir, "logs"),
 		DefaultPolicy: store.Policy{CheckpointEvery: p.CheckpointEvery.Duration, Keep: p.Keep, KeepBytes: p.KeepBytes,
-			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores},
+			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores, SkipUnchanged: p.SkipUnchanged},
 		MaxRestores:    p.MaxRestores,
 		RestoreBackoff: d.RestoreBackoff.Duration,
 	}, st, o.Engine, o.Containers, log, jobs.NewMetrics(reg, st))

@@ -219,12 +219,13 @@ func policyFromPB(p *pb.Policy) store.Policy {
 		CheckpointEvery: time.Duration(p.GetCheckpointEveryMs()) * time.Millisecond,
 		Keep:            int(p.GetKeep()), KeepBytes: p.GetKeepBytes(),
 		RestoreOnFailure: p.GetRestoreOnFailure(), MaxRestores: int(p.GetMaxRestores()),
+		SkipUnchanged: p.GetSkipUnchanged(),
 	}
 }
 
 func policyToPB(p store.Policy) *pb.Policy {
 	return &pb.Policy{CheckpointEveryMs: p.CheckpointEvery.Milliseconds(), Keep: int32(p.Keep), KeepBytes: p.KeepBytes,
-		RestoreOnFailure: p.RestoreOnFailure, MaxRestores: int32(p.MaxRestores)}
+		RestoreOnFailure: p.RestoreOnFailure, MaxRestores: int32(p.MaxRestores), SkipUnchanged: p.SkipUnchanged}
 }
 
 func jobToPB(j *store.Job) *pb.Job {

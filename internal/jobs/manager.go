@@ -15,12 +15,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
@@ -75,6 +78,9 @@ type Manager struct {
 	mu   sync.Mutex
 	live map[string]*supervisor // by job ID
 
+	// skips holds the baselines of periodic checkpoints (skip.go).
+	skips skipper
+
 	// dumps bounds concurrent checkpoints: each freezes a job and keeps
 	// a core busy compressing; more at once only slows them all down.
 	dumps chan struct{}
@@ -97,6 +103,14 @@ func New(cfg Config, st store.Store, engine Engine, containers Containers, log *
 		if cg, why = findCgroups(); why != "" {
 			log.Warn("jobs run without cgroups of their own (their processes are found through /proc instead): " + why)
 		}
+	}
+	// Jobs get stdin, stdout and stderr only: descriptors the daemon
+	// inherited (a make jobserver's pipe, a test harness's) would
+	// otherwise leak into every job, where CRIU must dump them and a
+	// periodic checkpoint cannot tell whether they carry data from outside.
+	// Go opens its own with O_CLOEXEC; inherited ones are marked here.
+	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		log.Warn("cannot mark inherited descriptors close-on-exec: jobs may inherit them", "err", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, store: st, engine: engine, containers: containers, log: log, metrics: metrics,
@@ -185,6 +199,9 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id string) error {
 
 // UpdatePolicy replaces a job's policy and applies it at once.
 func (m *Manager) UpdatePolicy(ctx context.Context, ref string, p store.Policy) (*store.Job, error) {
+	if err := ValidSkipPolicy(p.SkipUnchanged); err != nil {
+		return nil, err
+	}
 	j, err := m.store.GetJob(ctx, ref)
 	if err != nil {
 		return nil, err
@@ -249,6 +266,9 @@ func describePolicy(p store.Policy) string {
 	}
 	if p.RestoreOnFailure {
 		s += fmt.Sprintf(", restore on failure (up to %d times)", p.MaxRestores)
+	}
+	if p.CheckpointEvery > 0 && p.SkipUnchanged != "" && p.SkipUnchanged != SkipSafe {
+		s += ", skip unchanged: " + p.SkipUnchanged
 	}
 	return s
 }

@@ -21,6 +21,7 @@ type Metrics struct {
 	memdumpSeconds prometheus.Histogram
 	prunedTotal    prometheus.Counter
 	deaths         prometheus.Counter
+	periodic       *periodicMetrics // periodic_metrics.go
 }
 
 // NewMetrics registers the metrics with reg. Jobs by state are read from
@@ -45,6 +46,7 @@ func NewMetrics(reg prometheus.Registerer, st store.Store) *Metrics {
 		deaths: prometheus.NewCounter(prometheus.CounterOpts{Name: "cedana_job_failures_total",
 			Help: "Managed jobs that died unexpectedly."}),
 	}
+	m.periodic = newPeriodicMetrics(reg)
 	reg.MustRegister(m.dumpSeconds, m.restoreSeconds, m.bytesWritten, m.failures, m.frozenSeconds,
 		m.memdumpSeconds, m.prunedTotal, m.deaths, &stateCollector{st: st})
 	return m

@@ -64,29 +64,38 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		return nil, ctx.Err()
 	}
 	defer func() { <-m.dumps }()
-	start := time.Now()
+	start, cpu0 := time.Now(), selfCPU()
 	var (
-		size  int64
-		stats *archive.DumpStats
-		derr  error
+		criuCPU time.Duration
+		size    int64
+		stats   *archive.DumpStats
+		derr    error
+		// observe reads, and base receives, the baseline that later
+		// periodic runs compare the job with (skip.go).
+		observe func()
+		base    = new(*treeState)
 	)
 	if j.Runtime != "" {
 		path, size, stats, derr = m.dumpContainer(ctx, j, path, leaveRunning)
 	} else {
 		var res *checkpoint.DumpResult
+		observe, base = m.observeAfterCRIU(j, leaveRunning)
 		req := m.dumpRequest(path) // a local path or a key in the storage backend
 		req.PID, req.LeaveRunning = j.PID, leaveRunning
 		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
+		req.AfterCRIU = observe
+		req.LogGroup, req.KeepLogs = logGroup(j, why), periodicLogs
 		res, derr = m.engine.Dump(ctx, req)
 		if derr == nil {
-			path, size, stats = res.Path, res.Size, res.Manifest.Stats
+			path, size, stats, criuCPU = res.Path, res.Size, res.Manifest.Stats, res.CRIUCPU
 		}
 	}
-	elapsed := time.Since(start)
+	elapsed, daemonCPU := time.Since(start), selfCPU()-cpu0
 	if derr == nil {
 		m.crashpoint(fault.CrashAfterKillBeforeCommit)
 	}
 	if derr != nil {
+		m.skips.forget(j.ID)
 		ck.State, ck.Error = store.CheckpointFailed, derr.Error()
 		msg := fmt.Sprintf("%s checkpoint failed (the job kept running): %v", why, derr)
 		if _, err := m.store.Commit(context.Background(), j.ID, store.Change{
@@ -113,12 +122,14 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if leaveRunning {
 		next = Running
 	}
-	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond))
+	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s%s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond),
+		m.checkpointCost(why, daemonCPU, criuCPU))
 	j, err = m.completeCheckpoint(j, ck, next, msg)
 	if err != nil {
 		return nil, err
 	}
 	m.metrics.dumped(elapsed, size, stats)
+	m.checkpointed(j.ID, ck.ID, *base)
 	switch {
 	case !leaveRunning:
 		m.unsupervise(j.ID)

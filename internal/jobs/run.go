@@ -36,6 +36,9 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec) (*store.Job, error) {
 	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
 		return nil, fmt.Errorf("%w: no command to run", store.ErrInvalid)
 	}
+	if err := ValidSkipPolicy(spec.Policy.SkipUnchanged); err != nil {
+		return nil, err
+	}
 	path, err := resolveCommand(spec.Cmd[0], spec.Dir, spec.Env)
 	if err != nil {
 		return nil, err
@@ -151,6 +154,9 @@ func spawn(path string, spec RunSpec, dir, logPath string, cgroup *os.File) (int
 
 // Manage adopts a running process tree as a job.
 func (m *Manager) Manage(ctx context.Context, pid int, name string, policy store.Policy) (*store.Job, error) {
+	if err := ValidSkipPolicy(policy.SkipUnchanged); err != nil {
+		return nil, err
+	}
 	st, err := identity(pid)
 	if err != nil {
 		return nil, fmt.Errorf("%w: no running process with PID %d", store.ErrInvalid, pid)
@@ -263,6 +269,9 @@ func (m *Manager) withDefaults(p store.Policy) store.Policy {
 	}
 	if p.MaxRestores == 0 {
 		p.MaxRestores = m.cfg.MaxRestores
+	}
+	if p.SkipUnchanged == "" {
+		p.SkipUnchanged = d.SkipUnchanged
 	}
 	return p
 }

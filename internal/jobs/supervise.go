@@ -60,6 +60,7 @@ func (m *Manager) unsupervise(id string) {
 		delete(m.live, id)
 	}
 	m.mu.Unlock()
+	m.skips.forget(id)
 }
 
 // exitStatus is how a process ended, when that is known: only a parent
@@ -271,6 +272,13 @@ func (m *Manager) tick(ctx context.Context, id string, every time.Duration) {
 		if err != nil || State(j.State) != Running {
 			continue
 		}
+		if m.unchanged(ctx, j) {
+			continue // recorded as unchanged; the latest checkpoint stays the restore point
+		}
 		_, _ = m.dump(ctx, id, true, "periodic") // failures are recorded as events
+		// The next run comes a whole period after this checkpoint, not at
+		// once for a tick that fell due while it ran (slow dumps on a busy
+		// machine): the job gets the period to change.
+		t.Reset(every)
 	}
 }

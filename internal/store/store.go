@@ -72,6 +72,11 @@ type Policy struct {
 	RestoreOnFailure bool `json:"restore_on_failure,omitempty"`
 	// MaxRestores is how many automatic restores to try before giving up.
 	MaxRestores int `json:"max_restores,omitempty"`
+	// SkipUnchanged says whether a periodic checkpoint is skipped when the
+	// job did not change since its last one: "safe" (also ""), unless the
+	// job holds state that can change without it running (sockets, pipes
+	// to outside, shared memory…); "always"; or "never".
+	SkipUnchanged string `json:"skip_unchanged,omitempty"`
 }
 
 // Job is a process tree that the daemon started (`cedana run`) or adopted

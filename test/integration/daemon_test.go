@@ -73,7 +73,7 @@ func TestDaemonDumpRestore(t *testing.T) {
 // removed from disk.
 func TestDaemonPeriodicRetention(t *testing.T) {
 	d := startDaemon(t, daemonOpts{})
-	j := d.runJob("periodic", []string{"--checkpoint-every", "1s", "--keep", "2"}, "sleep", "100000")
+	j := d.runJob("periodic", []string{"--checkpoint-every", "1s", "--keep", "2", "--skip-unchanged", "never"}, "sleep", "100000")
 
 	seen := map[string]bool{} // every complete archive ever listed
 	deadline := time.Now().Add(4500 * time.Millisecond)

@@ -42,7 +42,11 @@ type Policy struct {
 	// Restore from the latest good checkpoint when the job dies unexpectedly.
 	RestoreOnFailure bool `protobuf:"varint,4,opt,name=restore_on_failure,json=restoreOnFailure,proto3" json:"restore_on_failure,omitempty"`
 	// Automatic restores before giving up; 0 = the daemon's default.
-	MaxRestores   int32 `protobuf:"varint,5,opt,name=max_restores,json=maxRestores,proto3" json:"max_restores,omitempty"`
+	MaxRestores int32 `protobuf:"varint,5,opt,name=max_restores,json=maxRestores,proto3" json:"max_restores,omitempty"`
+	// Skip a periodic checkpoint when the job did not change since its last
+	// one: "safe" (also ""; not for jobs holding state that can change
+	// without them running, such as sockets), "always" or "never".
+	SkipUnchanged string `protobuf:"bytes,6,opt,name=skip_unchanged,json=skipUnchanged,proto3" json:"skip_unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -110,6 +114,13 @@ func (x *Policy) GetMaxRestores() int32 {
 		return x.MaxRestores
 	}
 	return 0
+}
+
+func (x *Policy) GetSkipUnchanged() string {
+	if x != nil {
+		return x.SkipUnchanged
+	}
+	return ""
 }
 
 type Job struct {
@@ -1625,14 +1636,15 @@ var File_api_cedana_v1_cedana_proto protoreflect.FileDescriptor
 
 const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\n" +
-	"\x1aapi/cedana/v1/cedana.proto\x12\tcedana.v1\"\xbc\x01\n" +
+	"\x1aapi/cedana/v1/cedana.proto\x12\tcedana.v1\"\xe3\x01\n" +
 	"\x06Policy\x12.\n" +
 	"\x13checkpoint_every_ms\x18\x01 \x01(\x03R\x11checkpointEveryMs\x12\x12\n" +
 	"\x04keep\x18\x02 \x01(\x05R\x04keep\x12\x1d\n" +
 	"\n" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
-	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\"\xe1\x04\n" +
+	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\x12%\n" +
+	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xe1\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
