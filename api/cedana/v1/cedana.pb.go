@@ -135,8 +135,10 @@ type Job struct {
 	CpuPercent    float64 `protobuf:"fixed64,17,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
 	StartedUnixMs int64   `protobuf:"varint,18,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
 	// For container jobs: "docker" or "runc", and the container's ID.
-	Runtime       string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
-	Container     string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
+	Runtime   string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Container string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
+	// In cluster mode: the node that runs the job.
+	Node          string `protobuf:"bytes,21,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -307,6 +309,13 @@ func (x *Job) GetRuntime() string {
 func (x *Job) GetContainer() string {
 	if x != nil {
 		return x.Container
+	}
+	return ""
+}
+
+func (x *Job) GetNode() string {
+	if x != nil {
+		return x.Node
 	}
 	return ""
 }
@@ -528,7 +537,11 @@ func (x *ManageContainerRequest) GetPolicy() *Policy {
 }
 
 type ListJobsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In cluster mode: only the jobs of this node ("" = every node's).
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Only this daemon's own jobs, without asking the other nodes.
+	Local         bool `protobuf:"varint,2,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -561,6 +574,20 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
 	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListJobsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 type ListJobsResponse struct {
@@ -1621,6 +1648,330 @@ func (x *RemoveJobResponse) GetKeptArchives() []string {
 	return nil
 }
 
+// A node of the cluster.
+type Node struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// ready, draining, or down (no heartbeat for the node timeout).
+	State               string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	LastHeartbeatUnixMs int64  `protobuf:"varint,3,opt,name=last_heartbeat_unix_ms,json=lastHeartbeatUnixMs,proto3" json:"last_heartbeat_unix_ms,omitempty"`
+	Cpus                int32  `protobuf:"varint,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	FreeMemory          uint64 `protobuf:"varint,5,opt,name=free_memory,json=freeMemory,proto3" json:"free_memory,omitempty"`
+	RunningJobs         int32  `protobuf:"varint,6,opt,name=running_jobs,json=runningJobs,proto3" json:"running_jobs,omitempty"`
+	CriuVersion         string `protobuf:"bytes,7,opt,name=criu_version,json=criuVersion,proto3" json:"criu_version,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Node) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Node) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Node) GetLastHeartbeatUnixMs() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnixMs
+	}
+	return 0
+}
+
+func (x *Node) GetCpus() int32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Node) GetFreeMemory() uint64 {
+	if x != nil {
+		return x.FreeMemory
+	}
+	return 0
+}
+
+func (x *Node) GetRunningJobs() int32 {
+	if x != nil {
+		return x.RunningJobs
+	}
+	return 0
+}
+
+func (x *Node) GetCriuVersion() string {
+	if x != nil {
+		return x.CriuVersion
+	}
+	return ""
+}
+
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{27}
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListNodesResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type MigrateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A job's id or name (cluster-wide).
+	Job string `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// The target node.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateRequest) Reset() {
+	*x = MigrateRequest{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateRequest) ProtoMessage() {}
+
+func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
+func (*MigrateRequest) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MigrateRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type MigrateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it runs on the target.
+	Job  *Job   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To   string `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// Size of the archive moved.
+	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// How long the job was stopped (from its freeze to its resume).
+	DowntimeMs int64 `protobuf:"varint,5,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	TotalMs    int64 `protobuf:"varint,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// The job's epoch under its new owner.
+	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateResponse) Reset() {
+	*x = MigrateResponse{}
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateResponse) ProtoMessage() {}
+
+func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_cedana_v1_cedana_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
+func (*MigrateResponse) Descriptor() ([]byte, []int) {
+	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MigrateResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *MigrateResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *MigrateResponse) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *MigrateResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetTotalMs() int64 {
+	if x != nil {
+		return x.TotalMs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 var File_api_cedana_v1_cedana_proto protoreflect.FileDescriptor
 
 const file_api_cedana_v1_cedana_proto_rawDesc = "" +
@@ -1632,7 +1983,7 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\n" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
-	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\"\xe1\x04\n" +
+	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\"\xf5\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1655,7 +2006,8 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"cpuPercent\x12&\n" +
 	"\x0fstarted_unix_ms\x18\x12 \x01(\x03R\rstartedUnixMs\x12\x18\n" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x12\x1c\n" +
-	"\tcontainer\x18\x14 \x01(\tR\tcontainer\"\xa6\x01\n" +
+	"\tcontainer\x18\x14 \x01(\tR\tcontainer\x12\x12\n" +
+	"\x04node\x18\x15 \x01(\tR\x04node\"\xa6\x01\n" +
 	"\n" +
 	"RunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -1672,8 +2024,10 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x1c\n" +
 	"\tcontainer\x18\x02 \x01(\tR\tcontainer\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12)\n" +
-	"\x06policy\x18\x04 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\x11\n" +
-	"\x0fListJobsRequest\"6\n" +
+	"\x06policy\x18\x04 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\";\n" +
+	"\x0fListJobsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05local\x18\x02 \x01(\bR\x05local\"6\n" +
 	"\x10ListJobsResponse\x12\"\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.cedana.v1.JobR\x04jobs\"!\n" +
 	"\rGetJobRequest\x12\x10\n" +
@@ -1736,7 +2090,31 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\x11RemoveJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12)\n" +
 	"\x10removed_archives\x18\x02 \x03(\tR\x0fremovedArchives\x12#\n" +
-	"\rkept_archives\x18\x03 \x03(\tR\fkeptArchives2\xd5\a\n" +
+	"\rkept_archives\x18\x03 \x03(\tR\fkeptArchives\"\xe0\x01\n" +
+	"\x04Node\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x123\n" +
+	"\x16last_heartbeat_unix_ms\x18\x03 \x01(\x03R\x13lastHeartbeatUnixMs\x12\x12\n" +
+	"\x04cpus\x18\x04 \x01(\x05R\x04cpus\x12\x1f\n" +
+	"\vfree_memory\x18\x05 \x01(\x04R\n" +
+	"freeMemory\x12!\n" +
+	"\frunning_jobs\x18\x06 \x01(\x05R\vrunningJobs\x12!\n" +
+	"\fcriu_version\x18\a \x01(\tR\vcriuVersion\"\x12\n" +
+	"\x10ListNodesRequest\":\n" +
+	"\x11ListNodesResponse\x12%\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0f.cedana.v1.NodeR\x05nodes\"2\n" +
+	"\x0eMigrateRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"\xbf\x01\n" +
+	"\x0fMigrateResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x1f\n" +
+	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
+	"downtimeMs\x12\x19\n" +
+	"\btotal_ms\x18\x06 \x01(\x03R\atotalMs\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch2\xdf\b\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
 	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
@@ -1754,7 +2132,9 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"ListEvents\x12\x1c.cedana.v1.ListEventsRequest\x1a\x1d.cedana.v1.ListEventsResponse\x125\n" +
 	"\x04Logs\x12\x16.cedana.v1.LogsRequest\x1a\x13.cedana.v1.LogChunk0\x01\x12:\n" +
 	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponse\x12F\n" +
-	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
+	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponse\x12F\n" +
+	"\tListNodes\x12\x1b.cedana.v1.ListNodesRequest\x1a\x1c.cedana.v1.ListNodesResponse\x12@\n" +
+	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
 
 var (
 	file_api_cedana_v1_cedana_proto_rawDescOnce sync.Once
@@ -1768,7 +2148,7 @@ func file_api_cedana_v1_cedana_proto_rawDescGZIP() []byte {
 	return file_api_cedana_v1_cedana_proto_rawDescData
 }
 
-var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
@@ -1796,6 +2176,11 @@ var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*DrainResponse)(nil),            // 23: cedana.v1.DrainResponse
 	(*RemoveJobRequest)(nil),         // 24: cedana.v1.RemoveJobRequest
 	(*RemoveJobResponse)(nil),        // 25: cedana.v1.RemoveJobResponse
+	(*Node)(nil),                     // 26: cedana.v1.Node
+	(*ListNodesRequest)(nil),         // 27: cedana.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 28: cedana.v1.ListNodesResponse
+	(*MigrateRequest)(nil),           // 29: cedana.v1.MigrateRequest
+	(*MigrateResponse)(nil),          // 30: cedana.v1.MigrateResponse
 }
 var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
@@ -1808,41 +2193,47 @@ var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	17, // 7: cedana.v1.ListEventsResponse.events:type_name -> cedana.v1.Event
 	12, // 8: cedana.v1.DrainResponse.checkpoints:type_name -> cedana.v1.Checkpoint
 	1,  // 9: cedana.v1.RemoveJobResponse.job:type_name -> cedana.v1.Job
-	2,  // 10: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 11: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 12: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
-	5,  // 13: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	7,  // 14: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	8,  // 15: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	9,  // 16: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	10, // 17: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	11, // 18: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	13, // 19: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	15, // 20: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	18, // 21: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	20, // 22: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	22, // 23: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	24, // 24: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
-	1,  // 25: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 26: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	1,  // 27: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
-	6,  // 28: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 29: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	12, // 30: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 31: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 32: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 33: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	14, // 34: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	16, // 35: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	19, // 36: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	21, // 37: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	23, // 38: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	25, // 39: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
-	25, // [25:40] is the sub-list for method output_type
-	10, // [10:25] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	26, // 10: cedana.v1.ListNodesResponse.nodes:type_name -> cedana.v1.Node
+	1,  // 11: cedana.v1.MigrateResponse.job:type_name -> cedana.v1.Job
+	2,  // 12: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 13: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 14: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 15: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 16: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 17: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 18: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 19: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 20: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 21: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 22: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 23: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 24: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 25: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	24, // 26: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
+	27, // 27: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
+	29, // 28: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
+	1,  // 29: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 30: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 31: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 32: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 33: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 34: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 35: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 36: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 37: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 38: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 39: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 40: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 41: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 42: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	25, // 43: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
+	28, // 44: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
+	30, // 45: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
+	29, // [29:46] is the sub-list for method output_type
+	12, // [12:29] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_api_cedana_v1_cedana_proto_init() }
@@ -1856,7 +2247,7 @@ func file_api_cedana_v1_cedana_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_cedana_v1_cedana_proto_rawDesc), len(file_api_cedana_v1_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
