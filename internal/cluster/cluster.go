@@ -165,3 +165,18 @@ func (n *Node) Close() {
 		n.srv.WaitForShutdown()
 	}
 }
+
+// Replicas is the replication of the cluster's buckets and object stores.
+func (n *Node) Replicas() int { return n.replicas() }
+
+// Describe names the NATS servers the node uses, without secrets.
+func (n *Node) Describe() string {
+	if n.srv != nil {
+		return "embedded NATS server " + n.ClientURL()
+	}
+	safe := make([]string, len(n.opts.URLs))
+	for i, u := range n.opts.URLs {
+		safe[i] = redact(u)
+	}
+	return strings.Join(safe, ",")
+}
