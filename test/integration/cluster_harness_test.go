@@ -1,0 +1,240 @@
+package integration
+
+// A harness for cluster tests: several daemons on this machine, each its
+// own node (own HOME, socket, state directory and node name), joined
+// either to the embedded NATS server of the first one or to a cluster of
+// three real nats-server processes started here.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// natsServerBin is the pinned nats-server that scripts/setup-servers.sh
+// builds (`go install github.com/nats-io/nats-server/v2@v2.15.3`).
+const natsServerBin = "/var/cache/cedana/bin/nats-server-v2.15.3"
+
+// nodeInfo is what `nodes -o json` says of a node.
+type nodeInfo struct {
+	Name        string `json:"name"`
+	State       string `json:"state"`
+	CPUs        int    `json:"cpus"`
+	FreeMemory  string `json:"free_memory"` // uint64: a string in protojson
+	RunningJobs int    `json:"running_jobs"`
+	CRIUVersion string `json:"criu_version"`
+}
+
+// clusterJob is what `ps -o json` says of a job in cluster mode.
+type clusterJob struct {
+	jobInfo
+	Node string `json:"node"`
+}
+
+// migrateInfo is what `migrate -o json` says.
+type migrateInfo struct {
+	From       string  `json:"from"`
+	To         string  `json:"to"`
+	Bytes      string  `json:"bytes"`
+	DowntimeMS string  `json:"downtime_ms"`
+	TotalMS    string  `json:"total_ms"`
+	Epoch      string  `json:"epoch"`
+	Job        jobInfo `json:"job"`
+}
+
+// startNode starts a daemon as cluster node name with the given cluster
+// settings (node is added) and extra daemon settings.
+func startNode(t *testing.T, name string, cl map[string]any, daemon map[string]any) *testDaemon {
+	t.Helper()
+	c := map[string]any{"node": name, "node_timeout": "3s"}
+	for k, v := range cl {
+		c[k] = v
+	}
+	return startDaemon(t, daemonOpts{Config: map[string]any{"cluster": c}, Daemon: daemon})
+}
+
+// embeddedCluster starts node a with an embedded NATS server listening on
+// loopback with a token, and nodes b… joined to it with that token.
+func embeddedCluster(t *testing.T, names ...string) []*testDaemon {
+	t.Helper()
+	port := freePort(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	token := "tok-" + fmt.Sprint(time.Now().UnixNano())
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first := startNode(t, names[0], map[string]any{"nats_listen": fmt.Sprintf("127.0.0.1:%d", port), "nats_token_file": tokenFile}, nil)
+	out := []*testDaemon{first}
+	for _, n := range names[1:] {
+		out = append(out, startNode(t, n, map[string]any{"nats_urls": fmt.Sprintf("nats://%s@127.0.0.1:%d", token, port)}, nil))
+	}
+	waitNodes(t, first, len(names))
+	return out
+}
+
+// natsCluster is three nats-server processes forming a JetStream cluster
+// on loopback, with a user and password.
+type natsCluster struct {
+	t     *testing.T
+	procs []*exec.Cmd
+	urls  []string
+	user  string
+	pass  string
+}
+
+// startNATSCluster starts three nats-server processes and waits until
+// they serve JetStream.
+func startNATSCluster(t *testing.T) *natsCluster {
+	t.Helper()
+	if _, err := os.Stat(natsServerBin); err != nil {
+		if inCI() {
+			t.Fatalf("%s is missing: make setup builds it (scripts/setup-servers.sh)", natsServerBin)
+		}
+		t.Skipf("%s is missing: run make setup (scripts/setup-servers.sh)", natsServerBin)
+	}
+	nc := &natsCluster{t: t, user: "cedana", pass: "pw-" + fmt.Sprint(time.Now().UnixNano())}
+	dir := t.TempDir()
+	var client, route [3]int
+	for i := range 3 {
+		client[i], route[i] = freePort(t), freePort(t)
+	}
+	var routes []string
+	for i := range 3 {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", route[i]))
+	}
+	for i := range 3 {
+		conf := fmt.Sprintf(`server_name: n%[1]d
+listen: 127.0.0.1:%[2]d
+authorization { user: %[3]s, password: "%[4]s" }
+jetstream { store_dir: "%[5]s/js%[1]d" }
+cluster { name: cedana-test, listen: 127.0.0.1:%[6]d, routes: [%[7]s] }
+`, i, client[i], nc.user, nc.pass, dir, route[i], strings.Join(routes, ", "))
+		path := filepath.Join(dir, fmt.Sprintf("n%d.conf", i))
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("n%d.log", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(natsServerBin, "-c", path)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		logf.Close()
+		nc.procs = append(nc.procs, cmd)
+		nc.urls = append(nc.urls, fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", nc.user, nc.pass, client[i]))
+		go func() { _ = cmd.Wait() }()
+	}
+	t.Cleanup(func() {
+		for _, p := range nc.procs {
+			_ = p.Process.Kill() // by PID
+		}
+	})
+	return nc
+}
+
+// kill stops server i with SIGKILL.
+func (nc *natsCluster) kill(i int) { _ = nc.procs[i].Process.Kill() }
+
+// url is every server's URL, comma-separated.
+func (nc *natsCluster) url() string { return strings.Join(nc.urls, ",") }
+
+// waitNodes waits until d's cluster lists n ready nodes.
+func waitNodes(t *testing.T, d *testDaemon, n int) []nodeInfo {
+	t.Helper()
+	var nodes []nodeInfo
+	eventually(t, 20*time.Second, fmt.Sprintf("%d ready nodes", n), func() bool {
+		r := d.cli("nodes", "-o", "json")
+		nodes = nil
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &nodes) != nil {
+			return false
+		}
+		ready := 0
+		for _, x := range nodes {
+			if x.State == "ready" {
+				ready++
+			}
+		}
+		return ready == n
+	})
+	return nodes
+}
+
+// clusterJobs is `ps -o json` on d, with each job's node.
+func clusterJobs(t *testing.T, d *testDaemon, extra ...string) []clusterJob {
+	t.Helper()
+	r := d.ok(append([]string{"ps", "-o", "json"}, extra...)...)
+	var js []clusterJob
+	if err := json.Unmarshal([]byte(r.stdout), &js); err != nil {
+		t.Fatalf("ps -o json: %v\n%s", err, r.stdout)
+	}
+	for _, j := range js {
+		d.trackJobs([]jobInfo{j.jobInfo})
+	}
+	return js
+}
+
+// findJob returns the job named name in js.
+func findJob(js []clusterJob, name string) (clusterJob, bool) {
+	for _, j := range js {
+		if j.Name == name {
+			return j, true
+		}
+	}
+	return clusterJob{}, false
+}
+
+// runningCopies are the roots of the job's copies (marker in their
+// command line) that are not stopped: at most one may ever run.
+func runningCopies(marker string) []int {
+	var out []int
+	for _, pid := range copies(marker) {
+		if st := procState(pid); st != 'T' && st != 't' && st != 0 {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// watchCopies samples, until stop is closed, how many copies of the job
+// run and whether its counter ever goes back; it reports what it saw.
+func watchCopies(marker, counter string, stop <-chan struct{}) <-chan string {
+	done := make(chan string, 1)
+	go func() {
+		last, maxRunning, backwards := -1, 0, ""
+		for {
+			select {
+			case <-stop:
+				if maxRunning > 1 {
+					done <- fmt.Sprintf("%d copies ran at once", maxRunning)
+				} else {
+					done <- backwards
+				}
+				return
+			default:
+			}
+			if n := len(runningCopies(marker)); n > maxRunning {
+				maxRunning = n
+			}
+			if v := readCounter(counter); v >= 0 {
+				if v < last && backwards == "" {
+					backwards = fmt.Sprintf("the counter went back from %d to %d: a second copy ran from an older state", last, v)
+				}
+				if v > last {
+					last = v
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return done
+}
