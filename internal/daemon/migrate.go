@@ -135,8 +135,8 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		return nil, fmt.Errorf("%w: the cluster's record says node %s owns job %s (epoch %d), not this node", errMigrationFailed, rec.Owner, j.Name, rec.Epoch)
 	}
 	var (
-		newEpoch uint64
-		resumed  migrateResumeReply
+		newEpoch  uint64
+		resumed   migrateResumeReply
 		resumeAt  time.Time
 		moveStart time.Time
 	)
