@@ -143,7 +143,9 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	move := func(ctx context.Context, j *store.Job, archive string, size int64) (bool, error) {
 		moveStart = time.Now()
 		key := fmt.Sprintf("migrations/%s/%d.cedana", j.ID, rec.Epoch)
+		t0 := time.Now()
 		sum, err := c.upload(ctx, archive, key)
+		tUp := time.Since(t0)
 		if err != nil {
 			return false, fmt.Errorf("put the archive in %s: %w", c.objects.Name(), err)
 		}
@@ -155,6 +157,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 			c.abort(to, j.ID)
 			return false, fmt.Errorf("node %s did not take the job: %w", to, err)
 		}
+		tIn := time.Since(t0) - tUp
 		moved, handed, err := c.handOver(ctx, rec, to)
 		if !handed {
 			c.abort(to, j.ID)
@@ -162,6 +165,10 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		}
 		newEpoch = moved.Epoch
 		resumeAt = time.Now()
+		defer func() {
+			c.log.Info("migration phases", "job", j.ID, "to", to, "upload", tUp, "target_fetch_restore", tIn,
+				"hand_over", resumeAt.Sub(t0)-tUp-tIn, "resume_confirmed", time.Since(resumeAt))
+		}()
 		if err := c.node.Call(ctx, to, "migrate-resume", migrateResume{ID: j.ID, Epoch: moved.Epoch}, &resumed); err != nil {
 			return true, fmt.Errorf("job %s now belongs to node %s (epoch %d), which did not confirm that it runs: %w; it resumes its copy by itself within %v", j.Name, to, moved.Epoch, err, pendingTimeout)
 		}

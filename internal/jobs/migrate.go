@@ -91,6 +91,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 		return nil, fmt.Errorf("migration not started: %w", err)
 	}
 	out := &MigrateOutResult{Job: j, Size: res.Size, Dump: time.Since(start)}
+	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size)
 	handed, merr := move(ctx, j, res.Path, res.Size)
 	out.Stopped = time.Since(start)
 	if !handed {

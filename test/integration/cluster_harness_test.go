@@ -60,8 +60,9 @@ func startNode(t *testing.T, name string, cl map[string]any, daemon map[string]a
 }
 
 // embeddedCluster starts node a with an embedded NATS server listening on
-// loopback with a token, and nodes b… joined to it with that token.
-func embeddedCluster(t *testing.T, names ...string) []*testDaemon {
+// loopback with a token, and nodes b… joined to it with that token. It
+// returns them and the URL (with the token) other nodes join.
+func embeddedCluster(t *testing.T, names ...string) ([]*testDaemon, string) {
 	t.Helper()
 	port := freePort(t)
 	tokenFile := filepath.Join(t.TempDir(), "token")
@@ -71,11 +72,12 @@ func embeddedCluster(t *testing.T, names ...string) []*testDaemon {
 	}
 	first := startNode(t, names[0], map[string]any{"nats_listen": fmt.Sprintf("127.0.0.1:%d", port), "nats_token_file": tokenFile}, nil)
 	out := []*testDaemon{first}
+	url := fmt.Sprintf("nats://%s@127.0.0.1:%d", token, port)
 	for _, n := range names[1:] {
-		out = append(out, startNode(t, n, map[string]any{"nats_urls": fmt.Sprintf("nats://%s@127.0.0.1:%d", token, port)}, nil))
+		out = append(out, startNode(t, n, map[string]any{"nats_urls": url}, nil))
 	}
 	waitNodes(t, first, len(names))
-	return out
+	return out, url
 }
 
 // natsCluster is three nats-server processes forming a JetStream cluster
@@ -88,9 +90,9 @@ type natsCluster struct {
 	pass  string
 }
 
-// startNATSCluster starts three nats-server processes and waits until
-// they serve JetStream.
-func startNATSCluster(t *testing.T) *natsCluster {
+// startNATSCluster starts three nats-server processes listening on host
+// (clients and routes).
+func startNATSCluster(t *testing.T, host string) *natsCluster {
 	t.Helper()
 	if _, err := os.Stat(natsServerBin); err != nil {
 		if inCI() {
@@ -106,15 +108,15 @@ func startNATSCluster(t *testing.T) *natsCluster {
 	}
 	var routes []string
 	for i := range 3 {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", route[i]))
+		routes = append(routes, fmt.Sprintf("nats-route://%s:%d", host, route[i]))
 	}
 	for i := range 3 {
 		conf := fmt.Sprintf(`server_name: n%[1]d
-listen: 127.0.0.1:%[2]d
+listen: %[8]s:%[2]d
 authorization { user: %[3]s, password: "%[4]s" }
 jetstream { store_dir: "%[5]s/js%[1]d" }
-cluster { name: cedana-test, listen: 127.0.0.1:%[6]d, routes: [%[7]s] }
-`, i, client[i], nc.user, nc.pass, dir, route[i], strings.Join(routes, ", "))
+cluster { name: cedana-test, listen: %[8]s:%[6]d, routes: [%[7]s] }
+`, i, client[i], nc.user, nc.pass, dir, route[i], strings.Join(routes, ", "), host)
 		path := filepath.Join(dir, fmt.Sprintf("n%d.conf", i))
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
@@ -131,7 +133,7 @@ cluster { name: cedana-test, listen: 127.0.0.1:%[6]d, routes: [%[7]s] }
 		}
 		logf.Close()
 		nc.procs = append(nc.procs, cmd)
-		nc.urls = append(nc.urls, fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", nc.user, nc.pass, client[i]))
+		nc.urls = append(nc.urls, fmt.Sprintf("nats://%s:%s@%s:%d", nc.user, nc.pass, host, client[i]))
 		go func() { _ = cmd.Wait() }()
 	}
 	t.Cleanup(func() {
@@ -237,4 +239,42 @@ func watchCopies(marker, counter string, stop <-chan struct{}) <-chan string {
 		}
 	}()
 	return done
+}
+
+// netNodes makes a bridge with an address on the host and n network
+// namespaces attached to it, one per node, and returns the host's
+// address, the namespaces' names and their addresses. Everything is
+// removed at the end of the test.
+func netNodes(t *testing.T, n int) (host string, names, ips []string) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("ip (iproute2) is missing: the test needs network namespaces")
+	}
+	tag := fmt.Sprintf("%04x", time.Now().UnixNano()&0xffff)
+	net := fmt.Sprintf("10.%d.%d", 200+int(time.Now().UnixNano()/7%50), int(time.Now().UnixNano()/13%250))
+	br := "cbr" + tag
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("link", "add", br, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	run("addr", "add", net+".1/24", "dev", br)
+	run("link", "set", br, "up")
+	for i := range n {
+		ns, veth, peer := fmt.Sprintf("cns%s-%d", tag, i), fmt.Sprintf("cv%s%d", tag, i), fmt.Sprintf("cp%s%d", tag, i)
+		run("netns", "add", ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		run("link", "add", veth, "type", "veth", "peer", "name", peer)
+		run("link", "set", peer, "netns", ns)
+		run("link", "set", veth, "master", br, "up")
+		ip := fmt.Sprintf("%s.%d", net, i+2)
+		run("-n", ns, "addr", "add", ip+"/24", "dev", peer)
+		run("-n", ns, "link", "set", peer, "up")
+		run("-n", ns, "link", "set", "lo", "up")
+		names, ips = append(names, ns), append(ips, ip)
+	}
+	return net + ".1", names, ips
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func stillOn(t *testing.T, d *testDaemon, job, node string, pid int, marker, ctr
 // copy runs at every moment (sampled every 5 ms), by PID and by its
 // counter; a migration to an unknown node leaves it running.
 func TestClusterEmbedded(t *testing.T) {
-	ds := embeddedCluster(t, "a", "b")
+	ds, _ := embeddedCluster(t, "a", "b")
 	a, b := ds[0], ds[1]
 	nodes := waitNodes(t, b, 2)
 	for _, n := range nodes {
@@ -107,6 +108,89 @@ func TestClusterEmbedded(t *testing.T) {
 	if cs := runningCopies(marker); len(cs) != 1 {
 		t.Fatalf("copies after the second migration: %v", cs)
 	}
-	_ = fmt.Sprint
-	_ = time.Second
+}
+
+// TestClusterRefusals: a migration that the target cannot take leaves
+// the job running on the source, as the same process, saying why — a
+// target whose checkpoint directory is a full (4 KiB) tmpfs, and a node
+// started with wrong credentials, which refuses to start saying so and
+// is therefore no node of the cluster.
+func TestClusterRefusals(t *testing.T) {
+	ds, url := embeddedCluster(t, "a")
+	a := ds[0]
+	full := startNode(t, "full", map[string]any{"nats_urls": url}, map[string]any{"checkpoint_dir": tinyTmpfs(t)})
+	waitNodes(t, a, 2)
+	j, ctr, marker := markedCounter(t, a, "ctr", "--pid-namespace")
+
+	r := a.cli("migrate", "ctr", "--to", "full")
+	if r.code == 0 || !strings.Contains(r.stderr, "not enough space") || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate to a node whose disk is full: %s; want a non-zero exit saying so", r)
+	}
+	stillOn(t, a, "ctr", "a", j.PID, marker, ctr)
+	if js := clusterJobs(t, a, "--node", "full"); len(js) != 0 {
+		t.Fatalf("the full node lists %+v after the refused migration", js)
+	}
+	_ = full
+
+	// Wrong credentials: the daemon refuses to start, saying why.
+	bad := newTestDaemon(t, daemonOpts{Config: map[string]any{"cluster": map[string]any{
+		"node": "bad", "nats_urls": strings.Replace(url, "tok-", "wrong-", 1)}}})
+	bad.launch()
+	if code := bad.waitExit(20 * time.Second); code == 0 {
+		t.Fatalf("a daemon with wrong NATS credentials exited 0")
+	}
+	if !strings.Contains(bad.log(), "refused the credentials") {
+		t.Fatalf("the daemon with wrong credentials did not say why it stopped:\n%s", bad.log())
+	}
+	r = a.cli("migrate", "ctr", "--to", "bad")
+	if r.code == 0 || !strings.Contains(r.stderr, `no node "bad"`) {
+		t.Fatalf("migrate to the node with wrong credentials: %s; want a refusal", r)
+	}
+	stillOn(t, a, "ctr", "a", j.PID, marker, ctr)
+
+	// Anonymous on a non-loopback address: refused at start.
+	anon := newTestDaemon(t, daemonOpts{Config: map[string]any{"cluster": map[string]any{
+		"node": "anon", "nats_listen": "0.0.0.0:" + fmt.Sprint(freePort(t))}}})
+	anon.launch()
+	if code := anon.waitExit(20 * time.Second); code == 0 || !strings.Contains(anon.log(), "never runs anonymously") {
+		t.Fatalf("an embedded NATS server on 0.0.0.0 without a token: exit %d\n%s", code, anon.log())
+	}
+}
+
+// TestClusterNATSRedis: three nats-server processes form a JetStream
+// cluster (R3 buckets); two daemons, each in its own network namespace
+// with its own address, join it with a user and password. A redis-server
+// job (listening on TCP, in its own PID namespace) migrates from a to b:
+// its data answers on b's address, and a's address no longer answers.
+func TestClusterNATSRedis(t *testing.T) {
+	redis := requireBinary(t, "redis-server")
+	cli := requireBinary(t, "redis-cli")
+	host, ns, ips := netNodes(t, 2)
+	nc := startNATSCluster(t, host)
+	a := startDaemon(t, daemonOpts{NetNS: ns[0], Config: map[string]any{"cluster": map[string]any{"node": "a", "nats_urls": nc.url(), "node_timeout": "3s"}}})
+	b := startDaemon(t, daemonOpts{NetNS: ns[1], Config: map[string]any{"cluster": map[string]any{"node": "b", "nats_urls": nc.url(), "node_timeout": "3s"}}})
+	waitNodes(t, a, 2)
+	port := fmt.Sprint(freePort(t))
+	a.runJob("redis", []string{"--pid-namespace"}, redis, "--port", port, "--bind", "0.0.0.0", "--save", "", "--appendonly", "no", "--protected-mode", "no")
+	ask := func(ip string, args ...string) result {
+		out, err := exec.Command(cli, append([]string{"-h", ip, "-p", port}, args...)...).Output()
+		if err != nil {
+			return result{stderr: err.Error(), code: 1}
+		}
+		return result{stdout: strings.TrimSpace(string(out))}
+	}
+	eventually(t, 10*time.Second, "redis to answer on a", func() bool { r := ask(ips[0], "PING"); return r.stdout == "PONG" })
+	if r := ask(ips[0], "SET", "migrated", "yes-it-was"); r.stdout != "OK" {
+		t.Fatalf("SET: %s", r)
+	}
+	migrate(t, b, "redis", "b")
+	eventually(t, 10*time.Second, "redis to answer on b with its data", func() bool {
+		return ask(ips[1], "GET", "migrated").stdout == "yes-it-was"
+	})
+	if r := ask(ips[0], "PING"); r.stdout == "PONG" {
+		t.Fatalf("redis still answers on a's address after the migration")
+	}
+	if j, ok := findJob(clusterJobs(t, a), "redis"); !ok || j.Node != "b" || j.State != "running" {
+		t.Fatalf("ps after the migration: %+v", j)
+	}
 }
