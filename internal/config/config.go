@@ -81,6 +81,10 @@ type Cluster struct {
 	// Replicas of the cluster's buckets (0: 3 on a NATS cluster, 1 on a
 	// single server).
 	Replicas int `json:"replicas"`
+	// Transfer is how a migration moves the archive: "stream" (straight
+	// from the source over NATS, the default) or "object-store" (through
+	// the cluster's JetStream object store cedana_archives).
+	Transfer string `json:"transfer" setting:"enum=stream,object-store"`
 }
 
 // Enabled reports whether the daemon runs as a cluster node.

@@ -63,6 +63,8 @@ type clusterNode struct {
 	m       *jobs.Manager
 	log     *slog.Logger
 	subs    []*nats.Subscription
+	// transfer is how archives move: transferStream or transferObjectStore.
+	transfer string
 
 	mu      sync.Mutex
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
@@ -90,7 +92,10 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 			return nil, fmt.Errorf("cluster.nats_token_file %s is empty", cc.NATSTokenFile)
 		}
 	}
-	c := &clusterNode{svc: svc, m: m, log: log, pending: map[string]*pendingImport{}}
+	c := &clusterNode{svc: svc, m: m, log: log, pending: map[string]*pendingImport{}, transfer: cc.Transfer}
+	if c.transfer == "" {
+		c.transfer = transferStream
+	}
 	criuVersion := ""
 	if engine != nil {
 		if v, err := engine.CRIU().Version(); err == nil {

@@ -64,7 +64,10 @@ type migrateIn struct {
 	Dir    string       `json:"dir,omitempty"`
 	Log    string       `json:"log_path,omitempty"`
 	Policy store.Policy `json:"policy"`
-	Key    string       `json:"key"`
+	// Blob is the subject the source serves the archive on (stream), or
+	// Key its object in ArchivesBucket (object-store).
+	Blob   string       `json:"blob,omitempty"`
+	Key    string       `json:"key,omitempty"`
 	Size   int64        `json:"size"`
 	SHA256 string       `json:"sha256"`
 }
@@ -142,16 +145,27 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	)
 	move := func(ctx context.Context, j *store.Job, archive string, size int64) (bool, error) {
 		moveStart = time.Now()
-		key := fmt.Sprintf("migrations/%s/%d.cedana", j.ID, rec.Epoch)
-		t0 := time.Now()
-		sum, err := c.upload(ctx, archive, key)
-		tUp := time.Since(t0)
-		if err != nil {
-			return false, fmt.Errorf("put the archive in %s: %w", c.objects.Name(), err)
-		}
-		defer func() { _ = c.objects.Delete(context.Background(), key) }()
 		in := migrateIn{From: self, Epoch: rec.Epoch, ID: j.ID, Name: j.Name, Cmd: j.Cmd, Dir: j.Dir, Log: j.LogPath,
-			Policy: j.Policy, Key: key, Size: size, SHA256: sum}
+			Policy: j.Policy, Size: size}
+		t0 := time.Now()
+		var err error
+		if c.transfer == transferObjectStore {
+			in.Key = fmt.Sprintf("migrations/%s/%d.cedana", j.ID, rec.Epoch)
+			if in.SHA256, err = c.upload(ctx, archive, in.Key); err != nil {
+				return false, fmt.Errorf("put the archive in %s: %w", c.objects.Name(), err)
+			}
+			defer func() { _ = c.objects.Delete(context.Background(), in.Key) }()
+		} else {
+			if in.SHA256, err = fileSHA256(archive); err != nil {
+				return false, err
+			}
+			var stop func()
+			if in.Blob, stop, err = c.serveBlob(archive); err != nil {
+				return false, err
+			}
+			defer stop()
+		}
+		tUp := time.Since(t0)
 		var inReply migrateInReply
 		if err := c.node.Call(ctx, to, "migrate-in", in, &inReply); err != nil {
 			c.abort(to, j.ID)
@@ -261,6 +275,12 @@ func (c *clusterNode) abort(to, id string) {
 	}
 }
 
+// Ways a migration moves the archive (cluster.transfer).
+const (
+	transferStream      = "stream"
+	transferObjectStore = "object-store"
+)
+
 // upload puts the archive in the object store and returns its SHA-256.
 func (c *clusterNode) upload(ctx context.Context, path, key string) (string, error) {
 	f, err := os.Open(path)
@@ -293,35 +313,29 @@ func (c *clusterNode) fetch(ctx context.Context, in migrateIn, dir string) (stri
 			return "", fmt.Errorf("not enough space in %s for the archive: %d bytes free, %d needed", dir, free, in.Size)
 		}
 	}
-	obj, err := c.objects.Open(ctx, in.Key)
-	if err != nil {
-		return "", err
-	}
-	defer obj.Close()
-	if obj.Size() != in.Size {
-		return "", fmt.Errorf("the archive in the store has %d bytes, the source sent %d", obj.Size(), in.Size)
-	}
-	rc, err := obj.Stream(0, -1)
-	if err != nil {
-		return "", err
-	}
-	defer rc.Close()
 	path := filepath.Join(dir, fmt.Sprintf("migrated-from-%s-%d.cedana", in.From, in.Epoch))
 	tmp := path + ".part"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return "", err
 	}
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), rc)
+	if in.Blob != "" {
+		err = c.fetchBlob(ctx, in.Blob, in.Size, f)
+	} else {
+		err = c.fetchObject(ctx, in, f)
+	}
 	if err == nil {
 		err = f.Sync()
+	}
+	var sum string
+	if err == nil {
+		sum, err = readerSHA256(io.NewSectionReader(f, 0, in.Size))
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && hex.EncodeToString(h.Sum(nil)) != in.SHA256 {
-		err = fmt.Errorf("the archive arrived with SHA-256 %s, the source sent %s", hex.EncodeToString(h.Sum(nil)), in.SHA256)
+	if err == nil && sum != in.SHA256 {
+		err = fmt.Errorf("the archive arrived with SHA-256 %s, the source sent %s", sum, in.SHA256)
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)
@@ -331,6 +345,42 @@ func (c *clusterNode) fetch(ctx context.Context, in migrateIn, dir string) (stri
 		return "", fmt.Errorf("receive the archive into %s: %w", dir, err)
 	}
 	return path, nil
+}
+
+// fetchObject copies the archive's object into f.
+func (c *clusterNode) fetchObject(ctx context.Context, in migrateIn, f *os.File) error {
+	obj, err := c.objects.Open(ctx, in.Key)
+	if err != nil {
+		return err
+	}
+	defer obj.Close()
+	if obj.Size() != in.Size {
+		return fmt.Errorf("the archive in the store has %d bytes, the source sent %d", obj.Size(), in.Size)
+	}
+	rc, err := obj.Stream(0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = io.Copy(f, rc)
+	return err
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return readerSHA256(f)
+}
+
+func readerSHA256(r io.Reader) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // handleMigrateIn is the target's step 3.
@@ -350,17 +400,20 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	if err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	path, err := c.fetch(ctx, in, dir)
 	if err != nil {
 		_ = os.Remove(dir) // only if empty
 		return nil, err
 	}
+	tFetch := time.Since(t0)
 	j, err := c.m.Import(ctx, jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy}, path, in.Size)
 	if err != nil {
 		_ = os.Remove(path)
 		_ = os.Remove(dir)
 		return nil, err
 	}
+	c.log.Info("migrated job restored, stopped until the hand-over", "job", in.ID, "from", in.From, "fetch", tFetch, "restore", time.Since(t0)-tFetch)
 	c.mu.Lock()
 	c.pending[in.ID] = &pendingImport{epoch: in.Epoch, timer: time.AfterFunc(pendingTimeout, func() { c.settle(in.ID) })}
 	c.mu.Unlock()

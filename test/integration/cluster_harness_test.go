@@ -86,6 +86,7 @@ type natsCluster struct {
 	t     *testing.T
 	procs []*exec.Cmd
 	urls  []string
+	ports []int
 	user  string
 	pass  string
 }
@@ -133,6 +134,7 @@ cluster { name: cedana-test, listen: %[8]s:%[6]d, routes: [%[7]s] }
 		}
 		logf.Close()
 		nc.procs = append(nc.procs, cmd)
+		nc.ports = append(nc.ports, client[i])
 		nc.urls = append(nc.urls, fmt.Sprintf("nats://%s:%s@%s:%d", nc.user, nc.pass, host, client[i]))
 		go func() { _ = cmd.Wait() }()
 	}
@@ -277,4 +279,33 @@ func netNodes(t *testing.T, n int) (host string, names, ips []string) {
 		names, ips = append(names, ns), append(ips, ip)
 	}
 	return net + ".1", names, ips
+}
+
+// connectedTo returns the index of the server of nc that process pid has
+// a TCP connection to (from /proc/PID/net/tcp and its socket fds), or -1.
+func (nc *natsCluster) connectedTo(pid int) int {
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok && err == nil {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "01" || !inodes[f[9]] { // 01: ESTABLISHED
+			continue
+		}
+		_, remote, _ := strings.Cut(f[2], ":")
+		var port int
+		fmt.Sscanf(remote, "%X", &port)
+		for i, p := range nc.ports {
+			if p == port {
+				return i
+			}
+		}
+	}
+	return -1
 }

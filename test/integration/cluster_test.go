@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +193,92 @@ func TestClusterNATSRedis(t *testing.T) {
 	}
 	if j, ok := findJob(clusterJobs(t, a), "redis"); !ok || j.Node != "b" || j.State != "running" {
 		t.Fatalf("ps after the migration: %+v", j)
+	}
+}
+
+// memLoopScript is a Python job holding mb MiB of random memory that
+// writes an increasing counter to path (a migration then takes long
+// enough to break something in the middle of it).
+func memLoopScript(path string, mb int) string {
+	return fmt.Sprintf(`import os, time
+m = bytearray(os.urandom(%[2]d << 20))
+i = 0
+while True:
+    with open(%[1]q + ".tmp", "w") as f:
+        f.write(str(i))
+    os.replace(%[1]q + ".tmp", %[1]q)
+    i += 1
+    time.sleep(0.02)
+`, path, mb)
+}
+
+// TestClusterNATSServerKilled: the NATS server the source daemon is
+// connected to is killed (SIGKILL) while a job holding 96 MiB migrates.
+// Whatever the migration's outcome, exactly one copy of the job runs at
+// every moment (sampled every 5 ms), its counter never goes back, ps
+// names the node that runs it, and the two remaining servers carry a
+// migration back.
+func TestClusterNATSServerKilled(t *testing.T) {
+	python := requireBinary(t, "python3")
+	nc := startNATSCluster(t, "127.0.0.1")
+	a := startNode(t, "a", map[string]any{"nats_urls": nc.url()}, nil)
+	b := startNode(t, "b", map[string]any{"nats_urls": nc.url()}, nil)
+	waitNodes(t, a, 2)
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-natskill", time.Now().UnixNano())
+	a.runJob("mem", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 96), marker)
+	eventually(t, 20*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+
+	victim := nc.connectedTo(a.pid())
+	if victim < 0 {
+		t.Fatalf("daemon a has no connection to any NATS server of the cluster")
+	}
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	res := make(chan result, 1)
+	go func() { res <- b.cli("migrate", "mem", "--to", "b") }()
+	time.Sleep(300 * time.Millisecond) // the source is dumping or uploading
+	nc.kill(victim)
+	r := <-res
+	t.Logf("killed NATS server n%d during the migration; migrate: %s", victim, r)
+	time.Sleep(time.Second)
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	where := "a"
+	if r.code == 0 {
+		where = "b"
+	}
+	var j clusterJob
+	eventually(t, 20*time.Second, "ps to list the job on node "+where, func() bool {
+		got := b.cli("ps", "-o", "json")
+		var js []clusterJob
+		if got.code != 0 || json.Unmarshal([]byte(got.stdout), &js) != nil {
+			return false
+		}
+		var ok bool
+		j, ok = findJob(js, "mem")
+		return ok && j.Node == where && j.State == "running"
+	})
+	b.trackJobs([]jobInfo{j.jobInfo})
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
+		t.Fatalf("copies running: %v; want exactly %s's PID %d", cs, where, j.PID)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+
+	// Two servers of three keep the quorum: a migration still works.
+	other := map[string]string{"a": "b", "b": "a"}[where]
+	stop = make(chan struct{})
+	seen = watchCopies(marker, ctr, stop)
+	before := readCounter(ctr)
+	migrate(t, a, "mem", other)
+	checkContinues(t, ctr, before)
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 {
+		t.Fatalf("copies running after the second migration: %v", cs)
 	}
 }
