@@ -66,10 +66,10 @@ type migrateIn struct {
 	Policy store.Policy `json:"policy"`
 	// Blob is the subject the source serves the archive on (stream), or
 	// Key its object in ArchivesBucket (object-store).
-	Blob   string       `json:"blob,omitempty"`
-	Key    string       `json:"key,omitempty"`
-	Size   int64        `json:"size"`
-	SHA256 string       `json:"sha256"`
+	Blob   string `json:"blob,omitempty"`
+	Key    string `json:"key,omitempty"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 type migrateInReply struct {
