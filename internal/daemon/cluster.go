@@ -185,9 +185,20 @@ func (c *clusterNode) recordLocalJobs(ctx context.Context) {
 	for _, j := range js {
 		rec, err := c.records.Get(ctx, j.ID)
 		switch {
+		case err == nil && rec.Owner != c.node.Name() && !(jobs.State(j.State) == jobs.Running || jobs.State(j.State) == jobs.Dumping):
+			// Rule 5 of docs/cluster.md: another node owns the job; what is
+			// left of it here (a migration that failed while this daemon
+			// was down) is forgotten, keeping nothing that could run.
+			// Discard, not Remove: it never kills through the job's
+			// cgroup, which a copy on this machine may share.
+			if err := c.m.Discard(ctx, j.ID); err != nil {
+				c.log.Warn("forget a stale copy of a job another node owns", "job", j.ID, "owner", rec.Owner, "err", err)
+			} else {
+				c.log.Info("forgot a stale copy of a job another node owns", "job", j.ID, "owner", rec.Owner)
+			}
 		case err == nil && rec.Owner != c.node.Name():
-			// Rule 5 of docs/cluster.md: another node owns it now. Ending
-			// such leftovers is failover's work (issue 13); say so.
+			// A running copy of a job another node owns: ending it is
+			// failover's work (issue 13, the fencer); say so.
 			c.log.Warn("a local job is owned by another node in the cluster's record", "job", j.ID, "owner", rec.Owner)
 		case err != nil:
 			c.record(ctx, j)

@@ -168,8 +168,11 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		}
 		tUp := time.Since(t0)
 		var inReply migrateInReply
-		if err := c.node.Call(ctx, to, "migrate-in", in, &inReply); err != nil {
+		if err := c.callWatching(ctx, to, "migrate-in", in, &inReply); err != nil {
 			c.abort(to, j.ID)
+			if strings.Contains(err.Error(), "PID still in use") {
+				err = fmt.Errorf("%w (a job that migrates should run with --pid-namespace, so that its PIDs never clash)", err)
+			}
 			return false, fmt.Errorf("node %s did not take the job: %w", to, err)
 		}
 		tIn := time.Since(t0) - tUp
@@ -206,6 +209,42 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		out.Job = &job
 	}
 	return out, nil
+}
+
+// callWatching calls verb on node, giving up when the node goes down (no
+// heartbeat for the node timeout) meanwhile: a target that dies in the
+// middle of a restore never answers.
+func (c *clusterNode) callWatching(ctx context.Context, node, verb string, req, out any) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			nodes, err := c.node.Nodes(ctx)
+			if err != nil {
+				continue
+			}
+			up := false
+			for _, n := range nodes {
+				up = up || (n.Name == node && n.State != cluster.StateDown)
+			}
+			if !up {
+				cancel(fmt.Errorf("node %s went down during %s", node, verb))
+				return
+			}
+		}
+	}()
+	err := c.node.Call(ctx, node, verb, req, out)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 // checkTarget refuses a node that is not in the cluster or not ready.

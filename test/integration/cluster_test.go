@@ -282,3 +282,28 @@ func TestClusterNATSServerKilled(t *testing.T) {
 		t.Fatalf("copies running after the second migration: %v", cs)
 	}
 }
+
+// TestClusterTargetRestoreFails: the target's restore fails — here a job
+// without its own PID namespace, whose PIDs the source's stopped copy
+// still holds on this machine, so the target's restore gives up after
+// client.pid_wait — and the job resumes on the source, as the same
+// process, with the reason in the exit status and message.
+func TestClusterTargetRestoreFails(t *testing.T) {
+	ds, url := embeddedCluster(t, "a")
+	a := ds[0]
+	startDaemon(t, daemonOpts{Config: map[string]any{
+		"cluster": map[string]any{"node": "b", "nats_urls": url, "node_timeout": "3s"},
+		"client":  map[string]any{"pid_wait": "1s"},
+	}})
+	waitNodes(t, a, 2)
+	j, ctr, marker := markedCounter(t, a, "plain") // no --pid-namespace
+	r := a.cli("migrate", "plain", "--to", "b")
+	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate with a restore that fails on the target: %s; want a non-zero exit saying the job still runs on a", r)
+	}
+	t.Logf("refused as expected: %s", strings.TrimSpace(r.stderr))
+	stillOn(t, a, "plain", "a", j.PID, marker, ctr)
+	if js := clusterJobs(t, a, "--node", "b"); len(js) != 0 {
+		t.Fatalf("node b still lists %+v after the failed migration", js)
+	}
+}
