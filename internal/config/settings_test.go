@@ -28,7 +28,9 @@ func sample(t *testing.T, s Setting, def string) (value string, jsonForms []stri
 	case s.Kind == "string, or off":
 		return "off", []string{q("off"), q("OFF"), q("")}
 	case strings.HasPrefix(s.Kind, "one of "):
-		return "iptables", []string{q("iptables")}
+		opts := strings.Split(strings.TrimPrefix(s.Kind, "one of "), ", ")
+		v := opts[len(opts)-1]
+		return v, []string{q(v)}
 	case s.Kind == "string":
 		v := "/x/" + s.Key
 		return v, []string{q(v)}
