@@ -379,8 +379,15 @@ func (c *clusterNode) listJobs(ctx context.Context, node string) (*pb.ListJobsRe
 		res []result
 	)
 	for _, n := range nodes {
-		if (node != "" && n.Name != node) || n.State == cluster.StateDown {
+		if node != "" && n.Name != node {
 			continue
+		}
+		// A node whose heartbeat is late (down) is asked too, briefly: a
+		// busy node still answers, and its jobs are better listed than
+		// guessed.
+		wait := 5 * time.Second
+		if n.State == cluster.StateDown {
+			wait = time.Second
 		}
 		wg.Add(1)
 		go func(name string) {
@@ -393,7 +400,7 @@ func (c *clusterNode) listJobs(ctx context.Context, node string) (*pb.ListJobsRe
 					out.Jobs = r.Jobs
 				}
 			} else {
-				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				cctx, cancel := context.WithTimeout(ctx, wait)
 				err = c.callUnary(cctx, name, "list", &pb.ListJobsRequest{Local: true}, &out)
 				cancel()
 			}

@@ -202,11 +202,26 @@ func findJob(js []clusterJob, name string) (clusterJob, bool) {
 func runningCopies(marker string) []int {
 	var out []int
 	for _, pid := range copies(marker) {
-		if st := procState(pid); st != 'T' && st != 't' && st != 0 {
-			out = append(out, pid)
+		st := procState(pid)
+		if st == 'T' || st == 't' || st == 0 || exiting(pid) {
+			continue
 		}
+		out = append(out, pid)
 	}
 	return out
+}
+
+// exiting reports whether pid is dying (PF_EXITING in its flags, field 9
+// of /proc/PID/stat): a killed copy tearing down its memory shows as
+// running for a moment but can no longer make progress.
+func exiting(pid int) bool {
+	f := statFields(pid)
+	if len(f) < 7 {
+		return false
+	}
+	var flags uint64
+	fmt.Sscan(f[6], &flags)
+	return flags&0x4 != 0
 }
 
 // watchCopies samples, until stop is closed, how many copies of the job

@@ -236,7 +236,8 @@ func TestClusterNATSServerKilled(t *testing.T) {
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
 	res := make(chan result, 1)
-	go func() { res <- b.cli("migrate", "mem", "--to", "b") }()
+	// From a's CLI: a coordinates, and its connection is the one cut.
+	go func() { res <- a.cli("migrate", "mem", "--to", "b") }()
 	time.Sleep(300 * time.Millisecond) // the source is dumping or uploading
 	nc.kill(victim)
 	r := <-res
