@@ -420,7 +420,7 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "unreadable request: "+err.Error())
 	}
-	rec, err := c.records.Get(ctx, in.ID)
+	rec, err := c.recordAt(ctx, in.ID, in.Epoch)
 	if err != nil {
 		return nil, err
 	}
@@ -471,7 +471,7 @@ func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessa
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "unreadable request: "+err.Error())
 	}
-	rec, err := c.records.Get(ctx, r.ID)
+	rec, err := c.recordAt(ctx, r.ID, r.Epoch)
 	if err != nil {
 		return nil, err
 	}
@@ -492,6 +492,21 @@ func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessa
 		return nil, err
 	}
 	return migrateResumeReply{PID: j.PID, ResumedAfterMS: resumedAfter.Milliseconds()}, nil
+}
+
+// recordAt reads a job's record, waiting up to 10 s for it to reach epoch:
+// a replicated bucket may answer a read from a replica that has not seen
+// the latest write yet (seen with three servers, one just killed), and
+// the caller of a verb may know of a newer epoch than that replica.
+func (c *clusterNode) recordAt(ctx context.Context, id string, epoch uint64) (cluster.JobRecord, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err := c.records.Get(ctx, id)
+		if (err == nil && rec.Epoch >= epoch) || time.Now().After(deadline) || ctx.Err() != nil {
+			return rec, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // handleMigrateAbort removes a stopped copy the source gave up on — never
