@@ -211,9 +211,10 @@ func runningCopies(marker string) []int {
 	return out
 }
 
-// exiting reports whether pid is dying (PF_EXITING in its flags, field 9
-// of /proc/PID/stat): a killed copy tearing down its memory shows as
-// running for a moment but can no longer make progress.
+// exiting reports whether pid is dying: PF_EXITING in its flags (field 9
+// of /proc/PID/stat), or a SIGKILL pending. A stopped copy that is killed
+// is woken (state R) and may wait on a busy run queue before it exits,
+// but it never returns to user space: it can make no progress.
 func exiting(pid int) bool {
 	f := statFields(pid)
 	if len(f) < 7 {
@@ -221,7 +222,25 @@ func exiting(pid int) bool {
 	}
 	var flags uint64
 	fmt.Sscan(f[6], &flags)
-	return flags&0x4 != 0
+	if flags&0x4 != 0 {
+		return true
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return true // gone
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+			continue
+		}
+		var mask uint64
+		fmt.Sscanf(strings.TrimSpace(v), "%x", &mask)
+		if mask&(1<<8) != 0 { // SIGKILL (9)
+			return true
+		}
+	}
+	return false
 }
 
 // watchCopies samples, until stop is closed, how many copies of the job
