@@ -36,7 +36,15 @@ plus daemon.token_file and/or daemon.tls_client_ca). It supervises jobs,
 takes their periodic checkpoints, restores them when they die, and serves
 Prometheus metrics on daemon.metrics_addr. SIGTERM checkpoints and stops
 every running job first (daemon.drain_on_sigterm); SIGINT leaves jobs
-running for the next daemon to adopt.`,
+running for the next daemon to adopt.
+
+Cluster mode (docs/cluster.md): with --node, --nats or --nats-listen the
+daemon joins a cluster over NATS JetStream — an embedded NATS server in
+its state directory when no --nats is given (localhost only unless
+--nats-listen), else the NATS servers named. A cluster never runs
+anonymously on a non-loopback address: credentials (user:pass@ or a token
+in the URL, --nats-creds, or --nats-token-file for the embedded server)
+are required there.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			cfg, err := g.load()
@@ -66,6 +74,12 @@ running for the next daemon to adopt.`,
 	g.settingFlag(start.Flags(), "state-dir", "daemon.state_dir", "state store, job logs and checkpoints (default: daemon.state_dir)")
 	g.settingFlag(start.Flags(), "metrics-addr", "daemon.metrics_addr", `address for Prometheus /metrics, or "off" (default: daemon.metrics_addr)`)
 	g.settingFlag(start.Flags(), "storage-backend", "storage.backend", "where jobs' checkpoints go: local, dir, s3 or jetstream (default: storage.backend, else local)")
+	g.settingFlag(start.Flags(), "node", "cluster.node", "cluster mode: this node's name (default: cluster.node, else the hostname once --nats or --nats-listen is given)")
+	g.settingFlag(start.Flags(), "nats", "cluster.nats_urls", "cluster mode: NATS servers to join, URL[,URL…] (nats://user:pass@host:4222, nats://token@host:4222, tls://…); none: run an embedded NATS server")
+	g.settingFlag(start.Flags(), "nats-listen", "cluster.nats_listen", "cluster mode: address of the embedded NATS server, for other daemons to join (default 127.0.0.1, a free port; not loopback needs --nats-token-file)")
+	g.settingFlag(start.Flags(), "nats-creds", "cluster.nats_creds", "cluster mode: NATS credentials file (JWT and seed) for --nats")
+	g.settingFlag(start.Flags(), "nats-token-file", "cluster.nats_token_file", "cluster mode: file with the token clients of the embedded NATS server must present")
+	g.settingFlag(start.Flags(), "node-timeout", "cluster.node_timeout", "cluster mode: a node without a heartbeat for this long is down (default 10s)")
 
 	status := &cobra.Command{
 		Use:   "status",

@@ -218,9 +218,10 @@ func newPolicyCmd(g *globals) *cobra.Command {
 }
 
 func newPsCmd(g *globals) *cobra.Command {
+	var node string
 	cmd := &cobra.Command{
 		Use:   "ps",
-		Short: "List managed jobs",
+		Short: "List managed jobs (in cluster mode: every node's)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if err := g.checkOutput(); err != nil {
@@ -231,16 +232,26 @@ func newPsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer done()
-			resp, err := c.ListJobs(context.Background(), &pb.ListJobsRequest{})
+			resp, err := c.ListJobs(context.Background(), &pb.ListJobsRequest{Node: node})
 			if err != nil {
 				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetJobs())
 			}
+			clustered := false
+			for _, j := range resp.GetJobs() {
+				clustered = clustered || j.GetNode() != ""
+			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			if clustered {
+				fmt.Fprint(tw, "NODE\t")
+			}
 			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tPID\tRSS\tCPU\tUPTIME\tLAST CHECKPOINT\tRESTORES")
 			for _, j := range resp.GetJobs() {
+				if clustered {
+					fmt.Fprintf(tw, "%s\t", j.GetNode())
+				}
 				pid, rss, cpu, up := "-", "-", "-", "-"
 				if j.GetState() == "running" {
 					pid = strconv.Itoa(int(j.GetPid()))
@@ -260,6 +271,7 @@ func newPsCmd(g *globals) *cobra.Command {
 		},
 	}
 	addOutputFlag(cmd, g)
+	cmd.Flags().StringVar(&node, "node", "", "cluster mode: only the jobs of this node")
 	return cmd
 }
 

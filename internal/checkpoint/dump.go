@@ -64,6 +64,10 @@ type DumpRequest struct {
 	// tree runs again from then on. The daemon reads there what the tree
 	// looked like when it was dumped (see internal/jobs/skip.go).
 	AfterCRIU func()
+	// KeepStopped leaves the tree stopped once the archive is durable,
+	// instead of killing it: DumpResult.Stopped then resumes or kills it.
+	// A migration keeps the source copy so until the target runs the job.
+	KeepStopped bool
 }
 
 // DumpResult describes a finished checkpoint.
@@ -86,6 +90,8 @@ type DumpResult struct {
 	LogPath string
 	// Warnings are problems that did not fail the dump (a post-dump hook).
 	Warnings []string
+	// Stopped is the tree left stopped by KeepStopped (nil otherwise).
+	Stopped *StoppedTree
 }
 
 // Dump checkpoints the tree rooted at req.PID into a new archive.
@@ -271,13 +277,16 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 		return fail(fmt.Errorf("writing the archive failed: %w", err))
 	}
 	done = true
-	if frozen {
-		kill(snap)
-	}
 	out := &DumpResult{
 		Path: path, Size: size, Manifest: m, Reasons: reasons, Skipped: skipped,
 		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
 		LogPath: res.LogPath, CRIUCPU: res.CPU,
+	}
+	switch {
+	case frozen && req.KeepStopped:
+		out.Stopped = &StoppedTree{root: req.PID, snap: snap, before: before}
+	case frozen:
+		kill(snap)
 	}
 	s.log.Info("checkpointed", "pid", req.PID, "criu", criuTime, "archive_after_criu", out.ArchiveTime, "total", out.Total)
 	if err := runHook(ctx, "post-dump", s.set.Hooks.PostDump, req.PID, path, req.HookEnv); err != nil {

@@ -140,3 +140,46 @@ func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {
 	}
 	return nil
 }
+
+// StoppedTree is a dumped tree left stopped (DumpRequest.KeepStopped):
+// exactly one of Resume or Kill ends its wait.
+type StoppedTree struct {
+	root   int
+	snap   *snapshot
+	before map[int]bool
+}
+
+// PIDs lists the tree's processes as they were dumped.
+func (t *StoppedTree) PIDs() []int {
+	out := make([]int, 0, len(t.snap.processes))
+	for _, p := range t.snap.processes {
+		out = append(out, p.PID)
+	}
+	return out
+}
+
+// Resume lets the tree run again (the checkpoint was not used), as after
+// a failed dump; an error wraps ErrLeftStopped.
+func (t *StoppedTree) Resume() error { return resumeTree(t.root, t.snap, t.before) }
+
+// Kill ends every task of the tree (never a newcomer that reused a PID)
+// and waits up to wait for them to be gone.
+func (t *StoppedTree) Kill(wait time.Duration) error {
+	kill(t.snap)
+	deadline := time.Now().Add(wait)
+	for {
+		alive := 0
+		for _, p := range t.snap.processes {
+			if st, err := proc.ReadStat(p.PID); err == nil && st.StartTime == t.snap.startTimes[p.PID] && st.State != 'Z' && st.State != 'X' {
+				alive++
+			}
+		}
+		if alive == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d process(es) of the dumped tree of PID %d still exist after SIGKILL", alive, t.root)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

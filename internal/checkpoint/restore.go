@@ -37,6 +37,10 @@ type RestoreRequest struct {
 	Progress Progress
 	// HookEnv is added to the environment of hook scripts.
 	HookEnv []string
+	// LeaveStopped leaves the restored tree stopped: the caller resumes
+	// it (SIGCONT to every task) once it may run, as a migration does
+	// after the job's ownership moved to this node.
+	LeaveStopped bool
 }
 
 // RestoreResult describes a restored tree.
@@ -156,6 +160,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		LinkRemap:      o.LinkRemap,
 		NetworkLock:    criu.NetworkLock(o.NetworkLock),
 		Detach:         true,
+		LeaveStopped:   req.LeaveStopped,
 	}
 	if len(m.Options.ExternalTTYs) > 0 {
 		ropts.TTYs = map[string]*os.File{}

@@ -159,3 +159,39 @@ func (js *Jobs) Hand(ctx context.Context, r JobRecord, to string) (JobRecord, er
 	r.Owner = to
 	return js.update(ctx, r)
 }
+
+// List reads every job record, in no particular order.
+func (js *Jobs) List(ctx context.Context) ([]JobRecord, error) {
+	keys, err := js.kv.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list job records: %w", err)
+	}
+	out := make([]JobRecord, 0, len(keys))
+	for _, k := range keys {
+		r, err := js.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Delete removes a job's record under the epoch the caller owns it by
+// (the job was removed for good).
+func (js *Jobs) Delete(ctx context.Context, r JobRecord) error {
+	err := js.kv.Delete(ctx, r.ID, jetstream.LastRevision(r.Epoch))
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("job %s at epoch %d: %w", r.ID, r.Epoch, ErrStaleEpoch)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete the record of job %s: %w", r.ID, err)
+	}
+	return nil
+}

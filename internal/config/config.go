@@ -53,7 +53,44 @@ type Config struct {
 	TLS ClientTLS `json:"tls"`
 	// Storage is where checkpoint archives live (see storage.go).
 	Storage Storage `json:"storage"`
+	// Cluster joins the daemon to other daemons over NATS JetStream
+	// (docs/cluster.md).
+	Cluster Cluster `json:"cluster"`
 }
+
+// Cluster configures cluster mode. The daemon runs as a cluster node when
+// Node, NATSURLs or NATSListen is set.
+type Cluster struct {
+	// Node is this node's name, unique in the cluster ("" = the hostname
+	// once cluster mode is on).
+	Node string `json:"node"`
+	// NATSURLs are the NATS servers, comma-separated
+	// ("nats://user:pass@host:4222,tls://host2:4222"). Empty: the daemon
+	// runs an embedded NATS server with JetStream in its state directory.
+	NATSURLs string `json:"nats_urls"`
+	// NATSListen is the embedded server's client address (default: a free
+	// port on 127.0.0.1), for other daemons to join it.
+	NATSListen string `json:"nats_listen"`
+	// NATSCreds is a NATS credentials file (JWT and seed) for NATSURLs.
+	NATSCreds string `json:"nats_creds"`
+	// NATSTokenFile holds the token clients of the embedded server must
+	// present; required when NATSListen is not a loopback address.
+	NATSTokenFile string `json:"nats_token_file"`
+	// CA verifies the servers of tls:// URLs ("" = the system's roots).
+	CA string `json:"ca"`
+	// NodeTimeout: a node without a heartbeat for this long is down.
+	NodeTimeout Duration `json:"node_timeout"`
+	// Replicas of the cluster's buckets (0: 3 on a NATS cluster, 1 on a
+	// single server).
+	Replicas int `json:"replicas"`
+	// Transfer is how a migration moves the archive: "stream" (straight
+	// from the source over NATS, the default) or "object-store" (through
+	// the cluster's JetStream object store cedana_archives).
+	Transfer string `json:"transfer" setting:"enum=stream,object-store"`
+}
+
+// Enabled reports whether the daemon runs as a cluster node.
+func (c Cluster) Enabled() bool { return c.Node != "" || c.NATSURLs != "" || c.NATSListen != "" }
 
 // ClientTLS is the CLI's side of the daemon's TCP listener (--address
 // host:port), which speaks only TLS.
@@ -208,7 +245,8 @@ func Default() Config {
 			ShutdownGrace:  Duration{30 * time.Second},
 			RestoreBackoff: Duration{time.Second},
 		},
-		Policy: Policy{Keep: 5, MaxRestores: 3},
+		Policy:  Policy{Keep: 5, MaxRestores: 3},
+		Cluster: Cluster{NodeTimeout: Duration{10 * time.Second}},
 	}
 }
 

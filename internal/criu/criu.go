@@ -200,6 +200,9 @@ func (c *Client) Restore(o RestoreOptions) (*RestoreResult, error) {
 
 	opts := baseOpts(imgDir, logDir, o.LogFile, o.shared())
 	opts.RstSibling = ptr(o.Detach)
+	if o.LeaveStopped {
+		opts.LeaveStopped = ptr(true)
+	}
 	for key, f := range o.TTYs {
 		g.AddInheritFd(key, f)
 	}

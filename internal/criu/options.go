@@ -95,6 +95,9 @@ type RestoreOptions struct {
 	// TTYs maps the dump's external terminal keys to the terminal that
 	// replaces each of them (usually the restoring user's terminal).
 	TTYs map[string]*os.File
+	// LeaveStopped leaves the restored tree stopped (SIGSTOP): a
+	// migration resumes it only once the job's ownership has moved.
+	LeaveStopped bool
 }
 
 // DumpResult reports on a successful dump.

@@ -121,6 +121,9 @@ func (c *Client) RestoreStreamed(o RestoreOptions, src ImageSource) (*RestoreRes
 	pidFile := filepath.Join(o.ImagesDir, "restored.pid")
 	args := []string{"restore", "--stream", "--restore-detached", "--restore-sibling", "--pidfile", pidFile}
 	args = append(args, commonArgs(srv.dirPath, o.LogDir, o.LogFile, o.shared())...)
+	if o.LeaveStopped {
+		args = append(args, "--leave-stopped")
+	}
 	var extra []*os.File
 	for key, f := range o.TTYs {
 		args = append(args, "--inherit-fd", fmt.Sprintf("fd[%d]:%s", 3+len(extra), key))

@@ -102,6 +102,13 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	svc := &service{m: mgr}
+	if o.Config.Cluster.Enabled() {
+		cl, err := startCluster(ctx, o.Config, o.Engine, svc, mgr, log)
+		if err != nil {
+			return err
+		}
+		defer cl.close()
+	}
 	hs := health.NewServer()
 	unixSrv := grpc.NewServer()
 	pb.RegisterCedanaServer(unixSrv, svc)

@@ -9,10 +9,12 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/cluster"
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/jobs"
 	"github.com/cedana/cedana/internal/proc"
@@ -25,64 +27,170 @@ import (
 type service struct {
 	pb.UnimplementedCedanaServer
 	m *jobs.Manager
+	// cl is the daemon's cluster membership; nil outside cluster mode.
+	cl *clusterNode
 }
 
 var _ pb.CedanaServer = (*service)(nil)
 
 func (s *service) Run(ctx context.Context, r *pb.RunRequest) (*pb.Job, error) {
+	if err := s.clusterName(ctx, r.GetName()); err != nil {
+		return nil, err
+	}
 	j, err := s.m.Run(ctx, jobs.RunSpec{Name: r.GetName(), Cmd: r.GetCmd(), Dir: r.GetDir(), Env: r.GetEnv(),
 		Policy: policyFromPB(r.GetPolicy()), PIDNamespace: r.GetPidNamespace()})
-	return jobToPB(j), toStatus(err)
+	s.recordJob(ctx, j, err)
+	return s.jobToPB(j), toStatus(err)
+}
+
+// clusterName refuses a name another node's job has (cluster mode).
+func (s *service) clusterName(ctx context.Context, name string) error {
+	if s.cl == nil || name == "" {
+		return nil
+	}
+	if node, taken := s.cl.nameTaken(ctx, name); taken {
+		return status.Errorf(codes.AlreadyExists, "a job named %s already exists in the cluster (on node %s)", name, node)
+	}
+	return nil
+}
+
+// recordJob records a new job in the cluster (cluster mode).
+func (s *service) recordJob(ctx context.Context, j *store.Job, err error) {
+	if s.cl != nil && err == nil {
+		s.cl.record(ctx, j)
+	}
+}
+
+// jobToPB converts a job, naming this node in cluster mode.
+func (s *service) jobToPB(j *store.Job) *pb.Job {
+	out := jobToPB(j)
+	if out != nil && s.cl != nil {
+		out.Node = s.cl.node.Name()
+	}
+	return out
+}
+
+// remote runs a job operation on the job's node when it is another one
+// (cluster mode); done is false when the job is this node's.
+func (s *service) remote(ctx context.Context, ref, verb string, req, resp proto.Message) (bool, error) {
+	if s.cl == nil {
+		return false, nil
+	}
+	if _, err := s.m.Get(ctx, ref); !errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return s.cl.forward(ctx, ref, verb, req, resp)
 }
 
 func (s *service) Manage(ctx context.Context, r *pb.ManageRequest) (*pb.Job, error) {
+	if err := s.clusterName(ctx, r.GetName()); err != nil {
+		return nil, err
+	}
 	j, err := s.m.Manage(ctx, int(r.GetPid()), r.GetName(), policyFromPB(r.GetPolicy()))
-	return jobToPB(j), toStatus(err)
+	s.recordJob(ctx, j, err)
+	return s.jobToPB(j), toStatus(err)
 }
 
 func (s *service) ManageContainer(ctx context.Context, r *pb.ManageContainerRequest) (*pb.Job, error) {
+	if err := s.clusterName(ctx, r.GetName()); err != nil {
+		return nil, err
+	}
 	j, err := s.m.ManageContainer(ctx, r.GetRuntime(), r.GetContainer(), r.GetName(), policyFromPB(r.GetPolicy()))
-	return jobToPB(j), toStatus(err)
+	s.recordJob(ctx, j, err)
+	return s.jobToPB(j), toStatus(err)
 }
 
-func (s *service) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+// ListJobs lists this daemon's jobs or, in cluster mode (unless Local),
+// every node's, each with its node.
+func (s *service) ListJobs(ctx context.Context, r *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	if s.cl != nil && !r.GetLocal() {
+		out, err := s.cl.listJobs(ctx, r.GetNode())
+		return out, toStatus(err)
+	}
+	if r.GetNode() != "" && (s.cl == nil || r.GetNode() != s.cl.node.Name()) {
+		if s.cl == nil {
+			return nil, status.Error(codes.FailedPrecondition, "--node needs a daemon in cluster mode (cedana daemon start --node NAME)")
+		}
+		return &pb.ListJobsResponse{}, nil
+	}
 	js, err := s.m.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	out := &pb.ListJobsResponse{Jobs: make([]*pb.Job, 0, len(js))}
 	for _, j := range js {
-		out.Jobs = append(out.Jobs, jobToPB(j))
+		out.Jobs = append(out.Jobs, s.jobToPB(j))
 	}
 	return out, nil
 }
 
 func (s *service) GetJob(ctx context.Context, r *pb.GetJobRequest) (*pb.Job, error) {
+	var out pb.Job
+	if done, err := s.remote(ctx, r.GetJob(), "get", r, &out); done {
+		return &out, err
+	}
 	j, err := s.m.Get(ctx, r.GetJob())
-	return jobToPB(j), toStatus(err)
+	return s.jobToPB(j), toStatus(err)
 }
 
 func (s *service) DumpJob(ctx context.Context, r *pb.DumpJobRequest) (*pb.Checkpoint, error) {
+	var out pb.Checkpoint
+	if done, err := s.remote(ctx, r.GetJob(), "dump", r, &out); done {
+		return &out, err
+	}
 	c, err := s.m.Dump(ctx, r.GetJob(), r.GetLeaveRunning())
 	return checkpointToPB(c), toStatus(err)
 }
 
 func (s *service) RestoreJob(ctx context.Context, r *pb.RestoreJobRequest) (*pb.Job, error) {
+	var out pb.Job
+	if done, err := s.remote(ctx, r.GetJob(), "restore", r, &out); done {
+		return &out, err
+	}
 	j, err := s.m.Restore(ctx, r.GetJob(), r.GetCheckpointId())
-	return jobToPB(j), toStatus(err)
+	return s.jobToPB(j), toStatus(err)
 }
 
 func (s *service) KillJob(ctx context.Context, r *pb.KillJobRequest) (*pb.Job, error) {
+	var out pb.Job
+	if done, err := s.remote(ctx, r.GetJob(), "kill", r, &out); done {
+		return &out, err
+	}
 	j, err := s.m.Kill(ctx, r.GetJob())
-	return jobToPB(j), toStatus(err)
+	return s.jobToPB(j), toStatus(err)
 }
 
 func (s *service) RemoveJob(ctx context.Context, r *pb.RemoveJobRequest) (*pb.RemoveJobResponse, error) {
+	var rout pb.RemoveJobResponse
+	if done, err := s.remote(ctx, r.GetJob(), "remove", r, &rout); done {
+		return &rout, err
+	}
 	res, err := s.m.Remove(ctx, r.GetJob(), r.GetForce(), r.GetCheckpoints())
 	if res == nil {
 		return nil, toStatus(err)
 	}
-	return &pb.RemoveJobResponse{Job: jobToPB(res.Job), RemovedArchives: res.Removed, KeptArchives: res.Kept}, toStatus(err)
+	if s.cl != nil {
+		s.cl.forget(ctx, res.Job.ID)
+	}
+	return &pb.RemoveJobResponse{Job: s.jobToPB(res.Job), RemovedArchives: res.Removed, KeptArchives: res.Kept}, toStatus(err)
+}
+
+// ListNodes lists the cluster's nodes.
+func (s *service) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+	if s.cl == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the daemon does not run in cluster mode: start it with --node NAME (and --nats URL to join a NATS cluster)")
+	}
+	out, err := s.cl.listNodes(ctx)
+	return out, toStatus(err)
+}
+
+// Migrate moves a job to another node (stop-and-copy).
+func (s *service) Migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.MigrateResponse, error) {
+	if s.cl == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the daemon does not run in cluster mode: start it with --node NAME (and --nats URL to join a NATS cluster)")
+	}
+	out, err := s.cl.migrate(ctx, r)
+	return out, toStatus(err)
 }
 
 func (s *service) UpdatePolicy(ctx context.Context, r *pb.UpdatePolicyRequest) (*pb.Job, error) {
@@ -189,6 +297,10 @@ func toStatus(err error) error {
 	case errors.Is(err, storage.ErrAccess), errors.Is(err, storage.ErrNoBucket), errors.Is(err, storage.ErrNoSpace),
 		errors.Is(err, storage.ErrWrongKey), errors.Is(err, storage.ErrNoKey), errors.Is(err, storage.ErrEncrypted),
 		errors.Is(err, storage.ErrUnreachable): // not Unavailable: the CLI reads that as "daemon down"
+		code = codes.FailedPrecondition
+	case errors.Is(err, errMigrationFailed):
+		code = codes.Aborted
+	case errors.Is(err, cluster.ErrStaleEpoch):
 		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoLog), errors.Is(err, os.ErrNotExist):
 		code = codes.NotFound

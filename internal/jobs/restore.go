@@ -44,6 +44,22 @@ func (m *Manager) Restore(ctx context.Context, ref, ckptID string) (*store.Job, 
 //     is found in the cgroup and adopted; never started a second time.
 //  5. The new PID and start time are recorded: the job is running.
 func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*store.Job, error) {
+	return m.restoreWith(ctx, ref, ckptID, restoreOpts{auto: auto})
+}
+
+// restoreOpts are the variants of a restore.
+type restoreOpts struct {
+	// auto: an automatic restore (restore on failure).
+	auto bool
+	// migrated: the job arrives from another node (see Import): nothing
+	// of it ran here, so no leftovers are looked for — on one machine
+	// the source's frozen copy shares the job's cgroup path — and the
+	// tree is left stopped until Resume.
+	migrated bool
+}
+
+func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restoreOpts) (*store.Job, error) {
+	auto := o.auto
 	j, err := m.store.GetJob(ctx, ref)
 	if err != nil {
 		return nil, err
@@ -74,7 +90,7 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 		return nil, err
 	}
 	m.unsupervise(j.ID)
-	if j.Runtime == "" {
+	if j.Runtime == "" && !o.migrated {
 		m.endLeftovers(j)
 	}
 	m.crashpoint(fault.CrashRestoreBeforeEngine)
@@ -89,6 +105,7 @@ func (m *Manager) restore(ctx context.Context, ref, ckptID string, auto bool) (*
 	} else {
 		var res *checkpoint.RestoreResult
 		req := m.restoreRequest(ck.Path) // a local path or a key in the storage backend
+		req.LeaveStopped = o.migrated
 		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 		res, rerr = m.engine.Restore(ctx, req)
 		if rerr == nil {

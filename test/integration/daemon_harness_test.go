@@ -38,6 +38,9 @@ type daemonOpts struct {
 	// Env extra variables for it (e.g. a fault binary and CEDANA_FAULT).
 	Binary string
 	Env    []string
+	// NetNS runs the daemon in that network namespace (/run/netns/NAME),
+	// with nsenter --net only, so that it shares the test's mounts.
+	NetNS string
 }
 
 // testDaemon is a cedana daemon run by a test.
@@ -61,6 +64,8 @@ type testDaemon struct {
 	// extraEnv is added to the daemon's environment at its next launch
 	// (daemonOpts.Env, CEDANA_FAULT...).
 	extraEnv []string
+	// netns is daemonOpts.NetNS.
+	netns string
 }
 
 // daemonReadyTimeout bounds how long a daemon may take to serve.
@@ -99,6 +104,7 @@ func newTestDaemon(t *testing.T, opts daemonOpts) *testDaemon {
 		bin:      cedanaBin,
 		extraEnv: opts.Env,
 		jobIDs:   map[string]bool{},
+		netns:    opts.NetNS,
 	}
 	if opts.Binary != "" {
 		d.bin = opts.Binary
@@ -145,6 +151,9 @@ func (d *testDaemon) launch() {
 	fmt.Fprintf(logf, "--- cedana daemon start at %s ---\n", time.Now().Format(time.StampMilli))
 	d.mu.Lock()
 	cmd := exec.Command(d.bin, "daemon", "start")
+	if d.netns != "" {
+		cmd = exec.Command("nsenter", "--net=/run/netns/"+d.netns, d.bin, "daemon", "start")
+	}
 	cmd.Env = append(os.Environ(), "HOME="+d.env.home, "CEDANA_TOKEN=")
 	cmd.Env = append(cmd.Env, d.extraEnv...)
 	d.mu.Unlock()

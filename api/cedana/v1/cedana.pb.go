@@ -12,7 +12,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: api/cedana/v1/cedana.proto
+// source: cedana.proto
 
 package cedanav1
 
@@ -53,7 +53,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[0]
+	mi := &file_cedana_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -65,7 +65,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[0]
+	mi := &file_cedana_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -78,7 +78,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{0}
+	return file_cedana_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Policy) GetCheckpointEveryMs() int64 {
@@ -146,15 +146,17 @@ type Job struct {
 	CpuPercent    float64 `protobuf:"fixed64,17,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
 	StartedUnixMs int64   `protobuf:"varint,18,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
 	// For container jobs: "docker" or "runc", and the container's ID.
-	Runtime       string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
-	Container     string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
+	Runtime   string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Container string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
+	// In cluster mode: the node that runs the job.
+	Node          string `protobuf:"bytes,21,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[1]
+	mi := &file_cedana_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -166,7 +168,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[1]
+	mi := &file_cedana_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -179,7 +181,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{1}
+	return file_cedana_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Job) GetId() string {
@@ -322,6 +324,13 @@ func (x *Job) GetContainer() string {
 	return ""
 }
 
+func (x *Job) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 type RunRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -338,7 +347,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[2]
+	mi := &file_cedana_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +359,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[2]
+	mi := &file_cedana_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +372,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{2}
+	return file_cedana_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RunRequest) GetName() string {
@@ -419,7 +428,7 @@ type ManageRequest struct {
 
 func (x *ManageRequest) Reset() {
 	*x = ManageRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[3]
+	mi := &file_cedana_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +440,7 @@ func (x *ManageRequest) String() string {
 func (*ManageRequest) ProtoMessage() {}
 
 func (x *ManageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[3]
+	mi := &file_cedana_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +453,7 @@ func (x *ManageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManageRequest.ProtoReflect.Descriptor instead.
 func (*ManageRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{3}
+	return file_cedana_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ManageRequest) GetPid() int32 {
@@ -482,7 +491,7 @@ type ManageContainerRequest struct {
 
 func (x *ManageContainerRequest) Reset() {
 	*x = ManageContainerRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	mi := &file_cedana_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +503,7 @@ func (x *ManageContainerRequest) String() string {
 func (*ManageContainerRequest) ProtoMessage() {}
 
 func (x *ManageContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[4]
+	mi := &file_cedana_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +516,7 @@ func (x *ManageContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManageContainerRequest.ProtoReflect.Descriptor instead.
 func (*ManageContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{4}
+	return file_cedana_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ManageContainerRequest) GetRuntime() string {
@@ -539,14 +548,18 @@ func (x *ManageContainerRequest) GetPolicy() *Policy {
 }
 
 type ListJobsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In cluster mode: only the jobs of this node ("" = every node's).
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Only this daemon's own jobs, without asking the other nodes.
+	Local         bool `protobuf:"varint,2,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
+	mi := &file_cedana_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +571,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[5]
+	mi := &file_cedana_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +584,21 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{5}
+	return file_cedana_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListJobsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 type ListJobsResponse struct {
@@ -583,7 +610,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
+	mi := &file_cedana_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +622,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[6]
+	mi := &file_cedana_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +635,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{6}
+	return file_cedana_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -627,7 +654,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
+	mi := &file_cedana_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +666,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[7]
+	mi := &file_cedana_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +679,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{7}
+	return file_cedana_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobRequest) GetJob() string {
@@ -674,7 +701,7 @@ type DumpJobRequest struct {
 
 func (x *DumpJobRequest) Reset() {
 	*x = DumpJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
+	mi := &file_cedana_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +713,7 @@ func (x *DumpJobRequest) String() string {
 func (*DumpJobRequest) ProtoMessage() {}
 
 func (x *DumpJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[8]
+	mi := &file_cedana_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +726,7 @@ func (x *DumpJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpJobRequest.ProtoReflect.Descriptor instead.
 func (*DumpJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{8}
+	return file_cedana_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DumpJobRequest) GetJob() string {
@@ -727,7 +754,7 @@ type RestoreJobRequest struct {
 
 func (x *RestoreJobRequest) Reset() {
 	*x = RestoreJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
+	mi := &file_cedana_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +766,7 @@ func (x *RestoreJobRequest) String() string {
 func (*RestoreJobRequest) ProtoMessage() {}
 
 func (x *RestoreJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[9]
+	mi := &file_cedana_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +779,7 @@ func (x *RestoreJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreJobRequest.ProtoReflect.Descriptor instead.
 func (*RestoreJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{9}
+	return file_cedana_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RestoreJobRequest) GetJob() string {
@@ -778,7 +805,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
+	mi := &file_cedana_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +817,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[10]
+	mi := &file_cedana_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +830,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{10}
+	return file_cedana_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KillJobRequest) GetJob() string {
@@ -823,7 +850,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
+	mi := &file_cedana_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +862,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[11]
+	mi := &file_cedana_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +875,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{11}
+	return file_cedana_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdatePolicyRequest) GetJob() string {
@@ -882,7 +909,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
+	mi := &file_cedana_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +921,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[12]
+	mi := &file_cedana_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +934,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{12}
+	return file_cedana_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Checkpoint) GetId() string {
@@ -975,7 +1002,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
+	mi := &file_cedana_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1014,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[13]
+	mi := &file_cedana_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1027,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{13}
+	return file_cedana_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1019,7 +1046,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
+	mi := &file_cedana_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1058,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[14]
+	mi := &file_cedana_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1071,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{14}
+	return file_cedana_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
@@ -1063,7 +1090,7 @@ type DeleteCheckpointRequest struct {
 
 func (x *DeleteCheckpointRequest) Reset() {
 	*x = DeleteCheckpointRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
+	mi := &file_cedana_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1102,7 @@ func (x *DeleteCheckpointRequest) String() string {
 func (*DeleteCheckpointRequest) ProtoMessage() {}
 
 func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[15]
+	mi := &file_cedana_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1115,7 @@ func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{15}
+	return file_cedana_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteCheckpointRequest) GetId() string {
@@ -1106,7 +1133,7 @@ type DeleteCheckpointResponse struct {
 
 func (x *DeleteCheckpointResponse) Reset() {
 	*x = DeleteCheckpointResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
+	mi := &file_cedana_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1145,7 @@ func (x *DeleteCheckpointResponse) String() string {
 func (*DeleteCheckpointResponse) ProtoMessage() {}
 
 func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[16]
+	mi := &file_cedana_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1158,7 @@ func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{16}
+	return file_cedana_proto_rawDescGZIP(), []int{16}
 }
 
 type Event struct {
@@ -1147,7 +1174,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
+	mi := &file_cedana_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1186,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[17]
+	mi := &file_cedana_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1199,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{17}
+	return file_cedana_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetJobId() string {
@@ -1221,7 +1248,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
+	mi := &file_cedana_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1260,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[18]
+	mi := &file_cedana_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1273,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{18}
+	return file_cedana_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListEventsRequest) GetJob() string {
@@ -1279,7 +1306,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
+	mi := &file_cedana_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1318,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[19]
+	mi := &file_cedana_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1331,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{19}
+	return file_cedana_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -1326,7 +1353,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
+	mi := &file_cedana_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1365,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[20]
+	mi := &file_cedana_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1378,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{20}
+	return file_cedana_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogsRequest) GetJob() string {
@@ -1384,7 +1411,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
+	mi := &file_cedana_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1423,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[21]
+	mi := &file_cedana_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1436,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{21}
+	return file_cedana_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -1427,7 +1454,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
+	mi := &file_cedana_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1466,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[22]
+	mi := &file_cedana_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1479,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{22}
+	return file_cedana_proto_rawDescGZIP(), []int{22}
 }
 
 type DrainResponse struct {
@@ -1465,7 +1492,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[23]
+	mi := &file_cedana_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1504,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[23]
+	mi := &file_cedana_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1517,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{23}
+	return file_cedana_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainResponse) GetCheckpoints() []*Checkpoint {
@@ -1520,7 +1547,7 @@ type RemoveJobRequest struct {
 
 func (x *RemoveJobRequest) Reset() {
 	*x = RemoveJobRequest{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[24]
+	mi := &file_cedana_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1559,7 @@ func (x *RemoveJobRequest) String() string {
 func (*RemoveJobRequest) ProtoMessage() {}
 
 func (x *RemoveJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[24]
+	mi := &file_cedana_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1572,7 @@ func (x *RemoveJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveJobRequest.ProtoReflect.Descriptor instead.
 func (*RemoveJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{24}
+	return file_cedana_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveJobRequest) GetJob() string {
@@ -1583,7 +1610,7 @@ type RemoveJobResponse struct {
 
 func (x *RemoveJobResponse) Reset() {
 	*x = RemoveJobResponse{}
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[25]
+	mi := &file_cedana_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1622,7 @@ func (x *RemoveJobResponse) String() string {
 func (*RemoveJobResponse) ProtoMessage() {}
 
 func (x *RemoveJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_cedana_v1_cedana_proto_msgTypes[25]
+	mi := &file_cedana_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1635,7 @@ func (x *RemoveJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveJobResponse.ProtoReflect.Descriptor instead.
 func (*RemoveJobResponse) Descriptor() ([]byte, []int) {
-	return file_api_cedana_v1_cedana_proto_rawDescGZIP(), []int{25}
+	return file_cedana_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveJobResponse) GetJob() *Job {
@@ -1632,11 +1659,335 @@ func (x *RemoveJobResponse) GetKeptArchives() []string {
 	return nil
 }
 
-var File_api_cedana_v1_cedana_proto protoreflect.FileDescriptor
+// A node of the cluster.
+type Node struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// ready, draining, or down (no heartbeat for the node timeout).
+	State               string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	LastHeartbeatUnixMs int64  `protobuf:"varint,3,opt,name=last_heartbeat_unix_ms,json=lastHeartbeatUnixMs,proto3" json:"last_heartbeat_unix_ms,omitempty"`
+	Cpus                int32  `protobuf:"varint,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	FreeMemory          uint64 `protobuf:"varint,5,opt,name=free_memory,json=freeMemory,proto3" json:"free_memory,omitempty"`
+	RunningJobs         int32  `protobuf:"varint,6,opt,name=running_jobs,json=runningJobs,proto3" json:"running_jobs,omitempty"`
+	CriuVersion         string `protobuf:"bytes,7,opt,name=criu_version,json=criuVersion,proto3" json:"criu_version,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
 
-const file_api_cedana_v1_cedana_proto_rawDesc = "" +
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_cedana_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Node) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Node) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Node) GetLastHeartbeatUnixMs() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnixMs
+	}
+	return 0
+}
+
+func (x *Node) GetCpus() int32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Node) GetFreeMemory() uint64 {
+	if x != nil {
+		return x.FreeMemory
+	}
+	return 0
+}
+
+func (x *Node) GetRunningJobs() int32 {
+	if x != nil {
+		return x.RunningJobs
+	}
+	return 0
+}
+
+func (x *Node) GetCriuVersion() string {
+	if x != nil {
+		return x.CriuVersion
+	}
+	return ""
+}
+
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_cedana_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{27}
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_cedana_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListNodesResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type MigrateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A job's id or name (cluster-wide).
+	Job string `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// The target node.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateRequest) Reset() {
+	*x = MigrateRequest{}
+	mi := &file_cedana_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateRequest) ProtoMessage() {}
+
+func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
+func (*MigrateRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MigrateRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type MigrateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it runs on the target.
+	Job  *Job   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To   string `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// Size of the archive moved.
+	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// How long the job was stopped (from its freeze to its resume).
+	DowntimeMs int64 `protobuf:"varint,5,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	TotalMs    int64 `protobuf:"varint,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// The job's epoch under its new owner.
+	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateResponse) Reset() {
+	*x = MigrateResponse{}
+	mi := &file_cedana_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateResponse) ProtoMessage() {}
+
+func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
+func (*MigrateResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MigrateResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *MigrateResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *MigrateResponse) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *MigrateResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetTotalMs() int64 {
+	if x != nil {
+		return x.TotalMs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+var File_cedana_proto protoreflect.FileDescriptor
+
+const file_cedana_proto_rawDesc = "" +
 	"\n" +
-	"\x1aapi/cedana/v1/cedana.proto\x12\tcedana.v1\"\xe3\x01\n" +
+	"\fcedana.proto\x12\tcedana.v1\"\xe3\x01\n" +
 	"\x06Policy\x12.\n" +
 	"\x13checkpoint_every_ms\x18\x01 \x01(\x03R\x11checkpointEveryMs\x12\x12\n" +
 	"\x04keep\x18\x02 \x01(\x05R\x04keep\x12\x1d\n" +
@@ -1644,7 +1995,7 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
 	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\x12%\n" +
-	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xe1\x04\n" +
+	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xf5\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1667,7 +2018,8 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"cpuPercent\x12&\n" +
 	"\x0fstarted_unix_ms\x18\x12 \x01(\x03R\rstartedUnixMs\x12\x18\n" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x12\x1c\n" +
-	"\tcontainer\x18\x14 \x01(\tR\tcontainer\"\xa6\x01\n" +
+	"\tcontainer\x18\x14 \x01(\tR\tcontainer\x12\x12\n" +
+	"\x04node\x18\x15 \x01(\tR\x04node\"\xa6\x01\n" +
 	"\n" +
 	"RunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -1684,8 +2036,10 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x1c\n" +
 	"\tcontainer\x18\x02 \x01(\tR\tcontainer\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12)\n" +
-	"\x06policy\x18\x04 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\x11\n" +
-	"\x0fListJobsRequest\"6\n" +
+	"\x06policy\x18\x04 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\";\n" +
+	"\x0fListJobsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05local\x18\x02 \x01(\bR\x05local\"6\n" +
 	"\x10ListJobsResponse\x12\"\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.cedana.v1.JobR\x04jobs\"!\n" +
 	"\rGetJobRequest\x12\x10\n" +
@@ -1748,7 +2102,31 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\x11RemoveJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12)\n" +
 	"\x10removed_archives\x18\x02 \x03(\tR\x0fremovedArchives\x12#\n" +
-	"\rkept_archives\x18\x03 \x03(\tR\fkeptArchives2\xd5\a\n" +
+	"\rkept_archives\x18\x03 \x03(\tR\fkeptArchives\"\xe0\x01\n" +
+	"\x04Node\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x123\n" +
+	"\x16last_heartbeat_unix_ms\x18\x03 \x01(\x03R\x13lastHeartbeatUnixMs\x12\x12\n" +
+	"\x04cpus\x18\x04 \x01(\x05R\x04cpus\x12\x1f\n" +
+	"\vfree_memory\x18\x05 \x01(\x04R\n" +
+	"freeMemory\x12!\n" +
+	"\frunning_jobs\x18\x06 \x01(\x05R\vrunningJobs\x12!\n" +
+	"\fcriu_version\x18\a \x01(\tR\vcriuVersion\"\x12\n" +
+	"\x10ListNodesRequest\":\n" +
+	"\x11ListNodesResponse\x12%\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0f.cedana.v1.NodeR\x05nodes\"2\n" +
+	"\x0eMigrateRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"\xbf\x01\n" +
+	"\x0fMigrateResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x1f\n" +
+	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
+	"downtimeMs\x12\x19\n" +
+	"\btotal_ms\x18\x06 \x01(\x03R\atotalMs\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch2\xdf\b\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
 	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
@@ -1766,22 +2144,24 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"ListEvents\x12\x1c.cedana.v1.ListEventsRequest\x1a\x1d.cedana.v1.ListEventsResponse\x125\n" +
 	"\x04Logs\x12\x16.cedana.v1.LogsRequest\x1a\x13.cedana.v1.LogChunk0\x01\x12:\n" +
 	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponse\x12F\n" +
-	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
+	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponse\x12F\n" +
+	"\tListNodes\x12\x1b.cedana.v1.ListNodesRequest\x1a\x1c.cedana.v1.ListNodesResponse\x12@\n" +
+	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
 
 var (
-	file_api_cedana_v1_cedana_proto_rawDescOnce sync.Once
-	file_api_cedana_v1_cedana_proto_rawDescData []byte
+	file_cedana_proto_rawDescOnce sync.Once
+	file_cedana_proto_rawDescData []byte
 )
 
-func file_api_cedana_v1_cedana_proto_rawDescGZIP() []byte {
-	file_api_cedana_v1_cedana_proto_rawDescOnce.Do(func() {
-		file_api_cedana_v1_cedana_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_api_cedana_v1_cedana_proto_rawDesc), len(file_api_cedana_v1_cedana_proto_rawDesc)))
+func file_cedana_proto_rawDescGZIP() []byte {
+	file_cedana_proto_rawDescOnce.Do(func() {
+		file_cedana_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_cedana_proto_rawDesc), len(file_cedana_proto_rawDesc)))
 	})
-	return file_api_cedana_v1_cedana_proto_rawDescData
+	return file_cedana_proto_rawDescData
 }
 
-var file_api_cedana_v1_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
-var file_api_cedana_v1_cedana_proto_goTypes = []any{
+var file_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
 	(*RunRequest)(nil),               // 2: cedana.v1.RunRequest
@@ -1808,8 +2188,13 @@ var file_api_cedana_v1_cedana_proto_goTypes = []any{
 	(*DrainResponse)(nil),            // 23: cedana.v1.DrainResponse
 	(*RemoveJobRequest)(nil),         // 24: cedana.v1.RemoveJobRequest
 	(*RemoveJobResponse)(nil),        // 25: cedana.v1.RemoveJobResponse
+	(*Node)(nil),                     // 26: cedana.v1.Node
+	(*ListNodesRequest)(nil),         // 27: cedana.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 28: cedana.v1.ListNodesResponse
+	(*MigrateRequest)(nil),           // 29: cedana.v1.MigrateRequest
+	(*MigrateResponse)(nil),          // 30: cedana.v1.MigrateResponse
 }
-var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
+var file_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
 	0,  // 1: cedana.v1.RunRequest.policy:type_name -> cedana.v1.Policy
 	0,  // 2: cedana.v1.ManageRequest.policy:type_name -> cedana.v1.Policy
@@ -1820,63 +2205,69 @@ var file_api_cedana_v1_cedana_proto_depIdxs = []int32{
 	17, // 7: cedana.v1.ListEventsResponse.events:type_name -> cedana.v1.Event
 	12, // 8: cedana.v1.DrainResponse.checkpoints:type_name -> cedana.v1.Checkpoint
 	1,  // 9: cedana.v1.RemoveJobResponse.job:type_name -> cedana.v1.Job
-	2,  // 10: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 11: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 12: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
-	5,  // 13: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	7,  // 14: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	8,  // 15: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	9,  // 16: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	10, // 17: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	11, // 18: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	13, // 19: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	15, // 20: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	18, // 21: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	20, // 22: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	22, // 23: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	24, // 24: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
-	1,  // 25: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 26: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	1,  // 27: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
-	6,  // 28: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 29: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	12, // 30: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 31: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 32: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 33: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	14, // 34: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	16, // 35: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	19, // 36: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	21, // 37: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	23, // 38: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	25, // 39: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
-	25, // [25:40] is the sub-list for method output_type
-	10, // [10:25] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	26, // 10: cedana.v1.ListNodesResponse.nodes:type_name -> cedana.v1.Node
+	1,  // 11: cedana.v1.MigrateResponse.job:type_name -> cedana.v1.Job
+	2,  // 12: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 13: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 14: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 15: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 16: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 17: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 18: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 19: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 20: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 21: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 22: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 23: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 24: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 25: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	24, // 26: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
+	27, // 27: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
+	29, // 28: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
+	1,  // 29: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 30: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 31: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 32: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 33: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 34: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 35: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 36: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 37: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 38: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 39: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 40: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 41: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 42: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	25, // 43: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
+	28, // 44: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
+	30, // 45: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
+	29, // [29:46] is the sub-list for method output_type
+	12, // [12:29] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
-func init() { file_api_cedana_v1_cedana_proto_init() }
-func file_api_cedana_v1_cedana_proto_init() {
-	if File_api_cedana_v1_cedana_proto != nil {
+func init() { file_cedana_proto_init() }
+func file_cedana_proto_init() {
+	if File_cedana_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_cedana_v1_cedana_proto_rawDesc), len(file_api_cedana_v1_cedana_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cedana_proto_rawDesc), len(file_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_api_cedana_v1_cedana_proto_goTypes,
-		DependencyIndexes: file_api_cedana_v1_cedana_proto_depIdxs,
-		MessageInfos:      file_api_cedana_v1_cedana_proto_msgTypes,
+		GoTypes:           file_cedana_proto_goTypes,
+		DependencyIndexes: file_cedana_proto_depIdxs,
+		MessageInfos:      file_cedana_proto_msgTypes,
 	}.Build()
-	File_api_cedana_v1_cedana_proto = out.File
-	file_api_cedana_v1_cedana_proto_goTypes = nil
-	file_api_cedana_v1_cedana_proto_depIdxs = nil
+	File_cedana_proto = out.File
+	file_cedana_proto_goTypes = nil
+	file_cedana_proto_depIdxs = nil
 }

@@ -12,7 +12,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.6.2
 // - protoc             v3.21.12
-// source: api/cedana/v1/cedana.proto
+// source: cedana.proto
 
 package cedanav1
 
@@ -44,6 +44,8 @@ const (
 	Cedana_Logs_FullMethodName             = "/cedana.v1.Cedana/Logs"
 	Cedana_Drain_FullMethodName            = "/cedana.v1.Cedana/Drain"
 	Cedana_RemoveJob_FullMethodName        = "/cedana.v1.Cedana/RemoveJob"
+	Cedana_ListNodes_FullMethodName        = "/cedana.v1.Cedana/ListNodes"
+	Cedana_Migrate_FullMethodName          = "/cedana.v1.Cedana/Migrate"
 )
 
 // CedanaClient is the client API for Cedana service.
@@ -80,6 +82,13 @@ type CedanaClient interface {
 	// with processes is refused (FAILED_PRECONDITION) unless force, which
 	// kills it first. Its archives stay on disk unless checkpoints is set.
 	RemoveJob(ctx context.Context, in *RemoveJobRequest, opts ...grpc.CallOption) (*RemoveJobResponse, error)
+	// ListNodes lists the nodes of the daemon's cluster (FAILED_PRECONDITION
+	// when the daemon does not run in cluster mode).
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// Migrate moves a running job to another node, stop-and-copy: it
+	// returns once the job runs there, or with the reason it still runs
+	// where it was (docs/cluster.md).
+	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error)
 }
 
 type cedanaClient struct {
@@ -249,6 +258,26 @@ func (c *cedanaClient) RemoveJob(ctx context.Context, in *RemoveJobRequest, opts
 	return out, nil
 }
 
+func (c *cedanaClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, Cedana_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrateResponse)
+	err := c.cc.Invoke(ctx, Cedana_Migrate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CedanaServer is the server API for Cedana service.
 // All implementations must embed UnimplementedCedanaServer
 // for forward compatibility.
@@ -283,6 +312,13 @@ type CedanaServer interface {
 	// with processes is refused (FAILED_PRECONDITION) unless force, which
 	// kills it first. Its archives stay on disk unless checkpoints is set.
 	RemoveJob(context.Context, *RemoveJobRequest) (*RemoveJobResponse, error)
+	// ListNodes lists the nodes of the daemon's cluster (FAILED_PRECONDITION
+	// when the daemon does not run in cluster mode).
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// Migrate moves a running job to another node, stop-and-copy: it
+	// returns once the job runs there, or with the reason it still runs
+	// where it was (docs/cluster.md).
+	Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error)
 	mustEmbedUnimplementedCedanaServer()
 }
 
@@ -337,6 +373,12 @@ func (UnimplementedCedanaServer) Drain(context.Context, *DrainRequest) (*DrainRe
 }
 func (UnimplementedCedanaServer) RemoveJob(context.Context, *RemoveJobRequest) (*RemoveJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveJob not implemented")
+}
+func (UnimplementedCedanaServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedCedanaServer) Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
 }
 func (UnimplementedCedanaServer) mustEmbedUnimplementedCedanaServer() {}
 func (UnimplementedCedanaServer) testEmbeddedByValue()                {}
@@ -622,6 +664,42 @@ func _Cedana_RemoveJob_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cedana_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_Migrate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).Migrate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_Migrate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).Migrate(ctx, req.(*MigrateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cedana_ServiceDesc is the grpc.ServiceDesc for Cedana service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -685,6 +763,14 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RemoveJob",
 			Handler:    _Cedana_RemoveJob_Handler,
 		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _Cedana_ListNodes_Handler,
+		},
+		{
+			MethodName: "Migrate",
+			Handler:    _Cedana_Migrate_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -693,5 +779,5 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
-	Metadata: "api/cedana/v1/cedana.proto",
+	Metadata: "cedana.proto",
 }

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	pb "github.com/cedana/cedana/api/cedana/v1"
+)
+
+// newNodesCmd lists the cluster's nodes.
+func newNodesCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List the nodes of the daemon's cluster, with their state and capacity",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := c.ListNodes(context.Background(), &pb.ListNodesRequest{})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProtoList(resp.GetNodes())
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tLAST HEARTBEAT\tCPUS\tFREE MEMORY\tRUNNING JOBS\tCRIU")
+			for _, n := range resp.GetNodes() {
+				ago := time.Since(time.UnixMilli(n.GetLastHeartbeatUnixMs())).Round(100*time.Millisecond).String() + " ago"
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", n.GetName(), n.GetState(), ago, n.GetCpus(),
+					humanBytes(int64(n.GetFreeMemory())), n.GetRunningJobs(), n.GetCriuVersion())
+			}
+			return tw.Flush()
+		},
+	}
+	addOutputFlag(cmd, g)
+	return cmd
+}
+
+// newMigrateCmd moves a job to another node.
+func newMigrateCmd(g *globals) *cobra.Command {
+	var to string
+	var lazy bool
+	cmd := &cobra.Command{
+		Use:   "migrate JOB --to NODE",
+		Short: "Move a running job to another node of the cluster (stop-and-copy)",
+		Long: `Move a running job to another node: it is checkpointed and kept stopped
+here, its archive travels through the cluster's JetStream object store and
+is verified on arrival, the target restores it stopped, the job's
+ownership moves to the target (a compare-and-set on its epoch), and only
+then does the target resume its copy and this node kill the stopped one.
+Exit 0 once the job runs on NODE; otherwise the job runs where it was and
+the error says why. Plain jobs should run with --pid-namespace, so that
+their PIDs never clash on the target.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			if lazy {
+				return usagef("--lazy (post-copy) migration is not implemented yet: this kernel's fs.pipe-max-size must be raised for remote lazy pages (docs/cluster.md)")
+			}
+			c, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := c.Migrate(context.Background(), &pb.MigrateRequest{Job: args[0], To: to})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if g.output == "json" {
+				return printProto(resp)
+			}
+			fmt.Printf("job %s runs on node %s (PID %d) since %s; downtime %s, %s moved, total %s, epoch %d\n",
+				resp.GetJob().GetName(), resp.GetTo(), resp.GetJob().GetPid(), resp.GetFrom(),
+				time.Duration(resp.GetDowntimeMs())*time.Millisecond, humanBytes(resp.GetBytes()),
+				time.Duration(resp.GetTotalMs())*time.Millisecond, resp.GetEpoch())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the node to move the job to")
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "post-copy migration (not implemented yet)")
+	_ = cmd.MarkFlagRequired("to")
+	addOutputFlag(cmd, g)
+	return cmd
+}

@@ -1,0 +1,245 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/store"
+)
+
+// Migration moves a job between nodes with both copies stopped at the
+// moment ownership changes (docs/cluster.md, rule 7). This file holds the
+// two local halves; internal/daemon's cluster code coordinates them over
+// NATS and records the owner and epoch:
+//
+//	source: MigrateOut — checkpoint, keep the tree stopped, call Mover
+//	target: Import     — record the job, restore it left stopped
+//	source: (Mover moves the ownership with a compare-and-set)
+//	target: Resume     — let it run, confirm it runs
+//	source: kill the stopped tree, forget the job
+//
+// A Mover that fails before the ownership moved resumes the source tree;
+// the target's stopped copy is removed with Discard.
+
+// Mover carries a stopped job's archive to another node and hands the job
+// over. handed reports whether the job's ownership moved: from then on
+// the source copy must never run again, even if err says the target has
+// not confirmed yet.
+type Mover func(ctx context.Context, j *store.Job, archive string, size int64) (handed bool, err error)
+
+// MigrateOutResult describes a migration's source side.
+type MigrateOutResult struct {
+	// Job is the job as it was here.
+	Job *store.Job
+	// Size is the archive's size in bytes.
+	Size int64
+	// Dump is how long the checkpoint took (the tree stopped at its start).
+	Dump time.Duration
+	// Stopped is how long the source tree was stopped before the move
+	// was decided (the job's downtime as seen from here).
+	Stopped time.Duration
+}
+
+// MigrateOut checkpoints a running job keeping its tree stopped (not
+// killed), and calls move. If the job was handed over, the stopped tree
+// is killed and the job forgotten here (its events go with it; the
+// target records its own); otherwise the tree resumes and the job runs
+// here as before, and the error says why.
+func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*MigrateOutResult, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if j.Runtime != "" {
+		return nil, fmt.Errorf("%w: job %s is a %s container; only process jobs migrate so far", ErrIllegalTransition, j.Name, j.Runtime)
+	}
+	path, err := m.newArchivePath(j)
+	if err != nil {
+		return nil, err
+	}
+	// DumpLeaveRunning: a daemon restarted mid-migration treats the job
+	// as a leave-running dump and keeps it here.
+	j, err = m.transition(ctx, j.ID, "dump", Dumping, func(j *store.Job) { j.DumpLeaveRunning = true })
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case m.dumps <- struct{}{}:
+	case <-ctx.Done():
+		m.setState(j.ID, Running, "")
+		return nil, ctx.Err()
+	}
+	start := time.Now()
+	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{
+		PID: j.PID, Path: path, KeepStopped: true,
+		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
+	})
+	<-m.dumps
+	if err == nil && res.Stopped == nil {
+		err = errors.New("the engine did not keep the tree stopped")
+	}
+	if err != nil {
+		m.setState(j.ID, Running, "")
+		m.event(j.ID, "migrate-failed", "migration not started: the checkpoint failed (the job kept running here): %v", err)
+		m.afterLeaveRunning(j)
+		return nil, fmt.Errorf("migration not started: %w", err)
+	}
+	out := &MigrateOutResult{Job: j, Size: res.Size, Dump: time.Since(start)}
+	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size)
+	handed, merr := move(ctx, j, res.Path, res.Size)
+	out.Stopped = time.Since(start)
+	if !handed {
+		rerr := res.Stopped.Resume()
+		m.setState(j.ID, Running, "")
+		_ = removeArchive(res.Path)
+		m.event(j.ID, "migrate-failed", "migration failed; the job runs here again: %v", merr)
+		m.afterLeaveRunning(j)
+		if rerr != nil {
+			return out, errors.Join(merr, rerr)
+		}
+		return out, merr
+	}
+	// The job belongs to the target now: the stopped copy dies, by PID —
+	// never through the job's cgroup, whose path the target's copy shares
+	// when both nodes are on one machine.
+	kerr := res.Stopped.Kill(10 * time.Second)
+	m.unsupervise(j.ID)
+	if err := m.store.DeleteJob(context.Background(), j.ID); err != nil {
+		m.log.Error("forget a migrated job", "job", j.ID, "err", err)
+	}
+	_ = removeArchive(res.Path)
+	_ = os.Remove(m.jobDir(j.ID)) // only if empty
+	if j.Cgroup != "" {
+		_ = m.cg.remove(j.Cgroup) // busy while the target's copy is in it (one machine)
+	}
+	m.log.Info("job migrated away", "job", j.ID, "name", j.Name)
+	if kerr != nil {
+		m.log.Error("kill the migrated job's stopped copy", "job", j.ID, "err", kerr)
+		merr = errors.Join(merr, kerr)
+	}
+	return out, merr
+}
+
+// ImportSpec describes a job arriving from another node: it keeps its ID
+// and name.
+type ImportSpec struct {
+	ID      string
+	Name    string
+	Cmd     []string
+	Dir     string
+	LogPath string
+	Policy  store.Policy
+}
+
+// Import records a job that arrives from another node with its archive
+// (already verified by the caller) and restores it, left stopped: the
+// caller resumes it with Resume once the job is this node's, or removes
+// it with Discard. A job whose ID or name is taken here is refused.
+func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, size int64) (*store.Job, error) {
+	if spec.ID == "" {
+		return nil, fmt.Errorf("%w: an imported job needs its ID", store.ErrInvalid)
+	}
+	if err := validName(spec.Name); err != nil {
+		return nil, err
+	}
+	j := &store.Job{ID: spec.ID, Name: spec.Name, State: string(Checkpointed), Cmd: spec.Cmd, Dir: spec.Dir,
+		LogPath: spec.LogPath, Policy: spec.Policy}
+	if m.cg.available() {
+		j.Cgroup = m.cg.name(spec.ID)
+	}
+	if err := m.store.CreateJob(ctx, j); err != nil {
+		return nil, fmt.Errorf("job %s cannot come here: %w", spec.Name, err)
+	}
+	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointComplete, Path: archive, Size: size, CompletedAt: time.Now().UTC()}
+	if _, err := m.store.Commit(ctx, j.ID, store.Change{
+		Put:    []*store.Checkpoint{ck},
+		Events: []store.Event{{Type: "migrated-in", Message: fmt.Sprintf("arrived from another node with checkpoint %s (%d bytes)", ck.ID, size)}},
+	}); err != nil {
+		_ = m.store.DeleteJob(context.Background(), j.ID)
+		return nil, err
+	}
+	j, err := m.restoreWith(ctx, j.ID, ck.ID, restoreOpts{migrated: true})
+	if err != nil {
+		_ = m.store.DeleteJob(context.Background(), spec.ID)
+		return nil, err
+	}
+	return j, nil
+}
+
+// Resume lets an imported job's stopped tree run and confirms, after
+// settle, that its root still runs.
+func (m *Manager) Resume(ctx context.Context, ref string, settle time.Duration) (*store.Job, error) {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := proc.Tree(j.PID)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", j.Name, err)
+	}
+	for _, p := range pids {
+		if err := syscall.Kill(p, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return nil, fmt.Errorf("resume PID %d of job %s: %w", p, j.Name, err)
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(settle):
+	}
+	st, err := proc.ReadStat(j.PID)
+	if err != nil || st.StartTime != j.StartTime || st.State == 'Z' || st.State == 'X' {
+		return nil, fmt.Errorf("job %s died right after it was resumed (PID %d)", j.Name, j.PID)
+	}
+	if st.State == 'T' || st.State == 't' {
+		return nil, fmt.Errorf("job %s is still stopped after SIGCONT (PID %d)", j.Name, j.PID)
+	}
+	m.event(j.ID, "migrated-in", "runs here as PID %d", j.PID)
+	return j, nil
+}
+
+// Discard ends an imported job that must not run here after all (its
+// migration failed before the hand-over): its tree is killed by PID and
+// the job and its archive are forgotten.
+func (m *Manager) Discard(ctx context.Context, ref string) error {
+	j, err := m.store.GetJob(ctx, ref)
+	if err != nil {
+		return err
+	}
+	m.unsupervise(j.ID)
+	if j.PID > 0 && sameProcess(j.PID, j.StartTime) {
+		pids, _ := proc.Tree(j.PID)
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		for deadline := time.Now().Add(5 * time.Second); sameProcess(j.PID, j.StartTime) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	cks, _ := m.store.ListCheckpoints(ctx, j.ID)
+	if err := m.store.DeleteJob(ctx, j.ID); err != nil {
+		return err
+	}
+	for _, c := range cks {
+		_ = removeArchive(c.Path)
+	}
+	_ = os.Remove(m.jobDir(j.ID))
+	m.log.Info("discarded an imported job", "job", j.ID)
+	return nil
+}
+
+// ArchiveDir is the directory where a job's archives go on this node
+// (created when missing): an arriving archive is written there.
+func (m *Manager) ArchiveDir(jobID string) (string, error) {
+	dir := m.jobDir(jobID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
+	}
+	return dir, nil
+}
