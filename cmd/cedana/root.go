@@ -61,7 +61,8 @@ func newRoot(g *globals) *cobra.Command {
 	restore.AddCommand(newRestoreJobCmd(g))
 	root.AddCommand(newClientCmd(g), newCheckCmd(g), newInspectCmd(g), newConfigCmd(g),
 		newDaemonCmd(g), newRunCmd(g), newManageCmd(g), newPolicyCmd(g), newPsCmd(g), newLogsCmd(g),
-		newKillCmd(g), newRmCmd(g), dump, restore, newCheckpointsCmd(g), newCheckpointCmd(g), newEventsCmd(g))
+		newKillCmd(g), newRmCmd(g), dump, restore, newCheckpointsCmd(g), newCheckpointCmd(g), newEventsCmd(g),
+		newTemplateCmd(g))
 	addContainerCmds(g, root, dump, restore)
 	root.AddCommand(newGenManCmd())
 	typeUsageErrors(root)

@@ -48,6 +48,9 @@ type Config struct {
 	// RestoreBackoff is the delay before the first automatic restore; it
 	// doubles with each further one, up to 30 s.
 	RestoreBackoff time.Duration
+	// TemplateDir holds templates (see internal/template); empty: a
+	// "templates" directory next to CheckpointDir.
+	TemplateDir string
 	// NoCgroups runs jobs without cgroups of their own (see cgroup.go);
 	// they are also skipped when the machine has no cgroup v2 hierarchy.
 	NoCgroups bool
@@ -70,6 +73,9 @@ type Manager struct {
 
 	mu   sync.Mutex
 	live map[string]*supervisor // by job ID
+
+	// templates: the template store, image cache and clone network.
+	templates templates
 
 	// dumps bounds concurrent checkpoints: each freezes a job and keeps
 	// a core busy compressing; more at once only slows them all down.

@@ -151,9 +151,7 @@ func (n *Network) Attach(id string) (*Attachment, error) {
 	if addr == "" {
 		return nil, errors.New("clone network: all 253 addresses are in use")
 	}
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	a := &Attachment{NS: "cedana-" + id, Address: addr, HostVeth: fmt.Sprintf("cv%08x", h.Sum32())}
+	a := &Attachment{NS: "cedana-" + id, Address: addr, HostVeth: HostVeth(id)}
 	a.NSPath = filepath.Join("/run/netns", a.NS)
 	steps := [][]string{
 		{"netns", "add", a.NS},
@@ -197,4 +195,12 @@ func (n *Network) Close() {
 		_ = ipCmd("link", "del", n.bridge)
 		n.bridge, n.prefix = "", ""
 	}
+}
+
+// HostVeth is the name of clone id's host-side veth ("cv" + 8 hex
+// digits: interface names have at most 15 characters).
+func HostVeth(id string) string {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return fmt.Sprintf("cv%08x", h.Sum32())
 }

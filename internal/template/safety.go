@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/proc"
 )
 
@@ -193,4 +194,61 @@ func CheckExecutables(t *Template) error {
 	}
 	return fmt.Errorf("%w: template %s: %s since the template was made (%s); make the template again from a process running the new version",
 		ErrUnsafe, t.Name, strings.Join(changed, "; "), t.Created.Format("2006-01-02 15:04:05Z07:00"))
+}
+
+// ScanManifest is ScanTree for a checkpoint made elsewhere (template
+// create --from FILE): the manifest lists each process's descriptors and
+// sockets as they were at dump time. Its executables are the programs
+// the manifest names, identified as they are on this host now (their
+// libraries are not known without decoding CRIU's images).
+func ScanManifest(m *archive.Manifest) *Scan {
+	s := &Scan{Processes: len(m.Processes)}
+	listen, outputs, exes := map[int]bool{}, map[string]bool{}, map[string]bool{}
+	for _, p := range m.Processes {
+		comm := fmt.Sprintf("PID %d (%s)", p.PID, p.Name)
+		for _, sk := range p.Sockets {
+			if !strings.HasPrefix(sk.Family, "tcp") {
+				continue
+			}
+			switch sk.State {
+			case "LISTEN":
+				if _, port, err := splitPort(sk.Local); err == nil {
+					listen[port] = true
+				}
+			case "ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT":
+				s.Hazards = append(s.Hazards, fmt.Sprintf("%s had an established TCP connection %s -> %s (fd %d) when it was checkpointed: its peer cannot talk to several clones",
+					comm, sk.Local, sk.Remote, sk.FD))
+			}
+		}
+		for _, f := range p.Files {
+			acc := f.Flags & syscall.O_ACCMODE
+			if f.Type != "file" || (acc != syscall.O_WRONLY && acc != syscall.O_RDWR) {
+				continue
+			}
+			if f.FD == 1 || f.FD == 2 {
+				outputs[f.Path] = true
+				continue
+			}
+			s.Hazards = append(s.Hazards, fmt.Sprintf("%s had %s open for writing (fd %d): every clone would write into the same file", comm, f.Path, f.FD))
+		}
+		if p.Exe != "" && !exes[p.Exe] {
+			exes[p.Exe] = true
+			if id, err := Identify(p.Exe); err == nil {
+				s.Executables = append(s.Executables, id)
+			}
+		}
+		s.RSS += int64(p.RSS)
+	}
+	if m.Options.TCPEstablished && len(s.Hazards) == 0 {
+		s.Hazards = append(s.Hazards, "the checkpoint holds established TCP connections (it was dumped with tcp-established): their peers cannot talk to several clones")
+	}
+	for port := range listen {
+		s.Listen = append(s.Listen, port)
+	}
+	sort.Ints(s.Listen)
+	for o := range outputs {
+		s.Outputs = append(s.Outputs, o)
+	}
+	sort.Strings(s.Outputs)
+	return s
 }
