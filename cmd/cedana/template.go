@@ -185,7 +185,7 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 				msg = "-"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", j.GetName(), j.GetId(), j.GetPid(), addr,
-				(time.Duration(cl.GetRestoreUs())*time.Microsecond).Round(time.Millisecond), ready, msg)
+				(time.Duration(cl.GetRestoreUs()) * time.Microsecond).Round(time.Millisecond), ready, msg)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
