@@ -118,6 +118,7 @@ func (m *Manager) Close() {
 	m.live = map[string]*supervisor{}
 	m.mu.Unlock()
 	m.wg.Wait()
+	m.tpl().net.Close() // the clone bridge, once no clone runs
 }
 
 // Get returns a job by ID or name.
