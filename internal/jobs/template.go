@@ -123,7 +123,26 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 	if job != nil {
 		m.event(job.ID, "template", "template %s made (%d bytes)", name, res.Size)
 	}
-	return ts.store.Get(name)
+	return m.warmTemplate(name)
+}
+
+// warmTemplate returns template name and, in the background, unpacks and
+// verifies its images into the cache, so that even the first clone does
+// not pay for it (a clone that comes earlier waits for the same work).
+func (m *Manager) warmTemplate(name string) (*template.Template, error) {
+	ts := m.tpl()
+	t, err := ts.store.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if _, _, _, err := ts.cache.Images(t); err != nil {
+			m.log.Warn("prepare the template's images", "template", name, "err", err)
+		}
+	}()
+	return t, nil
 }
 
 // nsInit refuses a tree that is not the init of its own PID namespace.
@@ -180,7 +199,7 @@ func (m *Manager) templateFromFile(name, file string) (*template.Template, error
 		ts.store.Abort(name)
 		return nil, err
 	}
-	return ts.store.Get(name)
+	return m.warmTemplate(name)
 }
 
 // linkOrCopy puts src at dst: a hard link when both are on one file
@@ -415,6 +434,7 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 		outputs[o] = logf
 	}
 	var att *template.Attachment
+	netStart := time.Now()
 	if len(t.Listen) > 0 {
 		if att, err = ts.net.Attach(j.ID); err != nil {
 			return fail(err)
@@ -431,6 +451,7 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 	if att != nil {
 		req.NetNS = att.NSPath
 	}
+	netTime := time.Since(netStart)
 	res, err := cl.RestoreClone(ctx, req)
 	if err != nil {
 		ts.net.Detach(att)
@@ -447,7 +468,8 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 	if lazy {
 		how = "cloned (lazy)"
 	}
-	j2, err := m.restored(j, "template "+t.Name, res.PID, "", how, res.CRIUTime, true)
+	m.log.Info("clone started", "job", j.ID, "template", t.Name, "network", netTime, "criu", res.CRIUTime, "lazy", lazy)
+	j2, err := m.restored(j, "template "+t.Name, res.PID, "", how, netTime+res.CRIUTime, true)
 	if err != nil {
 		return j, err
 	}
