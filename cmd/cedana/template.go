@@ -170,7 +170,7 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 		}
 	} else {
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tID\tPID\tADDRESS\tRESTORED\tREADY\tERROR")
+		fmt.Fprintln(tw, "NAME\tID\tPID\tADDRESS\tRESTORED\tREADY\tRSS AT READY\tERROR")
 		for _, cl := range resp.GetClones() {
 			j := cl.GetJob()
 			addr, ready := j.GetAddress(), "-"

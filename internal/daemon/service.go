@@ -281,7 +281,8 @@ func (s *service) RunFromTemplate(ctx context.Context, r *pb.RunFromTemplateRequ
 	}
 	out := &pb.RunFromTemplateResponse{CacheHit: rep.CacheHit, PrepareUs: rep.Prepare.Microseconds()}
 	for _, c := range rep.Clones {
-		pc := &pb.Clone{Job: jobToPB(c.Job), RestoreUs: c.Restore.Microseconds(), ReadyUs: c.Ready.Microseconds()}
+		pc := &pb.Clone{Job: jobToPB(c.Job), RestoreUs: c.Restore.Microseconds(), ReadyUs: c.Ready.Microseconds(),
+			RssAtReadyBytes: c.RSSAtReady}
 		if c.Err != nil {
 			pc.Error = c.Err.Error()
 		}

@@ -262,6 +262,9 @@ type Clone struct {
 	// Restore is how long its restore took; Ready how long from the
 	// request until its probe passed (0 without a probe).
 	Restore, Ready time.Duration
+	// RSSAtReady is the clone's resident memory when its probe passed
+	// (with lazy pages, what had been loaded by then).
+	RSSAtReady int64
 	// Err is why this clone failed.
 	Err error
 }
@@ -366,6 +369,7 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 				return
 			}
 			c.Ready = time.Since(start)
+			c.RSSAtReady = treeRSS(c.Job.PID) // with lazy pages: how much had arrived
 		}()
 	}
 	wg.Wait()
@@ -484,4 +488,16 @@ func (m *Manager) cloneEnded(j *store.Job) {
 	}
 	m.tpl().net.Detach(&template.Attachment{NS: j.NetNS, NSPath: filepath.Join("/run/netns", j.NetNS),
 		Address: j.Address, HostVeth: template.HostVeth(j.ID)})
+}
+
+// treeRSS is the resident memory of the tree rooted at pid, in bytes.
+func treeRSS(pid int) int64 {
+	tree, _ := proc.Tree(pid)
+	var n int64
+	for _, p := range tree {
+		if st, err := proc.ReadStat(p); err == nil {
+			n += st.RSSPages * int64(os.Getpagesize())
+		}
+	}
+	return n
 }

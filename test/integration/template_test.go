@@ -32,8 +32,9 @@ type cloneReport struct {
 			Address string `json:"address"`
 			Tmpl    string `json:"template"`
 		} `json:"job"`
-		ReadyUs string `json:"ready_us"`
-		Error   string `json:"error"`
+		ReadyUs    string `json:"ready_us"`
+		RSSAtReady string `json:"rss_at_ready_bytes"`
+		Error      string `json:"error"`
 	} `json:"clones"`
 	CacheHit bool `json:"cache_hit"`
 }
@@ -298,16 +299,14 @@ func TestTemplateLazy1GiB(t *testing.T) {
 	d.ok("kill", "big") // 1 GiB less to hold on a small machine
 	rep := startClones(t, d, "--from-template", "big", "--lazy", "--ready", "http:/")
 	c := rep.Clones[0]
-	rss := readFile("/proc/"+strconv.Itoa(c.Job.PID)+"/status", "VmRSS:")
-	f := strings.Fields(rss)
-	if len(f) < 2 {
-		t.Fatalf("no VmRSS for clone PID %d", c.Job.PID)
-	}
-	kb, _ := strconv.Atoi(f[1])
+	rss, _ := strconv.ParseInt(c.RSSAtReady, 10, 64)
 	us, _ := strconv.ParseInt(c.ReadyUs, 10, 64)
-	t.Logf("lazy clone ready in %v with %d MiB resident of the template's ~1 GiB", time.Duration(us)*time.Microsecond, kb>>10)
-	if kb > 512<<10 {
-		t.Fatalf("the lazy clone had %d MiB resident when it first answered: its memory was loaded before it ran", kb>>10)
+	t.Logf("lazy clone ready in %v with %d MiB resident of the template's ~1 GiB", time.Duration(us)*time.Microsecond, rss>>20)
+	// Without lazy pages every page is in before the clone runs (RSS ≥
+	// 1 GiB); the lazy-pages server copies the rest in the background
+	// meanwhile, so some has arrived by the first answer.
+	if rss <= 0 || rss > 768<<20 {
+		t.Fatalf("the lazy clone had %d MiB resident when it first answered: its memory was loaded before it ran", rss>>20)
 	}
 	if got := getBody("http://"+hostPort(c.Job.Address, port)+"/", 30*time.Second); len(got) != 64 {
 		t.Fatalf("lazy clone answered %q", got)

@@ -2070,11 +2070,14 @@ type Clone struct {
 	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	// From the request to the end of this clone's restore, and to its
 	// probe passing (0 without a probe).
-	RestoreUs     int64  `protobuf:"varint,2,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
-	ReadyUs       int64  `protobuf:"varint,3,opt,name=ready_us,json=readyUs,proto3" json:"ready_us,omitempty"`
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RestoreUs int64  `protobuf:"varint,2,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	ReadyUs   int64  `protobuf:"varint,3,opt,name=ready_us,json=readyUs,proto3" json:"ready_us,omitempty"`
+	Error     string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The clone's resident memory when its probe passed (with lazy pages:
+	// how much of it had been loaded by then).
+	RssAtReadyBytes int64 `protobuf:"varint,5,opt,name=rss_at_ready_bytes,json=rssAtReadyBytes,proto3" json:"rss_at_ready_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Clone) Reset() {
@@ -2133,6 +2136,13 @@ func (x *Clone) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Clone) GetRssAtReadyBytes() int64 {
+	if x != nil {
+		return x.RssAtReadyBytes
+	}
+	return 0
 }
 
 type RunFromTemplateResponse struct {
@@ -2342,13 +2352,14 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\x05ready\x18\x04 \x01(\tR\x05ready\x12(\n" +
 	"\x10ready_timeout_ms\x18\x05 \x01(\x03R\x0ereadyTimeoutMs\x12\x12\n" +
 	"\x04lazy\x18\x06 \x01(\bR\x04lazy\x12)\n" +
-	"\x06policy\x18\a \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"y\n" +
+	"\x06policy\x18\a \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\xa6\x01\n" +
 	"\x05Clone\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x1d\n" +
 	"\n" +
 	"restore_us\x18\x02 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\bready_us\x18\x03 \x01(\x03R\areadyUs\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x7f\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12+\n" +
+	"\x12rss_at_ready_bytes\x18\x05 \x01(\x03R\x0frssAtReadyBytes\"\x7f\n" +
 	"\x17RunFromTemplateResponse\x12(\n" +
 	"\x06clones\x18\x01 \x03(\v2\x10.cedana.v1.CloneR\x06clones\x12\x1b\n" +
 	"\tcache_hit\x18\x02 \x01(\bR\bcacheHit\x12\x1d\n" +
