@@ -230,4 +230,3 @@ func (b *coldBench) waitPortFree() {
 		c.Close()
 	}
 }
-
