@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -178,11 +180,18 @@ func (b *coldBench) run(runs, clones int, lazy bool, plotPath string) error {
 	return nil
 }
 
+// baseName is CMD for a title: each word's base name, e.g.
+// "python3 slowsvc.py 8080 3".
 func baseName(argv []string) string {
-	if len(argv) > 1 {
-		return argv[len(argv)-1]
+	words := make([]string, len(argv))
+	for i, a := range argv {
+		words[i] = filepath.Base(a)
 	}
-	return argv[0]
+	t := strings.Join(words, " ")
+	if len(t) > 60 {
+		t = t[:57] + "..."
+	}
+	return t
 }
 
 // coldOnce starts CMD as a job, times it until ready and ends it.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -56,7 +57,7 @@ func Plot(path, title string, samples []Sample) error {
 	p.Title.Text = title
 	p.Y.Label.Text = "time to ready (s, log scale)"
 	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Tick.Marker = plot.ConstantTicks(secondTicks())
 	names := make([]string, len(samples))
 	for i, s := range samples {
 		names[i] = fmt.Sprintf("%s (n=%d)\np50 %s", s.Name, len(s.Values), s.Percentile(50).Round(time.Millisecond))
@@ -89,4 +90,13 @@ func Plot(path, title string, samples []Sample) error {
 		return fmt.Errorf("write plot %s: %w", path, err)
 	}
 	return nil
+}
+
+// secondTicks labels 1-2-5 steps from 10 ms to 100 s.
+func secondTicks() []plot.Tick {
+	var ts []plot.Tick
+	for _, v := range []float64{0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100} {
+		ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+	}
+	return ts
 }
