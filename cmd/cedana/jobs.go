@@ -120,6 +120,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&cf.count, "count", 1, "with --from-template: how many clones")
 	cmd.Flags().StringVar(&cf.ready, "ready", "", "with --from-template: wait until each clone passes this probe (tcp:PORT, http:/PATH, http:URL, file:PATH) and print its time-to-ready")
 	cmd.Flags().DurationVar(&cf.timeout, "ready-timeout", time.Minute, "with --ready: how long to wait")
+	cmd.Flags().StringArrayVar(&cf.publish, "publish", nil, "with --from-template: forward HOSTPORT on the host to the clone's PORT (HOSTPORT:PORT; clone i gets HOSTPORT+i)")
 	cmd.Flags().BoolVar(&cf.lazy, "lazy", false, "with --from-template: restore before the memory (CRIU lazy pages), so start time does not grow with memory")
 	pf.register(cmd.Flags())
 	addOutputFlag(cmd, g)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -138,6 +139,7 @@ type cloneFlags struct {
 	ready    string
 	timeout  time.Duration
 	lazy     bool
+	publish  []string
 }
 
 // runFromTemplate is `cedana run --from-template NAME`.
@@ -154,7 +156,7 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 	}
 	defer done()
 	resp, err := c.RunFromTemplate(context.Background(), &pb.RunFromTemplateRequest{Template: cf.template, Count: int32(cf.count),
-		Prefix: prefix, Ready: cf.ready, ReadyTimeoutMs: cf.timeout.Milliseconds(), Lazy: cf.lazy, Policy: pol})
+		Prefix: prefix, Ready: cf.ready, ReadyTimeoutMs: cf.timeout.Milliseconds(), Lazy: cf.lazy, Policy: pol, Publish: cf.publish})
 	if err != nil {
 		return g.rpcError(err)
 	}
@@ -176,6 +178,9 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 			addr, ready := j.GetAddress(), "-"
 			if addr == "" {
 				addr = "-"
+			}
+			for _, p := range cl.GetPublished() {
+				addr += " (host :" + strings.Split(p, ":")[0] + ")"
 			}
 			if cl.GetReadyUs() > 0 {
 				ready = (time.Duration(cl.GetReadyUs()) * time.Microsecond).Round(time.Millisecond).String()

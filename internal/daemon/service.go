@@ -275,14 +275,14 @@ func (s *service) RemoveTemplate(ctx context.Context, r *pb.RemoveTemplateReques
 func (s *service) RunFromTemplate(ctx context.Context, r *pb.RunFromTemplateRequest) (*pb.RunFromTemplateResponse, error) {
 	rep, err := s.m.RunFromTemplate(ctx, jobs.CloneSpec{Template: r.GetTemplate(), Count: int(r.GetCount()), Prefix: r.GetPrefix(),
 		Ready: r.GetReady(), ReadyTimeout: time.Duration(r.GetReadyTimeoutMs()) * time.Millisecond, Lazy: r.GetLazy(),
-		Policy: policyFromPB(r.GetPolicy())})
+		Policy: policyFromPB(r.GetPolicy()), Publish: r.GetPublish()})
 	if rep == nil {
 		return nil, toStatus(err)
 	}
 	out := &pb.RunFromTemplateResponse{CacheHit: rep.CacheHit, PrepareUs: rep.Prepare.Microseconds()}
 	for _, c := range rep.Clones {
 		pc := &pb.Clone{Job: jobToPB(c.Job), RestoreUs: c.Restore.Microseconds(), ReadyUs: c.Ready.Microseconds(),
-			RssAtReadyBytes: c.RSSAtReady}
+			RssAtReadyBytes: c.RSSAtReady, Published: c.Published}
 		if c.Err != nil {
 			pc.Error = c.Err.Error()
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,6 +35,9 @@ type templates struct {
 	store *template.Store
 	cache *template.Cache
 	net   *template.Network
+
+	mu      sync.Mutex
+	proxies map[string][]*template.Proxy // --publish, by clone job ID
 }
 
 func (m *Manager) tpl() *templates {
@@ -44,6 +48,7 @@ func (m *Manager) tpl() *templates {
 			dir = filepath.Join(filepath.Dir(m.cfg.CheckpointDir), "templates")
 		}
 		t.store, t.cache, t.net = template.NewStore(dir), template.NewCache(), template.NewNetwork(dir)
+		t.proxies = map[string][]*template.Proxy{}
 	})
 	return t
 }
@@ -253,6 +258,9 @@ type CloneSpec struct {
 	Lazy bool
 	// Policy applies to every clone.
 	Policy store.Policy
+	// Publish forwards host ports to the clones' ports ("HOSTPORT:PORT");
+	// clone i (from 0) gets HOSTPORT+i.
+	Publish []string
 }
 
 // Clone reports on one clone.
@@ -262,6 +270,9 @@ type Clone struct {
 	// Restore is how long its restore took; Ready how long from the
 	// request until its probe passed (0 without a probe).
 	Restore, Ready time.Duration
+	// Published lists the host ports forwarded to the clone
+	// ("HOSTPORT:PORT").
+	Published []string
 	// RSSAtReady is the clone's resident memory when its probe passed
 	// (with lazy pages, what had been loaded by then).
 	RSSAtReady int64
@@ -301,6 +312,17 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	if err != nil {
 		return nil, err
 	}
+	var pubs []template.Publish
+	for _, s := range spec.Publish {
+		p, err := template.ParsePublish(s)
+		if err != nil {
+			return nil, err
+		}
+		if p.HostPort+spec.Count-1 > 65535 {
+			return nil, fmt.Errorf("%w: --publish %s: not enough host ports above %d for %d clones", template.ErrInvalid, s, p.HostPort, spec.Count)
+		}
+		pubs = append(pubs, p)
+	}
 	ts := m.tpl()
 	t, err := ts.store.Get(spec.Template)
 	if err != nil {
@@ -308,6 +330,9 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	}
 	if err := template.CheckExecutables(t); err != nil {
 		return nil, err
+	}
+	if len(pubs) > 0 && len(t.Listen) == 0 {
+		return nil, fmt.Errorf("%w: --publish: template %s listens on no TCP port, so its clones get no address to forward to", template.ErrInvalid, t.Name)
 	}
 	images, mf, hit, err := ts.cache.Images(t)
 	if err != nil {
@@ -351,6 +376,9 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 			c := &rep.Clones[i]
 			c.Job, c.Err = m.startClone(ctx, cl, j, t, mf, images, spec.Lazy)
 			c.Restore = time.Since(start)
+			if c.Err == nil {
+				c.Published, c.Err = m.publish(c.Job, pubs, i)
+			}
 			if c.Err != nil || probe == nil {
 				return
 			}
@@ -480,12 +508,49 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 	return j2, nil
 }
 
-// cloneEnded frees what a clone held outside its processes (its network
-// namespace and veth pair) once it no longer runs.
+// publish starts the host-port forwarders of clone number i.
+func (m *Manager) publish(j *store.Job, pubs []template.Publish, i int) ([]string, error) {
+	if len(pubs) == 0 {
+		return nil, nil
+	}
+	ts := m.tpl()
+	var out []string
+	for _, p := range pubs {
+		hp := p.HostPort + i
+		px, err := template.StartProxy(hp, net.JoinHostPort(j.Address, strconv.Itoa(p.Port)))
+		if err != nil {
+			m.unpublish(j.ID)
+			return out, fmt.Errorf("clone %s: %w", j.Name, err)
+		}
+		ts.mu.Lock()
+		ts.proxies[j.ID] = append(ts.proxies[j.ID], px)
+		ts.mu.Unlock()
+		out = append(out, fmt.Sprintf("%d:%d", hp, p.Port))
+		m.event(j.ID, "published", "host port %d forwarded to %s:%d", hp, j.Address, p.Port)
+	}
+	return out, nil
+}
+
+// unpublish stops a clone's forwarders.
+func (m *Manager) unpublish(id string) {
+	ts := m.tpl()
+	ts.mu.Lock()
+	pxs := ts.proxies[id]
+	delete(ts.proxies, id)
+	ts.mu.Unlock()
+	for _, px := range pxs {
+		px.Close()
+	}
+}
+
+// cloneEnded frees what a clone held outside its processes (its
+// host-port forwarders, network namespace and veth pair) once it no
+// longer runs.
 func (m *Manager) cloneEnded(j *store.Job) {
 	if j == nil || j.NetNS == "" {
 		return
 	}
+	m.unpublish(j.ID)
 	m.tpl().net.Detach(&template.Attachment{NS: j.NetNS, NSPath: filepath.Join("/run/netns", j.NetNS),
 		Address: j.Address, HostVeth: template.HostVeth(j.ID)})
 }

@@ -8,6 +8,8 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"io"
 	"net/http"
 	"os"
@@ -184,9 +186,21 @@ func TestTemplateClones(t *testing.T) {
 	if got := getBody("http://127.0.0.1:"+strconv.Itoa(port)+"/", 5*time.Second); got != want {
 		t.Fatalf("the template's source answered %q after cloning", got)
 	}
-	// A second run reuses the verified, unpacked images.
-	if rep2 := startClones(t, d, "--from-template", "web", "--name", "again", "--ready", "tcp:"+strconv.Itoa(port)); !rep2.CacheHit {
+	// A second run reuses the verified, unpacked images; --publish makes
+	// the clone reachable on a host port too, until it ends.
+	hostPort := freePort(t)
+	rep2 := startClones(t, d, "--from-template", "web", "--name", "again", "--ready", "tcp:"+strconv.Itoa(port),
+		"--publish", fmt.Sprintf("%d:%d", hostPort, port))
+	if !rep2.CacheHit {
 		t.Fatalf("the second run did not reuse the template's images: %+v", rep2)
+	}
+	if got := getBody(fmt.Sprintf("http://127.0.0.1:%d/", hostPort), 5*time.Second); got != want {
+		t.Fatalf("the published host port %d answered %q", hostPort, got)
+	}
+	d.ok("kill", rep2.Clones[0].Job.Name)
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", hostPort), time.Second); err == nil {
+		c.Close()
+		t.Fatalf("host port %d still accepts after its clone was killed", hostPort)
 	}
 }
 

@@ -1980,8 +1980,11 @@ type RunFromTemplateRequest struct {
 	Ready          string `protobuf:"bytes,4,opt,name=ready,proto3" json:"ready,omitempty"`
 	ReadyTimeoutMs int64  `protobuf:"varint,5,opt,name=ready_timeout_ms,json=readyTimeoutMs,proto3" json:"ready_timeout_ms,omitempty"`
 	// Restore before the memory (lazy pages).
-	Lazy          bool    `protobuf:"varint,6,opt,name=lazy,proto3" json:"lazy,omitempty"`
-	Policy        *Policy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	Lazy   bool    `protobuf:"varint,6,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	Policy *Policy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Forward host ports to the clones ("HOSTPORT:PORT"); clone i (from 0)
+	// gets HOSTPORT+i. Forwarders last as long as the clone and this daemon.
+	Publish       []string `protobuf:"bytes,8,rep,name=publish,proto3" json:"publish,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2065,6 +2068,13 @@ func (x *RunFromTemplateRequest) GetPolicy() *Policy {
 	return nil
 }
 
+func (x *RunFromTemplateRequest) GetPublish() []string {
+	if x != nil {
+		return x.Publish
+	}
+	return nil
+}
+
 type Clone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -2076,8 +2086,10 @@ type Clone struct {
 	// The clone's resident memory when its probe passed (with lazy pages:
 	// how much of it had been loaded by then).
 	RssAtReadyBytes int64 `protobuf:"varint,5,opt,name=rss_at_ready_bytes,json=rssAtReadyBytes,proto3" json:"rss_at_ready_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Host ports forwarded to this clone ("HOSTPORT:PORT").
+	Published     []string `protobuf:"bytes,6,rep,name=published,proto3" json:"published,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Clone) Reset() {
@@ -2143,6 +2155,13 @@ func (x *Clone) GetRssAtReadyBytes() int64 {
 		return x.RssAtReadyBytes
 	}
 	return 0
+}
+
+func (x *Clone) GetPublished() []string {
+	if x != nil {
+		return x.Published
+	}
+	return nil
 }
 
 type RunFromTemplateResponse struct {
@@ -2344,7 +2363,7 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\ttemplates\x18\x01 \x03(\v2\x13.cedana.v1.TemplateR\ttemplates\"+\n" +
 	"\x15RemoveTemplateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16RemoveTemplateResponse\"\xe1\x01\n" +
+	"\x16RemoveTemplateResponse\"\xfb\x01\n" +
 	"\x16RunFromTemplateRequest\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x16\n" +
@@ -2352,14 +2371,16 @@ const file_api_cedana_v1_cedana_proto_rawDesc = "" +
 	"\x05ready\x18\x04 \x01(\tR\x05ready\x12(\n" +
 	"\x10ready_timeout_ms\x18\x05 \x01(\x03R\x0ereadyTimeoutMs\x12\x12\n" +
 	"\x04lazy\x18\x06 \x01(\bR\x04lazy\x12)\n" +
-	"\x06policy\x18\a \x01(\v2\x11.cedana.v1.PolicyR\x06policy\"\xa6\x01\n" +
+	"\x06policy\x18\a \x01(\v2\x11.cedana.v1.PolicyR\x06policy\x12\x18\n" +
+	"\apublish\x18\b \x03(\tR\apublish\"\xc4\x01\n" +
 	"\x05Clone\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x1d\n" +
 	"\n" +
 	"restore_us\x18\x02 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\bready_us\x18\x03 \x01(\x03R\areadyUs\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12+\n" +
-	"\x12rss_at_ready_bytes\x18\x05 \x01(\x03R\x0frssAtReadyBytes\"\x7f\n" +
+	"\x12rss_at_ready_bytes\x18\x05 \x01(\x03R\x0frssAtReadyBytes\x12\x1c\n" +
+	"\tpublished\x18\x06 \x03(\tR\tpublished\"\x7f\n" +
 	"\x17RunFromTemplateResponse\x12(\n" +
 	"\x06clones\x18\x01 \x03(\v2\x10.cedana.v1.CloneR\x06clones\x12\x1b\n" +
 	"\tcache_hit\x18\x02 \x01(\bR\bcacheHit\x12\x1d\n" +
