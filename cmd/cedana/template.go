@@ -189,8 +189,12 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 			if msg == "" {
 				msg = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", j.GetName(), j.GetId(), j.GetPid(), addr,
-				(time.Duration(cl.GetRestoreUs()) * time.Microsecond).Round(time.Millisecond), ready, msg)
+			rss := "-"
+			if cl.GetRssAtReadyBytes() > 0 {
+				rss = humanBytes(cl.GetRssAtReadyBytes())
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", j.GetName(), j.GetId(), j.GetPid(), addr,
+				(time.Duration(cl.GetRestoreUs()) * time.Microsecond).Round(time.Millisecond), ready, rss, msg)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -331,6 +331,9 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	if err := template.CheckExecutables(t); err != nil {
 		return nil, err
 	}
+	if probe != nil && probe.Kind != "file" && probe.Port == 0 && len(t.Listen) == 0 {
+		return nil, fmt.Errorf("%w: probe %s names no port and template %s listened on none when it was made (was the service ready?); give the port (tcp:PORT, http:http://HOST:PORT/PATH)", template.ErrInvalid, probe.Raw, t.Name)
+	}
 	if len(pubs) > 0 && len(t.Listen) == 0 {
 		return nil, fmt.Errorf("%w: --publish: template %s listens on no TCP port, so its clones get no address to forward to", template.ErrInvalid, t.Name)
 	}

@@ -28,6 +28,7 @@ type Network struct {
 	bridge string
 	prefix string // "10.A.B."
 	used   map[string]bool
+	next   int // where the search for a free address starts (0-252)
 }
 
 // Attachment is one clone's network.
@@ -144,12 +145,17 @@ func (n *Network) Attach(id string) (*Attachment, error) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("clone network: %w", err)
 	}
+	// Round robin from the last address given: an address freed a moment
+	// ago may still sit in the host's neighbour (ARP) cache with the MAC
+	// of the veth that was deleted.
 	addr := ""
-	for i := 2; i < 255; i++ {
+	for k := 0; k < 253; k++ {
+		i := 2 + (n.next+k)%253
 		a := fmt.Sprintf("%s%d", n.prefix, i)
 		if !n.used[a] {
 			addr = a
 			n.used[a] = true
+			n.next = i - 1
 			break
 		}
 	}
@@ -167,8 +173,8 @@ func (n *Network) Attach(id string) (*Attachment, error) {
 		batch string
 	}{
 		{[]string{"netns", "add", a.NS}, ""},
-		{[]string{"-batch", "-"}, fmt.Sprintf("link add %s type veth peer name eth0 netns %s\nlink set %s master %s\nlink set %s up\n",
-			a.HostVeth, a.NS, a.HostVeth, br, a.HostVeth)},
+		{[]string{"-batch", "-"}, fmt.Sprintf("link add %s type veth peer name eth0 netns %s\nlink set %s master %s\nlink set %s up\nneigh flush to %s\n",
+			a.HostVeth, a.NS, a.HostVeth, br, a.HostVeth, addr)},
 		{[]string{"-n", a.NS, "-batch", "-"}, fmt.Sprintf("link set lo up\naddr add %s/24 dev eth0\nlink set eth0 up\nroute add default via %s1\n",
 			addr, n.prefix)},
 	}
