@@ -77,15 +77,24 @@ func newRunCmd(g *globals) *cobra.Command {
 		name  string
 		pidns bool
 		pf    policyFlags
+		cf    cloneFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- CMD [ARGS...]",
+		Use:   "run [flags] -- CMD [ARGS...] | run --from-template NAME [--count N]",
 		Short: "Start CMD as a managed job (detached, own session, output to a log)",
-		Args:  cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cf.template != "" {
+				return cobra.NoArgs(cmd, args)
+			}
+			return cobra.MinimumNArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := pf.toPB()
 			if err != nil {
 				return err
+			}
+			if cf.template != "" {
+				return g.runFromTemplate(cf, name, pol)
 			}
 			c, done, err := g.client()
 			if err != nil {
@@ -112,6 +121,12 @@ func newRunCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", "", "job name (default: command name and a suffix)")
 	cmd.Flags().BoolVar(&pidns, "pid-namespace", false, "run the job in its own PID namespace, so restores never clash on PIDs")
+	cmd.Flags().StringVar(&cf.template, "from-template", "", "start clones of this template instead of CMD (--name is then their prefix)")
+	cmd.Flags().IntVar(&cf.count, "count", 1, "with --from-template: how many clones")
+	cmd.Flags().StringVar(&cf.ready, "ready", "", "with --from-template: wait until each clone passes this probe (tcp:PORT, http:/PATH, http:URL, file:PATH) and print its time-to-ready")
+	cmd.Flags().DurationVar(&cf.timeout, "ready-timeout", time.Minute, "with --ready: how long to wait")
+	cmd.Flags().StringArrayVar(&cf.publish, "publish", nil, "with --from-template: forward HOSTPORT on the host to the clone's PORT (HOSTPORT:PORT; clone i gets HOSTPORT+i)")
+	cmd.Flags().BoolVar(&cf.lazy, "lazy", false, "with --from-template: restore before the memory (CRIU lazy pages), so start time does not grow with memory")
 	pf.register(cmd.Flags())
 	addOutputFlag(cmd, g)
 	return cmd

@@ -98,6 +98,21 @@ type RestoreOptions struct {
 	// LeaveStopped leaves the restored tree stopped (SIGSTOP): a
 	// migration resumes it only once the job's ownership has moved.
 	LeaveStopped bool
+
+	// The following are honoured by RestoreDetached only (template
+	// clones).
+
+	// JoinNetNS is the path of an existing network namespace (e.g.
+	// /run/netns/NAME) the tree is restored into; "" keeps the caller's.
+	JoinNetNS string
+	// InheritFiles replaces regular files the tree had open, by the
+	// absolute path the dump recorded, with the given open files (each
+	// clone of a template writes its own log).
+	InheritFiles map[string]*os.File
+	// Lazy restores the tree before its memory: a `criu lazy-pages`
+	// server hands the pages in on first touch (userfaultfd) and in the
+	// background from the images (see lazy.go).
+	Lazy bool
 }
 
 // DumpResult reports on a successful dump.

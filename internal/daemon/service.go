@@ -20,6 +20,7 @@ import (
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
+	"github.com/cedana/cedana/internal/template"
 )
 
 // service implements the gRPC API over a jobs.Manager. It converts
@@ -302,13 +303,13 @@ func toStatus(err error) error {
 		code = codes.Aborted
 	case errors.Is(err, cluster.ErrStaleEpoch):
 		code = codes.FailedPrecondition
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoLog), errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoLog), errors.Is(err, os.ErrNotExist), errors.Is(err, template.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, store.ErrExists):
+	case errors.Is(err, store.ErrExists), errors.Is(err, template.ErrExists):
 		code = codes.AlreadyExists
-	case errors.Is(err, jobs.ErrIllegalTransition), errors.Is(err, jobs.ErrNoCheckpoint), errors.As(err, &ce):
+	case errors.Is(err, jobs.ErrIllegalTransition), errors.Is(err, jobs.ErrNoCheckpoint), errors.As(err, &ce), errors.Is(err, template.ErrUnsafe):
 		code = codes.FailedPrecondition
-	case errors.Is(err, store.ErrInvalid), errors.Is(err, checkpoint.ErrInvalidInput), errors.Is(err, proc.ErrNoProcess):
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, checkpoint.ErrInvalidInput), errors.Is(err, proc.ErrNoProcess), errors.Is(err, template.ErrInvalid):
 		code = codes.InvalidArgument
 	case errors.Is(err, checkpoint.ErrPIDBusy):
 		code = codes.Unavailable
@@ -347,7 +348,7 @@ func jobToPB(j *store.Job) *pb.Job {
 	out := &pb.Job{Id: j.ID, Name: j.Name, State: j.State, Pid: int32(j.PID), Cmd: j.Cmd, LogPath: j.LogPath,
 		Adopted: j.Adopted, Policy: policyToPB(j.Policy), Restores: int32(j.Restores), Error: j.Error,
 		LastCheckpointId: j.LastCheckpointID, CreatedUnixMs: j.CreatedAt.UnixMilli(),
-		Runtime: j.Runtime, Container: j.Container}
+		Runtime: j.Runtime, Container: j.Container, Template: j.Template, Address: j.Address}
 	if !j.LastCheckpointAt.IsZero() {
 		out.LastCheckpointUnixMs = j.LastCheckpointAt.UnixMilli()
 	}
@@ -368,4 +369,59 @@ func checkpointToPB(c *store.Checkpoint) *pb.Checkpoint {
 	}
 	return &pb.Checkpoint{Id: c.ID, JobId: c.JobID, Path: c.Path, State: c.State, Size: c.Size,
 		CreatedUnixMs: c.CreatedAt.UnixMilli(), DumpSeconds: c.DumpSeconds, Error: c.Error}
+}
+
+func (s *service) CreateTemplate(ctx context.Context, r *pb.CreateTemplateRequest) (*pb.Template, error) {
+	t, err := s.m.CreateTemplate(ctx, r.GetName(), jobs.TemplateSource{Job: r.GetJob(), PID: int(r.GetPid()), File: r.GetFrom()})
+	return templateToPB(t), toStatus(err)
+}
+
+func (s *service) ListTemplates(ctx context.Context, _ *pb.ListTemplatesRequest) (*pb.ListTemplatesResponse, error) {
+	ts, err := s.m.Templates()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListTemplatesResponse{Templates: make([]*pb.Template, 0, len(ts))}
+	for _, t := range ts {
+		out.Templates = append(out.Templates, templateToPB(t))
+	}
+	return out, nil
+}
+
+func (s *service) RemoveTemplate(ctx context.Context, r *pb.RemoveTemplateRequest) (*pb.RemoveTemplateResponse, error) {
+	return &pb.RemoveTemplateResponse{}, toStatus(s.m.RemoveTemplate(r.GetName()))
+}
+
+func (s *service) RunFromTemplate(ctx context.Context, r *pb.RunFromTemplateRequest) (*pb.RunFromTemplateResponse, error) {
+	rep, err := s.m.RunFromTemplate(ctx, jobs.CloneSpec{Template: r.GetTemplate(), Count: int(r.GetCount()), Prefix: r.GetPrefix(),
+		Ready: r.GetReady(), ReadyTimeout: time.Duration(r.GetReadyTimeoutMs()) * time.Millisecond, Lazy: r.GetLazy(),
+		Policy: policyFromPB(r.GetPolicy()), Publish: r.GetPublish()})
+	if rep == nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.RunFromTemplateResponse{CacheHit: rep.CacheHit, PrepareUs: rep.Prepare.Microseconds()}
+	for _, c := range rep.Clones {
+		pc := &pb.Clone{Job: jobToPB(c.Job), RestoreUs: c.Restore.Microseconds(), ReadyUs: c.Ready.Microseconds(),
+			RssAtReadyBytes: c.RSSAtReady, Published: c.Published}
+		if c.Err != nil {
+			pc.Error = c.Err.Error()
+		}
+		out.Clones = append(out.Clones, pc)
+	}
+	// Some clones may have failed: the reply lists every clone with its
+	// error, so that the caller can tell which.
+	_ = err
+	return out, nil
+}
+
+func templateToPB(t *template.Template) *pb.Template {
+	if t == nil {
+		return nil
+	}
+	out := &pb.Template{Name: t.Name, CreatedUnixMs: t.Created.UnixMilli(), Source: t.Source, Kind: t.Kind, Size: t.Size,
+		RssBytes: t.RSS, Processes: int32(t.Processes)}
+	for _, p := range t.Listen {
+		out.Listen = append(out.Listen, int32(p))
+	}
+	return out
 }

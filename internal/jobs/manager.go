@@ -55,6 +55,9 @@ type Config struct {
 	// RestoreBackoff is the delay before the first automatic restore; it
 	// doubles with each further one, up to 30 s.
 	RestoreBackoff time.Duration
+	// TemplateDir holds templates (see internal/template); empty: a
+	// "templates" directory next to CheckpointDir.
+	TemplateDir string
 	// NoCgroups runs jobs without cgroups of their own (see cgroup.go);
 	// they are also skipped when the machine has no cgroup v2 hierarchy.
 	NoCgroups bool
@@ -80,6 +83,8 @@ type Manager struct {
 
 	// skips holds the baselines of periodic checkpoints (skip.go).
 	skips skipper
+	// templates: the template store, image cache and clone network.
+	templates templates
 
 	// dumps bounds concurrent checkpoints: each freezes a job and keeps
 	// a core busy compressing; more at once only slows them all down.
@@ -130,6 +135,7 @@ func (m *Manager) Close() {
 	m.live = map[string]*supervisor{}
 	m.mu.Unlock()
 	m.wg.Wait()
+	m.tpl().net.Close() // the clone bridge, once no clone runs
 }
 
 // Get returns a job by ID or name.

@@ -34,7 +34,26 @@ func (m *Manager) Start(ctx context.Context) error {
 	for _, j := range jobs {
 		m.reconcile(ctx, j, done[j.ID])
 	}
+	m.reconcileClones(ctx)
 	return nil
+}
+
+// reconcileClones keeps the addresses of clones that still run and
+// removes the network namespaces of those that ended while no daemon ran.
+func (m *Manager) reconcileClones(ctx context.Context) {
+	jobs, err := m.store.ListJobs(ctx)
+	if err != nil {
+		return
+	}
+	for _, j := range jobs {
+		switch {
+		case j.NetNS == "":
+		case State(j.State).alive():
+			m.tpl().net.Reserve(j.Address)
+		default:
+			m.cloneEnded(j)
+		}
+	}
 }
 
 // recoverCheckpoints settles pending checkpoints. The archive's final path

@@ -222,6 +222,7 @@ func (m *Manager) Kill(ctx context.Context, ref string) (*store.Job, error) {
 		killTree(j.PID)
 	}
 	m.killCgroup(j)
+	m.cloneEnded(j)
 	m.event(j.ID, "killed", "killed by request (PID %d)", j.PID)
 	return j, nil
 }

@@ -167,7 +167,7 @@ func reap(pidfd int) (exitStatus, bool, error) {
 // says so, restores it from its newest checkpoint.
 func (m *Manager) died(id string, pid int, st uint64, status exitStatus) {
 	var restore bool
-	_, err := m.store.UpdateJob(context.Background(), id, func(j *store.Job) error {
+	j, err := m.store.UpdateJob(context.Background(), id, func(j *store.Job) error {
 		if j.PID != pid || j.StartTime != st || State(j.State) != Running {
 			return errStale // expected (a dump or a kill ended it) or old news
 		}
@@ -188,6 +188,7 @@ func (m *Manager) died(id string, pid int, st uint64, status exitStatus) {
 		return
 	}
 	m.unsupervise(id)
+	m.cloneEnded(j)
 	m.event(id, "died", "PID %d %s", pid, status)
 	if restore {
 		m.metrics.died()

@@ -130,6 +130,13 @@ type Job struct {
 	ExitCode *int `json:"exit_code,omitempty"`
 	// Error is the last failure, for display.
 	Error string `json:"error,omitempty"`
+	// Template is the template a clone was started from (cedana run
+	// --from-template); "" for other jobs.
+	Template string `json:"template,omitempty"`
+	// Address is a clone's IPv4 address in its own network namespace,
+	// reachable from the host; NetNS names that namespace (ip netns).
+	Address string `json:"address,omitempty"`
+	NetNS   string `json:"netns,omitempty"`
 	// LastCheckpointID and LastCheckpointAt describe the newest complete
 	// checkpoint, kept here so that listing jobs never scans checkpoints.
 	LastCheckpointID string    `json:"last_checkpoint_id,omitempty"`

@@ -149,7 +149,11 @@ type Job struct {
 	Runtime   string `protobuf:"bytes,19,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	Container string `protobuf:"bytes,20,opt,name=container,proto3" json:"container,omitempty"`
 	// In cluster mode: the node that runs the job.
-	Node          string `protobuf:"bytes,21,opt,name=node,proto3" json:"node,omitempty"`
+	Node string `protobuf:"bytes,21,opt,name=node,proto3" json:"node,omitempty"`
+	// For clones: the template, and the clone's address in its own
+	// network namespace (reachable from the daemon's host).
+	Template      string `protobuf:"bytes,22,opt,name=template,proto3" json:"template,omitempty"`
+	Address       string `protobuf:"bytes,23,opt,name=address,proto3" json:"address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -327,6 +331,20 @@ func (x *Job) GetContainer() string {
 func (x *Job) GetNode() string {
 	if x != nil {
 		return x.Node
+	}
+	return ""
+}
+
+func (x *Job) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *Job) GetAddress() string {
+	if x != nil {
+		return x.Address
 	}
 	return ""
 }
@@ -1983,6 +2001,593 @@ func (x *MigrateResponse) GetEpoch() uint64 {
 	return 0
 }
 
+type Template struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CreatedUnixMs int64                  `protobuf:"varint,2,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	// "job NAME", "PID N" or "file PATH".
+	Source    string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Kind      string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Size      int64  `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	RssBytes  int64  `protobuf:"varint,6,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	Processes int32  `protobuf:"varint,7,opt,name=processes,proto3" json:"processes,omitempty"`
+	// TCP ports the template listens on.
+	Listen        []int32 `protobuf:"varint,8,rep,packed,name=listen,proto3" json:"listen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Template) Reset() {
+	*x = Template{}
+	mi := &file_cedana_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Template) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Template) ProtoMessage() {}
+
+func (x *Template) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Template.ProtoReflect.Descriptor instead.
+func (*Template) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Template) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Template) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+func (x *Template) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Template) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Template) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Template) GetRssBytes() int64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *Template) GetProcesses() int32 {
+	if x != nil {
+		return x.Processes
+	}
+	return 0
+}
+
+func (x *Template) GetListen() []int32 {
+	if x != nil {
+		return x.Listen
+	}
+	return nil
+}
+
+type CreateTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Exactly one of job, pid, from (an archive path on the daemon's host).
+	Job           string `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Pid           int32  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	From          string `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTemplateRequest) Reset() {
+	*x = CreateTemplateRequest{}
+	mi := &file_cedana_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTemplateRequest) ProtoMessage() {}
+
+func (x *CreateTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTemplateRequest.ProtoReflect.Descriptor instead.
+func (*CreateTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CreateTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTemplateRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *CreateTemplateRequest) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *CreateTemplateRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+type ListTemplatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplatesRequest) Reset() {
+	*x = ListTemplatesRequest{}
+	mi := &file_cedana_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplatesRequest) ProtoMessage() {}
+
+func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
+func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{33}
+}
+
+type ListTemplatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Templates     []*Template            `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplatesResponse) Reset() {
+	*x = ListTemplatesResponse{}
+	mi := &file_cedana_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplatesResponse) ProtoMessage() {}
+
+func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
+func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListTemplatesResponse) GetTemplates() []*Template {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+type RemoveTemplateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveTemplateRequest) Reset() {
+	*x = RemoveTemplateRequest{}
+	mi := &file_cedana_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveTemplateRequest) ProtoMessage() {}
+
+func (x *RemoveTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveTemplateRequest.ProtoReflect.Descriptor instead.
+func (*RemoveTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RemoveTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveTemplateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveTemplateResponse) Reset() {
+	*x = RemoveTemplateResponse{}
+	mi := &file_cedana_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveTemplateResponse) ProtoMessage() {}
+
+func (x *RemoveTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveTemplateResponse.ProtoReflect.Descriptor instead.
+func (*RemoveTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{36}
+}
+
+type RunFromTemplateRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Template string                 `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	Count    int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	// Clones are named PREFIX-1, PREFIX-2…; empty: the template's name.
+	Prefix string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// tcp:PORT, http:PATH or http:URL, file:PATH; empty: do not wait.
+	Ready          string `protobuf:"bytes,4,opt,name=ready,proto3" json:"ready,omitempty"`
+	ReadyTimeoutMs int64  `protobuf:"varint,5,opt,name=ready_timeout_ms,json=readyTimeoutMs,proto3" json:"ready_timeout_ms,omitempty"`
+	// Restore before the memory (lazy pages).
+	Lazy   bool    `protobuf:"varint,6,opt,name=lazy,proto3" json:"lazy,omitempty"`
+	Policy *Policy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Forward host ports to the clones ("HOSTPORT:PORT"); clone i (from 0)
+	// gets HOSTPORT+i. Forwarders last as long as the clone and this daemon.
+	Publish       []string `protobuf:"bytes,8,rep,name=publish,proto3" json:"publish,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunFromTemplateRequest) Reset() {
+	*x = RunFromTemplateRequest{}
+	mi := &file_cedana_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunFromTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunFromTemplateRequest) ProtoMessage() {}
+
+func (x *RunFromTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunFromTemplateRequest.ProtoReflect.Descriptor instead.
+func (*RunFromTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RunFromTemplateRequest) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *RunFromTemplateRequest) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RunFromTemplateRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *RunFromTemplateRequest) GetReady() string {
+	if x != nil {
+		return x.Ready
+	}
+	return ""
+}
+
+func (x *RunFromTemplateRequest) GetReadyTimeoutMs() int64 {
+	if x != nil {
+		return x.ReadyTimeoutMs
+	}
+	return 0
+}
+
+func (x *RunFromTemplateRequest) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
+}
+
+func (x *RunFromTemplateRequest) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *RunFromTemplateRequest) GetPublish() []string {
+	if x != nil {
+		return x.Publish
+	}
+	return nil
+}
+
+type Clone struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// From the request to the end of this clone's restore, and to its
+	// probe passing (0 without a probe).
+	RestoreUs int64  `protobuf:"varint,2,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	ReadyUs   int64  `protobuf:"varint,3,opt,name=ready_us,json=readyUs,proto3" json:"ready_us,omitempty"`
+	Error     string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The clone's resident memory when its probe passed (with lazy pages:
+	// how much of it had been loaded by then).
+	RssAtReadyBytes int64 `protobuf:"varint,5,opt,name=rss_at_ready_bytes,json=rssAtReadyBytes,proto3" json:"rss_at_ready_bytes,omitempty"`
+	// Host ports forwarded to this clone ("HOSTPORT:PORT").
+	Published     []string `protobuf:"bytes,6,rep,name=published,proto3" json:"published,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Clone) Reset() {
+	*x = Clone{}
+	mi := &file_cedana_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Clone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Clone) ProtoMessage() {}
+
+func (x *Clone) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Clone.ProtoReflect.Descriptor instead.
+func (*Clone) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Clone) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *Clone) GetRestoreUs() int64 {
+	if x != nil {
+		return x.RestoreUs
+	}
+	return 0
+}
+
+func (x *Clone) GetReadyUs() int64 {
+	if x != nil {
+		return x.ReadyUs
+	}
+	return 0
+}
+
+func (x *Clone) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Clone) GetRssAtReadyBytes() int64 {
+	if x != nil {
+		return x.RssAtReadyBytes
+	}
+	return 0
+}
+
+func (x *Clone) GetPublished() []string {
+	if x != nil {
+		return x.Published
+	}
+	return nil
+}
+
+type RunFromTemplateResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Clones []*Clone               `protobuf:"bytes,1,rep,name=clones,proto3" json:"clones,omitempty"`
+	// The template's images were already unpacked and verified here.
+	CacheHit bool `protobuf:"varint,2,opt,name=cache_hit,json=cacheHit,proto3" json:"cache_hit,omitempty"`
+	// Checks and cache before the first restore began.
+	PrepareUs     int64 `protobuf:"varint,3,opt,name=prepare_us,json=prepareUs,proto3" json:"prepare_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunFromTemplateResponse) Reset() {
+	*x = RunFromTemplateResponse{}
+	mi := &file_cedana_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunFromTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunFromTemplateResponse) ProtoMessage() {}
+
+func (x *RunFromTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunFromTemplateResponse.ProtoReflect.Descriptor instead.
+func (*RunFromTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RunFromTemplateResponse) GetClones() []*Clone {
+	if x != nil {
+		return x.Clones
+	}
+	return nil
+}
+
+func (x *RunFromTemplateResponse) GetCacheHit() bool {
+	if x != nil {
+		return x.CacheHit
+	}
+	return false
+}
+
+func (x *RunFromTemplateResponse) GetPrepareUs() int64 {
+	if x != nil {
+		return x.PrepareUs
+	}
+	return 0
+}
+
 var File_cedana_proto protoreflect.FileDescriptor
 
 const file_cedana_proto_rawDesc = "" +
@@ -1995,7 +2600,7 @@ const file_cedana_proto_rawDesc = "" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
 	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\x12%\n" +
-	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xf5\x04\n" +
+	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xab\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2019,7 +2624,9 @@ const file_cedana_proto_rawDesc = "" +
 	"\x0fstarted_unix_ms\x18\x12 \x01(\x03R\rstartedUnixMs\x12\x18\n" +
 	"\aruntime\x18\x13 \x01(\tR\aruntime\x12\x1c\n" +
 	"\tcontainer\x18\x14 \x01(\tR\tcontainer\x12\x12\n" +
-	"\x04node\x18\x15 \x01(\tR\x04node\"\xa6\x01\n" +
+	"\x04node\x18\x15 \x01(\tR\x04node\x12\x1a\n" +
+	"\btemplate\x18\x16 \x01(\tR\btemplate\x12\x18\n" +
+	"\aaddress\x18\x17 \x01(\tR\aaddress\"\xa6\x01\n" +
 	"\n" +
 	"RunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -2126,7 +2733,49 @@ const file_cedana_proto_rawDesc = "" +
 	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
 	"downtimeMs\x12\x19\n" +
 	"\btotal_ms\x18\x06 \x01(\x03R\atotalMs\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch2\xdf\b\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\"\xd9\x01\n" +
+	"\bTemplate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
+	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x03R\x04size\x12\x1b\n" +
+	"\trss_bytes\x18\x06 \x01(\x03R\brssBytes\x12\x1c\n" +
+	"\tprocesses\x18\a \x01(\x05R\tprocesses\x12\x16\n" +
+	"\x06listen\x18\b \x03(\x05R\x06listen\"c\n" +
+	"\x15CreateTemplateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\tR\x04from\"\x16\n" +
+	"\x14ListTemplatesRequest\"J\n" +
+	"\x15ListTemplatesResponse\x121\n" +
+	"\ttemplates\x18\x01 \x03(\v2\x13.cedana.v1.TemplateR\ttemplates\"+\n" +
+	"\x15RemoveTemplateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x16RemoveTemplateResponse\"\xfb\x01\n" +
+	"\x16RunFromTemplateRequest\x12\x1a\n" +
+	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\x12\x14\n" +
+	"\x05ready\x18\x04 \x01(\tR\x05ready\x12(\n" +
+	"\x10ready_timeout_ms\x18\x05 \x01(\x03R\x0ereadyTimeoutMs\x12\x12\n" +
+	"\x04lazy\x18\x06 \x01(\bR\x04lazy\x12)\n" +
+	"\x06policy\x18\a \x01(\v2\x11.cedana.v1.PolicyR\x06policy\x12\x18\n" +
+	"\apublish\x18\b \x03(\tR\apublish\"\xc4\x01\n" +
+	"\x05Clone\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x1d\n" +
+	"\n" +
+	"restore_us\x18\x02 \x01(\x03R\trestoreUs\x12\x19\n" +
+	"\bready_us\x18\x03 \x01(\x03R\areadyUs\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12+\n" +
+	"\x12rss_at_ready_bytes\x18\x05 \x01(\x03R\x0frssAtReadyBytes\x12\x1c\n" +
+	"\tpublished\x18\x06 \x03(\tR\tpublished\"\x7f\n" +
+	"\x17RunFromTemplateResponse\x12(\n" +
+	"\x06clones\x18\x01 \x03(\v2\x10.cedana.v1.CloneR\x06clones\x12\x1b\n" +
+	"\tcache_hit\x18\x02 \x01(\bR\bcacheHit\x12\x1d\n" +
+	"\n" +
+	"prepare_us\x18\x03 \x01(\x03R\tprepareUs2\xad\v\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
 	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
@@ -2146,7 +2795,11 @@ const file_cedana_proto_rawDesc = "" +
 	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponse\x12F\n" +
 	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponse\x12F\n" +
 	"\tListNodes\x12\x1b.cedana.v1.ListNodesRequest\x1a\x1c.cedana.v1.ListNodesResponse\x12@\n" +
-	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
+	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponse\x12G\n" +
+	"\x0eCreateTemplate\x12 .cedana.v1.CreateTemplateRequest\x1a\x13.cedana.v1.Template\x12R\n" +
+	"\rListTemplates\x12\x1f.cedana.v1.ListTemplatesRequest\x1a .cedana.v1.ListTemplatesResponse\x12U\n" +
+	"\x0eRemoveTemplate\x12 .cedana.v1.RemoveTemplateRequest\x1a!.cedana.v1.RemoveTemplateResponse\x12X\n" +
+	"\x0fRunFromTemplate\x12!.cedana.v1.RunFromTemplateRequest\x1a\".cedana.v1.RunFromTemplateResponseB1Z/github.com/cedana/cedana/api/cedana/v1;cedanav1b\x06proto3"
 
 var (
 	file_cedana_proto_rawDescOnce sync.Once
@@ -2160,7 +2813,7 @@ func file_cedana_proto_rawDescGZIP() []byte {
 	return file_cedana_proto_rawDescData
 }
 
-var file_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
@@ -2193,6 +2846,15 @@ var file_cedana_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),        // 28: cedana.v1.ListNodesResponse
 	(*MigrateRequest)(nil),           // 29: cedana.v1.MigrateRequest
 	(*MigrateResponse)(nil),          // 30: cedana.v1.MigrateResponse
+	(*Template)(nil),                 // 31: cedana.v1.Template
+	(*CreateTemplateRequest)(nil),    // 32: cedana.v1.CreateTemplateRequest
+	(*ListTemplatesRequest)(nil),     // 33: cedana.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),    // 34: cedana.v1.ListTemplatesResponse
+	(*RemoveTemplateRequest)(nil),    // 35: cedana.v1.RemoveTemplateRequest
+	(*RemoveTemplateResponse)(nil),   // 36: cedana.v1.RemoveTemplateResponse
+	(*RunFromTemplateRequest)(nil),   // 37: cedana.v1.RunFromTemplateRequest
+	(*Clone)(nil),                    // 38: cedana.v1.Clone
+	(*RunFromTemplateResponse)(nil),  // 39: cedana.v1.RunFromTemplateResponse
 }
 var file_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
@@ -2207,45 +2869,57 @@ var file_cedana_proto_depIdxs = []int32{
 	1,  // 9: cedana.v1.RemoveJobResponse.job:type_name -> cedana.v1.Job
 	26, // 10: cedana.v1.ListNodesResponse.nodes:type_name -> cedana.v1.Node
 	1,  // 11: cedana.v1.MigrateResponse.job:type_name -> cedana.v1.Job
-	2,  // 12: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 13: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 14: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
-	5,  // 15: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	7,  // 16: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	8,  // 17: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	9,  // 18: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	10, // 19: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	11, // 20: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	13, // 21: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	15, // 22: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	18, // 23: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	20, // 24: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	22, // 25: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	24, // 26: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
-	27, // 27: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
-	29, // 28: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
-	1,  // 29: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 30: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	1,  // 31: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
-	6,  // 32: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 33: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	12, // 34: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 35: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 36: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 37: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	14, // 38: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	16, // 39: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	19, // 40: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	21, // 41: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	23, // 42: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	25, // 43: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
-	28, // 44: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
-	30, // 45: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
-	29, // [29:46] is the sub-list for method output_type
-	12, // [12:29] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	31, // 12: cedana.v1.ListTemplatesResponse.templates:type_name -> cedana.v1.Template
+	0,  // 13: cedana.v1.RunFromTemplateRequest.policy:type_name -> cedana.v1.Policy
+	1,  // 14: cedana.v1.Clone.job:type_name -> cedana.v1.Job
+	38, // 15: cedana.v1.RunFromTemplateResponse.clones:type_name -> cedana.v1.Clone
+	2,  // 16: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 17: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 18: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 19: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 20: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 21: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 22: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 23: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 24: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 25: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 26: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 27: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 28: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 29: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	24, // 30: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
+	27, // 31: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
+	29, // 32: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
+	32, // 33: cedana.v1.Cedana.CreateTemplate:input_type -> cedana.v1.CreateTemplateRequest
+	33, // 34: cedana.v1.Cedana.ListTemplates:input_type -> cedana.v1.ListTemplatesRequest
+	35, // 35: cedana.v1.Cedana.RemoveTemplate:input_type -> cedana.v1.RemoveTemplateRequest
+	37, // 36: cedana.v1.Cedana.RunFromTemplate:input_type -> cedana.v1.RunFromTemplateRequest
+	1,  // 37: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 38: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 39: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 40: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 41: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 42: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 43: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 44: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 45: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 46: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 47: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 48: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 49: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 50: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	25, // 51: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
+	28, // 52: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
+	30, // 53: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
+	31, // 54: cedana.v1.Cedana.CreateTemplate:output_type -> cedana.v1.Template
+	34, // 55: cedana.v1.Cedana.ListTemplates:output_type -> cedana.v1.ListTemplatesResponse
+	36, // 56: cedana.v1.Cedana.RemoveTemplate:output_type -> cedana.v1.RemoveTemplateResponse
+	39, // 57: cedana.v1.Cedana.RunFromTemplate:output_type -> cedana.v1.RunFromTemplateResponse
+	37, // [37:58] is the sub-list for method output_type
+	16, // [16:37] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_cedana_proto_init() }
@@ -2259,7 +2933,7 @@ func file_cedana_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cedana_proto_rawDesc), len(file_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,6 +46,10 @@ const (
 	Cedana_RemoveJob_FullMethodName        = "/cedana.v1.Cedana/RemoveJob"
 	Cedana_ListNodes_FullMethodName        = "/cedana.v1.Cedana/ListNodes"
 	Cedana_Migrate_FullMethodName          = "/cedana.v1.Cedana/Migrate"
+	Cedana_CreateTemplate_FullMethodName   = "/cedana.v1.Cedana/CreateTemplate"
+	Cedana_ListTemplates_FullMethodName    = "/cedana.v1.Cedana/ListTemplates"
+	Cedana_RemoveTemplate_FullMethodName   = "/cedana.v1.Cedana/RemoveTemplate"
+	Cedana_RunFromTemplate_FullMethodName  = "/cedana.v1.Cedana/RunFromTemplate"
 )
 
 // CedanaClient is the client API for Cedana service.
@@ -89,6 +93,16 @@ type CedanaClient interface {
 	// returns once the job runs there, or with the reason it still runs
 	// where it was (docs/cluster.md).
 	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error)
+	// CreateTemplate checkpoints a job, a PID or imports an archive as a
+	// warm template; a job or PID keeps running. Refused
+	// (FAILED_PRECONDITION) when the tree holds state clones cannot share.
+	CreateTemplate(ctx context.Context, in *CreateTemplateRequest, opts ...grpc.CallOption) (*Template, error)
+	ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error)
+	// RemoveTemplate deletes a template; its clones keep running.
+	RemoveTemplate(ctx context.Context, in *RemoveTemplateRequest, opts ...grpc.CallOption) (*RemoveTemplateResponse, error)
+	// RunFromTemplate starts clones of a template, each a job in its own
+	// PID namespace (and network namespace when the template listens).
+	RunFromTemplate(ctx context.Context, in *RunFromTemplateRequest, opts ...grpc.CallOption) (*RunFromTemplateResponse, error)
 }
 
 type cedanaClient struct {
@@ -278,6 +292,46 @@ func (c *cedanaClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...
 	return out, nil
 }
 
+func (c *cedanaClient) CreateTemplate(ctx context.Context, in *CreateTemplateRequest, opts ...grpc.CallOption) (*Template, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Template)
+	err := c.cc.Invoke(ctx, Cedana_CreateTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) ListTemplates(ctx context.Context, in *ListTemplatesRequest, opts ...grpc.CallOption) (*ListTemplatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTemplatesResponse)
+	err := c.cc.Invoke(ctx, Cedana_ListTemplates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) RemoveTemplate(ctx context.Context, in *RemoveTemplateRequest, opts ...grpc.CallOption) (*RemoveTemplateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveTemplateResponse)
+	err := c.cc.Invoke(ctx, Cedana_RemoveTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) RunFromTemplate(ctx context.Context, in *RunFromTemplateRequest, opts ...grpc.CallOption) (*RunFromTemplateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunFromTemplateResponse)
+	err := c.cc.Invoke(ctx, Cedana_RunFromTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CedanaServer is the server API for Cedana service.
 // All implementations must embed UnimplementedCedanaServer
 // for forward compatibility.
@@ -319,6 +373,16 @@ type CedanaServer interface {
 	// returns once the job runs there, or with the reason it still runs
 	// where it was (docs/cluster.md).
 	Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error)
+	// CreateTemplate checkpoints a job, a PID or imports an archive as a
+	// warm template; a job or PID keeps running. Refused
+	// (FAILED_PRECONDITION) when the tree holds state clones cannot share.
+	CreateTemplate(context.Context, *CreateTemplateRequest) (*Template, error)
+	ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error)
+	// RemoveTemplate deletes a template; its clones keep running.
+	RemoveTemplate(context.Context, *RemoveTemplateRequest) (*RemoveTemplateResponse, error)
+	// RunFromTemplate starts clones of a template, each a job in its own
+	// PID namespace (and network namespace when the template listens).
+	RunFromTemplate(context.Context, *RunFromTemplateRequest) (*RunFromTemplateResponse, error)
 	mustEmbedUnimplementedCedanaServer()
 }
 
@@ -379,6 +443,18 @@ func (UnimplementedCedanaServer) ListNodes(context.Context, *ListNodesRequest) (
 }
 func (UnimplementedCedanaServer) Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
+}
+func (UnimplementedCedanaServer) CreateTemplate(context.Context, *CreateTemplateRequest) (*Template, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateTemplate not implemented")
+}
+func (UnimplementedCedanaServer) ListTemplates(context.Context, *ListTemplatesRequest) (*ListTemplatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTemplates not implemented")
+}
+func (UnimplementedCedanaServer) RemoveTemplate(context.Context, *RemoveTemplateRequest) (*RemoveTemplateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveTemplate not implemented")
+}
+func (UnimplementedCedanaServer) RunFromTemplate(context.Context, *RunFromTemplateRequest) (*RunFromTemplateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunFromTemplate not implemented")
 }
 func (UnimplementedCedanaServer) mustEmbedUnimplementedCedanaServer() {}
 func (UnimplementedCedanaServer) testEmbeddedByValue()                {}
@@ -700,6 +776,78 @@ func _Cedana_Migrate_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cedana_CreateTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).CreateTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_CreateTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).CreateTemplate(ctx, req.(*CreateTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_ListTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).ListTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_ListTemplates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).ListTemplates(ctx, req.(*ListTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_RemoveTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).RemoveTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_RemoveTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).RemoveTemplate(ctx, req.(*RemoveTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_RunFromTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunFromTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).RunFromTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_RunFromTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).RunFromTemplate(ctx, req.(*RunFromTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cedana_ServiceDesc is the grpc.ServiceDesc for Cedana service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -770,6 +918,22 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Migrate",
 			Handler:    _Cedana_Migrate_Handler,
+		},
+		{
+			MethodName: "CreateTemplate",
+			Handler:    _Cedana_CreateTemplate_Handler,
+		},
+		{
+			MethodName: "ListTemplates",
+			Handler:    _Cedana_ListTemplates_Handler,
+		},
+		{
+			MethodName: "RemoveTemplate",
+			Handler:    _Cedana_RemoveTemplate_Handler,
+		},
+		{
+			MethodName: "RunFromTemplate",
+			Handler:    _Cedana_RunFromTemplate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,148 @@
+package criu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Template clones are restored with the `criu` command from a directory
+// of images that many restores share (read only: CRIU writes its log,
+// pidfile and the lazy-pages socket into the work directory, o.LogDir).
+// That path also offers what the RPC restore does not: joining an
+// existing network namespace, replacing regular files by inherited
+// descriptors, and lazy (post-copy) restore.
+//
+// Lazy restore: `criu lazy-pages` listens on a unix socket in the work
+// directory; `criu restore --lazy-pages` registers every private
+// anonymous mapping of the tree with userfaultfd and hands the
+// descriptors to that server instead of filling the mappings. The tree
+// runs at once; a page it touches first is copied in on the fault, and the
+// server copies the rest in the background, then exits. Restore time so
+// no longer grows with the tree's memory.
+
+// lazySocket is the name of the lazy-pages server's socket in the work
+// directory (CRIU's LAZY_PAGES_SOCK_NAME).
+const lazySocket = "lazy-pages.socket"
+
+// LazyServer is a running `criu lazy-pages` process serving one restore.
+type LazyServer struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+	logPath string
+}
+
+// Done is closed when the server has exited: every page was copied in,
+// or the restored tree went away.
+func (l *LazyServer) Done() <-chan struct{} { return l.done }
+
+// Err is the server's exit error, once Done is closed.
+func (l *LazyServer) Err() error {
+	<-l.done
+	return l.err
+}
+
+// Stop ends the server at once (pages not copied yet are lost: only for a
+// tree that is being killed).
+func (l *LazyServer) Stop() {
+	if l.cmd.Process != nil {
+		_ = l.cmd.Process.Kill()
+	}
+	<-l.done
+}
+
+// startLazyServer starts `criu lazy-pages` for the images in o.ImagesDir
+// and waits until its socket exists in o.LogDir.
+func startLazyServer(criuPath string, o RestoreOptions) (*LazyServer, error) {
+	sock := filepath.Join(o.LogDir, lazySocket)
+	_ = os.Remove(sock)
+	logFile := "lazy-pages.log"
+	cmd := exec.Command(criuPath, "lazy-pages", "-D", o.ImagesDir, "-W", o.LogDir, "-o", logFile, "-v2")
+	l := &LazyServer{cmd: cmd, done: make(chan struct{}), logPath: filepath.Join(o.LogDir, logFile)}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
+	}
+	go func() {
+		l.err = cmd.Wait()
+		close(l.done)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			return l, nil
+		}
+		select {
+		case <-l.done:
+			return nil, newError("lazy-pages", fmt.Errorf("criu lazy-pages exited before it listened: %v", l.err), l.logPath)
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			l.Stop()
+			return nil, newError("lazy-pages", errors.New("criu lazy-pages did not listen within 5s"), l.logPath)
+		}
+	}
+}
+
+// RestoreDetached restores the tree saved in o.ImagesDir as a detached
+// tree (o.Detach is implied), with o.JoinNetNS, o.InheritFiles and o.Lazy.
+// With o.Lazy the returned server keeps feeding the tree its pages; the
+// caller may wait for it (LazyServer.Done) and must Stop it if it kills
+// the tree early. Without o.Lazy the server is nil.
+func (c *Client) RestoreDetached(o RestoreOptions) (*RestoreResult, *LazyServer, error) {
+	p, err := c.Path()
+	if err != nil {
+		return nil, nil, err
+	}
+	pidFile := filepath.Join(o.LogDir, "restored.pid")
+	_ = os.Remove(pidFile)
+	args := []string{"restore", "--restore-detached", "--restore-sibling", "--pidfile", pidFile}
+	args = append(args, commonArgs(o.ImagesDir, o.LogDir, o.LogFile, o.shared())...)
+	if o.JoinNetNS != "" {
+		args = append(args, "--join-ns", "net:"+o.JoinNetNS)
+	}
+	var extra []*os.File
+	keys := make([]string, 0, len(o.InheritFiles))
+	for k := range o.InheritFiles {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // stable descriptor numbers, for reading logs
+	for _, path := range keys {
+		if !filepath.IsAbs(path) {
+			return nil, nil, fmt.Errorf("inherited file %q: the path must be absolute", path)
+		}
+		// CRIU names regular files by their path without the leading slash.
+		args = append(args, "--inherit-fd", fmt.Sprintf("fd[%d]:%s", 3+len(extra), strings.TrimPrefix(path, "/")))
+		extra = append(extra, o.InheritFiles[path])
+	}
+	for key, f := range o.TTYs {
+		args = append(args, "--inherit-fd", fmt.Sprintf("fd[%d]:%s", 3+len(extra), key))
+		extra = append(extra, f)
+	}
+	var lazy *LazyServer
+	if o.Lazy {
+		if lazy, err = startLazyServer(p, o); err != nil {
+			return nil, nil, err
+		}
+		args = append(args, "--lazy-pages")
+	}
+	logPath := filepath.Join(o.LogDir, o.LogFile)
+	if err := run(p, args, extra); err != nil {
+		if lazy != nil {
+			lazy.Stop()
+		}
+		return nil, nil, newError("restore", err, logPath)
+	}
+	pid, err := readPID(pidFile)
+	if err != nil {
+		if lazy != nil {
+			lazy.Stop()
+		}
+		return nil, nil, &Error{Op: "restore", Err: err, LogPath: logPath}
+	}
+	return &RestoreResult{PID: pid, LogPath: logPath}, lazy, nil
+}
