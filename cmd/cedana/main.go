@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cedana/cedana/internal/cluster"
 	"github.com/cedana/cedana/internal/criu"
 )
 
@@ -19,6 +20,10 @@ func main() {
 	// read no configuration.
 	if len(os.Args) > 1 && os.Args[1] == criu.BridgeCommand {
 		os.Exit(criu.RunBridge(os.Args[2:]))
+	}
+	// The daemon's fence watchdog in cluster mode (internal/cluster/watchdog.go).
+	if len(os.Args) > 1 && os.Args[1] == cluster.WatchdogCommand {
+		os.Exit(cluster.RunWatchdog(os.Args[2:]))
 	}
 	// CEDANA_CPUPROFILE=FILE writes a CPU profile of the run (for
 	// `go tool pprof`; see CONTRIBUTING.md); %p in FILE becomes the PID.

@@ -33,6 +33,9 @@ type Fencer struct {
 
 	mu   sync.Mutex
 	held map[string]*held
+	// deadlines is the last round's deadline of every held, unfrozen copy
+	// (read by Deadlines while the round's goroutines may renew leases).
+	deadlines map[string]time.Time
 }
 
 type held struct {
@@ -125,6 +128,14 @@ func (f *Fencer) Run(ctx context.Context, events chan<- Fenced) {
 			}()
 		}
 		wg.Wait()
+		f.mu.Lock()
+		f.deadlines = make(map[string]time.Time, len(jobs))
+		for _, h := range jobs {
+			if _, ok := f.held[h.lease.Job]; ok && !h.frozen {
+				f.deadlines[h.lease.Job] = h.lease.Deadline()
+			}
+		}
+		f.mu.Unlock()
 	}
 }
 
@@ -212,3 +223,21 @@ func (f *Fencer) thaw(h *held) {
 	h.frozen = false
 	f.log.Info("job thawed: lease held again", "job", h.lease.Job)
 }
+
+// Deadlines says, for each held lease whose copy is not frozen, when the
+// copy must be frozen if no renewal succeeds: what a watchdog outside the
+// daemon needs to fence the jobs if the daemon itself stops.
+func (f *Fencer) Deadlines() map[string]time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]time.Time, len(f.deadlines))
+	for j, d := range f.deadlines {
+		if _, ok := f.held[j]; ok {
+			out[j] = d
+		}
+	}
+	return out
+}
+
+// Period is the lease period.
+func (f *Fencer) Period() time.Duration { return f.leases.period }

@@ -22,9 +22,11 @@ var ErrStaleEpoch = errors.New("stale epoch: the job now belongs to another owne
 // ErrJobExists means a job with that ID is already recorded.
 var ErrJobExists = errors.New("job already recorded")
 
-// JobRecord is the cluster's truth about one job. Epoch is not stored: it
-// is the KV revision of the record, so it only grows and every change
-// makes a new one.
+// JobRecord is the cluster's truth about one job. Epoch is the ownership
+// epoch: 1 when the job is recorded, one more at each claim and hand-over,
+// never changed by anything else (committing a checkpoint keeps it). Every
+// write is a compare-and-set on Rev, the KV revision of the entry, so two
+// writers deciding from the same read cannot both win.
 type JobRecord struct {
 	ID    string `json:"id"`
 	Name  string `json:"name"`
@@ -33,13 +35,33 @@ type JobRecord struct {
 	Latest string `json:"latest,omitempty"`
 	// LatestAt is when that checkpoint was committed.
 	LatestAt time.Time `json:"latest_at,omitempty"`
+	// Previous is the checkpoint Latest replaced: a failover tries it
+	// when the latest cannot be restored.
+	Previous   string    `json:"previous,omitempty"`
+	PreviousAt time.Time `json:"previous_at,omitempty"`
 	// Failover: restore on another node when the owner is lost.
 	Failover bool `json:"failover,omitempty"`
 	// Spec is the job's definition, opaque to this package.
 	Spec json.RawMessage `json:"spec,omitempty"`
+	// State is JobRunning while the job runs (or is being restored) on its
+	// owner, JobStopped when it does not run anywhere on purpose (killed,
+	// exited, checkpointed), JobLost when its owner is gone and it could
+	// not fail over; Reason says why, Attempts counts failed failover
+	// restores of the current loss.
+	State    string `json:"state,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Epoch    uint64 `json:"epoch"`
 
-	Epoch uint64 `json:"-"`
+	Rev uint64 `json:"-"`
 }
+
+// Job record states.
+const (
+	JobRunning = "running"
+	JobStopped = "stopped"
+	JobLost    = "lost"
+)
 
 // Jobs reads and changes job records with compare-and-set.
 type Jobs struct {
@@ -63,7 +85,10 @@ func (n *Node) Jobs(ctx context.Context) (*Jobs, error) {
 // Create records a new job owned by this node; its first epoch is returned
 // in the record.
 func (js *Jobs) Create(ctx context.Context, r JobRecord) (JobRecord, error) {
-	r.Owner = js.node
+	r.Owner, r.Epoch = js.node, 1
+	if r.State == "" {
+		r.State = JobRunning
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return r, err
@@ -75,7 +100,7 @@ func (js *Jobs) Create(ctx context.Context, r JobRecord) (JobRecord, error) {
 	if err != nil {
 		return r, fmt.Errorf("record job %s: %w", r.ID, err)
 	}
-	r.Epoch = rev
+	r.Rev = rev
 	return r, nil
 }
 
@@ -89,18 +114,18 @@ func (js *Jobs) Get(ctx context.Context, id string) (JobRecord, error) {
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		return JobRecord{}, fmt.Errorf("job %s: unreadable record: %w", id, err)
 	}
-	r.Epoch = e.Revision()
+	r.Rev = e.Revision()
 	return r, nil
 }
 
-// update writes r if the record is still at r.Epoch, and returns it with
-// its new epoch; ErrStaleEpoch otherwise.
+// update writes r if the record is still at revision r.Rev, and returns it
+// with its new revision; ErrStaleEpoch otherwise.
 func (js *Jobs) update(ctx context.Context, r JobRecord) (JobRecord, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return r, err
 	}
-	rev, err := js.kv.Update(ctx, r.ID, b, r.Epoch)
+	rev, err := js.kv.Update(ctx, r.ID, b, r.Rev)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
 		errors.Is(err, jetstream.ErrKeyNotFound) {
 		return r, fmt.Errorf("job %s at epoch %d: %w", r.ID, r.Epoch, ErrStaleEpoch)
@@ -108,7 +133,7 @@ func (js *Jobs) update(ctx context.Context, r JobRecord) (JobRecord, error) {
 	if err != nil {
 		return r, fmt.Errorf("update job %s: %w", r.ID, err)
 	}
-	r.Epoch = rev
+	r.Rev = rev
 	return r, nil
 }
 
@@ -118,6 +143,9 @@ func (js *Jobs) update(ctx context.Context, r JobRecord) (JobRecord, error) {
 func (js *Jobs) CommitCheckpoint(ctx context.Context, r JobRecord, key string, at time.Time) (JobRecord, error) {
 	if r.Owner != js.node {
 		return r, fmt.Errorf("job %s is owned by %s, not %s: %w", r.ID, r.Owner, js.node, ErrStaleEpoch)
+	}
+	if r.Latest != "" && r.Latest != key {
+		r.Previous, r.PreviousAt = r.Latest, r.LatestAt
 	}
 	r.Latest, r.LatestAt = key, at.UTC()
 	return js.update(ctx, r)
@@ -130,12 +158,13 @@ func (js *Jobs) CommitCheckpoint(ctx context.Context, r JobRecord, key string, a
 // one succeeds; the others get ErrLeaseHeld or ErrStaleEpoch. The lease
 // returned carries the new epoch.
 func (js *Jobs) Claim(ctx context.Context, ls *Leases, seen JobRecord) (JobRecord, *Lease, error) {
-	l, err := ls.Acquire(ctx, seen.ID, seen.Epoch)
+	l, err := ls.Acquire(ctx, seen.ID, seen.Epoch+1)
 	if err != nil {
 		return seen, nil, err
 	}
 	r := seen
-	r.Owner = js.node
+	r.Owner, r.State, r.Reason = js.node, JobRunning, ""
+	r.Epoch++
 	r, err = js.update(ctx, r)
 	if err != nil {
 		// Someone changed the record since it was read: stand down.
@@ -143,7 +172,7 @@ func (js *Jobs) Claim(ctx context.Context, ls *Leases, seen JobRecord) (JobRecor
 		return seen, nil, err
 	}
 	l.Epoch = r.Epoch
-	if err := ls.Renew(ctx, l); err != nil {
+	if err := ls.Renew(ctx, l); err != nil { // the lease now names the new epoch
 		return r, nil, err
 	}
 	return r, l, nil
@@ -157,6 +186,7 @@ func (js *Jobs) Hand(ctx context.Context, r JobRecord, to string) (JobRecord, er
 		return r, fmt.Errorf("job %s is owned by %s, not %s: %w", r.ID, r.Owner, js.node, ErrStaleEpoch)
 	}
 	r.Owner = to
+	r.Epoch++
 	return js.update(ctx, r)
 }
 
@@ -186,7 +216,7 @@ func (js *Jobs) List(ctx context.Context) ([]JobRecord, error) {
 // Delete removes a job's record under the epoch the caller owns it by
 // (the job was removed for good).
 func (js *Jobs) Delete(ctx context.Context, r JobRecord) error {
-	err := js.kv.Delete(ctx, r.ID, jetstream.LastRevision(r.Epoch))
+	err := js.kv.Delete(ctx, r.ID, jetstream.LastRevision(r.Rev))
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("job %s at epoch %d: %w", r.ID, r.Epoch, ErrStaleEpoch)
 	}
@@ -194,4 +224,11 @@ func (js *Jobs) Delete(ctx context.Context, r JobRecord) error {
 		return fmt.Errorf("delete the record of job %s: %w", r.ID, err)
 	}
 	return nil
+}
+
+// Update writes r, changed from a record read with Get or List, if nobody
+// changed the record since (ErrStaleEpoch otherwise). Ownership moves
+// only with Claim and Hand; Update keeps r's owner and epoch.
+func (js *Jobs) Update(ctx context.Context, r JobRecord) (JobRecord, error) {
+	return js.update(ctx, r)
 }

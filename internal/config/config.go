@@ -149,6 +149,12 @@ type Policy struct {
 	// SkipUnchanged: "safe" (default), "always" or "never"; see
 	// docs/periodic.md.
 	SkipUnchanged string `json:"skip_unchanged"`
+	// Failover: in cluster mode, whether a job whose node is lost is
+	// restored on another node. "auto" (default): when the job has
+	// restore_on_failure and its checkpoints go to shared storage
+	// (storage.backend other than local); "off": never (the job is marked
+	// lost). See docs/cluster.md.
+	Failover string `json:"failover" setting:"enum=auto,off"`
 }
 
 // Hooks are shell commands run around dumps and restores.

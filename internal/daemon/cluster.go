@@ -68,6 +68,17 @@ type clusterNode struct {
 
 	mu      sync.Mutex
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
+
+	fo *failover // leases, fencing and failover (failover.go)
+}
+
+// isPending reports whether job id is a migration's stopped copy here,
+// not yet this node's.
+func (c *clusterNode) isPending(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.pending[id]
+	return ok
 }
 
 // startCluster joins the cluster configured in cfg.Cluster and serves
@@ -118,13 +129,22 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 		n.Close()
 		return nil, fmt.Errorf("the cluster's archive store: %w", err)
 	}
+	if c.fo, err = newFailover(ctx, c, cfg, cfg.Storage.Backend != "" && cfg.Storage.Backend != "local"); err != nil {
+		n.Close()
+		return nil, err
+	}
+	// Rule 5: nothing found here runs again before the record says so.
+	m.SetGate(c.fo.gate)
+	if err := c.fo.startWatchdog(cfg.Daemon.StateDir); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("the fence watchdog: %w", err)
+	}
 	svc.cl = c // before serving: handlers forward through it
 	if err := c.serve(); err != nil {
 		svc.cl = nil
 		c.close()
 		return nil, err
 	}
-	c.recordLocalJobs(ctx)
 	log.Info("joined the cluster", "node", n.Name(), "nats", n.Describe(), "replicas", n.Replicas())
 	return c, nil
 }
@@ -175,14 +195,20 @@ func memAvailable() uint64 {
 	return 0
 }
 
-// recordLocalJobs records the local jobs that have no cluster record yet
-// (started before the daemon ran in cluster mode).
+// recordLocalJobs forgets, once the daemon has recovered its jobs, what
+// is left here of jobs another node owns and that do not run (a migration
+// that failed while this daemon was down). Running copies of such jobs
+// were ended by the gate during recovery; records of local jobs are made
+// by the sync loop (failover.go).
 func (c *clusterNode) recordLocalJobs(ctx context.Context) {
 	js, err := c.m.List(ctx)
 	if err != nil {
 		return
 	}
 	for _, j := range js {
+		if jobs.State(j.State) == jobs.Moved {
+			continue // the history of a job another node runs now
+		}
 		rec, err := c.records.Get(ctx, j.ID)
 		switch {
 		case err == nil && rec.Owner != c.node.Name() && !(jobs.State(j.State) == jobs.Running || jobs.State(j.State) == jobs.Dumping):
@@ -196,25 +222,21 @@ func (c *clusterNode) recordLocalJobs(ctx context.Context) {
 			} else {
 				c.log.Info("forgot a stale copy of a job another node owns", "job", j.ID, "owner", rec.Owner)
 			}
-		case err == nil && rec.Owner != c.node.Name():
-			// A running copy of a job another node owns: ending it is
-			// failover's work (issue 13, the fencer); say so.
-			c.log.Warn("a local job is owned by another node in the cluster's record", "job", j.ID, "owner", rec.Owner)
-		case err != nil:
-			c.record(ctx, j)
 		}
 	}
 }
 
-// record creates the cluster record of a job this node runs.
+// record creates the cluster record of a job this node runs, and takes
+// its lease (through the sync loop, at once).
 func (c *clusterNode) record(ctx context.Context, j *store.Job) {
 	if j == nil {
 		return
 	}
-	_, err := c.records.Create(ctx, cluster.JobRecord{ID: j.ID, Name: j.Name})
+	_, err := c.records.Create(ctx, cluster.JobRecord{ID: j.ID, Name: j.Name, Spec: spec(j), Failover: c.fo.canFailOver(j)})
 	if err != nil && !errors.Is(err, cluster.ErrJobExists) {
 		c.log.Warn("record the job in the cluster", "job", j.ID, "err", err)
 	}
+	c.fo.nudge()
 }
 
 // forget deletes the cluster record of a job this node removed.
@@ -430,8 +452,14 @@ func (c *clusterNode) listJobs(ctx context.Context, node string) (*pb.ListJobsRe
 			if seen[r.ID] || answered[r.Owner] || (node != "" && r.Owner != node) {
 				continue
 			}
-			out.Jobs = append(out.Jobs, &pb.Job{Id: r.ID, Name: r.Name, Node: r.Owner, State: "unknown",
-				Error: "its node does not answer"})
+			j := &pb.Job{Id: r.ID, Name: r.Name, Node: r.Owner, State: "unknown", Error: "its node does not answer"}
+			switch {
+			case r.State == cluster.JobLost:
+				j.State, j.Error = cluster.JobLost, r.Reason
+			case r.Owner == "":
+				j.State, j.Error = "unknown", "no node runs it now: "+r.Reason
+			}
+			out.Jobs = append(out.Jobs, j)
 		}
 	}
 	sort.SliceStable(out.Jobs, func(i, k int) bool { return out.Jobs[i].CreatedUnixMs < out.Jobs[k].CreatedUnixMs })

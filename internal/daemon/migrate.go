@@ -182,6 +182,8 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 			return false, fmt.Errorf("move the job's ownership to %s: %w", to, err)
 		}
 		newEpoch = moved.Epoch
+		// The target takes the lease as soon as this node lets it go.
+		c.fo.fencer.Drop(context.WithoutCancel(ctx), j.ID)
 		resumeAt = time.Now()
 		defer func() {
 			c.log.Info("migration phases", "job", j.ID, "to", to, "upload", tUp, "target_fetch_restore", tIn,
@@ -275,27 +277,25 @@ func (c *clusterNode) handOver(ctx context.Context, rec cluster.JobRecord, to st
 	if err == nil {
 		return moved, true, nil
 	}
-	if errors.Is(err, cluster.ErrStaleEpoch) {
-		return rec, false, err
-	}
 	deadline := time.Now().Add(pendingTimeout / 2)
 	for time.Now().Before(deadline) {
 		gctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		cur, gerr := c.records.Get(gctx, rec.ID)
 		cancel()
-		if gerr == nil {
-			if cur.Owner == to && cur.Epoch > rec.Epoch {
-				c.log.Info("the hand-over happened although its reply was lost", "job", rec.ID, "epoch", cur.Epoch)
-				return cur, true, nil
+		switch {
+		case gerr != nil:
+		case cur.Owner == to && cur.Epoch > rec.Epoch:
+			c.log.Info("the hand-over happened although its reply was lost", "job", rec.ID, "epoch", cur.Epoch)
+			return cur, true, nil
+		case cur.Owner == rec.Owner && cur.Epoch == rec.Epoch:
+			// Not handed: the write was lost, or the record changed
+			// without a change of owner (a checkpoint was committed).
+			// Try again from what it is now.
+			if moved, err = c.records.Hand(ctx, cur, to); err == nil {
+				return moved, true, nil
 			}
-			if cur.Epoch == rec.Epoch {
-				// Not written: try once more, now that NATS answers.
-				if moved, err = c.records.Hand(ctx, rec, to); err == nil {
-					return moved, true, nil
-				}
-			} else {
-				return cur, false, fmt.Errorf("%w (now owned by %s at epoch %d)", cluster.ErrStaleEpoch, cur.Owner, cur.Epoch)
-			}
+		default:
+			return cur, false, fmt.Errorf("%w (now owned by %s at epoch %d)", cluster.ErrStaleEpoch, cur.Owner, cur.Epoch)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

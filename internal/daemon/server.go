@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,20 +95,30 @@ func Run(ctx context.Context, o Options) error {
 			RestoreOnFailure: p.RestoreOnFailure, MaxRestores: p.MaxRestores, SkipUnchanged: p.SkipUnchanged},
 		MaxRestores:    p.MaxRestores,
 		RestoreBackoff: d.RestoreBackoff.Duration,
+		CgroupParent:   cgroupParent(o.Config),
 	}, st, o.Engine, o.Containers, log, jobs.NewMetrics(reg, st))
 	defer mgr.Close()
 	o.Engine.RemoveStaleStaging() // process memory a crashed daemon left behind
-	if err := mgr.Start(ctx); err != nil {
-		return fmt.Errorf("recover jobs: %w", err)
-	}
 
+	// In cluster mode the daemon joins before it recovers its jobs: what
+	// it finds here runs again only if the cluster's record says it is
+	// still this node's (docs/cluster.md, rule 5).
 	svc := &service{m: mgr}
+	var cl *clusterNode
 	if o.Config.Cluster.Enabled() {
-		cl, err := startCluster(ctx, o.Config, o.Engine, svc, mgr, log)
-		if err != nil {
+		if cl, err = startCluster(ctx, o.Config, o.Engine, svc, mgr, log); err != nil {
 			return err
 		}
 		defer cl.close()
+	}
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("recover jobs: %w", err)
+	}
+	if cl != nil {
+		cl.recordLocalJobs(ctx)
+		fctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go cl.fo.run(fctx)
 	}
 	hs := health.NewServer()
 	unixSrv := grpc.NewServer()
@@ -233,4 +244,21 @@ func listenUnix(path, group string) (net.Listener, error) {
 		return fail(fmt.Errorf("put the socket in place at %s: %w", path, err))
 	}
 	return l, nil
+}
+
+// cgroupParent is where the daemon's job cgroups go: cedana, or in
+// cluster mode cedana/<node>, so that nodes sharing a machine never
+// signal, freeze or end each other's copies through a shared cgroup.
+func cgroupParent(cfg config.Config) string {
+	if !cfg.Cluster.Enabled() {
+		return ""
+	}
+	name := cfg.Cluster.Node
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	if name == "" || strings.Contains(name, "/") {
+		return ""
+	}
+	return "cedana/" + name
 }

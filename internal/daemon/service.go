@@ -77,7 +77,12 @@ func (s *service) remote(ctx context.Context, ref, verb string, req, resp proto.
 	if s.cl == nil {
 		return false, nil
 	}
-	if _, err := s.m.Get(ctx, ref); !errors.Is(err, store.ErrNotFound) {
+	j, err := s.m.Get(ctx, ref)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err == nil && jobs.State(j.State) == jobs.Moved && verb != "remove":
+		// Only the history of the job is here: its owner answers.
+	default:
 		return false, nil
 	}
 	return s.cl.forward(ctx, ref, verb, req, resp)

@@ -31,25 +31,32 @@ import (
 // tree and, for jobs it started with their own session, the processes of
 // that session.
 
-// cgroupParent is the cgroup under which job cgroups are created.
+// cgroupParent is the cgroup under which job cgroups are created, unless
+// Config.CgroupParent says otherwise (in cluster mode each node has its
+// own, cedana/<node>, so that nodes sharing a machine never freeze or end
+// each other's copies).
 const cgroupParent = "cedana"
 
 // cgroups manages job cgroups under one cgroup v2 mount.
 type cgroups struct {
-	mount string // the cgroup2 mount point; "" when unavailable
+	mount  string // the cgroup2 mount point; "" when unavailable
+	parent string // relative to mount
 }
 
 // findCgroups locates the cgroup v2 hierarchy and checks that a job
 // cgroup can be made there. why says what is missing otherwise.
-func findCgroups() (c cgroups, why string) {
+func findCgroups(parent string) (c cgroups, why string) {
 	mount := cgroup2Mount()
 	if mount == "" {
 		return cgroups{}, "no cgroup v2 hierarchy is mounted"
 	}
-	if err := os.MkdirAll(filepath.Join(mount, cgroupParent), 0o755); err != nil {
-		return cgroups{}, fmt.Sprintf("cannot create %s: %v", filepath.Join(mount, cgroupParent), err)
+	if parent == "" {
+		parent = cgroupParent
 	}
-	return cgroups{mount: mount}, ""
+	if err := os.MkdirAll(filepath.Join(mount, parent), 0o755); err != nil {
+		return cgroups{}, fmt.Sprintf("cannot create %s: %v", filepath.Join(mount, parent), err)
+	}
+	return cgroups{mount: mount, parent: parent}, ""
 }
 
 // cgroup2Mount returns the mount point of the cgroup v2 hierarchy, from
@@ -80,7 +87,7 @@ func cgroup2Mount() string {
 func (c cgroups) available() bool { return c.mount != "" }
 
 // name is the cgroup of job id, relative to the hierarchy's root.
-func (c cgroups) name(jobID string) string { return cgroupParent + "/" + jobID }
+func (c cgroups) name(jobID string) string { return c.parent + "/" + jobID }
 
 // dir is the directory of a job cgroup.
 func (c cgroups) dir(rel string) string { return filepath.Join(c.mount, rel) }

@@ -16,7 +16,7 @@ func TestJobCgroup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create cgroups")
 	}
-	if _, why := findCgroups(); why != "" {
+	if _, why := findCgroups(""); why != "" {
 		t.Skip("no job cgroups on this machine: " + why)
 	}
 	ctx := context.Background()

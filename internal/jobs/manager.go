@@ -61,6 +61,9 @@ type Config struct {
 	// NoCgroups runs jobs without cgroups of their own (see cgroup.go);
 	// they are also skipped when the machine has no cgroup v2 hierarchy.
 	NoCgroups bool
+	// CgroupParent is the cgroup (under the cgroup v2 mount) that holds
+	// the job cgroups; empty: "cedana".
+	CgroupParent string
 }
 
 // Manager runs jobs. It is safe for concurrent use.
@@ -78,13 +81,18 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	live map[string]*supervisor // by job ID
+	mu     sync.Mutex
+	live   map[string]*supervisor // by job ID
+	frozen map[string]bool        // jobs the cluster's fencer holds stopped (cluster.go)
 
 	// skips holds the baselines of periodic checkpoints (skip.go).
 	skips skipper
 	// templates: the template store, image cache and clone network.
 	templates templates
+
+	// gate, when set (cluster mode), is asked before a job runs again
+	// without a user asking: see SetGate.
+	gate Gate
 
 	// dumps bounds concurrent checkpoints: each freezes a job and keeps
 	// a core busy compressing; more at once only slows them all down.
@@ -105,7 +113,7 @@ func New(cfg Config, st store.Store, engine Engine, containers Containers, log *
 	var cg cgroups
 	if !cfg.NoCgroups {
 		var why string
-		if cg, why = findCgroups(); why != "" {
+		if cg, why = findCgroups(cfg.CgroupParent); why != "" {
 			log.Warn("jobs run without cgroups of their own (their processes are found through /proc instead): " + why)
 		}
 	}

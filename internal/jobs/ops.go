@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -27,6 +28,10 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	j, err := m.store.GetJob(ctx, ref)
 	if err != nil {
 		return nil, err
+	}
+	if m.isFrozen(j.ID) {
+		// CRIU would resume the stopped tree after a leave-running dump.
+		return nil, fmt.Errorf("%w: job %s is frozen: this node could not renew its lease in the cluster (docs/cluster.md, rule 3)", ErrIllegalTransition, j.Name)
 	}
 	// The archive's final path is chosen, and recorded, before anything
 	// happens: the engine writes it under a temporary name and renames it
@@ -91,6 +96,10 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		}
 	}
 	elapsed, daemonCPU := time.Since(start), selfCPU()-cpu0
+	if m.isFrozen(j.ID) {
+		// Frozen by the fencer while CRIU held the tree: CRIU resumed it.
+		_, _ = m.signalJob(j.ID, syscall.SIGSTOP)
+	}
 	if derr == nil {
 		m.crashpoint(fault.CrashAfterKillBeforeCommit)
 	}

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -113,6 +114,18 @@ func completeArchive(path string) (int64, bool) {
 func (m *Manager) reconcile(ctx context.Context, j *store.Job, ck *store.Checkpoint) {
 	s := State(j.State)
 	alive := j.PID > 0 && sameProcess(j.PID, j.StartTime)
+	if m.gate != nil && (s.alive() || s == Restoring || (s == Failed && j.RestorePending)) {
+		// Cluster mode, rule 5 of docs/cluster.md: nothing found here runs
+		// again before the cluster's record says it is still this node's.
+		err := m.allowed(ctx, j)
+		if errors.Is(err, ErrOwnedElsewhere) {
+			_ = m.Fence(ctx, j.ID, err.Error())
+			return
+		}
+		if err == nil && alive {
+			resumeTree(j.PID) // the fence watchdog may have stopped it while no daemon ran
+		}
+	}
 	switch {
 	case s == Dumping && ck != nil:
 		m.recoverDump(ctx, j, ck, alive)

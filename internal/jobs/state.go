@@ -19,6 +19,9 @@ import (
 //	│           │  ▼           ▼
 //	└──────── restoring ◄── failed / exited / killed
 //
+// In cluster mode a job whose copy here was ended because another node
+// runs it becomes moved (only rm applies).
+//
 // A job that dies unexpectedly becomes failed (or exited, with status 0);
 // kill makes it killed. Every state but dumping and restoring accepts a
 // restore; only running accepts a dump; a job without processes can be
@@ -35,6 +38,9 @@ const (
 	Exited       State = "exited"
 	Failed       State = "failed"
 	Killed       State = "killed"
+	// Moved: another node of the cluster runs the job now (a failover, or
+	// a stale copy ended by fencing); this node keeps only its history.
+	Moved State = "moved"
 )
 
 // ErrIllegalTransition means an operation does not apply to a job in its
@@ -46,7 +52,7 @@ var transitions = map[string][]State{
 	"dump":    {Running},
 	"restore": {Checkpointed, Exited, Failed, Killed},
 	"kill":    {Running, Checkpointed, Exited, Failed},
-	"remove":  {Checkpointed, Exited, Failed, Killed},
+	"remove":  {Checkpointed, Exited, Failed, Killed, Moved},
 }
 
 // explain says why an operation is refused in a state, in user terms.
@@ -59,6 +65,7 @@ var explain = map[State]string{
 	Exited:       "it has exited (restore it from a checkpoint first)",
 	Failed:       "it has failed (restore it from a checkpoint first)",
 	Killed:       "it was killed (restore it from a checkpoint first)",
+	Moved:        "another node of the cluster runs it now (cedana ps shows where)",
 }
 
 // check returns nil if op may start from s, or an error explaining why not.

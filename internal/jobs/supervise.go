@@ -229,6 +229,24 @@ func (m *Manager) autoRestore(id string) {
 		return
 	case <-time.After(delay):
 	}
+	// In cluster mode a restore here is a claim: never of a job another
+	// node runs now, and not before that is known.
+	for {
+		err := m.allowed(m.ctx, j)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrOwnedElsewhere) {
+			_ = m.Fence(m.ctx, id, err.Error())
+			return
+		}
+		m.log.Warn("automatic restore waits for the cluster", "job", id, "err", err)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 	_, err = m.restore(m.ctx, id, "", true)
 	switch {
 	case err == nil, errors.Is(err, errAutoCancelled), errors.Is(err, store.ErrNotFound), m.ctx.Err() != nil:

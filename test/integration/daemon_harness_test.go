@@ -278,6 +278,7 @@ func (d *testDaemon) cleanup() {
 		d.jobsQuiet()
 	}
 	d.stop()
+	d.endWatchdog()
 	d.mu.Lock()
 	seen := make(map[int]uint64, len(d.seen))
 	for p, st := range d.seen {
@@ -300,7 +301,17 @@ func (d *testDaemon) cleanup() {
 	}
 	d.mu.Unlock()
 	for _, id := range ids { // what is left in the jobs' own cgroups
-		if dir := jobCgroupDir(id); dir != "" {
+		dir := jobCgroupDir(id)
+		if dir == "" {
+			continue
+		}
+		// Cluster nodes keep theirs under cedana/<node>/.
+		more, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "*", id))
+		for _, dir := range append(more, dir) {
+			if _, err := os.Stat(dir); err != nil {
+				continue
+			}
+			_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0)
 			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
 			for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
 				time.Sleep(20 * time.Millisecond)
@@ -663,4 +674,30 @@ func copies(marker string) []int {
 		}
 	}
 	return roots
+}
+
+// endWatchdog kills the fence watchdog a cluster daemon started (by the
+// PID in its state directory, checked by its command line).
+func (d *testDaemon) endWatchdog() {
+	b, err := os.ReadFile(filepath.Join(d.stateDir, "fence-watchdog.pid"))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), "fence-watchdog") {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// watchdogPID is the PID of the daemon's fence watchdog, or 0.
+func (d *testDaemon) watchdogPID() int {
+	b, err := os.ReadFile(filepath.Join(d.stateDir, "fence-watchdog.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }

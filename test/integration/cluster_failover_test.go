@@ -1,0 +1,418 @@
+package integration
+
+// Failover tests (issue 13, docs/cluster.md "Failover"): three nodes on a
+// cluster of three real nats-server processes, checkpoints in a shared
+// directory (the dir backend), a job that checkpoints every 2 s. Each
+// test injects one fault — a node killed, a daemon killed while its jobs
+// run on, a node frozen, a node cut off from NATS — and checks, sampling
+// the processes every few milliseconds, that the job continues elsewhere
+// from its latest checkpoint and that no two copies ever made progress at
+// once beyond the documented bound.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nodeTimeout is the failover tests' node timeout, which is also the
+// lease period.
+const nodeTimeout = 3 * time.Second
+
+// failoverNodes starts n nodes a, b, c… sharing a checkpoint directory;
+// with ns, each in its own network namespace.
+func failoverNodes(t *testing.T, n int, netns bool) (nodes []*testDaemon, namespaces []string) {
+	t.Helper()
+	requireBinary(t, "python3")
+	host := "127.0.0.1"
+	if netns {
+		host, namespaces, _ = netNodes(t, n)
+	}
+	nc := startNATSCluster(t, host)
+	shared := t.TempDir()
+	for i := range n {
+		o := daemonOpts{Config: map[string]any{
+			"cluster": map[string]any{"node": string(rune('a' + i)), "nats_urls": nc.url(), "node_timeout": nodeTimeout.String()},
+			"storage": map[string]any{"backend": "dir", "dir": map[string]any{"path": shared}},
+		}, Daemon: map[string]any{"restore_backoff": "200ms"}}
+		if netns {
+			o.NetNS = namespaces[i]
+		}
+		nodes = append(nodes, startDaemon(t, o))
+	}
+	waitNodes(t, nodes[0], n)
+	return nodes, namespaces
+}
+
+// counterJob runs a Python counter (1 MiB of memory) as a failover job on
+// d: own PID namespace, restore on failure, a checkpoint every 2 s. It
+// waits for the job's first complete checkpoint, committed.
+func counterJob(t *testing.T, d *testDaemon, name string, failover bool) (ctr, marker string, j jobInfo) {
+	t.Helper()
+	ctr = filepath.Join(t.TempDir(), "counter")
+	marker = fmt.Sprintf("cedana-test-marker-%d-%s", time.Now().UnixNano(), name)
+	flags := []string{"--pid-namespace", "--checkpoint-every", "2s"}
+	if failover {
+		flags = append(flags, "--restore-on-failure")
+	}
+	j = d.runJob(name, flags, requireBinary(t, "python3"), "-c", inPlaceCounter(ctr), marker)
+	eventually(t, 20*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	eventually(t, 20*time.Second, "a complete checkpoint", func() bool {
+		r := d.cli("checkpoints", name, "-o", "json")
+		return r.code == 0 && strings.Contains(r.stdout, `"complete"`)
+	})
+	time.Sleep(time.Second) // the sync loop commits it within a fencer round
+	return ctr, marker, j
+}
+
+// inPlaceCounter is a Python job that rewrites an increasing counter in
+// place in the file at path, kept open: unlike a write-and-rename loop, no
+// checkpoint can catch it holding a file that is renamed away before the
+// restore (CRIU cannot reopen it then).
+func inPlaceCounter(path string) string {
+	return fmt.Sprintf(`import os, time
+fd = os.open(%q, os.O_RDWR | os.O_CREAT, 0o644)
+i = 0
+while True:
+    os.pwrite(fd, b"%%012d\n" %% i, 0)
+    i += 1
+    time.sleep(0.02)
+`, path)
+}
+
+// runningOn finds, in d's cluster-wide ps, the job name in state running.
+func runningOn(t *testing.T, d *testDaemon, name string) (clusterJob, bool) {
+	t.Helper()
+	r := d.cli("ps", "-o", "json")
+	var js []clusterJob
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &js) != nil {
+		return clusterJob{}, false
+	}
+	for _, j := range js {
+		if j.Name == name && j.State == "running" {
+			return j, true
+		}
+	}
+	return clusterJob{}, false
+}
+
+// copySampler counts, every 2 ms, the copies of a job that run (not
+// stopped, not dying), and remembers the longest stretch with two or more.
+type copySampler struct {
+	stop chan struct{}
+	done chan struct{}
+
+	mu          sync.Mutex
+	max         int
+	since       time.Time
+	longestTwin time.Duration
+	firstTwin   string // what the first sample with two copies saw
+}
+
+func sampleCopies(marker string) *copySampler {
+	s := &copySampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			cs := runningCopies(marker)
+			n := len(cs)
+			s.mu.Lock()
+			if n > 1 && s.firstTwin == "" {
+				for _, p := range cs {
+					f := statFields(p)
+					pp := ""
+					if len(f) > 1 {
+						pp = f[1]
+					}
+					pcmd, _ := os.ReadFile(fmt.Sprintf("/proc/%s/cmdline", pp))
+					s.firstTwin += fmt.Sprintf("PID %d state %c parent %s (%.60q); ", p, procState(p), pp, pcmd)
+				}
+				s.firstTwin = time.Now().Format("15:04:05.000 ") + s.firstTwin
+			}
+			if n > s.max {
+				s.max = n
+			}
+			switch {
+			case n > 1 && s.since.IsZero():
+				s.since = time.Now()
+			case n <= 1 && !s.since.IsZero():
+				s.longestTwin = max(s.longestTwin, time.Since(s.since))
+				s.since = time.Time{}
+			}
+			s.mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	return s
+}
+
+// finish stops sampling and returns the most copies seen at once and the
+// longest time two or more ran.
+func (s *copySampler) finish() (int, time.Duration) {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.since.IsZero() {
+		s.longestTwin = max(s.longestTwin, time.Since(s.since))
+	}
+	if s.firstTwin != "" {
+		fmt.Println("copy sampler: first sample with two copies:", s.firstTwin)
+	}
+	return s.max, s.longestTwin
+}
+
+// killTreeByPID kills pid and its descendants with SIGKILL.
+func killTreeByPID(pid int) {
+	for _, c := range descendants(pid) {
+		_ = syscall.Kill(c, syscall.SIGKILL)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// signalTree sends sig to pid and its descendants.
+func signalTree(pid int, sig syscall.Signal) {
+	_ = syscall.Kill(pid, sig)
+	for _, c := range descendants(pid) {
+		_ = syscall.Kill(c, sig)
+	}
+}
+
+// waitFailover waits until the job runs on another node than from, as
+// seen by d, and returns it with the time it took.
+func waitFailover(t *testing.T, d *testDaemon, name, from string, timeout time.Duration) clusterJob {
+	t.Helper()
+	var j clusterJob
+	eventually(t, timeout, "the job to run on another node than "+from, func() bool {
+		var ok bool
+		j, ok = runningOn(t, d, name)
+		return ok && j.Node != from
+	})
+	d.track(j.PID)
+	return j
+}
+
+// progressAfter waits until the counter moves past its value now, and
+// returns when it did.
+func progressAfter(t *testing.T, ctr string, timeout time.Duration) time.Time {
+	t.Helper()
+	v := readCounter(ctr)
+	eventually(t, timeout, "the counter to move again", func() bool { return readCounter(ctr) > v })
+	return time.Now()
+}
+
+// TestFailoverNodeKilled: node a (daemon, watchdog and job) is killed
+// with SIGKILL. Another node restores the job from its latest committed
+// checkpoint within node-timeout + 5 s, the counter continues from at
+// most one checkpoint interval back, the new owner's events say what was
+// lost; a job without restore-on-failure is marked lost, not restarted.
+// Then a's daemon starts again on its old state directory: the job still
+// runs exactly once.
+func TestFailoverNodeKilled(t *testing.T) {
+	nodes, _ := failoverNodes(t, 3, false)
+	a, b := nodes[0], nodes[1]
+	ctr, marker, j := counterJob(t, a, "fo", true)
+	_, plainMarker, plain := counterJob(t, a, "plain", false)
+
+	sampler := sampleCopies(marker)
+	before := readCounter(ctr)
+	a.crash()
+	a.endWatchdog()
+	killTreeByPID(j.PID)
+	killTreeByPID(plain.PID)
+	dead := time.Now()
+	atKill := readCounter(ctr)
+
+	moved := waitFailover(t, b, "fo", "a", nodeTimeout+20*time.Second)
+	resumed := progressAfter(t, ctr, 10*time.Second)
+	took := resumed.Sub(dead)
+	t.Logf("failover: job runs on node %s (PID %d), progress %v after the kill (bar: node timeout %v + 5 s)", moved.Node, moved.PID, took, nodeTimeout)
+	if took > nodeTimeout+5*time.Second {
+		t.Errorf("failover took %v, over node-timeout + 5 s", took)
+	}
+	// Work lost: at most one 2 s interval (plus the commit's round). The
+	// counter advances every ~20 ms: 2 s is ~100.
+	first := readCounter(ctr)
+	t.Logf("counter: %d before the kill, %d at the kill, %d after the failover", before, atKill, first)
+	if first < atKill-200 {
+		t.Errorf("the counter restarted from %d after the failover, more than one checkpoint interval behind %d", first, atKill)
+	}
+	checkContinues(t, ctr, first)
+
+	owner := map[string]*testDaemon{"b": nodes[1], "c": nodes[2]}[moved.Node]
+	ev := owner.ok("events", "fo")
+	if !strings.Contains(ev.stdout, "failed over from node a") || !strings.Contains(ev.stdout, "work lost") {
+		t.Errorf("events of the failed-over job do not tell the failover:\n%s", ev.stdout)
+	}
+	eventually(t, 10*time.Second, "the job without restore-on-failure to be marked lost", func() bool {
+		r := b.cli("ps", "-o", "json")
+		var js []clusterJob
+		if json.Unmarshal([]byte(r.stdout), &js) != nil {
+			return false
+		}
+		for _, j := range js {
+			if j.Name == "plain" && j.State == "lost" {
+				return true
+			}
+		}
+		return false
+	})
+	if cs := runningCopies(plainMarker); len(cs) != 0 {
+		t.Errorf("the job without restore-on-failure runs again: %v", cs)
+	}
+
+	// a comes back with its old state directory.
+	a.launch()
+	a.waitReady()
+	time.Sleep(2 * nodeTimeout)
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("after node a restarted, copies running: %v; want only %s's PID %d", cs, moved.Node, moved.PID)
+	}
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v)", n, twin)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
+// TestFailoverDaemonKilled: only a's daemon is killed; its job runs on,
+// unwatched. The fence watchdog stops it before its lease can expire, so
+// the job never runs twice while another node takes it over; a's daemon
+// started again ends its stopped copy (the record names another owner).
+func TestFailoverDaemonKilled(t *testing.T) {
+	nodes, _ := failoverNodes(t, 3, false)
+	a, b := nodes[0], nodes[1]
+	ctr, marker, j := counterJob(t, a, "fo", true)
+	if a.watchdogPID() == 0 {
+		t.Fatal("daemon a started no fence watchdog")
+	}
+	sampler := sampleCopies(marker)
+	a.crash()
+	moved := waitFailover(t, b, "fo", "a", nodeTimeout+20*time.Second)
+	progressAfter(t, ctr, 10*time.Second)
+	if st := procState(j.PID); st != 'T' && st != 't' && st != 0 {
+		t.Errorf("a's copy (PID %d) is in state %c after the failover: the watchdog did not stop it", j.PID, st)
+	}
+	a.launch()
+	a.waitReady()
+	eventually(t, 10*time.Second, "a's stale copy to be ended", func() bool { return startTime(j.PID) == 0 || exiting(j.PID) })
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v)", n, twin)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
+// TestFailoverFrozenNode: node a is frozen whole (SIGSTOP of its daemon,
+// watchdog and job) until the job runs elsewhere, then thawed. Its copy
+// is stopped within one lease period of the thaw and then killed.
+func TestFailoverFrozenNode(t *testing.T) {
+	nodes, _ := failoverNodes(t, 3, false)
+	a, b := nodes[0], nodes[1]
+	ctr, marker, j := counterJob(t, a, "fo", true)
+	wd := a.watchdogPID()
+	freeze := func(sig syscall.Signal) {
+		signalTree(j.PID, sig)
+		if wd > 0 {
+			_ = syscall.Kill(wd, sig)
+		}
+		_ = syscall.Kill(a.pid(), sig)
+	}
+	freeze(syscall.SIGSTOP)
+	t.Cleanup(func() { freeze(syscall.SIGCONT) })
+	moved := waitFailover(t, b, "fo", "a", nodeTimeout+20*time.Second)
+	progressAfter(t, ctr, 10*time.Second)
+
+	sampler := sampleCopies(marker)
+	thawed := time.Now()
+	freeze(syscall.SIGCONT) // jobs first: the worst order
+	var stoppedAfter time.Duration
+	eventually(t, nodeTimeout+5*time.Second, "a's stale copy to stop", func() bool {
+		st := procState(j.PID)
+		if st == 'T' || st == 't' || st == 0 || exiting(j.PID) {
+			stoppedAfter = time.Since(thawed)
+			return true
+		}
+		return false
+	})
+	t.Logf("a's stale copy stopped %v after the thaw (bar: one lease period, %v)", stoppedAfter, nodeTimeout)
+	if stoppedAfter > nodeTimeout {
+		t.Errorf("the stale copy ran %v after the thaw, over one lease period", stoppedAfter)
+	}
+	eventually(t, 15*time.Second, "a's stale copy to be killed", func() bool { return startTime(j.PID) == 0 || exiting(j.PID) })
+	n, twin := sampler.finish()
+	t.Logf("copies at once after the thaw: %d, for at most %v", n, twin)
+	if twin > nodeTimeout {
+		t.Errorf("two copies ran for %v, over one lease period", twin)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
+// TestFailoverCutOff: node a loses its network (its link in its network
+// namespace goes down: NATS unreachable, processes untouched). It stops
+// its copy before its lease can expire — at no moment do two copies run —
+// another node takes the job over, and when the link comes back a kills
+// its stopped copy.
+func TestFailoverCutOff(t *testing.T) {
+	nodes, ns := failoverNodes(t, 3, true)
+	a, b := nodes[0], nodes[1]
+	ctr, marker, j := counterJob(t, a, "fo", true)
+	t.Logf("a's copy: PID %d", j.PID)
+	sampler := sampleCopies(marker)
+	setLink(t, ns[0], "down")
+	t.Cleanup(func() { setLink(t, ns[0], "up") })
+	moved := waitFailover(t, b, "fo", "a", nodeTimeout+20*time.Second)
+	progressAfter(t, ctr, 10*time.Second)
+	if st := procState(j.PID); st != 'T' && st != 't' {
+		t.Errorf("a's copy (PID %d) is in state %c while a is cut off: not stopped", j.PID, st)
+	}
+	setLink(t, ns[0], "up")
+	eventually(t, 30*time.Second, "a's stale copy to be killed once a reaches NATS again", func() bool {
+		return startTime(j.PID) == 0 || exiting(j.PID)
+	})
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v) with a cut off", n, twin)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
+// setLink sets the network link (not lo) of namespace ns up or down.
+func setLink(t *testing.T, ns, state string) {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-o", "link", "show").Output()
+	if err != nil {
+		t.Fatalf("ip -n %s link show: %v", ns, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		dev, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if dev == "lo" {
+			continue
+		}
+		if out, err := exec.Command("ip", "-n", ns, "link", "set", dev, state).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s link set %s %s: %v: %s", ns, dev, state, err, out)
+		}
+	}
+}
