@@ -174,6 +174,19 @@ func (s *copySampler) finish() (int, time.Duration) {
 	return s.max, s.longestTwin
 }
 
+// liveCopies are the roots of the job's copies that exist and are not
+// dying, stopped or not: a periodic checkpoint stops the one that runs
+// for a moment, a fenced copy must be gone.
+func liveCopies(marker string) []int {
+	var out []int
+	for _, pid := range copies(marker) {
+		if !exiting(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
 // killTreeByPID kills pid and its descendants with SIGKILL.
 func killTreeByPID(pid int) {
 	for _, c := range descendants(pid) {
@@ -277,7 +290,7 @@ func TestFailoverNodeKilled(t *testing.T) {
 	a.launch()
 	a.waitReady()
 	time.Sleep(2 * nodeTimeout)
-	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("after node a restarted, copies running: %v; want only %s's PID %d", cs, moved.Node, moved.PID)
 	}
 	if n, twin := sampler.finish(); n > 1 {
@@ -310,7 +323,7 @@ func TestFailoverDaemonKilled(t *testing.T) {
 	if n, twin := sampler.finish(); n > 1 {
 		t.Errorf("%d copies ran at once (for %v)", n, twin)
 	}
-	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
 	}
 	checkContinues(t, ctr, readCounter(ctr))
@@ -358,7 +371,7 @@ func TestFailoverFrozenNode(t *testing.T) {
 	if twin > nodeTimeout {
 		t.Errorf("two copies ran for %v, over one lease period", twin)
 	}
-	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
 	}
 	checkContinues(t, ctr, readCounter(ctr))
@@ -389,7 +402,7 @@ func TestFailoverCutOff(t *testing.T) {
 	if n, twin := sampler.finish(); n > 1 {
 		t.Errorf("%d copies ran at once (for %v) with a cut off", n, twin)
 	}
-	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
 	}
 	checkContinues(t, ctr, readCounter(ctr))
@@ -414,5 +427,60 @@ func setLink(t *testing.T, ns, state string) {
 		if out, err := exec.Command("ip", "-n", ns, "link", "set", dev, state).CombinedOutput(); err != nil {
 			t.Fatalf("ip -n %s link set %s %s: %v: %s", ns, dev, state, err, out)
 		}
+	}
+}
+
+// TestFailoverDiesMidUpload: node a is killed while a periodic checkpoint
+// of a job holding 192 MiB is being written to shared storage. The
+// half-written archive never becomes the job's latest: the survivor
+// restores the checkpoint before it, and says so in the job's events.
+func TestFailoverDiesMidUpload(t *testing.T) {
+	nodes, _ := failoverNodes(t, 3, false)
+	a, b := nodes[0], nodes[1]
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-upload", time.Now().UnixNano())
+	script := fmt.Sprintf("import os\nm = bytearray(os.urandom(192 << 20))\n%s", inPlaceCounter(ctr))
+	j := a.runJob("big", []string{"--pid-namespace", "--restore-on-failure", "--checkpoint-every", "4s"},
+		requireBinary(t, "python3"), "-c", script, marker)
+	var done []string
+	eventually(t, 60*time.Second, "a complete checkpoint", func() bool {
+		r := a.cli("checkpoints", "big", "-o", "json")
+		var cks []struct {
+			Path  string `json:"path"`
+			State string `json:"state"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &cks) != nil {
+			return false
+		}
+		done = done[:0]
+		for _, c := range cks {
+			if c.State == "complete" {
+				done = append(done, c.Path)
+			}
+		}
+		return len(done) > 0
+	})
+	time.Sleep(time.Second) // committed
+	a.waitJob("big", 30*time.Second, "the next periodic checkpoint to start", func(j jobInfo) bool { return j.State == "dumping" })
+	time.Sleep(700 * time.Millisecond) // CRIU is writing the archive
+	a.crash()
+	a.endWatchdog()
+	killTreeByPID(j.PID)
+	moved := waitFailover(t, b, "big", "a", nodeTimeout+30*time.Second)
+	owner := map[string]*testDaemon{"b": nodes[1], "c": nodes[2]}[moved.Node]
+	ev := owner.ok("events", "big").stdout
+	if strings.Contains(ev, "could not be restored") {
+		t.Errorf("the latest committed checkpoint could not be restored:\n%s", ev)
+	}
+	found := false
+	for _, p := range done {
+		found = found || strings.Contains(ev, p)
+	}
+	if !found {
+		t.Errorf("the failover did not restore a checkpoint that was complete before the kill (%v):\n%s", done, ev)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("copies: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
 	}
 }
