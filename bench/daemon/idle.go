@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -45,6 +46,22 @@ func (b *bench) idleWith(ctx context.Context, lock, skip string) ([]row, error) 
 		cfg["criu"] = map[string]any{"network_lock": lock}
 	}
 	name := "idle-" + lock + "-" + skip
+	if b.o.cluster {
+		// Cluster mode, embedded NATS: every job holds a lease renewed
+		// each eighth of the node timeout, has a record the sync loop
+		// reads each round, and checkpoints to a shared directory.
+		nport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		shared := filepath.Join(b.o.work, "shared")
+		if err := os.MkdirAll(shared, 0o700); err != nil {
+			return nil, err
+		}
+		cfg["cluster"] = map[string]any{"node": "bench", "nats_listen": fmt.Sprintf("127.0.0.1:%d", nport)}
+		cfg["storage"] = map[string]any{"backend": "dir", "dir": map[string]any{"path": shared}}
+		name += "-cluster"
+	}
 	d, err := b.startDaemon(ctx, name, filepath.Join(b.o.work, name+"-state"), maddr, cfg)
 	if err != nil {
 		return nil, err

@@ -38,6 +38,7 @@ type options struct {
 	jobs       int           // (a) idle jobs
 	locks      string        // (a) network-lock settings to compare ("" = cedana's default)
 	skip       string        // (a) policy.skip_unchanged settings to compare
+	cluster    bool          // (a) cluster mode
 	every      time.Duration // (a) checkpoint period of each job
 	warmup     time.Duration // (a) time after the jobs start before measuring
 	window     time.Duration // (a) measurement window
@@ -59,6 +60,7 @@ func main() {
 	flag.DurationVar(&o.every, "every", 10*time.Second, "(a) checkpoint period of each idle job")
 	flag.StringVar(&o.locks, "a-network-locks", "default,skip", `(a) run once per criu.network_lock setting ("default" = cedana's own choice)`)
 	flag.StringVar(&o.skip, "a-skip-unchanged", "safe,never", `(a) run once per policy.skip_unchanged setting ("never" checkpoints every job every period)`)
+	flag.BoolVar(&o.cluster, "a-cluster", false, "(a) run the daemon in cluster mode (embedded NATS, leases, shared storage)")
 	flag.DurationVar(&o.warmup, "warmup", 5*time.Second, "(a) wait after starting the jobs (spread over one period) before measuring")
 	flag.DurationVar(&o.window, "window", 60*time.Second, "(a) measurement window")
 	flag.IntVar(&o.catJobs, "catalogue-jobs", 100, "(b) jobs in the catalogue")

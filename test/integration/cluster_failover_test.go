@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -483,4 +485,52 @@ func TestFailoverDiesMidUpload(t *testing.T) {
 	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("copies: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
 	}
+}
+
+// TestFailoverTime is the failover benchmark (scripts/bench-failover.sh):
+// CEDANA_BENCH_FAILOVER_TRIALS times, the node that runs a job
+// checkpointed every 2 s is killed whole (daemon, watchdog, job) and the
+// time until the job's counter moves on another node is measured; the
+// killed node then starts again on its old state directory for the next
+// trial. It prints each trial and the p50 and max.
+func TestFailoverTime(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("CEDANA_BENCH_FAILOVER_TRIALS"))
+	if trials <= 0 {
+		t.Skip("a benchmark: set CEDANA_BENCH_FAILOVER_TRIALS=10 (scripts/bench-failover.sh) to run it")
+	}
+	nodes, _ := failoverNodes(t, 3, false)
+	byName := map[string]*testDaemon{"a": nodes[0], "b": nodes[1], "c": nodes[2]}
+	ctr, marker, j := counterJob(t, nodes[0], "fo", true)
+	owner, pid := "a", j.PID
+	var took []time.Duration
+	for i := range trials {
+		victim := byName[owner]
+		var watcher *testDaemon
+		for n, d := range byName {
+			if n != owner {
+				watcher = d
+				break
+			}
+		}
+		time.Sleep(2500 * time.Millisecond) // a checkpoint of the current owner is committed
+		victim.crash()
+		victim.endWatchdog()
+		killTreeByPID(pid)
+		dead := time.Now()
+		moved := waitFailover(t, watcher, "fo", owner, nodeTimeout+30*time.Second)
+		d := progressAfter(t, ctr, 20*time.Second).Sub(dead)
+		took = append(took, d)
+		fmt.Printf("FAILOVER_TRIAL %d from %s to %s: %v\n", i+1, owner, moved.Node, d.Round(time.Millisecond))
+		victim.launch()
+		victim.waitReady()
+		owner, pid = moved.Node, moved.PID
+		byName[owner].track(pid)
+	}
+	if cs := liveCopies(marker); len(cs) != 1 {
+		t.Errorf("copies at the end: %v", cs)
+	}
+	sorted := slices.Clone(took)
+	slices.Sort(sorted)
+	fmt.Printf("FAILOVER_SUMMARY trials=%d node_timeout=%v p50=%v max=%v bar=%v\n", len(sorted), nodeTimeout,
+		sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), nodeTimeout+2*time.Second)
 }
