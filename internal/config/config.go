@@ -251,7 +251,7 @@ func Default() Config {
 			ShutdownGrace:  Duration{30 * time.Second},
 			RestoreBackoff: Duration{time.Second},
 		},
-		Policy:  Policy{Keep: 5, MaxRestores: 3},
+		Policy:  Policy{Keep: 5, MaxRestores: 3, Failover: "auto"},
 		Cluster: Cluster{NodeTimeout: Duration{10 * time.Second}},
 	}
 }
