@@ -172,6 +172,7 @@ func (c *clusterNode) drainNode(ctx context.Context, name string) (*pb.DrainNode
 		c.log.Info("drain", "job", j.ID, "name", j.Name, "to", d.GetTo(), "error", d.GetError())
 		out.Jobs = append(out.Jobs, d)
 	}
+	c.beat(ctx) // the reply's node counts what is left
 	out.Node = c.selfNode(ctx)
 	return out, nil
 }
