@@ -234,3 +234,41 @@ func TestClusterRunPlacement(t *testing.T) {
 		t.Fatalf("node drain without cluster mode: %s; want a refusal", r)
 	}
 }
+
+// TestClusterDrainStays: a job whose only possible target refuses it (a
+// node whose checkpoint directory is a full 4 KiB tmpfs) stays on the
+// draining node as the same process, the drain exits non-zero and says
+// why; once another node joins, draining again moves it there.
+func TestClusterDrainStays(t *testing.T) {
+	ds, url := embeddedCluster(t, "a")
+	a := ds[0]
+	full := startNode(t, "full", map[string]any{"nats_urls": url}, map[string]any{"checkpoint_dir": tinyTmpfs(t)})
+	waitNodes(t, a, 2)
+	j, ctr, marker := markedCounter(t, a, "stays", "--pid-namespace")
+
+	r := full.cli("node", "drain", "a")
+	t.Logf("drain with only a full target: %s", r)
+	if r.code == 0 || !strings.Contains(r.stdout, "stayed on node a") || !strings.Contains(r.stdout, "not enough space") ||
+		!strings.Contains(r.stderr, "1 of 1 running jobs stayed on node a") {
+		t.Fatalf("drain whose only target is full: %s; want a non-zero exit and the job's reason", r)
+	}
+	stillOn(t, a, "stays", "a", j.PID, marker, ctr)
+	if s := nodeState(t, full, "a"); s != "draining" {
+		t.Fatalf("a is %q after a drain that left a job; want draining", s)
+	}
+
+	startNode(t, "c", map[string]any{"nats_urls": url}, nil)
+	eventually(t, 20*time.Second, "c to be ready", func() bool { return nodeState(t, a, "c") == "ready" })
+	before := readCounter(ctr)
+	r = a.ok("node", "drain", "a", "-o", "json")
+	var rep drainReply
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Jobs) != 1 || rep.Jobs[0].To != "c" {
+		t.Fatalf("drain again with c ready: %s; want the job moved to c", r.stdout)
+	}
+	t.Logf("second drain: %+v", rep.Jobs[0])
+	checkContinues(t, ctr, before)
+	got, ok := findJob(clusterJobs(t, a), "stays")
+	if cs := runningCopies(marker); !ok || got.Node != "c" || len(cs) != 1 || cs[0] != got.PID {
+		t.Fatalf("after the second drain: %+v, copies %v; want one copy on c", got, cs)
+	}
+}
