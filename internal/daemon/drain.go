@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,9 @@ var notCluster = status.Error(codes.FailedPrecondition, "the daemon does not run
 type drainMark struct {
 	path string
 	on   atomic.Bool
+	// busy serialises drains of this node: one from its own CLI and one
+	// forwarded from another node would otherwise race for the same jobs.
+	busy sync.Mutex
 }
 
 // loadDrainMark reads the mark from stateDir.
@@ -154,6 +158,8 @@ func (c *clusterNode) drainNode(ctx context.Context, name string) (*pb.DrainNode
 		return &out, nil
 	}
 	self := c.node.Name()
+	c.drain.busy.Lock()
+	defer c.drain.busy.Unlock()
 	if err := c.drain.set(true); err != nil {
 		return nil, fmt.Errorf("mark node %s draining: %w", self, err)
 	}
