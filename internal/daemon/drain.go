@@ -174,6 +174,11 @@ func (c *clusterNode) drainNode(ctx context.Context, name string) (*pb.DrainNode
 		if st := jobs.State(j.State); st != jobs.Running && st != jobs.Dumping {
 			continue // nothing runs: it stays, as a record and its checkpoints
 		}
+		if !c.drain.draining() { // node resume meanwhile: the rest stays
+			out.Jobs = append(out.Jobs, &pb.DrainedJob{Id: j.ID, Name: j.Name,
+				Error: fmt.Sprintf("stayed on node %s: the node was resumed during the drain", self)})
+			continue
+		}
 		d := c.drainJob(ctx, j)
 		c.log.Info("drain", "job", j.ID, "name", j.Name, "to", d.GetTo(), "error", d.GetError())
 		out.Jobs = append(out.Jobs, d)
