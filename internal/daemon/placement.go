@@ -51,6 +51,7 @@ func (c *clusterNode) placeRun(ctx context.Context, r *pb.RunRequest) (string, *
 		if want == "" {
 			return "", nil, nil
 		}
+		c.placed.add(self, time.Now())
 		return fmt.Sprintf("asked for (--node %s)", want), nil, nil
 	}
 	nodes, err := c.node.Nodes(ctx)
@@ -65,6 +66,9 @@ func (c *clusterNode) placeRun(ctx context.Context, r *pb.RunRequest) (string, *
 		if c.drain.draining() { // heartbeat older than the mark
 			return "", nil, status.Errorf(codes.FailedPrecondition, "node %s is draining: it takes no new job", self)
 		}
+		// Counted until a heartbeat sent after the job started (Run sends
+		// one) is read: a replica may still serve an older one.
+		c.placed.add(self, time.Now())
 		return why, nil, nil
 	}
 	fwd := proto.Clone(r).(*pb.RunRequest)

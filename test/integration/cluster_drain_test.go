@@ -47,6 +47,18 @@ func nodeState(t *testing.T, d *testDaemon, node string) string {
 	return ""
 }
 
+// natsNodes starts three nats-server processes (R3 buckets) and nodes
+// a, b and c joined to them.
+func natsNodes(t *testing.T) (a, b, c *testDaemon) {
+	t.Helper()
+	nc := startNATSCluster(t, "127.0.0.1")
+	a = startNode(t, "a", map[string]any{"nats_urls": nc.url()}, nil)
+	b = startNode(t, "b", map[string]any{"nats_urls": nc.url()}, nil)
+	c = startNode(t, "c", map[string]any{"nats_urls": nc.url()}, nil)
+	waitNodes(t, a, 3)
+	return a, b, c
+}
+
 // runOn runs a counter job with `run --node node -o json` through d.
 func runOn(t *testing.T, d *testDaemon, name, node string) placedJob {
 	t.Helper()
@@ -64,7 +76,8 @@ func runOn(t *testing.T, d *testDaemon, name, node string) placedJob {
 	return j
 }
 
-// TestClusterDrain: node a runs three counter jobs; `node drain a`, typed
+// TestClusterDrain: on three nats-server processes (R3), node a runs
+// three counter jobs; `node drain a`, typed
 // on b, moves each of them away (placement spreads them over b and c).
 // Each continues its count on its new node — from where it was, not from
 // zero —, its source PID is gone, exactly one copy ran at every moment
@@ -73,8 +86,7 @@ func runOn(t *testing.T, d *testDaemon, name, node string) placedJob {
 // it); the mark survives a kill -9 and restart of a's daemon; `node
 // resume a`, typed on c, makes it take jobs again.
 func TestClusterDrain(t *testing.T) {
-	ds, _ := embeddedCluster(t, "a", "b", "c")
-	a, b, c := ds[0], ds[1], ds[2]
+	a, b, c := natsNodes(t)
 	type job struct {
 		info        jobInfo
 		ctr, marker string
@@ -92,7 +104,9 @@ func TestClusterDrain(t *testing.T) {
 		seen = append(seen, watchCopies(j.marker, j.ctr, stop))
 		before[j.info.Name] = readCounter(j.ctr)
 	}
+	t0 := time.Now()
 	r := b.ok("node", "drain", "a", "-o", "json")
+	t.Logf("node drain a with three jobs took %v", time.Since(t0).Round(time.Millisecond))
 	close(stop)
 	for _, s := range seen {
 		if what := <-s; what != "" {
@@ -180,13 +194,12 @@ func TestClusterDrain(t *testing.T) {
 	}
 }
 
-// TestClusterRunPlacement: `run --node auto` spreads jobs over three
-// idle nodes (one each, however fast they are started), `--node NAME`
+// TestClusterRunPlacement: on three nats-server processes (R3), `run
+// --node auto` spreads jobs over three idle nodes (one each, however fast they are started), `--node NAME`
 // starts the job there, and `--node` is refused with the reason for an
 // unknown node, a down node, and a daemon outside cluster mode.
 func TestClusterRunPlacement(t *testing.T) {
-	ds, _ := embeddedCluster(t, "a", "b", "c")
-	a, b, c := ds[0], ds[1], ds[2]
+	a, b, c := natsNodes(t)
 	on := map[string]int{}
 	for i := range 3 {
 		j := runOn(t, a, fmt.Sprintf("p%d", i), "auto")
