@@ -251,7 +251,8 @@ func TestClusterRunPlacement(t *testing.T) {
 // TestClusterDrainStays: a job whose only possible target refuses it (a
 // node whose checkpoint directory is a full 4 KiB tmpfs) stays on the
 // draining node as the same process, the drain exits non-zero and says
-// why; once another node joins, draining again moves it there.
+// why; once another node joins, draining again tries the full node
+// first (it has fewer jobs), then moves the job to the new one.
 func TestClusterDrainStays(t *testing.T) {
 	ds, url := embeddedCluster(t, "a")
 	a := ds[0]
@@ -260,7 +261,7 @@ func TestClusterDrainStays(t *testing.T) {
 	j, ctr, marker := markedCounter(t, a, "stays", "--pid-namespace")
 
 	r := full.cli("node", "drain", "a")
-	t.Logf("drain with only a full target: %s", r)
+	t.Logf("drain with only a full target (exit %d):\n%s\n%s", r.code, r.stdout, r.stderr)
 	if r.code == 0 || !strings.Contains(r.stdout, "stayed on node a") || !strings.Contains(r.stdout, "not enough space") ||
 		!strings.Contains(r.stderr, "1 of 1 running jobs stayed on node a") {
 		t.Fatalf("drain whose only target is full: %s; want a non-zero exit and the job's reason", r)
@@ -270,13 +271,26 @@ func TestClusterDrainStays(t *testing.T) {
 		t.Fatalf("a is %q after a drain that left a job; want draining", s)
 	}
 
-	startNode(t, "c", map[string]any{"nats_urls": url}, nil)
-	eventually(t, 20*time.Second, "c to be ready", func() bool { return nodeState(t, a, "c") == "ready" })
+	c := startNode(t, "c", map[string]any{"nats_urls": url}, nil)
+	// A job on c ranks the full node first: the drain must fall back to c.
+	c.runJob("busy", nil, "sleep", "600")
+	eventually(t, 20*time.Second, "c to be ready with its job", func() bool {
+		r := a.cli("nodes", "-o", "json")
+		var nodes []nodeInfo
+		_ = json.Unmarshal([]byte(r.stdout), &nodes)
+		for _, n := range nodes {
+			if n.Name == "c" {
+				return n.State == "ready" && n.RunningJobs == 1
+			}
+		}
+		return false
+	})
 	before := readCounter(ctr)
 	r = a.ok("node", "drain", "a", "-o", "json")
 	var rep drainReply
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Jobs) != 1 || rep.Jobs[0].To != "c" {
-		t.Fatalf("drain again with c ready: %s; want the job moved to c", r.stdout)
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Jobs) != 1 || rep.Jobs[0].To != "c" ||
+		!strings.Contains(rep.Jobs[0].Error, "refused first: to full") {
+		t.Fatalf("drain again with c ready: %s; want the job moved to c after full refused it", r.stdout)
 	}
 	t.Logf("second drain: %+v", rep.Jobs[0])
 	checkContinues(t, ctr, before)
