@@ -72,8 +72,8 @@ type clusterNode struct {
 	mu      sync.Mutex
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
 
-	// drain is the node's draining mark, placed the jobs it placed of
-	// late (drain.go, placement.go).
+	// drain is the node's draining mark (drain.go); placed, the jobs
+	// this daemon placed lately (placement.go).
 	drain  *drainMark
 	placed placements
 }
