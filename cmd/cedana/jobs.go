@@ -76,6 +76,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	var (
 		name  string
 		pidns bool
+		node  string
 		pf    policyFlags
 		cf    cloneFlags
 	)
@@ -94,6 +95,9 @@ func newRunCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if cf.template != "" {
+				if node != "" {
+					return usagef("--node does not work with --from-template yet: clones start on the daemon's node")
+				}
 				return g.runFromTemplate(cf, name, pol)
 			}
 			c, done, err := g.client()
@@ -112,7 +116,7 @@ func newRunCmd(g *globals) *cobra.Command {
 				return err
 			}
 			j, err := c.Run(context.Background(), &pb.RunRequest{Name: name, Cmd: argv, Dir: wd, Env: jobs.JobEnv(os.Environ()),
-				Policy: pol, PidNamespace: pidns})
+				Policy: pol, PidNamespace: pidns, Node: node})
 			if err != nil {
 				return g.rpcError(err)
 			}
@@ -121,6 +125,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", "", "job name (default: command name and a suffix)")
 	cmd.Flags().BoolVar(&pidns, "pid-namespace", false, "run the job in its own PID namespace, so restores never clash on PIDs")
+	cmd.Flags().StringVar(&node, "node", "", `cluster mode: start the job on this node, or "auto" (the ready node with fewest jobs, then most free memory); the command, its directory and environment must exist there`)
 	cmd.Flags().StringVar(&cf.template, "from-template", "", "start clones of this template instead of CMD (--name is then their prefix)")
 	cmd.Flags().IntVar(&cf.count, "count", 1, "with --from-template: how many clones")
 	cmd.Flags().StringVar(&cf.ready, "ready", "", "with --from-template: wait until each clone passes this probe (tcp:PORT, http:/PATH, http:URL, file:PATH) and print its time-to-ready")
@@ -558,6 +563,9 @@ func (g *globals) printJob(j *pb.Job) error {
 		return printProto(j)
 	}
 	fmt.Printf("%s\t%s\t%s\tpid %d\n", j.GetId(), j.GetName(), j.GetState(), j.GetPid())
+	if j.GetPlacement() != "" {
+		fmt.Printf("on node %s: %s\n", j.GetNode(), j.GetPlacement())
+	}
 	return nil
 }
 

@@ -62,7 +62,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(newClientCmd(g), newCheckCmd(g), newInspectCmd(g), newConfigCmd(g),
 		newDaemonCmd(g), newRunCmd(g), newManageCmd(g), newPolicyCmd(g), newPsCmd(g), newLogsCmd(g),
 		newKillCmd(g), newRmCmd(g), dump, restore, newCheckpointsCmd(g), newCheckpointCmd(g), newEventsCmd(g),
-		newNodesCmd(g), newMigrateCmd(g), newTemplateCmd(g), newBenchCmd(g))
+		newNodesCmd(g), newNodeCmd(g), newMigrateCmd(g), newTemplateCmd(g), newBenchCmd(g))
 	root.AddCommand(newStorageCmd(g))
 	addContainerCmds(g, root, dump, restore)
 	root.AddCommand(newGenManCmd())

@@ -108,6 +108,11 @@ func (n *Node) heartbeat(ctx context.Context) error {
 	return nil
 }
 
+// Beat sends a heartbeat now, so that a change of this node's capacity
+// or state (a job started, draining set or cleared) is seen by the others
+// before the next tick.
+func (n *Node) Beat(ctx context.Context) error { return n.heartbeat(ctx) }
+
 // heartbeats sends a heartbeat every third of the node timeout until ctx
 // ends. A failed heartbeat is retried at the next tick: the connection
 // reconnects by itself.

@@ -49,6 +49,9 @@ import (
 //	migrate-in      migrateIn → migrateInReply         (target side, migrate.go)
 //	migrate-resume  migrateResume → Job                (target side)
 //	migrate-abort   migrateAbort → {}                  (target side)
+//	run             RunRequest → Job                   Run (node = this node)
+//	drain-node      DrainNodeRequest → DrainNodeResponse DrainNode
+//	resume-node     ResumeNodeRequest → ResumeNodeResponse ResumeNode
 
 // ArchivesBucket is the JetStream object store that carries archives
 // between nodes.
@@ -70,6 +73,10 @@ type clusterNode struct {
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
 
 	fo *failover // leases, fencing and failover (failover.go)
+	// drain is the node's draining mark (drain.go); placed, the jobs
+	// this daemon placed lately (placement.go).
+	drain  *drainMark
+	placed placements
 }
 
 // isPending reports whether job id is a migration's stopped copy here,
@@ -107,6 +114,11 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 	if c.transfer == "" {
 		c.transfer = transferStream
 	}
+	var err error
+	if c.drain, err = loadDrainMark(cfg.Daemon.StateDir); err != nil {
+		return nil, err
+	}
+	c.placed.keep = 3 * cc.NodeTimeout.Duration
 	criuVersion := ""
 	if engine != nil {
 		if v, err := engine.CRIU().Version(); err == nil {
@@ -165,7 +177,7 @@ func (c *clusterNode) close() {
 
 // capacity is what each heartbeat reports.
 func (c *clusterNode) capacity(criuVersion string) cluster.Capacity {
-	cp := cluster.Capacity{CPUs: runtime.NumCPU(), FreeMemory: memAvailable(), CRIUVersion: criuVersion}
+	cp := cluster.Capacity{CPUs: runtime.NumCPU(), FreeMemory: memAvailable(), CRIUVersion: criuVersion, Draining: c.drain.draining()}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if js, err := c.m.List(ctx); err == nil {
@@ -300,7 +312,10 @@ func (c *clusterNode) serve() error {
 		{"kill", quick, unary(s.KillJob)},
 		{"remove", quick, unary(s.RemoveJob)},
 		{"migrate", long, unary(s.Migrate)},
-		{"migrate-in", long, c.handleMigrateIn},
+		{"migrate-in", long, c.unlessDraining(c.handleMigrateIn)},
+		{"run", quick, unary(s.Run)},
+		{"drain-node", 4 * long, unary(s.DrainNode)},
+		{"resume-node", quick, unary(s.ResumeNode)},
 		{"migrate-resume", quick, c.handleMigrateResume},
 		{"migrate-abort", quick, c.handleMigrateAbort},
 	}

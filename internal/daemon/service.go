@@ -35,13 +35,21 @@ type service struct {
 var _ pb.CedanaServer = (*service)(nil)
 
 func (s *service) Run(ctx context.Context, r *pb.RunRequest) (*pb.Job, error) {
+	why, elsewhere, err := s.placeRun(ctx, r) // placement.go
+	if err != nil || elsewhere != nil {
+		return elsewhere, toStatus(err)
+	}
 	if err := s.clusterName(ctx, r.GetName()); err != nil {
 		return nil, err
 	}
 	j, err := s.m.Run(ctx, jobs.RunSpec{Name: r.GetName(), Cmd: r.GetCmd(), Dir: r.GetDir(), Env: r.GetEnv(),
 		Policy: policyFromPB(r.GetPolicy()), PIDNamespace: r.GetPidNamespace()})
 	s.recordJob(ctx, j, err)
-	return s.jobToPB(j), toStatus(err)
+	out := s.jobToPB(j)
+	if out != nil {
+		out.Placement = why
+	}
+	return out, toStatus(err)
 }
 
 // clusterName refuses a name another node's job has (cluster mode).
@@ -59,6 +67,7 @@ func (s *service) clusterName(ctx context.Context, name string) error {
 func (s *service) recordJob(ctx context.Context, j *store.Job, err error) {
 	if s.cl != nil && err == nil {
 		s.cl.record(ctx, j)
+		s.cl.beat(ctx) // the others count the job at once (placement)
 	}
 }
 

@@ -152,8 +152,10 @@ type Job struct {
 	Node string `protobuf:"bytes,21,opt,name=node,proto3" json:"node,omitempty"`
 	// For clones: the template, and the clone's address in its own
 	// network namespace (reachable from the daemon's host).
-	Template      string `protobuf:"bytes,22,opt,name=template,proto3" json:"template,omitempty"`
-	Address       string `protobuf:"bytes,23,opt,name=address,proto3" json:"address,omitempty"`
+	Template string `protobuf:"bytes,22,opt,name=template,proto3" json:"template,omitempty"`
+	Address  string `protobuf:"bytes,23,opt,name=address,proto3" json:"address,omitempty"`
+	// Set by Run with a node: why the job runs on its node.
+	Placement     string `protobuf:"bytes,24,opt,name=placement,proto3" json:"placement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +351,13 @@ func (x *Job) GetAddress() string {
 	return ""
 }
 
+func (x *Job) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
 type RunRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -358,7 +367,11 @@ type RunRequest struct {
 	Policy *Policy                `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Run the job in its own PID namespace, so that a restore never clashes
 	// with PIDs in use.
-	PidNamespace  bool `protobuf:"varint,6,opt,name=pid_namespace,json=pidNamespace,proto3" json:"pid_namespace,omitempty"`
+	PidNamespace bool `protobuf:"varint,6,opt,name=pid_namespace,json=pidNamespace,proto3" json:"pid_namespace,omitempty"`
+	// In cluster mode: the node to start the job on, or "auto" (the ready
+	// node ranked first: fewest running jobs, most free memory). Empty:
+	// this daemon's node. cmd, dir and env are used on that node as given.
+	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +446,13 @@ func (x *RunRequest) GetPidNamespace() bool {
 		return x.PidNamespace
 	}
 	return false
+}
+
+func (x *RunRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 type ManageRequest struct {
@@ -2001,6 +2021,286 @@ func (x *MigrateResponse) GetEpoch() uint64 {
 	return 0
 }
 
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_cedana_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DrainNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// DrainedJob is what became of one job of a drained node.
+type DrainedJob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The node it runs on now; empty when it stayed.
+	To string `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// Why it stayed (or why earlier targets refused it, when it moved).
+	Error      string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	DowntimeMs int64  `protobuf:"varint,5,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	Epoch      uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Why the target was chosen (cluster.Why).
+	Placement     string `protobuf:"bytes,7,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainedJob) Reset() {
+	*x = DrainedJob{}
+	mi := &file_cedana_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainedJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainedJob) ProtoMessage() {}
+
+func (x *DrainedJob) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainedJob.ProtoReflect.Descriptor instead.
+func (*DrainedJob) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DrainedJob) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DrainedJob) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DrainedJob) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *DrainedJob) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DrainedJob) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *DrainedJob) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *DrainedJob) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
+type DrainNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Jobs          []*DrainedJob          `protobuf:"bytes,2,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_cedana_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DrainNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *DrainNodeResponse) GetJobs() []*DrainedJob {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type ResumeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeNodeRequest) Reset() {
+	*x = ResumeNodeRequest{}
+	mi := &file_cedana_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNodeRequest) ProtoMessage() {}
+
+func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
+func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ResumeNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type ResumeNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeNodeResponse) Reset() {
+	*x = ResumeNodeResponse{}
+	mi := &file_cedana_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNodeResponse) ProtoMessage() {}
+
+func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cedana_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
+func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_cedana_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ResumeNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
 type Template struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2019,7 +2319,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_cedana_proto_msgTypes[31]
+	mi := &file_cedana_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2331,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[31]
+	mi := &file_cedana_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2344,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{31}
+	return file_cedana_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Template) GetName() string {
@@ -2116,7 +2416,7 @@ type CreateTemplateRequest struct {
 
 func (x *CreateTemplateRequest) Reset() {
 	*x = CreateTemplateRequest{}
-	mi := &file_cedana_proto_msgTypes[32]
+	mi := &file_cedana_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2428,7 @@ func (x *CreateTemplateRequest) String() string {
 func (*CreateTemplateRequest) ProtoMessage() {}
 
 func (x *CreateTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[32]
+	mi := &file_cedana_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2441,7 @@ func (x *CreateTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTemplateRequest.ProtoReflect.Descriptor instead.
 func (*CreateTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{32}
+	return file_cedana_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateTemplateRequest) GetName() string {
@@ -2180,7 +2480,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_cedana_proto_msgTypes[33]
+	mi := &file_cedana_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2492,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[33]
+	mi := &file_cedana_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2505,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{33}
+	return file_cedana_proto_rawDescGZIP(), []int{38}
 }
 
 type ListTemplatesResponse struct {
@@ -2217,7 +2517,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_cedana_proto_msgTypes[34]
+	mi := &file_cedana_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2529,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[34]
+	mi := &file_cedana_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2542,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{34}
+	return file_cedana_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -2261,7 +2561,7 @@ type RemoveTemplateRequest struct {
 
 func (x *RemoveTemplateRequest) Reset() {
 	*x = RemoveTemplateRequest{}
-	mi := &file_cedana_proto_msgTypes[35]
+	mi := &file_cedana_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2573,7 @@ func (x *RemoveTemplateRequest) String() string {
 func (*RemoveTemplateRequest) ProtoMessage() {}
 
 func (x *RemoveTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[35]
+	mi := &file_cedana_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2586,7 @@ func (x *RemoveTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTemplateRequest.ProtoReflect.Descriptor instead.
 func (*RemoveTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{35}
+	return file_cedana_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveTemplateRequest) GetName() string {
@@ -2304,7 +2604,7 @@ type RemoveTemplateResponse struct {
 
 func (x *RemoveTemplateResponse) Reset() {
 	*x = RemoveTemplateResponse{}
-	mi := &file_cedana_proto_msgTypes[36]
+	mi := &file_cedana_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2616,7 @@ func (x *RemoveTemplateResponse) String() string {
 func (*RemoveTemplateResponse) ProtoMessage() {}
 
 func (x *RemoveTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[36]
+	mi := &file_cedana_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2629,7 @@ func (x *RemoveTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTemplateResponse.ProtoReflect.Descriptor instead.
 func (*RemoveTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{36}
+	return file_cedana_proto_rawDescGZIP(), []int{41}
 }
 
 type RunFromTemplateRequest struct {
@@ -2353,7 +2653,7 @@ type RunFromTemplateRequest struct {
 
 func (x *RunFromTemplateRequest) Reset() {
 	*x = RunFromTemplateRequest{}
-	mi := &file_cedana_proto_msgTypes[37]
+	mi := &file_cedana_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2665,7 @@ func (x *RunFromTemplateRequest) String() string {
 func (*RunFromTemplateRequest) ProtoMessage() {}
 
 func (x *RunFromTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[37]
+	mi := &file_cedana_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2678,7 @@ func (x *RunFromTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunFromTemplateRequest.ProtoReflect.Descriptor instead.
 func (*RunFromTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{37}
+	return file_cedana_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RunFromTemplateRequest) GetTemplate() string {
@@ -2456,7 +2756,7 @@ type Clone struct {
 
 func (x *Clone) Reset() {
 	*x = Clone{}
-	mi := &file_cedana_proto_msgTypes[38]
+	mi := &file_cedana_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2768,7 @@ func (x *Clone) String() string {
 func (*Clone) ProtoMessage() {}
 
 func (x *Clone) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[38]
+	mi := &file_cedana_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2781,7 @@ func (x *Clone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Clone.ProtoReflect.Descriptor instead.
 func (*Clone) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{38}
+	return file_cedana_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Clone) GetJob() *Job {
@@ -2539,7 +2839,7 @@ type RunFromTemplateResponse struct {
 
 func (x *RunFromTemplateResponse) Reset() {
 	*x = RunFromTemplateResponse{}
-	mi := &file_cedana_proto_msgTypes[39]
+	mi := &file_cedana_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2851,7 @@ func (x *RunFromTemplateResponse) String() string {
 func (*RunFromTemplateResponse) ProtoMessage() {}
 
 func (x *RunFromTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cedana_proto_msgTypes[39]
+	mi := &file_cedana_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2864,7 @@ func (x *RunFromTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunFromTemplateResponse.ProtoReflect.Descriptor instead.
 func (*RunFromTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_cedana_proto_rawDescGZIP(), []int{39}
+	return file_cedana_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RunFromTemplateResponse) GetClones() []*Clone {
@@ -2600,7 +2900,7 @@ const file_cedana_proto_rawDesc = "" +
 	"keep_bytes\x18\x03 \x01(\x03R\tkeepBytes\x12,\n" +
 	"\x12restore_on_failure\x18\x04 \x01(\bR\x10restoreOnFailure\x12!\n" +
 	"\fmax_restores\x18\x05 \x01(\x05R\vmaxRestores\x12%\n" +
-	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xab\x05\n" +
+	"\x0eskip_unchanged\x18\x06 \x01(\tR\rskipUnchanged\"\xc9\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2626,7 +2926,8 @@ const file_cedana_proto_rawDesc = "" +
 	"\tcontainer\x18\x14 \x01(\tR\tcontainer\x12\x12\n" +
 	"\x04node\x18\x15 \x01(\tR\x04node\x12\x1a\n" +
 	"\btemplate\x18\x16 \x01(\tR\btemplate\x12\x18\n" +
-	"\aaddress\x18\x17 \x01(\tR\aaddress\"\xa6\x01\n" +
+	"\aaddress\x18\x17 \x01(\tR\aaddress\x12\x1c\n" +
+	"\tplacement\x18\x18 \x01(\tR\tplacement\"\xba\x01\n" +
 	"\n" +
 	"RunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -2634,7 +2935,8 @@ const file_cedana_proto_rawDesc = "" +
 	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x10\n" +
 	"\x03env\x18\x04 \x03(\tR\x03env\x12)\n" +
 	"\x06policy\x18\x05 \x01(\v2\x11.cedana.v1.PolicyR\x06policy\x12#\n" +
-	"\rpid_namespace\x18\x06 \x01(\bR\fpidNamespace\"`\n" +
+	"\rpid_namespace\x18\x06 \x01(\bR\fpidNamespace\x12\x12\n" +
+	"\x04node\x18\a \x01(\tR\x04node\"`\n" +
 	"\rManageRequest\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
@@ -2733,7 +3035,26 @@ const file_cedana_proto_rawDesc = "" +
 	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
 	"downtimeMs\x12\x19\n" +
 	"\btotal_ms\x18\x06 \x01(\x03R\atotalMs\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"\xd9\x01\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\"&\n" +
+	"\x10DrainNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xab\x01\n" +
+	"\n" +
+	"DrainedJob\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1f\n" +
+	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
+	"downtimeMs\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x1c\n" +
+	"\tplacement\x18\a \x01(\tR\tplacement\"c\n" +
+	"\x11DrainNodeResponse\x12#\n" +
+	"\x04node\x18\x01 \x01(\v2\x0f.cedana.v1.NodeR\x04node\x12)\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x15.cedana.v1.DrainedJobR\x04jobs\"'\n" +
+	"\x11ResumeNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"9\n" +
+	"\x12ResumeNodeResponse\x12#\n" +
+	"\x04node\x18\x01 \x01(\v2\x0f.cedana.v1.NodeR\x04node\"\xd9\x01\n" +
 	"\bTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
@@ -2775,7 +3096,7 @@ const file_cedana_proto_rawDesc = "" +
 	"\x06clones\x18\x01 \x03(\v2\x10.cedana.v1.CloneR\x06clones\x12\x1b\n" +
 	"\tcache_hit\x18\x02 \x01(\bR\bcacheHit\x12\x1d\n" +
 	"\n" +
-	"prepare_us\x18\x03 \x01(\x03R\tprepareUs2\xad\v\n" +
+	"prepare_us\x18\x03 \x01(\x03R\tprepareUs2\xc0\f\n" +
 	"\x06Cedana\x12,\n" +
 	"\x03Run\x12\x15.cedana.v1.RunRequest\x1a\x0e.cedana.v1.Job\x122\n" +
 	"\x06Manage\x12\x18.cedana.v1.ManageRequest\x1a\x0e.cedana.v1.Job\x12D\n" +
@@ -2795,7 +3116,10 @@ const file_cedana_proto_rawDesc = "" +
 	"\x05Drain\x12\x17.cedana.v1.DrainRequest\x1a\x18.cedana.v1.DrainResponse\x12F\n" +
 	"\tRemoveJob\x12\x1b.cedana.v1.RemoveJobRequest\x1a\x1c.cedana.v1.RemoveJobResponse\x12F\n" +
 	"\tListNodes\x12\x1b.cedana.v1.ListNodesRequest\x1a\x1c.cedana.v1.ListNodesResponse\x12@\n" +
-	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponse\x12G\n" +
+	"\aMigrate\x12\x19.cedana.v1.MigrateRequest\x1a\x1a.cedana.v1.MigrateResponse\x12F\n" +
+	"\tDrainNode\x12\x1b.cedana.v1.DrainNodeRequest\x1a\x1c.cedana.v1.DrainNodeResponse\x12I\n" +
+	"\n" +
+	"ResumeNode\x12\x1c.cedana.v1.ResumeNodeRequest\x1a\x1d.cedana.v1.ResumeNodeResponse\x12G\n" +
 	"\x0eCreateTemplate\x12 .cedana.v1.CreateTemplateRequest\x1a\x13.cedana.v1.Template\x12R\n" +
 	"\rListTemplates\x12\x1f.cedana.v1.ListTemplatesRequest\x1a .cedana.v1.ListTemplatesResponse\x12U\n" +
 	"\x0eRemoveTemplate\x12 .cedana.v1.RemoveTemplateRequest\x1a!.cedana.v1.RemoveTemplateResponse\x12X\n" +
@@ -2813,7 +3137,7 @@ func file_cedana_proto_rawDescGZIP() []byte {
 	return file_cedana_proto_rawDescData
 }
 
-var file_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_cedana_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_cedana_proto_goTypes = []any{
 	(*Policy)(nil),                   // 0: cedana.v1.Policy
 	(*Job)(nil),                      // 1: cedana.v1.Job
@@ -2846,15 +3170,20 @@ var file_cedana_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),        // 28: cedana.v1.ListNodesResponse
 	(*MigrateRequest)(nil),           // 29: cedana.v1.MigrateRequest
 	(*MigrateResponse)(nil),          // 30: cedana.v1.MigrateResponse
-	(*Template)(nil),                 // 31: cedana.v1.Template
-	(*CreateTemplateRequest)(nil),    // 32: cedana.v1.CreateTemplateRequest
-	(*ListTemplatesRequest)(nil),     // 33: cedana.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),    // 34: cedana.v1.ListTemplatesResponse
-	(*RemoveTemplateRequest)(nil),    // 35: cedana.v1.RemoveTemplateRequest
-	(*RemoveTemplateResponse)(nil),   // 36: cedana.v1.RemoveTemplateResponse
-	(*RunFromTemplateRequest)(nil),   // 37: cedana.v1.RunFromTemplateRequest
-	(*Clone)(nil),                    // 38: cedana.v1.Clone
-	(*RunFromTemplateResponse)(nil),  // 39: cedana.v1.RunFromTemplateResponse
+	(*DrainNodeRequest)(nil),         // 31: cedana.v1.DrainNodeRequest
+	(*DrainedJob)(nil),               // 32: cedana.v1.DrainedJob
+	(*DrainNodeResponse)(nil),        // 33: cedana.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),        // 34: cedana.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),       // 35: cedana.v1.ResumeNodeResponse
+	(*Template)(nil),                 // 36: cedana.v1.Template
+	(*CreateTemplateRequest)(nil),    // 37: cedana.v1.CreateTemplateRequest
+	(*ListTemplatesRequest)(nil),     // 38: cedana.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),    // 39: cedana.v1.ListTemplatesResponse
+	(*RemoveTemplateRequest)(nil),    // 40: cedana.v1.RemoveTemplateRequest
+	(*RemoveTemplateResponse)(nil),   // 41: cedana.v1.RemoveTemplateResponse
+	(*RunFromTemplateRequest)(nil),   // 42: cedana.v1.RunFromTemplateRequest
+	(*Clone)(nil),                    // 43: cedana.v1.Clone
+	(*RunFromTemplateResponse)(nil),  // 44: cedana.v1.RunFromTemplateResponse
 }
 var file_cedana_proto_depIdxs = []int32{
 	0,  // 0: cedana.v1.Job.policy:type_name -> cedana.v1.Policy
@@ -2869,57 +3198,64 @@ var file_cedana_proto_depIdxs = []int32{
 	1,  // 9: cedana.v1.RemoveJobResponse.job:type_name -> cedana.v1.Job
 	26, // 10: cedana.v1.ListNodesResponse.nodes:type_name -> cedana.v1.Node
 	1,  // 11: cedana.v1.MigrateResponse.job:type_name -> cedana.v1.Job
-	31, // 12: cedana.v1.ListTemplatesResponse.templates:type_name -> cedana.v1.Template
-	0,  // 13: cedana.v1.RunFromTemplateRequest.policy:type_name -> cedana.v1.Policy
-	1,  // 14: cedana.v1.Clone.job:type_name -> cedana.v1.Job
-	38, // 15: cedana.v1.RunFromTemplateResponse.clones:type_name -> cedana.v1.Clone
-	2,  // 16: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
-	3,  // 17: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
-	4,  // 18: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
-	5,  // 19: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
-	7,  // 20: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
-	8,  // 21: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
-	9,  // 22: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
-	10, // 23: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
-	11, // 24: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
-	13, // 25: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
-	15, // 26: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
-	18, // 27: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
-	20, // 28: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
-	22, // 29: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
-	24, // 30: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
-	27, // 31: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
-	29, // 32: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
-	32, // 33: cedana.v1.Cedana.CreateTemplate:input_type -> cedana.v1.CreateTemplateRequest
-	33, // 34: cedana.v1.Cedana.ListTemplates:input_type -> cedana.v1.ListTemplatesRequest
-	35, // 35: cedana.v1.Cedana.RemoveTemplate:input_type -> cedana.v1.RemoveTemplateRequest
-	37, // 36: cedana.v1.Cedana.RunFromTemplate:input_type -> cedana.v1.RunFromTemplateRequest
-	1,  // 37: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
-	1,  // 38: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
-	1,  // 39: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
-	6,  // 40: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
-	1,  // 41: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
-	12, // 42: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
-	1,  // 43: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
-	1,  // 44: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
-	1,  // 45: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
-	14, // 46: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
-	16, // 47: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
-	19, // 48: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
-	21, // 49: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
-	23, // 50: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
-	25, // 51: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
-	28, // 52: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
-	30, // 53: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
-	31, // 54: cedana.v1.Cedana.CreateTemplate:output_type -> cedana.v1.Template
-	34, // 55: cedana.v1.Cedana.ListTemplates:output_type -> cedana.v1.ListTemplatesResponse
-	36, // 56: cedana.v1.Cedana.RemoveTemplate:output_type -> cedana.v1.RemoveTemplateResponse
-	39, // 57: cedana.v1.Cedana.RunFromTemplate:output_type -> cedana.v1.RunFromTemplateResponse
-	37, // [37:58] is the sub-list for method output_type
-	16, // [16:37] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	26, // 12: cedana.v1.DrainNodeResponse.node:type_name -> cedana.v1.Node
+	32, // 13: cedana.v1.DrainNodeResponse.jobs:type_name -> cedana.v1.DrainedJob
+	26, // 14: cedana.v1.ResumeNodeResponse.node:type_name -> cedana.v1.Node
+	36, // 15: cedana.v1.ListTemplatesResponse.templates:type_name -> cedana.v1.Template
+	0,  // 16: cedana.v1.RunFromTemplateRequest.policy:type_name -> cedana.v1.Policy
+	1,  // 17: cedana.v1.Clone.job:type_name -> cedana.v1.Job
+	43, // 18: cedana.v1.RunFromTemplateResponse.clones:type_name -> cedana.v1.Clone
+	2,  // 19: cedana.v1.Cedana.Run:input_type -> cedana.v1.RunRequest
+	3,  // 20: cedana.v1.Cedana.Manage:input_type -> cedana.v1.ManageRequest
+	4,  // 21: cedana.v1.Cedana.ManageContainer:input_type -> cedana.v1.ManageContainerRequest
+	5,  // 22: cedana.v1.Cedana.ListJobs:input_type -> cedana.v1.ListJobsRequest
+	7,  // 23: cedana.v1.Cedana.GetJob:input_type -> cedana.v1.GetJobRequest
+	8,  // 24: cedana.v1.Cedana.DumpJob:input_type -> cedana.v1.DumpJobRequest
+	9,  // 25: cedana.v1.Cedana.RestoreJob:input_type -> cedana.v1.RestoreJobRequest
+	10, // 26: cedana.v1.Cedana.KillJob:input_type -> cedana.v1.KillJobRequest
+	11, // 27: cedana.v1.Cedana.UpdatePolicy:input_type -> cedana.v1.UpdatePolicyRequest
+	13, // 28: cedana.v1.Cedana.ListCheckpoints:input_type -> cedana.v1.ListCheckpointsRequest
+	15, // 29: cedana.v1.Cedana.DeleteCheckpoint:input_type -> cedana.v1.DeleteCheckpointRequest
+	18, // 30: cedana.v1.Cedana.ListEvents:input_type -> cedana.v1.ListEventsRequest
+	20, // 31: cedana.v1.Cedana.Logs:input_type -> cedana.v1.LogsRequest
+	22, // 32: cedana.v1.Cedana.Drain:input_type -> cedana.v1.DrainRequest
+	24, // 33: cedana.v1.Cedana.RemoveJob:input_type -> cedana.v1.RemoveJobRequest
+	27, // 34: cedana.v1.Cedana.ListNodes:input_type -> cedana.v1.ListNodesRequest
+	29, // 35: cedana.v1.Cedana.Migrate:input_type -> cedana.v1.MigrateRequest
+	31, // 36: cedana.v1.Cedana.DrainNode:input_type -> cedana.v1.DrainNodeRequest
+	34, // 37: cedana.v1.Cedana.ResumeNode:input_type -> cedana.v1.ResumeNodeRequest
+	37, // 38: cedana.v1.Cedana.CreateTemplate:input_type -> cedana.v1.CreateTemplateRequest
+	38, // 39: cedana.v1.Cedana.ListTemplates:input_type -> cedana.v1.ListTemplatesRequest
+	40, // 40: cedana.v1.Cedana.RemoveTemplate:input_type -> cedana.v1.RemoveTemplateRequest
+	42, // 41: cedana.v1.Cedana.RunFromTemplate:input_type -> cedana.v1.RunFromTemplateRequest
+	1,  // 42: cedana.v1.Cedana.Run:output_type -> cedana.v1.Job
+	1,  // 43: cedana.v1.Cedana.Manage:output_type -> cedana.v1.Job
+	1,  // 44: cedana.v1.Cedana.ManageContainer:output_type -> cedana.v1.Job
+	6,  // 45: cedana.v1.Cedana.ListJobs:output_type -> cedana.v1.ListJobsResponse
+	1,  // 46: cedana.v1.Cedana.GetJob:output_type -> cedana.v1.Job
+	12, // 47: cedana.v1.Cedana.DumpJob:output_type -> cedana.v1.Checkpoint
+	1,  // 48: cedana.v1.Cedana.RestoreJob:output_type -> cedana.v1.Job
+	1,  // 49: cedana.v1.Cedana.KillJob:output_type -> cedana.v1.Job
+	1,  // 50: cedana.v1.Cedana.UpdatePolicy:output_type -> cedana.v1.Job
+	14, // 51: cedana.v1.Cedana.ListCheckpoints:output_type -> cedana.v1.ListCheckpointsResponse
+	16, // 52: cedana.v1.Cedana.DeleteCheckpoint:output_type -> cedana.v1.DeleteCheckpointResponse
+	19, // 53: cedana.v1.Cedana.ListEvents:output_type -> cedana.v1.ListEventsResponse
+	21, // 54: cedana.v1.Cedana.Logs:output_type -> cedana.v1.LogChunk
+	23, // 55: cedana.v1.Cedana.Drain:output_type -> cedana.v1.DrainResponse
+	25, // 56: cedana.v1.Cedana.RemoveJob:output_type -> cedana.v1.RemoveJobResponse
+	28, // 57: cedana.v1.Cedana.ListNodes:output_type -> cedana.v1.ListNodesResponse
+	30, // 58: cedana.v1.Cedana.Migrate:output_type -> cedana.v1.MigrateResponse
+	33, // 59: cedana.v1.Cedana.DrainNode:output_type -> cedana.v1.DrainNodeResponse
+	35, // 60: cedana.v1.Cedana.ResumeNode:output_type -> cedana.v1.ResumeNodeResponse
+	36, // 61: cedana.v1.Cedana.CreateTemplate:output_type -> cedana.v1.Template
+	39, // 62: cedana.v1.Cedana.ListTemplates:output_type -> cedana.v1.ListTemplatesResponse
+	41, // 63: cedana.v1.Cedana.RemoveTemplate:output_type -> cedana.v1.RemoveTemplateResponse
+	44, // 64: cedana.v1.Cedana.RunFromTemplate:output_type -> cedana.v1.RunFromTemplateResponse
+	42, // [42:65] is the sub-list for method output_type
+	19, // [19:42] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_cedana_proto_init() }
@@ -2933,7 +3269,7 @@ func file_cedana_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cedana_proto_rawDesc), len(file_cedana_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

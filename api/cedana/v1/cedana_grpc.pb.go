@@ -46,6 +46,8 @@ const (
 	Cedana_RemoveJob_FullMethodName        = "/cedana.v1.Cedana/RemoveJob"
 	Cedana_ListNodes_FullMethodName        = "/cedana.v1.Cedana/ListNodes"
 	Cedana_Migrate_FullMethodName          = "/cedana.v1.Cedana/Migrate"
+	Cedana_DrainNode_FullMethodName        = "/cedana.v1.Cedana/DrainNode"
+	Cedana_ResumeNode_FullMethodName       = "/cedana.v1.Cedana/ResumeNode"
 	Cedana_CreateTemplate_FullMethodName   = "/cedana.v1.Cedana/CreateTemplate"
 	Cedana_ListTemplates_FullMethodName    = "/cedana.v1.Cedana/ListTemplates"
 	Cedana_RemoveTemplate_FullMethodName   = "/cedana.v1.Cedana/RemoveTemplate"
@@ -93,6 +95,13 @@ type CedanaClient interface {
 	// returns once the job runs there, or with the reason it still runs
 	// where it was (docs/cluster.md).
 	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error)
+	// DrainNode marks a node draining (it takes no new job; the mark
+	// survives its daemon's restart) and migrates each of its running jobs
+	// to the ready node ranked first. It answers once every job has moved
+	// or been reported as staying, with the reason (docs/cluster.md).
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	// ResumeNode makes a draining node ready again.
+	ResumeNode(ctx context.Context, in *ResumeNodeRequest, opts ...grpc.CallOption) (*ResumeNodeResponse, error)
 	// CreateTemplate checkpoints a job, a PID or imports an archive as a
 	// warm template; a job or PID keeps running. Refused
 	// (FAILED_PRECONDITION) when the tree holds state clones cannot share.
@@ -292,6 +301,26 @@ func (c *cedanaClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...
 	return out, nil
 }
 
+func (c *cedanaClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainNodeResponse)
+	err := c.cc.Invoke(ctx, Cedana_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cedanaClient) ResumeNode(ctx context.Context, in *ResumeNodeRequest, opts ...grpc.CallOption) (*ResumeNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeNodeResponse)
+	err := c.cc.Invoke(ctx, Cedana_ResumeNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *cedanaClient) CreateTemplate(ctx context.Context, in *CreateTemplateRequest, opts ...grpc.CallOption) (*Template, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Template)
@@ -373,6 +402,13 @@ type CedanaServer interface {
 	// returns once the job runs there, or with the reason it still runs
 	// where it was (docs/cluster.md).
 	Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error)
+	// DrainNode marks a node draining (it takes no new job; the mark
+	// survives its daemon's restart) and migrates each of its running jobs
+	// to the ready node ranked first. It answers once every job has moved
+	// or been reported as staying, with the reason (docs/cluster.md).
+	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	// ResumeNode makes a draining node ready again.
+	ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error)
 	// CreateTemplate checkpoints a job, a PID or imports an archive as a
 	// warm template; a job or PID keeps running. Refused
 	// (FAILED_PRECONDITION) when the tree holds state clones cannot share.
@@ -443,6 +479,12 @@ func (UnimplementedCedanaServer) ListNodes(context.Context, *ListNodesRequest) (
 }
 func (UnimplementedCedanaServer) Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
+}
+func (UnimplementedCedanaServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedCedanaServer) ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeNode not implemented")
 }
 func (UnimplementedCedanaServer) CreateTemplate(context.Context, *CreateTemplateRequest) (*Template, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateTemplate not implemented")
@@ -776,6 +818,42 @@ func _Cedana_Migrate_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cedana_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cedana_ResumeNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CedanaServer).ResumeNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cedana_ResumeNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CedanaServer).ResumeNode(ctx, req.(*ResumeNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Cedana_CreateTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateTemplateRequest)
 	if err := dec(in); err != nil {
@@ -918,6 +996,14 @@ var Cedana_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Migrate",
 			Handler:    _Cedana_Migrate_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _Cedana_DrainNode_Handler,
+		},
+		{
+			MethodName: "ResumeNode",
+			Handler:    _Cedana_ResumeNode_Handler,
 		},
 		{
 			MethodName: "CreateTemplate",
