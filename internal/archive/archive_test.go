@@ -202,7 +202,7 @@ func withSubdir(t *testing.T) string {
 }
 
 func TestCreateTempFileName(t *testing.T) {
-	f, err := createTemp("/tmp/x/ckpt.zip")
+	f, err := createTemp(filepath.Join(t.TempDir(), "missing", "ckpt.zip"))
 	if err == nil {
 		f.Close()
 		os.Remove(f.Name())
