@@ -88,7 +88,8 @@ func (f *Fencer) Holding() []string {
 	return out
 }
 
-// Run renews every held lease every eighth of the lease period and fences
+// Run checks every held lease every eighth of the lease period (renewing it
+// once a quarter period has passed since the last renewal) and fences
 // what it must, until ctx ends; events receives each fencing (it may be
 // nil). Each round first freezes every copy past its deadline, with no
 // network call, then renews all leases at once: a partition that makes
@@ -143,6 +144,11 @@ func (f *Fencer) Run(ctx context.Context, events chan<- Fenced) {
 // goroutine for h touches h.
 func (f *Fencer) check(ctx context.Context, h *held) (Fenced, bool) {
 	l := h.lease
+	if !h.frozen && time.Since(l.sent) < f.leases.period/4 {
+		// Renewed recently enough: renewals go every quarter period
+		// (rule 2), deadlines are checked every eighth.
+		return Fenced{}, false
+	}
 	rctx, cancel := context.WithTimeout(ctx, f.tick)
 	err := f.leases.Renew(rctx, l)
 	cancel()

@@ -43,6 +43,8 @@ type failover struct {
 	shared  bool // checkpoints go to storage other nodes read
 	tick    time.Duration
 	poke    chan struct{}
+	rounds  int               // sync rounds so far
+	seen    map[string]string // job → its local state when last settled
 }
 
 // gateTimeout bounds one question to the cluster from the gate.
@@ -54,7 +56,7 @@ func newFailover(ctx context.Context, c *clusterNode, cfg config.Config, shared 
 	if err != nil {
 		return nil, fmt.Errorf("the cluster's leases: %w", err)
 	}
-	f := &failover{c: c, leases: ls, enabled: cfg.Policy.Failover != "off", shared: shared, poke: make(chan struct{}, 1)}
+	f := &failover{c: c, leases: ls, enabled: cfg.Policy.Failover != "off", shared: shared, poke: make(chan struct{}, 1), seen: map[string]string{}}
 	f.fencer = cluster.NewFencer(ls, c.records, jobFence{m: c.m}, c.log)
 	f.ctl = cluster.NewFailover(c.node, c.records, ls, f.restore, c.log)
 	f.tick = max(f.fencer.Period()/8, 250*time.Millisecond)
@@ -140,6 +142,11 @@ func live(j *store.Job) bool {
 	return false
 }
 
+// fullSyncEvery is how many fencer rounds pass between two passes over
+// every local job's record; in between only jobs whose local state
+// changed are looked at (a round costs no NATS call otherwise).
+const fullSyncEvery = 8
+
 // sync makes the cluster's records and leases follow the local jobs.
 func (f *failover) sync(ctx context.Context) {
 	c := f.c
@@ -147,6 +154,8 @@ func (f *failover) sync(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	f.rounds++
+	full := f.rounds%fullSyncEvery == 1
 	held := map[string]bool{}
 	for _, id := range f.fencer.Holding() {
 		held[id] = true
@@ -158,32 +167,49 @@ func (f *failover) sync(ctx context.Context) {
 		if c.isPending(j.ID) || jobs.State(j.State) == jobs.Moved {
 			continue // a migration's stopped copy, or history only
 		}
+		fp := fmt.Sprintf("%s|%d|%s|%t|%t|%t", j.State, j.PID, j.LastCheckpointID, j.RestorePending, held[j.ID], j.Policy.RestoreOnFailure)
+		if !full && f.seen[j.ID] == fp {
+			continue
+		}
 		rctx, cancel := context.WithTimeout(ctx, f.tick*2)
-		f.syncJob(rctx, j, me, held[j.ID])
+		settled := f.syncJob(rctx, j, me, held[j.ID])
 		cancel()
+		if settled {
+			f.seen[j.ID] = fp
+		} else {
+			delete(f.seen, j.ID)
+		}
 	}
 	for id := range held {
 		if !here[id] { // removed, or migrated away
 			f.fencer.Drop(ctx, id)
 		}
 	}
-	f.feedWatchdog(ctx)
+	for id := range f.seen {
+		if !here[id] {
+			delete(f.seen, id)
+		}
+	}
+	f.feedWatchdog(local)
 }
 
-func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bool) {
+// syncJob settles one job's record and lease; it reports false when it
+// must be looked at again next round (NATS unreachable, lease not yet
+// free).
+func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bool) bool {
 	c := f.c
 	rec, err := c.records.Get(ctx, j.ID)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		if !live(j) {
-			return
+			return true
 		}
 		rec, err = c.records.Create(ctx, cluster.JobRecord{ID: j.ID, Name: j.Name, Spec: spec(j), Failover: f.canFailOver(j)})
 		if err != nil {
-			return
+			return false
 		}
 	case err != nil:
-		return // unreachable: the Fencer's deadlines protect what runs
+		return false // unreachable: the Fencer's deadlines protect what runs
 	}
 	if rec.Owner != me {
 		// Another node runs the job (rule 5). A held lease is the
@@ -197,17 +223,20 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 			_ = c.m.Fence(context.WithoutCancel(ctx), j.ID,
 				fmt.Sprintf("the cluster's record gives the job to %s at epoch %d", owner, rec.Epoch))
 		}
-		return
+		return !live(j) || jobs.State(j.State) != jobs.Dumping
 	}
+	settled := true
 	want := rec
 	if live(j) {
 		if !held {
 			l, err := f.leases.Acquire(ctx, j.ID, rec.Epoch)
 			if err == nil {
 				f.fencer.Hold(l)
+			} else {
+				// ErrLeaseHeld: the previous epoch's holder (a migration's
+				// source) releases it or it expires within a lease period.
+				settled = false
 			}
-			// ErrLeaseHeld: the previous epoch's holder (a migration's
-			// source) releases it or it expires within a lease period.
 		}
 		want.State, want.Reason, want.Attempts = cluster.JobRunning, "", 0
 		want.Failover, want.Spec = f.canFailOver(j), spec(j)
@@ -225,11 +254,13 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 	}
 	if want.State == rec.State && want.Latest == rec.Latest && want.Failover == rec.Failover &&
 		want.Attempts == rec.Attempts && string(want.Spec) == string(rec.Spec) {
-		return
+		return settled
 	}
-	if _, err := c.records.Update(ctx, want); err != nil && !errors.Is(err, cluster.ErrStaleEpoch) {
+	if _, err := c.records.Update(ctx, want); err != nil {
 		c.log.Debug("update the job's cluster record", "job", j.ID, "err", err)
+		return false
 	}
+	return settled
 }
 
 // latest is the job's newest complete checkpoint in shared storage.
@@ -255,20 +286,30 @@ func (f *failover) latest(ctx context.Context, j *store.Job) (string, time.Time,
 
 // feedWatchdog tells the watchdog every held job's deadline, a tenth of a
 // lease period after the Fencer's own: the watchdog acts only when the
-// daemon did not.
-func (f *failover) feedWatchdog(ctx context.Context) {
+// daemon did not. A job with a cgroup is named by it (the watchdog reads
+// its processes when it acts); one without, by its processes now.
+func (f *failover) feedWatchdog(local []*store.Job) {
 	if f.wd == nil {
 		return
+	}
+	byID := make(map[string]*store.Job, len(local))
+	for _, j := range local {
+		byID[j.ID] = j
 	}
 	now := time.Now()
 	var out []cluster.WatchJob
 	for id, d := range f.fencer.Deadlines() {
-		j, err := f.c.m.Get(ctx, id)
-		if err != nil {
+		j := byID[id]
+		if j == nil {
 			continue
 		}
-		out = append(out, cluster.WatchJob{Job: id, PIDs: f.c.m.Tasks(j), Cgroup: f.c.m.CgroupDir(j),
-			LeftMS: d.Add(f.fencer.Period() / 10).Sub(now).Milliseconds()})
+		w := cluster.WatchJob{Job: id, Cgroup: f.c.m.CgroupDir(j), LeftMS: d.Add(f.fencer.Period() / 10).Sub(now).Milliseconds()}
+		if w.Cgroup == "" {
+			w.PIDs = f.c.m.Tasks(j)
+		} else if j.PID > 0 {
+			w.PIDs = []int{j.PID}
+		}
+		out = append(out, w)
 	}
 	if err := f.wd.Update(out); err != nil {
 		f.c.log.Warn("the fence watchdog does not take updates", "err", err)

@@ -70,7 +70,13 @@ type migrateIn struct {
 	Key    string `json:"key,omitempty"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// History is the job's events on the source (the newest
+	// maxHistory), which the target keeps before its own.
+	History []store.Event `json:"history,omitempty"`
 }
+
+// maxHistory bounds the events a migration carries.
+const maxHistory = 1000
 
 type migrateInReply struct {
 	PID int `json:"pid"`
@@ -147,6 +153,9 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		moveStart = time.Now()
 		in := migrateIn{From: self, Epoch: rec.Epoch, ID: j.ID, Name: j.Name, Cmd: j.Cmd, Dir: j.Dir, Log: j.LogPath,
 			Policy: j.Policy, Size: size}
+		if evs, err := c.m.Events(ctx, j.ID, 0, 0); err == nil {
+			in.History = evs[max(0, len(evs)-maxHistory):]
+		}
 		t0 := time.Now()
 		var err error
 		if c.transfer == transferObjectStore {
@@ -438,7 +447,8 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 		return nil, err
 	}
 	tFetch := time.Since(t0)
-	j, err := c.m.Import(ctx, jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy}, path, in.Size)
+	j, err := c.m.Import(ctx, jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy,
+		History: in.History}, path, in.Size)
 	if err != nil {
 		_ = os.Remove(path)
 		_ = os.Remove(dir)

@@ -135,6 +135,9 @@ type ImportSpec struct {
 	Dir     string
 	LogPath string
 	Policy  store.Policy
+	// History is the job's events on the node it comes from (kept, with
+	// their times, before this node's own).
+	History []store.Event `json:",omitempty"`
 }
 
 // Import records a job that arrives from another node with its archive
@@ -159,7 +162,7 @@ func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, s
 	ck := &store.Checkpoint{JobID: j.ID, State: store.CheckpointComplete, Path: archive, Size: size, CompletedAt: time.Now().UTC()}
 	if _, err := m.store.Commit(ctx, j.ID, store.Change{
 		Put:    []*store.Checkpoint{ck},
-		Events: []store.Event{{Type: "migrated-in", Message: fmt.Sprintf("arrived from another node with checkpoint %s (%d bytes)", ck.ID, size)}},
+		Events: append(history(spec), store.Event{Type: "migrated-in", Message: fmt.Sprintf("arrived from another node with checkpoint %s (%d bytes)", ck.ID, size)}),
 	}); err != nil {
 		_ = m.store.DeleteJob(context.Background(), j.ID)
 		return nil, err
@@ -242,4 +245,14 @@ func (m *Manager) ArchiveDir(jobID string) (string, error) {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
 	return dir, nil
+}
+
+// history is an arriving job's past events, renumbered by this node's
+// store; each keeps its time.
+func history(spec ImportSpec) []store.Event {
+	out := make([]store.Event, 0, len(spec.History)+1)
+	for _, e := range spec.History {
+		out = append(out, store.Event{JobID: spec.ID, Time: e.Time, Type: e.Type, Message: e.Message})
+	}
+	return out
 }

@@ -78,6 +78,10 @@ func TestClusterEmbedded(t *testing.T) {
 	before := readCounter(ctr)
 	m := migrate(t, b, "ctr", "b")
 	checkContinues(t, ctr, before)
+	// The job's history came along: its start on a, then its arrival.
+	if ev := b.ok("events", "ctr").stdout; !strings.Contains(ev, "started") || !strings.Contains(ev, "migrated-in") {
+		t.Errorf("events on b after the migration lack the job's history from a:\n%s", ev)
+	}
 	close(stop)
 	if what := <-seen; what != "" {
 		t.Fatal(what)
