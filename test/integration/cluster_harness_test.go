@@ -8,6 +8,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,6 +144,17 @@ cluster { name: cedana-test, listen: %[8]s:%[6]d, routes: [%[7]s] }
 			_ = p.Process.Kill() // by PID
 		}
 	})
+	// Daemons give up when no server answers: wait until all listen.
+	for i := range 3 {
+		addr := net.JoinHostPort(host, fmt.Sprint(client[i]))
+		eventually(t, 30*time.Second, "nats-server n"+fmt.Sprint(i)+" to listen on "+addr, func() bool {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
 	return nc
 }
 
