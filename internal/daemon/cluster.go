@@ -71,6 +71,8 @@ type clusterNode struct {
 
 	mu      sync.Mutex
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
+	// importing: jobs a migration is restoring here (before pending).
+	importing map[string]bool
 
 	fo *failover // leases, fencing and failover (failover.go)
 	// drain is the node's draining mark (drain.go); placed, the jobs
@@ -85,7 +87,22 @@ func (c *clusterNode) isPending(id string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, ok := c.pending[id]
-	return ok
+	return ok || c.importing[id]
+}
+
+// setImporting marks job id as being imported by a migration (restored
+// here, stopped) until it is pending or gone.
+func (c *clusterNode) setImporting(id string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.importing == nil {
+		c.importing = map[string]bool{}
+	}
+	if on {
+		c.importing[id] = true
+	} else {
+		delete(c.importing, id)
+	}
 }
 
 // startCluster joins the cluster configured in cfg.Cluster and serves

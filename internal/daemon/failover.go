@@ -214,8 +214,9 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 	if rec.Owner != me {
 		// Another node runs the job (rule 5). A held lease is the
 		// Fencer's to settle; a copy in a dump is a migration's source,
-		// which ends its copy itself.
-		if live(j) && !held && jobs.State(j.State) != jobs.Dumping {
+		// which ends its copy itself; a restore in progress settles first
+		// (a restore of this node's own ends in the gate).
+		if live(j) && !held && jobs.State(j.State) != jobs.Dumping && jobs.State(j.State) != jobs.Restoring {
 			owner := rec.Owner
 			if owner == "" {
 				owner = "no node (the cluster gave it up)"
@@ -223,7 +224,7 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 			_ = c.m.Fence(context.WithoutCancel(ctx), j.ID,
 				fmt.Sprintf("the cluster's record gives the job to %s at epoch %d", owner, rec.Epoch))
 		}
-		return !live(j) || jobs.State(j.State) != jobs.Dumping
+		return !live(j) || (jobs.State(j.State) != jobs.Dumping && jobs.State(j.State) != jobs.Restoring)
 	}
 	settled := true
 	want := rec

@@ -447,6 +447,10 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 		return nil, err
 	}
 	tFetch := time.Since(t0)
+	// From now on the job exists here, not yet this node's: the sync loop
+	// must leave it alone (failover.go).
+	c.setImporting(in.ID, true)
+	defer c.setImporting(in.ID, false)
 	j, err := c.m.Import(ctx, jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy,
 		History: in.History}, path, in.Size)
 	if err != nil {

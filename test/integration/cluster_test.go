@@ -225,8 +225,11 @@ while True:
 func TestClusterNATSServerKilled(t *testing.T) {
 	python := requireBinary(t, "python3")
 	nc := startNATSCluster(t, "127.0.0.1")
-	a := startNode(t, "a", map[string]any{"nats_urls": nc.url()}, nil)
-	b := startNode(t, "b", map[string]any{"nats_urls": nc.url()}, nil)
+	// A killed server's streams need a new leader before heartbeats land
+	// again (seen: 4 s under load): a 3 s node timeout would call the
+	// nodes down meanwhile.
+	a := startNode(t, "a", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
+	b := startNode(t, "b", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
 	waitNodes(t, a, 2)
 	ctr := filepath.Join(t.TempDir(), "counter")
 	marker := fmt.Sprintf("cedana-test-marker-%d-natskill", time.Now().UnixNano())
