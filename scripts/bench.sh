@@ -75,13 +75,13 @@ for run in $(seq "$RUNS"); do
   # --- raw criu ---
   start_hog; pid=$HOG_PID; dir="$BENCH_DIR/raw$run"; mkdir -p "$dir"
   t0=$(now)
-  criu dump -t "$pid" -D "$dir" -o dump.log
+  criu dump -t "$pid" -D "$dir" -o dump.log || { echo "run $run: criu dump failed:" >&2; tail -15 "$dir/dump.log" >&2; exit 1; }
   sync "$dir"/* "$dir"
   t1=$(now); raw_dump+=("$(elapsed "$t0" "$t1")")
   wait_gone "$pid"
   images_size=$(du -sb "$dir" | cut -f1)
   if [ "$run" = 1 ]; then zstd_size=$(tar cf - -C "$dir" . | zstd -1 -T2 -q -c | wc -c); fi
-  t0=$(now); criu restore -d -D "$dir" -o restore.log --pidfile "$dir/pid"; t1=$(now)
+  t0=$(now); criu restore -d -D "$dir" -o restore.log --pidfile "$dir/pid" || { echo "run $run: criu restore failed:" >&2; tail -15 "$dir/restore.log" >&2; exit 1; }; t1=$(now)
   raw_restore+=("$(elapsed "$t0" "$t1")")
   rpid=$(cat "$dir/pid"); pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
   # The same images through `criu restore --stream`, fed by a source
