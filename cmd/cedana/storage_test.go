@@ -35,8 +35,8 @@ func TestStorageConfigMapsEverySetting(t *testing.T) {
 	}
 	got := storageConfig(&l.Config)
 	want := storage.Config{Backend: "s3", Dir: storage.DirConfig{Path: "/d"},
-		S3:        storage.S3Config{Endpoint: "http://e:1", Bucket: "b", Region: "r", Prefix: "p", PathStyle: true},
-		JetStream: storage.JetStreamConfig{URL: "nats://h:1", CredsFile: "/c", Bucket: "o", CreateBucket: true, Replicas: 3},
+		S3:         storage.S3Config{Endpoint: "http://e:1", Bucket: "b", Region: "r", Prefix: "p", PathStyle: true},
+		JetStream:  storage.JetStreamConfig{URL: "nats://h:1", CredsFile: "/c", Bucket: "o", CreateBucket: true, Replicas: 3},
 		Encryption: storage.EncryptionConfig{KeyFile: "/k"}}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Fatalf("mapped\n%+v\nwant\n%+v", got, want)

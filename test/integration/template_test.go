@@ -9,8 +9,8 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
