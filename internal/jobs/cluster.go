@@ -95,7 +95,7 @@ func (m *Manager) Freeze(id string) error {
 
 // Thaw lets a frozen copy run again.
 func (m *Manager) Thaw(id string) error {
-	if j, err := m.store.GetJob(context.Background(), id); err == nil && State(j.State) == Dumping && !j.DumpLeaveRunning {
+	if j, err := m.store.GetJob(context.Background(), id); err == nil && ((State(j.State) == Dumping && !j.DumpLeaveRunning) || m.isHeldStopped(id)) {
 		// A checkpoint that keeps the tree stopped (a migration's
 		// source): it decides when the tree runs again.
 		return fmt.Errorf("job %s is being checkpointed to stay stopped: not resumed", j.Name)
@@ -230,4 +230,25 @@ func (m *Manager) isFrozen(id string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.frozen[id]
+}
+
+// setHeldStopped records that a migration keeps job id's tree stopped
+// (Thaw must not resume it).
+func (m *Manager) setHeldStopped(id string, on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.heldStopped == nil {
+		m.heldStopped = map[string]bool{}
+	}
+	if on {
+		m.heldStopped[id] = true
+	} else {
+		delete(m.heldStopped, id)
+	}
+}
+
+func (m *Manager) isHeldStopped(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.heldStopped[id]
 }

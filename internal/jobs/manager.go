@@ -84,6 +84,8 @@ type Manager struct {
 	mu     sync.Mutex
 	live   map[string]*supervisor // by job ID
 	frozen map[string]bool        // jobs the cluster's fencer holds stopped (cluster.go)
+	// heldStopped: jobs a migration keeps stopped until the move is decided.
+	heldStopped map[string]bool
 
 	// skips holds the baselines of periodic checkpoints (skip.go).
 	skips skipper

@@ -76,6 +76,10 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 		return nil, ctx.Err()
 	}
 	start := time.Now()
+	// The tree stays stopped until the move is decided: nobody else may
+	// resume it meanwhile (the cluster's fencer thaws what it froze).
+	m.setHeldStopped(j.ID, true)
+	defer m.setHeldStopped(j.ID, false)
 	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{
 		PID: j.PID, Path: path, KeepStopped: true,
 		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
