@@ -357,15 +357,13 @@ func (f *failover) restore(ctx context.Context, rec cluster.JobRecord, from stri
 	f.fencer.Hold(l)
 	// The latest checkpoint first; if it cannot be restored (a file it
 	// needs is gone, a damaged object), the one before it.
-	tries := []struct {
+	type checkpoint struct {
 		key string
 		at  time.Time
-	}{{rec.Latest, rec.LatestAt}}
+	}
+	tries := []checkpoint{{rec.Latest, rec.LatestAt}}
 	if rec.Previous != "" {
-		tries = append(tries, struct {
-			key string
-			at  time.Time
-		}{rec.Previous, rec.PreviousAt})
+		tries = append(tries, checkpoint{rec.Previous, rec.PreviousAt})
 	}
 	var err error
 	for i, ck := range tries {
