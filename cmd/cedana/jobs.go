@@ -526,6 +526,7 @@ func newCheckpointCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
+	cmd.AddCommand(newCheckpointExportCmd(g))
 	return cmd
 }
 

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/config"
 	"github.com/cedana/cedana/internal/storage"
 )
@@ -42,12 +44,26 @@ func configuredStorage(ctx context.Context, c *config.Config) (storage.Backend, 
 
 // storageAt opens the backend holding the archive named by arg — an
 // s3:// or nats:// URL, file:///path, or a local path of an encrypted
-// archive — and returns it with the archive's key. For a plain local
-// archive it returns a nil backend: the archive is read as a file.
+// archive or of a deduplicated checkpoint — and returns it with the
+// archive's key. For a plain local archive it returns a nil backend: the
+// archive is read as a file. Backends are wrapped in chunks.Dedup, which
+// reads deduplicated checkpoints (a daemon's job checkpoints) and plain
+// archives alike.
 func storageAt(ctx context.Context, c *config.Config, arg string) (storage.Backend, string, error) {
 	if !storage.IsURL(arg) {
 		if _, err := os.Stat(arg); err != nil {
 			return nil, "", fmt.Errorf("%w: %v", os.ErrNotExist, err)
+		}
+		if chunks.IsCheckpointFile(arg) {
+			abs, err := filepath.Abs(arg)
+			if err != nil {
+				return nil, "", err
+			}
+			dir, err := storage.NewDir(storage.KindLocal, filepath.Dir(abs))
+			if err != nil {
+				return nil, "", err
+			}
+			return chunks.New(dir), filepath.Base(abs), nil
 		}
 		if !encryptedFile(arg) {
 			return nil, "", nil
@@ -61,7 +77,7 @@ func storageAt(ctx context.Context, c *config.Config, arg string) (storage.Backe
 	if err != nil {
 		return nil, "", err
 	}
-	return b, key, nil
+	return chunks.New(b), key, nil
 }
 
 // encryptedFile reports whether the file at path is an encrypted archive.

@@ -19,6 +19,7 @@ func TestStorageConfigMapsEverySetting(t *testing.T) {
 		"CEDANA_STORAGE_JETSTREAM_URL=nats://h:1", "CEDANA_STORAGE_JETSTREAM_CREDS=/c",
 		"CEDANA_STORAGE_JETSTREAM_BUCKET=o", "CEDANA_STORAGE_JETSTREAM_CREATE_BUCKET=true",
 		"CEDANA_STORAGE_JETSTREAM_REPLICAS=3", "CEDANA_STORAGE_ENCRYPTION_KEY_FILE=/k",
+		"CEDANA_STORAGE_DEDUP=false", // the daemon's (jobs.Config.Dedup), not the storage package's
 	}
 	n := 0
 	for _, s := range config.Settings() {
@@ -32,6 +33,9 @@ func TestStorageConfigMapsEverySetting(t *testing.T) {
 	l, err := config.LoadFrom(nil, env)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if l.Config.Storage.Dedup {
+		t.Fatal("CEDANA_STORAGE_DEDUP=false did not turn deduplication off")
 	}
 	got := storageConfig(&l.Config)
 	want := storage.Config{Backend: "s3", Dir: storage.DirConfig{Path: "/d"},

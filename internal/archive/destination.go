@@ -19,6 +19,18 @@ type Destination interface {
 	Abort() error
 }
 
+// FrameDestination is a Destination that wants to know where the
+// independent zstd frames of the large entries lie in the stream, to store
+// each one as a content-addressed chunk (internal/chunks). Frame is called
+// before the frame's bytes are written, from the goroutine that writes
+// them; off is the frame's offset in the stream and n its stored length.
+// Every frame of a zstd entry is announced; the destination chooses which
+// to keep apart (internal/chunks keeps frames of 64 KiB and more).
+type FrameDestination interface {
+	Destination
+	Frame(off, n int64)
+}
+
 // archiveSink is the sequential writer under an archive being created: a
 // file (fileSink) or a Destination (streamSink).
 type archiveSink interface {

@@ -40,6 +40,9 @@ type frameWriter struct {
 	stored, prevStored *digests
 	hashIn             chan hashJob
 	hashBack           chan []byte
+	// onFrame, if set, is called with the stored length of each frame
+	// right before the frame is written.
+	onFrame func(n int) error
 }
 
 // hashDepth is how many compressed frames may wait for the hasher.
@@ -132,6 +135,11 @@ func (fw *frameWriter) encodeSingle() error {
 	fw.out = encodeFrame(enc, fw.cur, fw.out[:0])
 	pool.put(enc)
 	fw.cur = fw.cur[:0]
+	if fw.onFrame != nil {
+		if err := fw.onFrame(len(fw.out)); err != nil {
+			return err
+		}
+	}
 	_, err = fw.w.Write(fw.out)
 	fw.stored.Write(fw.out)
 	return err
@@ -199,6 +207,9 @@ func (fw *frameWriter) writeHead() {
 	j := fw.pending[0]
 	fw.pending = fw.pending[1:]
 	<-j.done
+	if fw.err == nil && fw.onFrame != nil {
+		fw.err = fw.onFrame(len(j.dst))
+	}
 	if fw.err == nil {
 		_, fw.err = fw.w.Write(j.dst)
 	}

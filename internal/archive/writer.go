@@ -189,6 +189,17 @@ func (w *Writer) start() {
 	pipe.small = sc.read
 	zw := zip.NewWriter(w.cw)
 	zw.RegisterCompressor(methodZstd, fw.reset)
+	if fd, ok := w.dst.(FrameDestination); ok {
+		// The zip writer buffers; flushed, the count is the frame's
+		// offset in the stream.
+		fw.onFrame = func(n int) error {
+			if err := zw.Flush(); err != nil {
+				return err
+			}
+			fd.Frame(w.cw.n, int64(n))
+			return nil
+		}
+	}
 	w.ew = &entryWriter{
 		zw:       zw,
 		fw:       fw,

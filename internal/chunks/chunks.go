@@ -1,48 +1,79 @@
-// Package chunks stores checkpoint data as content-addressed chunks in a
-// storage.Backend, so that successive checkpoints of one job store the
-// bytes they share once (issue 15; design in docs/periodic.md, "Storing
-// only what changed").
+// Package chunks stores checkpoint archives deduplicated: the large zstd
+// frames of an archive (the memory pages, 4 MiB of content each) become
+// content-addressed chunks that successive checkpoints of one job share,
+// and the rest of the archive stays in the checkpoint's own object. It is
+// a storage.Backend wrapped around another one, so that dump, restore,
+// inspect, retention and export use it without knowing (issue 15; design
+// and limits in docs/periodic.md, "Storing only what changed").
 //
-// A chunk is stored under its SHA-256, chunks/sha256/<2 hex>/<64 hex>,
-// written only when missing (Stat, then Create). A checkpoint is a
-// Manifest, written last under manifests/<checkpoint ID>.json, that lists
-// the chunks of each of its images: the manifest is the commit point, and
-// the manifests are the only reference counts. Deleting a checkpoint
-// deletes its manifest; Collect then removes the chunks no remaining
-// manifest names, sparing young ones (a checkpoint being written has
-// chunks but no manifest yet). Deleting checkpoints in any order therefore
-// never breaks another.
+// Writing: the archive writer announces each large frame before writing
+// it (archive.FrameDestination). A frame is stored under its SHA-256 as
+// <dir>/chunks/sha256/<2 hex>/<64 hex>, where <dir> is the directory of
+// the checkpoint's key (a job's checkpoints share one), only when missing.
+// Every other byte, the "skeleton", streams into the checkpoint's object,
+// which ends with a manifest listing where each chunk sits in the archive
+// and a trailer. The object is committed last, after every chunk: a
+// checkpoint exists when its object does, and an interrupted write leaves
+// only unreferenced chunks, which a later collection removes.
 //
-// Not wired into dump and restore yet: this package is the storage layer
-// the design starts from.
+// Reading: Open returns the archive byte for byte, assembled from the
+// skeleton and the chunks, each chunk checked against its SHA-256 before a
+// byte of it is returned; objects without the trailer (archives written
+// before, or by client dump) are returned as they are.
+//
+// Retention: the objects are the only reference counts. Delete removes
+// the checkpoint's object, then collects its directory: the chunks no
+// remaining object names, older than a grace period, are deleted. Writes
+// and collections of one directory are serialized in this process, so a
+// chunk found present by a write is never collected under it.
 package chunks
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cedana/cedana/internal/storage"
 )
 
-// Key prefixes.
+// Layout of a deduplicated checkpoint object:
+//
+//	skeleton bytes | manifest (JSON) | manifest length (8 bytes LE) | magic (8 bytes)
 const (
-	chunkPrefix    = "chunks/sha256/"
-	manifestPrefix = "manifests/"
+	trailerMagic = "CEDCHNK1"
+	trailerLen   = 16
+	// chunkDir is the element under a checkpoint's directory that holds
+	// its chunks.
+	chunkDir = "chunks"
+	// ManifestVersion is the version of the Manifest schema.
+	ManifestVersion = 1
+	// MinChunk is the smallest frame stored as a chunk; smaller frames
+	// (small images) stay in the skeleton.
+	MinChunk = 64 << 10
+	// maxChunk bounds a chunk (a frame of 4 MiB of content, stored raw,
+	// plus block headers), so that a hostile manifest cannot make a
+	// reader allocate more.
+	maxChunk = 8 << 20
+	// maxSkeleton bounds the skeleton a reader holds in memory.
+	maxSkeleton = 512 << 20
+	// maxManifest bounds the manifest a reader parses.
+	maxManifest = 64 << 20
+	// DefaultGrace is how old an unreferenced chunk must be to be
+	// collected: younger ones may belong to a checkpoint being written by
+	// another process (a node that lost a job it was checkpointing).
+	DefaultGrace = 10 * time.Minute
 )
-
-// ManifestVersion is the version of the Manifest schema.
-const ManifestVersion = 1
-
-// ErrCorrupt means a chunk's bytes do not match its digest or size.
-var ErrCorrupt = errors.New("chunk is corrupt")
 
 // Ref names a chunk: its SHA-256 (hex) and length.
 type Ref struct {
@@ -50,288 +81,327 @@ type Ref struct {
 	Size   int64  `json:"size"`
 }
 
-// Key is the chunk's object key.
-func (r Ref) Key() string { return chunkPrefix + r.Digest[:2] + "/" + r.Digest }
-
-// valid reports whether the digest is 64 lowercase hex digits.
+// valid reports whether the digest is 64 lowercase hex digits and the
+// size is within bounds.
 func (r Ref) valid() bool {
-	if len(r.Digest) != 64 || r.Size < 0 {
+	if len(r.Digest) != 64 || r.Size <= 0 || r.Size > maxChunk {
 		return false
 	}
 	_, err := hex.DecodeString(r.Digest)
 	return err == nil && strings.ToLower(r.Digest) == r.Digest
 }
 
-// Image is one image of a checkpoint as the concatenation of its chunks.
-type Image struct {
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`
-	Chunks []Ref  `json:"chunks"`
+// Segment is a chunk and where it sits in the archive.
+type Segment struct {
+	Off int64 `json:"off"`
+	Ref
 }
 
-// Manifest is a deduplicated checkpoint.
+// Manifest describes a deduplicated checkpoint.
 type Manifest struct {
-	Version    int       `json:"version"`
-	Checkpoint string    `json:"checkpoint"`
-	Created    time.Time `json:"created"`
-	Images     []Image   `json:"images"`
+	Version int `json:"version"`
+	// Size is the length of the archive.
+	Size int64 `json:"size"`
+	// Skeleton is the number of bytes of the archive stored in the
+	// checkpoint's object, and SkeletonSHA256 their digest.
+	Skeleton       int64  `json:"skeleton"`
+	SkeletonSHA256 string `json:"skeleton_sha256"`
+	// Chunks are in archive order and do not overlap.
+	Chunks []Segment `json:"chunks"`
 }
 
-// Store reads and writes chunks and manifests in a backend.
-type Store struct {
-	b storage.Backend
-}
-
-// New returns a Store over b.
-func New(b storage.Backend) *Store { return &Store{b: b} }
-
-// PutStats says what a write stored.
-type PutStats struct {
-	Chunks, NewChunks int   // chunks referenced; those written because missing
-	Bytes, NewBytes   int64 // their bytes
-}
-
-// Put stores data as one chunk unless the backend has it already.
-func (s *Store) Put(ctx context.Context, data []byte) (Ref, bool, error) {
-	sum := sha256.Sum256(data)
-	ref := Ref{Digest: hex.EncodeToString(sum[:]), Size: int64(len(data))}
-	if _, err := s.b.Stat(ctx, ref.Key()); err == nil {
-		return ref, false, nil
-	} else if !errors.Is(err, storage.ErrNotExist) {
-		return Ref{}, false, fmt.Errorf("chunk %s: %w", ref.Key(), err)
-	}
-	w, err := s.b.Create(ctx, ref.Key())
-	if err != nil {
-		return Ref{}, false, fmt.Errorf("chunk %s: %w", ref.Key(), err)
-	}
-	if _, err := w.Write(data); err != nil {
-		_ = w.Abort()
-		return Ref{}, false, fmt.Errorf("chunk %s: %w", ref.Key(), err)
-	}
-	if err := w.Commit(); err != nil {
-		return Ref{}, false, fmt.Errorf("chunk %s: %w", ref.Key(), err)
-	}
-	return ref, true, nil
-}
-
-// PutImage cuts r into chunks of chunkSize bytes (the last may be
-// shorter) and stores those the backend lacks.
-func (s *Store) PutImage(ctx context.Context, name string, r io.Reader, chunkSize int, st *PutStats) (Image, error) {
-	if chunkSize <= 0 {
-		return Image{}, fmt.Errorf("chunk size must be positive, not %d", chunkSize)
-	}
-	img := Image{Name: name}
-	buf := make([]byte, chunkSize)
-	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			ref, isNew, perr := s.Put(ctx, buf[:n])
-			if perr != nil {
-				return Image{}, fmt.Errorf("image %s: %w", name, perr)
-			}
-			img.Chunks = append(img.Chunks, ref)
-			img.Size += int64(n)
-			if st != nil {
-				st.Chunks++
-				st.Bytes += int64(n)
-				if isNew {
-					st.NewChunks++
-					st.NewBytes += int64(n)
-				}
-			}
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return img, nil
-		}
-		if err != nil {
-			return Image{}, fmt.Errorf("read image %s: %w", name, err)
-		}
-	}
-}
-
-// manifestKey is where a checkpoint's manifest lives.
-func manifestKey(checkpoint string) string { return manifestPrefix + checkpoint + ".json" }
-
-// Commit writes the manifest, which makes the checkpoint exist. Every
-// chunk it names must have been stored before.
-func (s *Store) Commit(ctx context.Context, m *Manifest) error {
-	if err := m.validate(); err != nil {
-		return err
-	}
-	data, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
-	}
-	w, err := s.b.Create(ctx, manifestKey(m.Checkpoint))
-	if err != nil {
-		return fmt.Errorf("checkpoint %s: %w", m.Checkpoint, err)
-	}
-	if _, err := w.Write(data); err != nil {
-		_ = w.Abort()
-		return fmt.Errorf("checkpoint %s: %w", m.Checkpoint, err)
-	}
-	if err := w.Commit(); err != nil {
-		return fmt.Errorf("checkpoint %s: %w", m.Checkpoint, err)
-	}
-	return nil
-}
-
-// validate checks a manifest read from storage or about to be written.
+// validate checks a manifest read from storage (untrusted) or about to be
+// written.
 func (m *Manifest) validate() error {
 	if m.Version != ManifestVersion {
-		return fmt.Errorf("%w: manifest version %d, want %d", ErrCorrupt, m.Version, ManifestVersion)
+		return fmt.Errorf("manifest version %d, want %d", m.Version, ManifestVersion)
 	}
-	if m.Checkpoint == "" || strings.ContainsAny(m.Checkpoint, "/\\") || strings.HasPrefix(m.Checkpoint, ".") {
-		return fmt.Errorf("%w: bad checkpoint name %q in manifest", ErrCorrupt, m.Checkpoint)
+	if m.Size < 0 || m.Skeleton < 0 || m.Skeleton > m.Size || m.Skeleton > maxSkeleton {
+		return fmt.Errorf("bad sizes: archive %d, skeleton %d", m.Size, m.Skeleton)
 	}
-	for _, img := range m.Images {
-		var total int64
-		for _, c := range img.Chunks {
-			if !c.valid() {
-				return fmt.Errorf("%w: checkpoint %s, image %s: bad chunk reference %+v", ErrCorrupt, m.Checkpoint, img.Name, c)
-			}
-			total += c.Size
+	if !(Ref{Digest: m.SkeletonSHA256, Size: 1}).valid() {
+		return fmt.Errorf("bad skeleton digest %q", m.SkeletonSHA256)
+	}
+	var end, total int64
+	for i, c := range m.Chunks {
+		if !c.valid() {
+			return fmt.Errorf("bad chunk reference %+v", c.Ref)
 		}
-		if total != img.Size {
-			return fmt.Errorf("%w: checkpoint %s, image %s: chunks hold %d bytes, image is %d", ErrCorrupt, m.Checkpoint, img.Name, total, img.Size)
+		if c.Off < end || c.Off > m.Size-c.Size {
+			return fmt.Errorf("chunk %d at %d+%d overlaps another or lies outside the archive", i, c.Off, c.Size)
 		}
+		end = c.Off + c.Size
+		total += c.Size
+	}
+	if total+m.Skeleton != m.Size {
+		return fmt.Errorf("chunks hold %d bytes and the skeleton %d, the archive is %d", total, m.Skeleton, m.Size)
 	}
 	return nil
 }
 
-// Manifest reads and validates a checkpoint's manifest.
-func (s *Store) Manifest(ctx context.Context, checkpoint string) (*Manifest, error) {
-	data, err := s.readAll(ctx, manifestKey(checkpoint))
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", checkpoint, err)
-	}
-	return parseManifest(data, checkpoint)
-}
-
-// parseManifest decodes and validates the manifest of checkpoint (bytes
-// read from storage: untrusted).
-func parseManifest(data []byte, checkpoint string) (*Manifest, error) {
+// parseManifest decodes and validates a manifest.
+func parseManifest(data []byte) (*Manifest, error) {
 	m := new(Manifest)
 	if err := json.Unmarshal(data, m); err != nil {
-		return nil, fmt.Errorf("%w: checkpoint %s: manifest: %v", ErrCorrupt, checkpoint, err)
+		return nil, fmt.Errorf("manifest: %v", err)
 	}
-	if m.Checkpoint != checkpoint {
-		return nil, fmt.Errorf("%w: manifest of %s names checkpoint %q", ErrCorrupt, checkpoint, m.Checkpoint)
+	if err := m.validate(); err != nil {
+		return nil, err
 	}
-	return m, m.validate()
+	return m, nil
 }
 
-// Get reads a chunk and checks its size and SHA-256.
-func (s *Store) Get(ctx context.Context, ref Ref) ([]byte, error) {
-	if !ref.valid() {
-		return nil, fmt.Errorf("%w: bad chunk reference %+v", ErrCorrupt, ref)
+// Dedup is a storage.Backend that stores archives deduplicated in Inner.
+type Dedup struct {
+	inner storage.Backend
+	// Grace is how old an unreferenced chunk must be to be collected.
+	Grace time.Duration
+	// Workers is how many chunks are hashed and stored at once per write.
+	Workers int
+
+	mu   sync.Mutex
+	dirs map[string]*dirState
+}
+
+// dirState serializes the writes and collections of one directory and
+// remembers the chunks known to be stored there.
+type dirState struct {
+	rw    sync.RWMutex    // writes hold it shared, collections exclusively
+	mu    sync.Mutex      // guards known
+	known map[string]bool // chunk keys stored (by this process or seen)
+}
+
+// New returns a deduplicating backend over inner.
+func New(inner storage.Backend) *Dedup {
+	return &Dedup{inner: inner, Grace: DefaultGrace, Workers: 4, dirs: map[string]*dirState{}}
+}
+
+var _ storage.Wrapper = (*Dedup)(nil)
+
+// Name names the inner backend.
+func (d *Dedup) Name() string { return d.inner.Name() }
+
+// Inner is the backend the objects live in.
+func (d *Dedup) Inner() storage.Backend { return d.inner }
+
+// dir returns the state of the directory of key, and that directory's
+// chunk prefix.
+func (d *Dedup) dir(key string) (*dirState, string) {
+	dir := path.Dir(key)
+	prefix := chunkDir + "/"
+	if dir != "." {
+		prefix = dir + "/" + prefix
 	}
-	data, err := s.readAll(ctx, ref.Key())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.dirs[prefix]
+	if s == nil {
+		s = &dirState{known: map[string]bool{}}
+		d.dirs[prefix] = s
+	}
+	return s, prefix
+}
+
+// chunkKey is the key of a chunk under a directory's chunk prefix.
+func chunkKey(prefix string, r Ref) string {
+	return prefix + "sha256/" + r.Digest[:2] + "/" + r.Digest
+}
+
+// isChunk reports whether key is a chunk of some directory.
+func isChunk(key string) bool {
+	return strings.HasPrefix(key, chunkDir+"/sha256/") || strings.Contains(key, "/"+chunkDir+"/sha256/")
+}
+
+// Stat reports the checkpoint's object (its stored size, not the
+// archive's).
+func (d *Dedup) Stat(ctx context.Context, key string) (storage.Info, error) {
+	return d.inner.Stat(ctx, key)
+}
+
+// List lists the objects under prefix, without the chunks.
+func (d *Dedup) List(ctx context.Context, prefix string) ([]storage.Info, error) {
+	all, err := d.inner.List(ctx, prefix)
 	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", ref.Key(), err)
+		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	if int64(len(data)) != ref.Size || hex.EncodeToString(sum[:]) != ref.Digest {
-		return nil, fmt.Errorf("%w: %s holds %d bytes with SHA-256 %x, want %d bytes with %s",
-			ErrCorrupt, ref.Key(), len(data), sum, ref.Size, ref.Digest)
-	}
-	return data, nil
+	return slices.DeleteFunc(all, func(i storage.Info) bool { return isChunk(i.Key) }), nil
 }
 
-// WriteImage writes an image of checkpoint to w, verifying every chunk;
-// a corrupt chunk fails it with an error naming the checkpoint, the image
-// and the chunk.
-func (s *Store) WriteImage(ctx context.Context, checkpoint string, img Image, w io.Writer) error {
-	for i, c := range img.Chunks {
-		data, err := s.Get(ctx, c)
-		if err != nil {
-			return fmt.Errorf("checkpoint %s, image %s, chunk %d of %d: %w", checkpoint, img.Name, i+1, len(img.Chunks), err)
-		}
-		if _, err := w.Write(data); err != nil {
-			return fmt.Errorf("checkpoint %s, image %s: %w", checkpoint, img.Name, err)
-		}
+// Delete removes a checkpoint, then the chunks of its directory that no
+// remaining checkpoint needs. A failed collection is not an error of the
+// delete (the checkpoint is gone; the next one retries); it is returned
+// wrapped in a *CollectError so that callers can log it.
+func (d *Dedup) Delete(ctx context.Context, key string) error {
+	if isChunk(key) {
+		return fmt.Errorf("%w: %s is a chunk, not a checkpoint", storage.ErrInvalidKey, key)
+	}
+	st, prefix := d.dir(key)
+	st.rw.Lock()
+	defer st.rw.Unlock()
+	if err := d.inner.Delete(ctx, key); err != nil {
+		return err
+	}
+	if _, err := d.collect(ctx, st, prefix, time.Now()); err != nil {
+		return &CollectError{Dir: path.Dir(key), Err: err}
 	}
 	return nil
 }
 
-// Delete removes a checkpoint's manifest; its chunks go at the next
-// Collect unless another manifest names them.
-func (s *Store) Delete(ctx context.Context, checkpoint string) error {
-	return s.b.Delete(ctx, manifestKey(checkpoint))
+// CollectError is a collection that failed after its checkpoint was
+// deleted.
+type CollectError struct {
+	Dir string
+	Err error
 }
 
-// Collect deletes the chunks no manifest names that were stored more than
-// grace before now (younger ones may belong to a checkpoint being
-// written), and returns how many it deleted. A manifest it cannot read
-// stops it: deleting what only that manifest names would break it.
-func (s *Store) Collect(ctx context.Context, grace time.Duration, now time.Time) (int, error) {
-	mans, err := s.b.List(ctx, manifestPrefix)
+func (e *CollectError) Error() string {
+	return fmt.Sprintf("collect unused chunks of %s: %v", e.Dir, e.Err)
+}
+
+func (e *CollectError) Unwrap() error { return e.Err }
+
+// Collect deletes the unreferenced chunks of key's directory that are
+// older than the grace period, and returns how many it deleted.
+func (d *Dedup) Collect(ctx context.Context, key string, now time.Time) (int, error) {
+	st, prefix := d.dir(key)
+	st.rw.Lock()
+	defer st.rw.Unlock()
+	return d.collect(ctx, st, prefix, now)
+}
+
+// collect is Collect with the directory locked. A checkpoint object it
+// cannot read stops it: deleting what only that object names would break
+// it.
+func (d *Dedup) collect(ctx context.Context, st *dirState, prefix string, now time.Time) (int, error) {
+	dir := strings.TrimSuffix(prefix, chunkDir+"/")
+	objs, err := d.inner.List(ctx, dir)
 	if err != nil {
 		return 0, err
 	}
 	live := map[string]bool{}
-	for _, mi := range mans {
-		name := strings.TrimSuffix(strings.TrimPrefix(mi.Key, manifestPrefix), ".json")
-		m, err := s.Manifest(ctx, name)
+	var chunks []storage.Info
+	for _, o := range objs {
+		if strings.HasPrefix(o.Key, prefix) {
+			chunks = append(chunks, o)
+			continue
+		}
+		if strings.Contains(strings.TrimPrefix(o.Key, dir), "/") {
+			continue // another directory's
+		}
+		m, err := d.readManifest(ctx, o.Key)
+		if errors.Is(err, errNotDedup) || errors.Is(err, storage.ErrNotExist) {
+			continue
+		}
 		if err != nil {
-			return 0, fmt.Errorf("collect: %w", err)
+			return 0, fmt.Errorf("%s: %w", o.Key, err)
 		}
-		for _, img := range m.Images {
-			for _, c := range img.Chunks {
-				live[c.Key()] = true
-			}
+		for _, c := range m.Chunks {
+			live[chunkKey(prefix, c.Ref)] = true
 		}
-	}
-	chunks, err := s.b.List(ctx, chunkPrefix)
-	if err != nil {
-		return 0, err
 	}
 	deleted := 0
 	for _, c := range chunks {
-		if live[c.Key] || now.Sub(c.ModTime) < grace {
+		if live[c.Key] || now.Sub(c.ModTime) < d.Grace {
 			continue
 		}
-		if err := s.b.Delete(ctx, c.Key); err != nil {
+		if err := d.inner.Delete(ctx, c.Key); err != nil && !errors.Is(err, storage.ErrNotExist) {
 			return deleted, err
 		}
+		st.mu.Lock()
+		delete(st.known, c.Key)
+		st.mu.Unlock()
 		deleted++
 	}
 	return deleted, nil
 }
 
-// Export writes the images of a checkpoint one after the other to open,
-// verified, e.g. into a self-contained archive.
-func (s *Store) Export(ctx context.Context, checkpoint string, open func(name string, size int64) (io.Writer, error)) error {
-	m, err := s.Manifest(ctx, checkpoint)
-	if err != nil {
-		return err
-	}
-	for _, img := range m.Images {
-		w, err := open(img.Name, img.Size)
-		if err != nil {
-			return err
-		}
-		if err := s.WriteImage(ctx, checkpoint, img, w); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+// errNotDedup means an object has no trailer: a plain archive.
+var errNotDedup = errors.New("not a deduplicated checkpoint")
 
-func (s *Store) readAll(ctx context.Context, key string) ([]byte, error) {
-	obj, err := s.b.Open(ctx, key)
+// readManifest reads the manifest of the checkpoint object at key.
+func (d *Dedup) readManifest(ctx context.Context, key string) (*Manifest, error) {
+	obj, err := d.inner.Open(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	defer obj.Close()
-	var buf bytes.Buffer
-	r, err := obj.Stream(0, -1)
+	m, _, err := readTrailer(obj)
+	return m, err
+}
+
+// readTrailer reads and validates the manifest at the end of obj, and
+// returns it with its offset; errNotDedup when obj has no trailer.
+func readTrailer(obj storage.Object) (*Manifest, int64, error) {
+	size := obj.Size()
+	if size < trailerLen {
+		return nil, 0, errNotDedup
+	}
+	var t [trailerLen]byte
+	if _, err := obj.ReadAt(t[:], size-trailerLen); err != nil {
+		return nil, 0, err
+	}
+	if string(t[8:]) != trailerMagic {
+		return nil, 0, errNotDedup
+	}
+	n := binary.LittleEndian.Uint64(t[:8])
+	if n > maxManifest || int64(n) > size-trailerLen {
+		return nil, 0, fmt.Errorf("%w: manifest of %d bytes in an object of %d", storage.ErrCorrupt, n, size)
+	}
+	at := size - trailerLen - int64(n)
+	data := make([]byte, n)
+	if _, err := obj.ReadAt(data, at); err != nil {
+		return nil, 0, err
+	}
+	m, err := parseManifest(data)
 	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", storage.ErrCorrupt, err)
+	}
+	if m.Skeleton != at {
+		return nil, 0, fmt.Errorf("%w: skeleton of %d bytes, %d stored", storage.ErrCorrupt, m.Skeleton, at)
+	}
+	return m, at, nil
+}
+
+// IsDeduplicated reports whether obj is a deduplicated checkpoint object
+// (as opposed to an archive), for messages.
+func IsDeduplicated(obj storage.Object) bool {
+	_, _, err := readTrailer(obj)
+	return !errors.Is(err, errNotDedup)
+}
+
+// IsCheckpointFile reports whether the file at path is a deduplicated
+// checkpoint object (whose chunks are in the chunks directory next to it).
+func IsCheckpointFile(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() < trailerLen {
+		return false
+	}
+	var t [trailerLen]byte
+	if _, err := f.ReadAt(t[:], st.Size()-trailerLen); err != nil {
+		return false
+	}
+	return string(t[8:]) == trailerMagic
+}
+
+// sum returns the SHA-256 of b as a Ref.
+func sum(b []byte) Ref {
+	s := sha256.Sum256(b)
+	return Ref{Digest: hex.EncodeToString(s[:]), Size: int64(len(b))}
+}
+
+// readAll reads the whole object at key, at most limit bytes.
+func readAll(obj storage.Object, limit int64) ([]byte, error) {
+	if obj.Size() > limit {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d expected", storage.ErrCorrupt, obj.Size(), limit)
+	}
+	b := make([]byte, obj.Size())
+	if _, err := obj.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	defer r.Close()
-	if _, err := io.Copy(&buf, r); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return b, nil
 }

@@ -252,6 +252,7 @@ func Default() Config {
 			RestoreBackoff: Duration{time.Second},
 		},
 		Policy:  Policy{Keep: 5, MaxRestores: 3, Failover: "auto"},
+		Storage: Storage{Dedup: true},
 		Cluster: Cluster{NodeTimeout: Duration{10 * time.Second}},
 	}
 }

@@ -17,6 +17,11 @@ type Storage struct {
 	JetStream StorageJetStream `json:"jetstream"`
 	// Encryption configures encryption at rest.
 	Encryption StorageEncryption `json:"encryption"`
+	// Dedup stores the daemon's job checkpoints deduplicated: the memory
+	// frames successive checkpoints of a job share are stored once
+	// (internal/chunks, docs/periodic.md). `client dump` archives never
+	// are. Default true.
+	Dedup bool `json:"dedup"`
 }
 
 // StorageDir configures the dir backend.

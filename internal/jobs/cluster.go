@@ -206,6 +206,9 @@ func (m *Manager) CgroupDir(j *store.Job) string {
 // Shared reports whether loc is an archive in the storage backend (which
 // other nodes read), not a file on this node.
 func (m *Manager) Shared(loc string) bool {
+	if m.cfg.Storage == nil {
+		return false // the checkpoint directory, even deduplicated
+	}
 	_, ok := m.inStore(loc)
 	return ok
 }

@@ -64,11 +64,15 @@ type Config struct {
 	// CgroupParent is the cgroup (under the cgroup v2 mount) that holds
 	// the job cgroups; empty: "cedana".
 	CgroupParent string
+	// Dedup stores process jobs' checkpoints deduplicated (see
+	// storage.go, internal/chunks).
+	Dedup bool
 }
 
 // Manager runs jobs. It is safe for concurrent use.
 type Manager struct {
 	cfg        Config
+	ckStore    storage.Backend // where checkpoints go; nil: local files (storage.go)
 	store      store.Store
 	engine     Engine
 	containers Containers     // nil: no container jobs
@@ -127,9 +131,14 @@ func New(cfg Config, st store.Store, engine Engine, containers Containers, log *
 	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		log.Warn("cannot mark inherited descriptors close-on-exec: jobs may inherit them", "err", err)
 	}
+	ckStore, err := checkpointStore(cfg)
+	if err != nil {
+		log.Warn("job checkpoints are stored without deduplication", "err", err)
+		ckStore = cfg.Storage
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, store: st, engine: engine, containers: containers, log: log, metrics: metrics,
-		cg: cg, fault: fault.FromEnv(),
+		cg: cg, fault: fault.FromEnv(), ckStore: ckStore,
 		ctx: ctx, cancel: cancel, live: map[string]*supervisor{},
 		dumps: make(chan struct{}, max(1, runtime.NumCPU()))}
 }

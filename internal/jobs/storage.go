@@ -10,6 +10,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -21,49 +22,80 @@ import (
 // s3, nats://host/bucket/… for jetstream). Records whose Path is not in
 // the backend (written before it was configured, container jobs) are
 // local files, handled as before.
+//
+// With Config.Dedup, process jobs' checkpoints are stored deduplicated
+// (internal/chunks): in the configured backend, or, without one, in a dir
+// backend over CheckpointDir ("<job ID>/<name>_<time>.zip", the same paths
+// as before). Either way m.ckStore is the backend every checkpoint goes
+// through; it reads plain archives too.
 
 // storageTimeout bounds one metadata call (stat, delete) to the backend.
 const storageTimeout = 30 * time.Second
 
-// jobKeyPrefix is the prefix of a job's objects in the backend.
-func jobKeyPrefix(jobID string) string { return "jobs/" + jobID + "/" }
+// checkpointStore returns the backend job checkpoints go through (nil:
+// plain local files) for cfg.
+func checkpointStore(cfg Config) (storage.Backend, error) {
+	b := cfg.Storage
+	if !cfg.Dedup {
+		return b, nil
+	}
+	if b == nil {
+		if err := os.MkdirAll(cfg.CheckpointDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", cfg.CheckpointDir, err)
+		}
+		dir, err := storage.NewDir("local", cfg.CheckpointDir)
+		if err != nil {
+			return nil, err
+		}
+		b = dir
+	}
+	return chunks.New(b), nil
+}
 
-// inStore returns the key of the archive at loc in the configured backend,
-// or false when loc is a local file.
+// jobKeyPrefix is the prefix of a job's objects in the backend.
+func (m *Manager) jobKeyPrefix(jobID string) string {
+	if m.cfg.Storage == nil { // the dir backend over CheckpointDir
+		return jobID + "/"
+	}
+	return "jobs/" + jobID + "/"
+}
+
+// inStore returns the key of the archive at loc in the checkpoint
+// backend, or false when loc is a local file.
 func (m *Manager) inStore(loc string) (string, bool) {
-	if m.cfg.Storage == nil || loc == "" {
+	if m.ckStore == nil || loc == "" {
 		return "", false
 	}
-	return storage.KeyOf(m.cfg.Storage, loc)
+	return storage.KeyOf(m.ckStore, loc)
 }
 
 // newArchiveLocation picks the location of a job's next archive: a new
 // key in the backend for process jobs when one is configured, else a new
 // local path.
 func (m *Manager) newArchiveLocation(ctx context.Context, j *store.Job) (string, error) {
-	if m.cfg.Storage == nil || j.Runtime != "" {
+	if m.ckStore == nil || j.Runtime != "" {
 		return m.newArchivePath(j)
 	}
 	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
 	now := time.Now()
 	for n := 0; n < 1000; n++ {
-		key := jobKeyPrefix(j.ID) + checkpoint.ArchiveName(j.Name, now, n)
-		_, err := m.cfg.Storage.Stat(ctx, key)
+		key := m.jobKeyPrefix(j.ID) + checkpoint.ArchiveName(j.Name, now, n)
+		_, err := m.ckStore.Stat(ctx, key)
 		switch {
 		case errors.Is(err, storage.ErrNotExist):
-			return storage.Location(m.cfg.Storage, key), nil
+			return storage.Location(m.ckStore, key), nil
 		case err != nil:
 			return "", err
 		}
 	}
-	return "", fmt.Errorf("no free archive name in %s", m.cfg.Storage.Name())
+	return "", fmt.Errorf("no free archive name in %s", m.ckStore.Name())
 }
 
 // dumpRequest is the engine request writing a process job's archive to loc.
 func (m *Manager) dumpRequest(loc string) checkpoint.DumpRequest {
 	if key, ok := m.inStore(loc); ok {
-		return checkpoint.DumpRequest{Storage: m.cfg.Storage, Key: key}
+		return checkpoint.DumpRequest{Storage: m.ckStore, Key: key}
 	}
 	return checkpoint.DumpRequest{Path: loc}
 }
@@ -71,7 +103,7 @@ func (m *Manager) dumpRequest(loc string) checkpoint.DumpRequest {
 // restoreRequest is the engine request reading the archive at loc.
 func (m *Manager) restoreRequest(loc string) checkpoint.RestoreRequest {
 	if key, ok := m.inStore(loc); ok {
-		return checkpoint.RestoreRequest{Path: loc, Storage: m.cfg.Storage, Key: key}
+		return checkpoint.RestoreRequest{Path: loc, Storage: m.ckStore, Key: key}
 	}
 	return checkpoint.RestoreRequest{Path: loc}
 }
@@ -82,7 +114,12 @@ func (m *Manager) removeArchive(loc string) error {
 	if key, ok := m.inStore(loc); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 		defer cancel()
-		return m.cfg.Storage.Delete(ctx, key)
+		err := m.ckStore.Delete(ctx, key)
+		if ce := (*chunks.CollectError)(nil); errors.As(err, &ce) {
+			m.log.Warn("checkpoint deleted; its unused chunks stay until the next deletion", "err", ce)
+			return nil
+		}
+		return err
 	}
 	return removeArchive(loc)
 }
@@ -92,7 +129,7 @@ func (m *Manager) archiveExists(loc string) bool {
 	if key, ok := m.inStore(loc); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 		defer cancel()
-		_, err := m.cfg.Storage.Stat(ctx, key)
+		_, err := m.ckStore.Stat(ctx, key)
 		return err == nil
 	}
 	_, err := os.Stat(loc)
@@ -123,7 +160,7 @@ func (m *Manager) readManifest(loc string) (*archive.Manifest, int64, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 	defer cancel()
-	obj, err := m.cfg.Storage.Open(ctx, key)
+	obj, err := m.ckStore.Open(ctx, key)
 	if err != nil {
 		return nil, 0, err
 	}

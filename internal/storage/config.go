@@ -87,6 +87,8 @@ func CloseBackend(b Backend) error {
 			b = w.inner
 		case *plainOnly:
 			b = w.Backend
+		case Wrapper:
+			b = w.Inner()
 		default:
 			return nil
 		}

@@ -23,6 +23,8 @@ func Location(b Backend, key string) string {
 			return v.Path(key)
 		case *S3:
 			return "s3://" + v.cfg.Bucket + "/" + v.prefix + key
+		case Wrapper:
+			b = v.Inner()
 		case *JetStream:
 			server := strings.TrimSpace(strings.Split(v.cfg.URL, ",")[0])
 			if u, err := url.Parse(server); err == nil {
@@ -49,6 +51,13 @@ func KeyOf(b Backend, loc string) (string, bool) {
 	return key, true
 }
 
+// Wrapper is a Backend that stores its objects in another one (encryption,
+// deduplication); Location and KeyOf see through it.
+type Wrapper interface {
+	Backend
+	Inner() Backend
+}
+
 func unwrap(b Backend) Backend {
 	for {
 		switch v := b.(type) {
@@ -56,6 +65,8 @@ func unwrap(b Backend) Backend {
 			b = v.inner
 		case *plainOnly:
 			b = v.Backend
+		case Wrapper:
+			b = v.Inner()
 		default:
 			return b
 		}
