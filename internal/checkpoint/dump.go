@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/proc"
@@ -86,6 +87,8 @@ type DumpResult struct {
 	CRIUTime, ArchiveTime, Total time.Duration
 	// CRIUCPU is the CPU time CRIU's process used (0 when unknown).
 	CRIUCPU time.Duration
+	// Stored says what a deduplicating backend stored (nil otherwise).
+	Stored *chunks.Stats
 	// LogPath is CRIU's log.
 	LogPath string
 	// Warnings are problems that did not fail the dump (a post-dump hook).
@@ -280,7 +283,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	out := &DumpResult{
 		Path: path, Size: size, Manifest: m, Reasons: reasons, Skipped: skipped,
 		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
-		LogPath: res.LogPath, CRIUCPU: res.CPU,
+		LogPath: res.LogPath, CRIUCPU: res.CPU, Stored: target.stored(),
 	}
 	switch {
 	case frozen && req.KeepStopped:

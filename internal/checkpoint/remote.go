@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/storage"
 )
 
@@ -25,6 +26,21 @@ type archiveTarget struct {
 	loc     string
 	backend storage.Backend
 	key     string
+	// dst receives the backend's writer once created, for its statistics.
+	dst *storage.Writer
+}
+
+// stored returns what a deduplicating backend stored for the archive, nil
+// for another one.
+func (t archiveTarget) stored() *chunks.Stats {
+	if t.dst == nil {
+		return nil
+	}
+	if w, ok := (*t.dst).(interface{ Stats() chunks.Stats }); ok {
+		st := w.Stats()
+		return &st
+	}
+	return nil
 }
 
 // remote reports whether the archive goes to a backend.
@@ -64,7 +80,7 @@ func dumpTarget(ctx context.Context, req DumpRequest, name string, t time.Time) 
 	if err := storage.CheckKey(key); err != nil {
 		return archiveTarget{}, fmt.Errorf("%w: %w", ErrInvalidInput, err)
 	}
-	return archiveTarget{loc: storage.Location(req.Storage, key), backend: req.Storage, key: key}, nil
+	return archiveTarget{loc: storage.Location(req.Storage, key), backend: req.Storage, key: key, dst: new(storage.Writer)}, nil
 }
 
 // newWriter starts a streamed archive at t.
@@ -76,6 +92,7 @@ func (t archiveTarget) newWriter(ctx context.Context, opts archive.WriteOptions)
 	if err != nil {
 		return nil, err
 	}
+	*t.dst = dst
 	return archive.NewWriterTo(t.loc, dst, opts)
 }
 
@@ -88,6 +105,7 @@ func (t archiveTarget) create(ctx context.Context, m *archive.Manifest, imagesDi
 	if err != nil {
 		return nil, 0, err
 	}
+	*t.dst = dst
 	return archive.CreateTo(t.loc, dst, m, imagesDir, files, opts)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -79,6 +80,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		// periodic runs compare the job with (skip.go).
 		observe func()
 		base    = new(*treeState)
+		stored  *chunks.Stats // what deduplication stored
 	)
 	if j.Runtime != "" {
 		path, size, stats, derr = m.dumpContainer(ctx, j, path, leaveRunning)
@@ -93,6 +95,7 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 		res, derr = m.engine.Dump(ctx, req)
 		if derr == nil {
 			path, size, stats, criuCPU = res.Path, res.Size, res.Manifest.Stats, res.CRIUCPU
+			stored = res.Stored
 		}
 	}
 	elapsed, daemonCPU := time.Since(start), selfCPU()-cpu0
@@ -131,8 +134,8 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if leaveRunning {
 		next = Running
 	}
-	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s%s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond),
-		m.checkpointCost(why, daemonCPU, criuCPU))
+	msg := fmt.Sprintf("%s checkpoint %s: %s, %d bytes in %s%s%s", why, ck.ID, ck.Path, ck.Size, elapsed.Round(time.Millisecond),
+		storedNote(stored), m.checkpointCost(why, daemonCPU, criuCPU))
 	j, err = m.completeCheckpoint(j, ck, next, msg)
 	if err != nil {
 		return nil, err
@@ -198,6 +201,16 @@ func (m *Manager) newArchivePath(j *store.Job) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no free archive name in %s", dir)
+}
+
+// storedNote says what a deduplicated checkpoint stored: the bytes of its
+// new chunks and of its own object, against the archive's.
+func storedNote(st *chunks.Stats) string {
+	if st == nil {
+		return ""
+	}
+	return fmt.Sprintf("; stored %d new bytes (%d of %d chunks new, %d bytes in the checkpoint's own object)",
+		st.NewBytes+st.Skeleton, st.NewChunks, st.Chunks, st.Skeleton)
 }
 
 // afterLeaveRunning notices a job that died while a dump held it, when the
