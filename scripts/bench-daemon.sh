@@ -4,7 +4,9 @@
 #   (a) daemon CPU and RSS with 100 idle jobs checkpointed every 10 s, over 60 s
 #   (b) ListJobs p50/p99 with 100 jobs and 10,000 checkpoints in the catalogue
 #   (c) dump of a 256 MiB process: through the daemon vs the standalone client
-# Needs root and CRIU (`make setup`). Takes about 3 minutes.
+#   (d) deduplicated periodic checkpoints of a 1 GiB job rewriting 1 % per
+#       period: bytes stored per checkpoint; restore vs self-contained
+# Needs root and CRIU (`make setup`). Takes about 5 minutes.
 #
 # Environment: CEDANA_BIN (default: built into the work dir), BENCH_DIR
 # (default /var/tmp/cedana-bench-daemon, removed at the end), BENCH_ONLY
@@ -27,4 +29,4 @@ fi
 go build -trimpath -o "$BUILD/bench-daemon" ./bench/daemon
 # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
 "$BUILD/bench-daemon" -cedana "$BIN" -memhog bench/memhog.py -work "$BENCH_DIR" \
-  -only "${BENCH_ONLY:-a,b,c}" ${BENCH_FLAGS:-}
+  -only "${BENCH_ONLY:-a,b,c,d}" ${BENCH_FLAGS:-}

@@ -642,20 +642,20 @@ func (s *feed) writeRaw(j *feedJob) error {
 // archive file into w when w is a pipe, else read and written.
 func (s *feed) writeStored(sp span) error {
 	foff, left := s.e.dataOffset+sp.off, sp.n
-	for s.pipe != nil && s.r.f != nil && !s.noSplice && left > 0 {
-		n, err := unix.Splice(int(s.r.f.Fd()), &foff, int(s.pipe.Fd()), nil, int(left), unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EINVAL || err == unix.ENOSYS:
-			s.noSplice = true // copy the rest, and from now on
-		case err != nil:
+	if s.pipe != nil && s.r.f != nil && !s.noSplice {
+		var err error
+		if left, err = s.splice(s.r.f, foff, left); err != nil {
 			return err
-		case n == 0:
-			return io.ErrUnexpectedEOF
-		default:
-			left -= n
-			s.pushed += n
+		}
+		foff += sp.n - left
+	} else if fa, ok := s.r.src.(FileAter); ok && s.pipe != nil && !s.noSplice {
+		if f, at, ok := fa.FileAt(foff, left); ok {
+			rest, err := s.splice(f, at, left)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			foff, left = foff+left-rest, rest
 		}
 	}
 	if left == 0 {
@@ -671,6 +671,36 @@ func (s *feed) writeStored(sp span) error {
 		return fmt.Errorf("%w: read stored bytes: %v", ErrCorrupt, err)
 	}
 	return s.write(b)
+}
+
+// FileAter is an archive source whose bytes lie in local files (a
+// deduplicated checkpoint's chunks): FileAt returns a file holding the n
+// bytes at off, from offset at, for a restore to splice them from the page
+// cache; false when they do not lie in one file. The caller closes f.
+type FileAter interface {
+	FileAt(off, n int64) (f *os.File, at int64, ok bool)
+}
+
+// splice moves up to n bytes of f from offset off into the pipe and
+// returns how many it could not (splice unsupported: the caller copies).
+func (s *feed) splice(f *os.File, off, n int64) (int64, error) {
+	for n > 0 && !s.noSplice {
+		k, err := unix.Splice(int(f.Fd()), &off, int(s.pipe.Fd()), nil, int(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EINVAL || err == unix.ENOSYS:
+			s.noSplice = true // copy the rest, and from now on
+		case err != nil:
+			return n, err
+		case k == 0:
+			return n, io.ErrUnexpectedEOF
+		default:
+			n -= k
+			s.pushed += k
+		}
+	}
+	return n, nil
 }
 
 func (s *feed) write(b []byte) error {

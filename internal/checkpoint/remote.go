@@ -134,6 +134,8 @@ func (s *Service) openArchive(ctx context.Context, backend storage.Backend, key,
 	var src io.ReaderAt = cache
 	if f, ok := obj.(interface{ File() *os.File }); ok {
 		src = f.File() // closing it closes obj
+	} else if d, ok := obj.(interface{ DirectReads() bool }); ok && d.DirectReads() {
+		src = obj // a deduplicated checkpoint on local disk keeps its own chunk cache
 	}
 	r, err := archive.OpenReaderAt(loc, src, obj.Size(), archive.DefaultLimits())
 	if err != nil {

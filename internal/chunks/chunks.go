@@ -91,9 +91,14 @@ func (r Ref) valid() bool {
 	return err == nil && strings.ToLower(r.Digest) == r.Digest
 }
 
-// Segment is a chunk and where it sits in the archive.
+// Segment is a chunk and where it sits in the archive. XXH3 (XXH3-128,
+// 32 hex digits) is what a read checks each chunk against: SHA-256 names
+// the chunk, the archive's own SHA-256 digests of its entries (which
+// cover every chunk's bytes) guard what is restored, and the fast check
+// finds a bad chunk by name before the archive reader does.
 type Segment struct {
-	Off int64 `json:"off"`
+	Off  int64  `json:"off"`
+	XXH3 string `json:"xxh3"`
 	Ref
 }
 
@@ -126,6 +131,9 @@ func (m *Manifest) validate() error {
 	for i, c := range m.Chunks {
 		if !c.valid() {
 			return fmt.Errorf("bad chunk reference %+v", c.Ref)
+		}
+		if b, err := hex.DecodeString(c.XXH3); err != nil || len(b) != 16 || strings.ToLower(c.XXH3) != c.XXH3 {
+			return fmt.Errorf("bad XXH3 %q of chunk %d", c.XXH3, i)
 		}
 		if c.Off < end || c.Off > m.Size-c.Size {
 			return fmt.Errorf("chunk %d at %d+%d overlaps another or lies outside the archive", i, c.Off, c.Size)

@@ -11,6 +11,8 @@ import (
 	"hash"
 	"sync"
 
+	"github.com/zeebo/xxh3"
+
 	"github.com/cedana/cedana/internal/storage"
 )
 
@@ -54,6 +56,7 @@ type pending struct {
 	buf  []byte // the frame, within full
 	full []byte // the pooled buffer
 	ref  Ref
+	xxh  string
 }
 
 var bufPool = sync.Pool{New: func() any { return make([]byte, 0, 4<<20+64<<10) }}
@@ -162,6 +165,8 @@ func (w *Writer) store(f *pending) {
 	w.wg.Go(func() {
 		defer func() { <-w.sem }()
 		f.ref = sum(f.buf)
+		x := xxh3.Hash128(f.buf).Bytes()
+		f.xxh = hex.EncodeToString(x[:])
 		isNew, err := w.put(f.ref, f.buf)
 		bufPool.Put(f.full[:0])
 		f.buf, f.full = nil, nil
@@ -252,7 +257,7 @@ func (w *Writer) Commit() error {
 	m := &Manifest{Version: ManifestVersion, Size: w.pos, Skeleton: w.stats.Skeleton,
 		SkeletonSHA256: hex.EncodeToString(w.skel.Sum(nil))}
 	for _, f := range w.segs {
-		m.Chunks = append(m.Chunks, Segment{Off: f.off, Ref: f.ref})
+		m.Chunks = append(m.Chunks, Segment{Off: f.off, XXH3: f.xxh, Ref: f.ref})
 	}
 	if err := m.validate(); err != nil {
 		_ = w.obj.Abort()

@@ -58,6 +58,32 @@ type Wrapper interface {
 	Inner() Backend
 }
 
+// IsLocal reports whether b keeps its objects in files on this machine
+// (local or dir, possibly wrapped).
+func IsLocal(b Backend) bool {
+	_, ok := unwrap(b).(*Dir)
+	return ok
+}
+
+// LocalPath returns the file holding key when b keeps it in a plain file
+// on this machine (local or dir, not encrypted).
+func LocalPath(b Backend, key string) (string, bool) {
+	for {
+		switch v := b.(type) {
+		case *Dir:
+			return v.Path(key), true
+		case *plainOnly:
+			b = v.Backend
+		case *Encrypted:
+			return "", false
+		case Wrapper:
+			b = v.Inner()
+		default:
+			return "", false
+		}
+	}
+}
+
 func unwrap(b Backend) Backend {
 	for {
 		switch v := b.(type) {
