@@ -59,7 +59,11 @@ type pending struct {
 	xxh  string
 }
 
+// bufPool holds buffers for frames of pooledFrame bytes or more; smaller
+// ones (the single frame of a small image) get a buffer of their size.
 var bufPool = sync.Pool{New: func() any { return make([]byte, 0, 4<<20+64<<10) }}
+
+const pooledFrame = 1 << 20
 
 // Create starts the checkpoint at key. The directory of key is locked
 // against collection until Commit or Abort.
@@ -134,7 +138,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 		m, ok := w.nextMark()
 		if ok && m.off == w.pos {
 			w.popMark()
-			buf := bufPool.Get().([]byte)
+			var buf []byte
+			if m.n >= pooledFrame { // a full frame: pooled buffers
+				buf = bufPool.Get().([]byte)
+			}
 			if int64(cap(buf)) < m.n {
 				buf = make([]byte, 0, m.n)
 			}
@@ -168,7 +175,9 @@ func (w *Writer) store(f *pending) {
 		x := xxh3.Hash128(f.buf).Bytes()
 		f.xxh = hex.EncodeToString(x[:])
 		isNew, err := w.put(f.ref, f.buf)
-		bufPool.Put(f.full[:0])
+		if cap(f.full) >= pooledFrame {
+			bufPool.Put(f.full[:0])
+		}
 		f.buf, f.full = nil, nil
 		w.errMu.Lock()
 		defer w.errMu.Unlock()
@@ -287,7 +296,9 @@ func (w *Writer) Abort() error {
 	defer w.st.rw.RUnlock()
 	w.wg.Wait()
 	if w.cur != nil {
-		bufPool.Put(w.cur.full[:0])
+		if cap(w.cur.full) >= pooledFrame {
+			bufPool.Put(w.cur.full[:0])
+		}
 		w.cur = nil
 	}
 	return w.obj.Abort()
