@@ -76,7 +76,7 @@ func checkpointChunks(t *testing.T, path string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(data) < 16 || string(data[len(data)-8:]) != "CEDCHNK1" {
+	if !chunksTrailer(data) {
 		t.Fatalf("%s is not a deduplicated checkpoint", path)
 	}
 	n := binary.LittleEndian.Uint64(data[len(data)-16:])
@@ -93,6 +93,11 @@ func checkpointChunks(t *testing.T, path string) []string {
 		out = append(out, c.Digest)
 	}
 	return out
+}
+
+// chunksTrailer reports whether data ends like a deduplicated checkpoint.
+func chunksTrailer(data []byte) bool {
+	return len(data) >= 16 && string(data[len(data)-8:]) == "CEDCHNK1"
 }
 
 // TestDaemonPeriodicDedup: a job of 512 MiB that rewrites 1 % of its
@@ -180,6 +185,17 @@ func TestDaemonPeriodicDedup(t *testing.T) {
 	for _, c := range kept {
 		d.ok("inspect", "--verify", c.Path)
 	}
+	// Export makes an ordinary archive of one, verified; never over a file.
+	zip := filepath.Join(t.TempDir(), "exported.zip")
+	d.ok("checkpoint", "export", kept[len(kept)-1].ID, zip)
+	if head, err := os.ReadFile(zip); err != nil || !strings.HasPrefix(string(head), "PK\x03\x04") || chunksTrailer(head) {
+		t.Fatalf("exported %s is not a self-contained zip archive (%v)", zip, err)
+	}
+	d.ok("inspect", "--verify", zip)
+	if r := d.cli("checkpoint", "export", kept[0].ID, zip); r.code == 0 {
+		t.Fatal("export replaced an existing file")
+	}
+
 	// The oldest and the newest kept restore with their state.
 	for _, c := range []ckptInfo{kept[len(kept)-1], kept[0]} {
 		os.Remove(counter)
