@@ -86,6 +86,9 @@ func (m *Manager) Remove(ctx context.Context, ref string, force, checkpoints boo
 		res.Removed = append(res.Removed, c.Path)
 	}
 	if checkpoints {
+		if err := m.dropChunks(ctx, j.ID); err != nil {
+			errs = append(errs, err)
+		}
 		_ = os.Remove(m.jobDir(j.ID)) // only if empty
 	}
 	if j.LogPath != "" && strings.HasPrefix(j.LogPath, m.cfg.LogDir+string(filepath.Separator)) {

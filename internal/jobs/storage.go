@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -172,4 +173,39 @@ func (m *Manager) readManifest(loc string) (*archive.Manifest, int64, error) {
 	}
 	defer r.Close()
 	return r.Manifest, r.Size, nil
+}
+
+// dropChunks deletes the chunks of a removed job's deduplicated
+// checkpoints that no remaining checkpoint of the job names, young ones
+// too (nobody writes the job any more), and the empty directories they
+// leave in the checkpoint directory.
+func (m *Manager) dropChunks(ctx context.Context, jobID string) error {
+	d, ok := m.ckStore.(*chunks.Dedup)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	defer cancel()
+	if _, err := d.Collect(ctx, m.jobKeyPrefix(jobID)+"x", time.Now().Add(d.Grace+time.Hour)); err != nil {
+		return fmt.Errorf("delete the chunks of job %s: %w", jobID, err)
+	}
+	if m.cfg.Storage == nil {
+		removeEmptyDirs(filepath.Join(m.jobDir(jobID), "chunks"))
+	}
+	return nil
+}
+
+// removeEmptyDirs removes dir and the directories under it that hold no
+// file.
+func removeEmptyDirs(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			removeEmptyDirs(filepath.Join(dir, e.Name()))
+		}
+	}
+	_ = os.Remove(dir) // fails unless empty
 }

@@ -227,4 +227,11 @@ func TestDaemonPeriodicDedup(t *testing.T) {
 	if !strings.Contains(r.stderr, victim) || !strings.Contains(r.stderr, "corrupt") {
 		t.Fatalf("restore error does not name the corrupt chunk %s:\n%s", victim, r.stderr)
 	}
+
+	// Removing the job with its checkpoints leaves nothing of them.
+	d.ok("rm", "-f", "--checkpoints", "touch")
+	if _, err := os.Stat(filepath.Join(d.ckptDir, busy.ID)); !os.IsNotExist(err) {
+		left := dirBytes(t, filepath.Join(d.ckptDir, busy.ID))
+		t.Fatalf("job removed with its checkpoints, but its directory remains (%d bytes): %v", left, err)
+	}
 }
