@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -190,6 +192,17 @@ func (m *Manager) recoverDump(ctx context.Context, j *store.Job, ck *store.Check
 // archive writer names them ".<name>.partial-<random>" until they are
 // complete and renamed.
 func (m *Manager) removePartials() {
+	// Deduplicated checkpoints on local disk are written through a dir
+	// backend, whose temporary files a killed daemon leaves behind. The
+	// checkpoint directory is this daemon's (its state dir is locked), so
+	// nothing writes there yet.
+	if d, ok := m.ckStore.(*chunks.Dedup); ok && m.cfg.Storage == nil {
+		if dir, ok := d.Inner().(*storage.Dir); ok {
+			if n, err := dir.SweepTemp(0); n > 0 || err != nil {
+				m.log.Info("removed temporary files of interrupted checkpoints", "count", n, "err", err)
+			}
+		}
+	}
 	matches, _ := filepath.Glob(filepath.Join(m.cfg.CheckpointDir, "*", ".*.partial-*"))
 	for _, p := range matches {
 		if strings.Contains(filepath.Base(p), ".partial-") {

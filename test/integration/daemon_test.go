@@ -196,6 +196,19 @@ while True:
 // complete checkpoint brings it back with its counter — a job whose
 // process is gone without a checkpoint fails the test — and exactly one
 // copy runs at the end.
+// halfWritten lists the temporary files of checkpoints being written in a
+// job's checkpoint directory: a plain archive's ".NAME.partial-*", a
+// deduplicated checkpoint's or chunk's ".cedana-tmp-*".
+func halfWritten(ckptDir, jobID string) []string {
+	dir := filepath.Join(ckptDir, jobID)
+	var out []string
+	for _, pat := range []string{".*.partial-*", ".cedana-tmp-*", "chunks/sha256/*/.cedana-tmp-*"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat))
+		out = append(out, m...)
+	}
+	return out
+}
+
 func TestDaemonCrashDuringDump(t *testing.T) {
 	py := requireBinary(t, "python3")
 	cases := []struct {
@@ -205,13 +218,13 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 	}{
 		{"during CRIU", func(*testDaemon, string) { time.Sleep(150 * time.Millisecond) }},
 		{"while writing the archive", func(d *testDaemon, jobID string) {
-			pat := filepath.Join(d.ckptDir, jobID, ".*.partial-*")
 			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-				if m, _ := filepath.Glob(pat); len(m) > 0 {
+				if len(halfWritten(d.ckptDir, jobID)) > 0 {
 					return
 				}
 				time.Sleep(2 * time.Millisecond)
 			}
+			t.Log("no half-written archive seen within 10 s; killing the daemon anyway")
 		}},
 	}
 	for _, tc := range cases {
@@ -227,8 +240,8 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 			go func() { bg <- d.cli("dump", "job", "big") }()
 			tc.when(d, j.ID)
 			d.crash()
-			partials, _ := filepath.Glob(filepath.Join(d.ckptDir, j.ID, ".*.partial-*"))
-			t.Logf("daemon killed; the job's process is in state %c, %d half-written archive(s)", procState(j.PID), len(partials))
+			partials := halfWritten(d.ckptDir, j.ID)
+			t.Logf("daemon killed; the job's process is in state %c, %d half-written file(s)", procState(j.PID), len(partials))
 			d.launch()
 			d.waitReady()
 			var r result
@@ -249,8 +262,8 @@ func TestDaemonCrashDuringDump(t *testing.T) {
 					}
 				}
 			}
-			if m, _ := filepath.Glob(filepath.Join(d.ckptDir, "*", ".*.partial-*")); len(m) > 0 {
-				t.Errorf("half-written archives remain after the restart: %v", m)
+			if m := halfWritten(d.ckptDir, j.ID); len(m) > 0 {
+				t.Errorf("half-written files remain after the restart: %v", m)
 			}
 			if m, _ := filepath.Glob(filepath.Join(staging, ".cedana-staging-*")); len(m) > 0 {
 				t.Errorf("staging dirs of the interrupted dump remain after the restart (process memory left on disk/tmpfs): %v", m)
