@@ -40,7 +40,7 @@ func touch(mem []byte, frac float64, seed uint64) {
 
 // writeArchive writes an archive with one large pages image and a small
 // one into d at key, and returns what the write stored.
-func writeArchive(t *testing.T, d *Dedup, key string, pages []byte) Stats {
+func writeArchive(t testing.TB, d *Dedup, key string, pages []byte) Stats {
 	t.Helper()
 	dst, err := d.Create(context.Background(), key)
 	if err != nil {
