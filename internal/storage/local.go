@@ -87,7 +87,8 @@ func (d *Dir) Create(ctx context.Context, key string) (Writer, error) {
 	}
 	final := d.Path(key)
 	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// 0700: objects hold process memory (keys, tokens, user data).
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, d.fsErr("create", key, err)
 	}
 	f, err := os.CreateTemp(dir, reservedPrefix+"tmp-*")
