@@ -128,6 +128,10 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 		return nil, err
 	}
 	ts := m.tpl()
+	// A taken name is said first (Begin still decides, atomically).
+	if t, err := ts.store.Get(ctx, name); err == nil {
+		return nil, fmt.Errorf("%w: %s in %s (remove it first: cedana template rm %s)", template.ErrExists, name, ts.store.Where(), t.Name)
+	}
 	if src.File != "" {
 		return m.templateFromFile(ctx, name, src.File)
 	}
@@ -194,14 +198,10 @@ func (m *Manager) warmTemplate(ctx context.Context, name string) (*template.Temp
 	if err != nil {
 		return nil, err
 	}
-	release, err := ts.use(name)
-	if err != nil {
-		return t, nil
-	}
+	// Not counted as a user: a removal meanwhile only makes this fail.
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		defer release()
 		_, _, _, done, err := ts.cache.Images(m.ctx, ts.store, t)
 		if err != nil {
 			m.log.Warn("prepare the template's images", "template", name, "err", err)

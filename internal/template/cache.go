@@ -119,7 +119,7 @@ func (c *Cache) Images(ctx context.Context, s *Store, t *Template) (dir string, 
 	}
 	if err := r.Extract(tmp, archive.ExtractOptions{Concurrency: runtime.NumCPU()}); err != nil {
 		_ = os.RemoveAll(tmp)
-		return "", nil, false, nil, fmt.Errorf("template %s: %w", t.Name, err)
+		return "", nil, false, nil, fmt.Errorf("template %s (%s): %w", t.Name, t.Location, err)
 	}
 	// The manifest is written last: its presence marks a complete entry.
 	b, err := json.Marshal(r.Manifest)
