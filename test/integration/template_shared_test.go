@@ -96,6 +96,8 @@ func TestTemplateSharedCluster(t *testing.T) {
 	if !rep2.CacheHit {
 		t.Fatalf("the second run on b did not reuse the images: %+v", rep2)
 	}
+	t.Logf("node b: checks and images before the first restore: %s µs (fetched from the store), then %s µs (cached); ready %s µs, then %s µs",
+		rep.Prepare, rep2.Prepare, rep.Clones[0].ReadyUs, rep2.Clones[0].ReadyUs)
 	checkClonesAnswer(t, rep2, port, want)
 
 	// The name is the cluster's: taken on both nodes.
