@@ -143,7 +143,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 			return nil, err
 		}
 		if j.Runtime != "" {
-			return nil, fmt.Errorf("%w: job %s is a container; container templates are not supported yet", template.ErrInvalid, j.Name)
+			return m.templateFromContainer(ctx, name, j)
 		}
 		// The job shows as dumping meanwhile: no other checkpoint starts.
 		if job, err = m.transition(ctx, j.ID, "dump", Dumping, func(j *store.Job) { j.DumpLeaveRunning = true }); err != nil {
@@ -239,7 +239,7 @@ func (m *Manager) templateFromFile(ctx context.Context, name, file string) (*tem
 	mf := r.Manifest
 	r.Close()
 	if mf.Kind != "" && mf.Kind != "process" {
-		return nil, fmt.Errorf("%w: %s holds a %s container; container templates are not supported yet", template.ErrInvalid, file, mf.Kind)
+		return nil, fmt.Errorf("%w: %s holds a %s container; a container template is made from a managed runc container (cedana manage runc ID, then template create NAME --job JOB)", template.ErrInvalid, file, mf.Kind)
 	}
 	if !mf.PIDNamespace {
 		return nil, fmt.Errorf("%w: %s: the checkpointed tree was not the init of its own PID namespace, so its clones would all need its PIDs; checkpoint a service started with `cedana run --pid-namespace`", template.ErrInvalid, file)
@@ -465,6 +465,9 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	t, err := ts.store.Get(ctx, spec.Template)
 	if err != nil {
 		return nil, err
+	}
+	if t.Kind != "" && t.Kind != "process" {
+		return m.runContainerClones(ctx, spec, t, start)
 	}
 	if err := template.CheckExecutables(t); err != nil {
 		return nil, err

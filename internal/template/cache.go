@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/storage"
 )
 
 // Cache keeps, per template, its images unpacked and verified once, in a
@@ -149,7 +151,7 @@ func (c *Cache) Prune(s *Store, keep map[string]bool) {
 		return
 	}
 	for _, e := range ents {
-		digest := strings.TrimSuffix(e.Name(), ".tmp")
+		digest := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".tmp"), ".zip"), ".tmp")
 		if keep[digest] {
 			continue
 		}
@@ -162,9 +164,89 @@ func (c *Cache) Prune(s *Store, keep map[string]bool) {
 		busy := c.users[entry] > 0
 		c.mu.Unlock()
 		if !busy {
-			_ = os.RemoveAll(entry)
-			_ = os.RemoveAll(entry + ".tmp")
+			for _, p := range []string{entry, entry + ".tmp", entry + ".zip", entry + ".zip.tmp"} {
+				_ = os.RemoveAll(p)
+			}
 		}
 		l.Unlock()
 	}
+}
+
+// ArchiveFile returns a local file of t's archive, for engines that read
+// only files (the container engine): a local template's own archive, or
+// for a shared template a copy fetched once into the node's cache
+// (.cache/DIGEST.zip) and reused; its manifest must match t.Digest. The
+// file stays (is never pruned) until release is called.
+func (c *Cache) ArchiveFile(ctx context.Context, s *Store, t *Template) (path string, hit bool, release func(), err error) {
+	if !s.Shared() {
+		return t.Archive, true, func() {}, nil
+	}
+	entry, err := c.entry(s, t)
+	if err != nil {
+		return "", false, nil, err
+	}
+	file := entry + ".zip"
+	l := c.lock(entry)
+	l.Lock()
+	defer l.Unlock()
+	if st, err := os.Stat(file); err == nil && st.Size() == t.Size {
+		return file, true, c.hold(entry), nil
+	}
+	r, err := s.OpenArchive(ctx, t) // checks the manifest against t.Digest
+	if err != nil {
+		return "", false, nil, err
+	}
+	r.Close()
+	obj, err := s.backend.Open(ctx, t.Key)
+	if err != nil {
+		return "", false, nil, s.wrap(t.Name, "open its archive", err)
+	}
+	defer obj.Close()
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return "", false, nil, err
+	}
+	tmp := file + ".tmp"
+	err = copyObject(obj, tmp)
+	if err == nil {
+		var m *archive.Manifest
+		if m, err = manifestOf(tmp); err == nil && ContentDigest(m) != t.Digest {
+			err = fmt.Errorf("template %s: the archive at %s changed while it was fetched: %w", t.Name, t.Location, archive.ErrCorrupt)
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, file)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return "", false, nil, fmt.Errorf("template %s: fetch its archive: %w", t.Name, err)
+	}
+	return file, false, c.hold(entry), nil
+}
+
+// copyObject writes obj into a new file at path.
+func copyObject(obj storage.Object, path string) error {
+	rd, err := obj.Stream(0, -1)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, rd)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// manifestOf reads the manifest of a local archive.
+func manifestOf(path string) (*archive.Manifest, error) {
+	r, err := archive.Open(path, archive.DefaultLimits())
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.Manifest, nil
 }
