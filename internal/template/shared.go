@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -46,8 +47,18 @@ func NewSharedStore(localDir string, b storage.Backend, names Names, node string
 func metaKey(name string) string { return sharedPrefix + name + "/template.json" }
 
 // reserve holds name against other makers and removers: in this process,
-// and in the cluster when the store has Names.
+// and in the cluster when the store has Names. Release may be called more
+// than once.
 func (s *Store) reserve(ctx context.Context, name string) (func(), error) {
+	release, err := s.reserveOnce(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(release) }, nil
+}
+
+func (s *Store) reserveOnce(ctx context.Context, name string) (func(), error) {
 	s.mu.Lock()
 	if s.busy[name] {
 		s.mu.Unlock()
