@@ -187,3 +187,38 @@ func TestTemplateSharedS3(t *testing.T) {
 	}
 	checkClonesAnswer(t, rep, port, want)
 }
+
+// TestTemplateSharedNATSCluster: the same across three real nats-server
+// processes (the template store replicated, R3). After the template is
+// made, the server node a is connected to is killed: node b still lists
+// and clones it, and the clone answers with the template's state.
+func TestTemplateSharedNATSCluster(t *testing.T) {
+	python := requireTemplates(t)
+	nc := startNATSCluster(t, "127.0.0.1")
+	a := startNode(t, "a", map[string]any{"nats_urls": nc.url()}, nil)
+	b := startNode(t, "b", map[string]any{"nats_urls": nc.url()}, nil)
+	waitNodes(t, a, 2)
+	killClonesAtEnd(t, a)
+	killClonesAtEnd(t, b)
+	port := freePort(t)
+	a.runJob("svc", []string{"--pid-namespace"}, slowService(t, python, port, 1, 0)...)
+	want := waitAnswer(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/", 60*time.Second)
+	a.ok("template", "create", "web", "--job", "svc")
+
+	victim := nc.connectedTo(a.pid())
+	if victim < 0 {
+		victim = 0
+	}
+	nc.kill(victim)
+	t.Logf("killed nats-server n%d (node a's)", victim)
+	var ts []templateInfo
+	eventually(t, 30*time.Second, "node b to list the template with a server down", func() bool {
+		r := b.cli("template", "ls", "-o", "json")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &ts) == nil && len(ts) == 1
+	})
+	if ts[0].Name != "web" || ts[0].Node != "a" {
+		t.Fatalf("template ls on b: %+v", ts)
+	}
+	rep := startClones(t, b, "--from-template", "web", "--ready", "http:/")
+	checkClonesAnswer(t, rep, port, want)
+}
