@@ -186,18 +186,16 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 	if job != nil {
 		m.event(job.ID, "template", "template %s made (%d bytes) in %s", name, res.Size, ts.store.Where())
 	}
-	return m.warmTemplate(ctx, name)
+	return m.warmTemplate(t)
 }
 
-// warmTemplate returns template name and, in the background, unpacks and
-// verifies its images into the cache, so that even the first clone does
-// not pay for it (a clone that comes earlier waits for the same work).
-func (m *Manager) warmTemplate(ctx context.Context, name string) (*template.Template, error) {
-	ts := m.tpl()
-	t, err := ts.store.Get(ctx, name)
-	if err != nil {
-		return nil, err
-	}
+// warmTemplate returns the template just committed and, in the
+// background, unpacks and verifies its images into the cache, so that
+// even the first clone does not pay for it (a clone that comes earlier
+// waits for the same work). It does not read the template back: a
+// replicated store may answer from a replica a moment behind.
+func (m *Manager) warmTemplate(t *template.Template) (*template.Template, error) {
+	ts, name := m.tpl(), t.Name
 	// Not counted as a user: a removal meanwhile only makes this fail.
 	m.wg.Add(1)
 	go func() {
@@ -272,7 +270,7 @@ func (m *Manager) templateFromFile(ctx context.Context, name, file string) (*tem
 		ts.store.Abort(d)
 		return nil, err
 	}
-	return m.warmTemplate(ctx, name)
+	return m.warmTemplate(t)
 }
 
 // upload copies the archive file into backend b under key.

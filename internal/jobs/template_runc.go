@@ -74,7 +74,7 @@ func (m *Manager) templateFromContainer(ctx context.Context, name string, j *sto
 		return nil, err
 	}
 	m.event(job.ID, "template", "template %s made (%d bytes) in %s", name, res.Size, ts.store.Where())
-	return ts.store.Get(ctx, name)
+	return t, nil
 }
 
 // runContainerClones starts spec.Count new runc containers from

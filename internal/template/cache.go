@@ -3,6 +3,7 @@ package template
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -111,7 +112,7 @@ func (c *Cache) Images(ctx context.Context, s *Store, t *Template) (dir string, 
 	_ = os.RemoveAll(entry)
 	r, err := s.OpenArchive(ctx, t)
 	if err != nil {
-		return "", nil, false, nil, err
+		return "", nil, false, nil, s.removedMeanwhile(ctx, t, err)
 	}
 	defer r.Close()
 	tmp := entry + ".tmp"
@@ -121,7 +122,7 @@ func (c *Cache) Images(ctx context.Context, s *Store, t *Template) (dir string, 
 	}
 	if err := r.Extract(tmp, archive.ExtractOptions{Concurrency: runtime.NumCPU()}); err != nil {
 		_ = os.RemoveAll(tmp)
-		return "", nil, false, nil, fmt.Errorf("template %s (%s): %w", t.Name, t.Location, err)
+		return "", nil, false, nil, s.removedMeanwhile(ctx, t, fmt.Errorf("template %s (%s): %w", t.Name, t.Location, err))
 	}
 	// The manifest is written last: its presence marks a complete entry.
 	b, err := json.Marshal(r.Manifest)
@@ -194,7 +195,7 @@ func (c *Cache) ArchiveFile(ctx context.Context, s *Store, t *Template) (path st
 	}
 	r, err := s.OpenArchive(ctx, t) // checks the manifest against t.Digest
 	if err != nil {
-		return "", false, nil, err
+		return "", false, nil, s.removedMeanwhile(ctx, t, err)
 	}
 	r.Close()
 	obj, err := s.backend.Open(ctx, t.Key)
@@ -218,7 +219,7 @@ func (c *Cache) ArchiveFile(ctx context.Context, s *Store, t *Template) (path st
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return "", false, nil, fmt.Errorf("template %s: fetch its archive: %w", t.Name, err)
+		return "", false, nil, s.removedMeanwhile(ctx, t, fmt.Errorf("template %s: fetch its archive: %w", t.Name, err))
 	}
 	return file, false, c.hold(entry), nil
 }
@@ -249,4 +250,21 @@ func manifestOf(path string) (*archive.Manifest, error) {
 	}
 	defer r.Close()
 	return r.Manifest, nil
+}
+
+// removedMeanwhile explains a failure to read a shared template's archive
+// when the template was removed (by any node) while it was read: the read
+// then fails in ways that say little (a timeout, a damaged entry).
+func (s *Store) removedMeanwhile(ctx context.Context, t *Template, err error) error {
+	if !s.Shared() || errors.Is(err, ErrNotFound) {
+		return err
+	}
+	cur, gerr := s.Get(ctx, t.Name)
+	switch {
+	case errors.Is(gerr, ErrNotFound):
+		return fmt.Errorf("%w: %s was removed from %s while this node fetched its images; nothing was started (the read failed: %v)", ErrNotFound, t.Name, s.backend.Name(), err)
+	case gerr == nil && cur.ID != t.ID:
+		return fmt.Errorf("%w: %s was removed and made again in %s while this node fetched its images; nothing was started, try again (the read failed: %v)", ErrBusy, t.Name, s.backend.Name(), err)
+	}
+	return err
 }

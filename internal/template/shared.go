@@ -33,8 +33,10 @@ import (
 // sharedPrefix is where templates live in a backend.
 const sharedPrefix = "templates/"
 
-// metaTimeout bounds one metadata call (stat, list, small reads, deletes).
-const metaTimeout = 30 * time.Second
+// metaTimeout bounds one metadata call (stat, list, small reads,
+// deletes): a replicated store electing a new leader may leave a request
+// unanswered, and the user should hear about it soon.
+const metaTimeout = 15 * time.Second
 
 // NewSharedStore returns the store of templates in backend b. localDir is
 // this node's own directory (the image cache of clones); names, if not

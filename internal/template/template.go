@@ -242,6 +242,7 @@ func (s *Store) Commit(ctx context.Context, d *Draft, t *Template) error {
 	if err := os.Rename(tmp, filepath.Join(s.dir(t.Name), "template.json")); err != nil {
 		return fmt.Errorf("write template %s: %w", t.Name, err)
 	}
+	t.Archive, t.Location = d.Path, d.Path
 	return nil
 }
 
