@@ -54,7 +54,7 @@ are required there.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			containers, err := g.containerService(cfg, &containerFlags{})
+			containers, err := g.containerService(cfg, &containerFlags{runcRoot: cfg.Daemon.RuncRoot})
 			if err != nil {
 				return err
 			}

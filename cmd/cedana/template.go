@@ -73,7 +73,7 @@ func newTemplateCmd(g *globals) *cobra.Command {
 
 	ls := &cobra.Command{
 		Use:   "ls",
-		Short: "List templates",
+		Short: "List templates (in a cluster or with a shared storage backend: every node's), with where each lives",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if err := g.checkOutput(); err != nil {
@@ -92,8 +92,12 @@ func newTemplateCmd(g *globals) *cobra.Command {
 				return printProtoList(resp.GetTemplates())
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSOURCE\tSIZE\tRSS\tPROCESSES\tLISTENS\tCREATED")
+			fmt.Fprintln(tw, "NAME\tSOURCE\tNODE\tSIZE\tRSS\tPROCESSES\tLISTENS\tCREATED\tLOCATION")
 			for _, t := range resp.GetTemplates() {
+				node := t.GetNode()
+				if node == "" {
+					node = "-"
+				}
 				ports := "-"
 				for i, p := range t.GetListen() {
 					if i == 0 {
@@ -103,8 +107,8 @@ func newTemplateCmd(g *globals) *cobra.Command {
 					}
 					ports += strconv.Itoa(int(p))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.GetName(), t.GetSource(), humanBytes(t.GetSize()), humanBytes(t.GetRssBytes()),
-					t.GetProcesses(), ports, time.UnixMilli(t.GetCreatedUnixMs()).Format(time.RFC3339))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.GetName(), t.GetSource(), node, humanBytes(t.GetSize()), humanBytes(t.GetRssBytes()),
+					t.GetProcesses(), ports, time.UnixMilli(t.GetCreatedUnixMs()).Format(time.RFC3339), t.GetLocation())
 			}
 			return tw.Flush()
 		},
@@ -113,7 +117,7 @@ func newTemplateCmd(g *globals) *cobra.Command {
 
 	rm := &cobra.Command{
 		Use:   "rm NAME",
-		Short: "Remove a template (its running clones go on)",
+		Short: "Remove a template, from the shared store if it is in one (its running clones go on)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			c, done, err := g.client()

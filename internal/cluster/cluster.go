@@ -148,6 +148,10 @@ func (n *Node) ClientURL() string {
 	return u.String()
 }
 
+// ServerURL is the URL of the NATS server the node is connected to,
+// without user or password.
+func (n *Node) ServerURL() string { return n.nc.ConnectedUrlRedacted() }
+
 // JetStream is the node's JetStream context, for the layers above.
 func (n *Node) JetStream() jetstream.JetStream { return n.js }
 

@@ -8,6 +8,8 @@
 //
 //	KV bucket cedana_nodes   key: node name, value: NodeInfo (JSON),
 //	                         one entry per heartbeat; MaxAge 3 × node timeout
+//	KV bucket cedana_template_names  key: template name, value: the node
+//	                         making or removing it (names.go); MaxAge 1 h
 //
 // Ownership of jobs across nodes (leases, epochs, fencing) follows
 // docs/cluster.md; membership alone never decides who runs a job.

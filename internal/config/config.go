@@ -113,6 +113,9 @@ type Daemon struct {
 	StateDir string `json:"state_dir"`
 	// CheckpointDir holds jobs' archives; empty: StateDir/checkpoints.
 	CheckpointDir string `json:"checkpoint_dir"`
+	// RuncRoot is runc's state directory for the runc containers the
+	// daemon manages, as runc --root (empty: runc's default, /run/runc).
+	RuncRoot string `json:"runc_root"`
 	// MetricsAddr serves Prometheus /metrics; empty (or "off" in any
 	// source) turns it off.
 	MetricsAddr string `json:"metrics_addr" setting:"off"`

@@ -162,6 +162,10 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 		n.Close()
 		return nil, err
 	}
+	if err := c.shareTemplates(ctx, cfg); err != nil {
+		n.Close()
+		return nil, err
+	}
 	// Rule 5: nothing found here runs again before the record says so.
 	m.SetGate(c.fo.gate)
 	if err := c.fo.startWatchdog(cfg.Daemon.StateDir); err != nil {

@@ -321,7 +321,8 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, store.ErrExists), errors.Is(err, template.ErrExists):
 		code = codes.AlreadyExists
-	case errors.Is(err, jobs.ErrIllegalTransition), errors.Is(err, jobs.ErrNoCheckpoint), errors.As(err, &ce), errors.Is(err, template.ErrUnsafe):
+	case errors.Is(err, jobs.ErrIllegalTransition), errors.Is(err, jobs.ErrNoCheckpoint), errors.As(err, &ce), errors.Is(err, template.ErrUnsafe),
+		errors.Is(err, template.ErrBusy):
 		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, checkpoint.ErrInvalidInput), errors.Is(err, proc.ErrNoProcess), errors.Is(err, template.ErrInvalid):
 		code = codes.InvalidArgument
@@ -391,7 +392,7 @@ func (s *service) CreateTemplate(ctx context.Context, r *pb.CreateTemplateReques
 }
 
 func (s *service) ListTemplates(ctx context.Context, _ *pb.ListTemplatesRequest) (*pb.ListTemplatesResponse, error) {
-	ts, err := s.m.Templates()
+	ts, err := s.m.Templates(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -403,7 +404,7 @@ func (s *service) ListTemplates(ctx context.Context, _ *pb.ListTemplatesRequest)
 }
 
 func (s *service) RemoveTemplate(ctx context.Context, r *pb.RemoveTemplateRequest) (*pb.RemoveTemplateResponse, error) {
-	return &pb.RemoveTemplateResponse{}, toStatus(s.m.RemoveTemplate(r.GetName()))
+	return &pb.RemoveTemplateResponse{}, toStatus(s.m.RemoveTemplate(ctx, r.GetName()))
 }
 
 func (s *service) RunFromTemplate(ctx context.Context, r *pb.RunFromTemplateRequest) (*pb.RunFromTemplateResponse, error) {
@@ -433,7 +434,7 @@ func templateToPB(t *template.Template) *pb.Template {
 		return nil
 	}
 	out := &pb.Template{Name: t.Name, CreatedUnixMs: t.Created.UnixMilli(), Source: t.Source, Kind: t.Kind, Size: t.Size,
-		RssBytes: t.RSS, Processes: int32(t.Processes)}
+		RssBytes: t.RSS, Processes: int32(t.Processes), Location: t.Location, Node: t.Node}
 	for _, p := range t.Listen {
 		out.Listen = append(out.Listen, int32(p))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/proc"
+	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
 	"github.com/cedana/cedana/internal/template"
 )
@@ -36,8 +37,19 @@ type templates struct {
 	cache *template.Cache
 	net   *template.Network
 
+	// shared, when set before first use (SetTemplateStorage), puts
+	// templates in a storage backend.
+	shared      storage.Backend
+	sharedNames template.Names
+	node        string
+
 	mu      sync.Mutex
 	proxies map[string][]*template.Proxy // --publish, by clone job ID
+	// users counts, by template name, the clone runs starting here and
+	// the lazy clones still fed from its images; removing marks names
+	// being removed here. RemoveTemplate refuses a name in use.
+	users    map[string]int
+	removing map[string]bool
 }
 
 func (m *Manager) tpl() *templates {
@@ -47,10 +59,47 @@ func (m *Manager) tpl() *templates {
 		if dir == "" {
 			dir = filepath.Join(filepath.Dir(m.cfg.CheckpointDir), "templates")
 		}
-		t.store, t.cache, t.net = template.NewStore(dir), template.NewCache(), template.NewNetwork(dir)
-		t.proxies = map[string][]*template.Proxy{}
+		t.store = template.NewStore(dir)
+		switch {
+		case t.shared != nil:
+			t.store = template.NewSharedStore(dir, t.shared, t.sharedNames, t.node)
+		case m.cfg.Storage != nil:
+			t.store = template.NewSharedStore(dir, m.cfg.Storage, t.sharedNames, t.node)
+		}
+		t.cache, t.net = template.NewCache(), template.NewNetwork(dir)
+		t.proxies, t.users, t.removing = map[string][]*template.Proxy{}, map[string]int{}, map[string]bool{}
 	})
 	return t
+}
+
+// SetTemplateStorage puts templates in backend b (a cluster's shared
+// store; nil: Config.Storage) with names reserved cluster-wide through
+// names; node is this node's name. It must be called before Start.
+// Without it templates live in Config.Storage when set, else under the
+// state directory.
+func (m *Manager) SetTemplateStorage(b storage.Backend, names template.Names, node string) {
+	m.templates.shared, m.templates.sharedNames, m.templates.node = b, names, node
+}
+
+// use counts a user of template name (a clone run, a lazy clone) until
+// release; it fails while the template is being removed here.
+func (ts *templates) use(name string) (release func(), err error) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.removing[name] {
+		return nil, fmt.Errorf("%w: template %s is being removed", template.ErrNotFound, name)
+	}
+	ts.users[name]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			ts.mu.Lock()
+			if ts.users[name]--; ts.users[name] <= 0 {
+				delete(ts.users, name)
+			}
+			ts.mu.Unlock()
+		})
+	}, nil
 }
 
 // TemplateSource is what a template is made from: a job, a PID or an
@@ -79,8 +128,12 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 		return nil, err
 	}
 	ts := m.tpl()
+	// A taken name is said first (Begin still decides, atomically).
+	if t, err := ts.store.Get(ctx, name); err == nil {
+		return nil, fmt.Errorf("%w: %s in %s (remove it first: cedana template rm %s)", template.ErrExists, name, ts.store.Where(), t.Name)
+	}
 	if src.File != "" {
-		return m.templateFromFile(name, src.File)
+		return m.templateFromFile(ctx, name, src.File)
 	}
 	pid, source := src.PID, fmt.Sprintf("PID %d", src.PID)
 	var job *store.Job
@@ -90,7 +143,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 			return nil, err
 		}
 		if j.Runtime != "" {
-			return nil, fmt.Errorf("%w: job %s is a container; container templates are not supported yet", template.ErrInvalid, j.Name)
+			return m.templateFromContainer(ctx, name, j)
 		}
 		// The job shows as dumping meanwhile: no other checkpoint starts.
 		if job, err = m.transition(ctx, j.ID, "dump", Dumping, func(j *store.Job) { j.DumpLeaveRunning = true }); err != nil {
@@ -109,43 +162,50 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 	if err := scan.Err(); err != nil {
 		return nil, err
 	}
-	path, err := ts.store.Begin(name)
+	d, err := ts.store.Begin(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	no := false
-	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: pid, Path: path, LeaveRunning: true, TCPEstablished: &no})
+	req := checkpoint.DumpRequest{PID: pid, Path: d.Path, LeaveRunning: true, TCPEstablished: &no}
+	if d.Key != "" {
+		req.Path, req.Storage, req.Key = "", ts.store.Backend(), d.Key
+	}
+	res, err := m.engine.Dump(ctx, req)
 	if err != nil {
-		ts.store.Abort(name)
+		ts.store.Abort(d)
 		return nil, fmt.Errorf("template %s: %w", name, err)
 	}
 	t := &template.Template{Name: name, Created: res.Manifest.Created, Source: source, Kind: "process", Size: res.Size,
-		RSS: scan.RSS, Processes: scan.Processes, Listen: scan.Listen, Outputs: scan.Outputs, Executables: scan.Executables}
-	if err := ts.store.Commit(t); err != nil {
-		ts.store.Abort(name)
+		RSS: scan.RSS, Processes: scan.Processes, Listen: scan.Listen, Outputs: scan.Outputs, Executables: scan.Executables,
+		Digest: template.ContentDigest(res.Manifest)}
+	if err := ts.store.Commit(ctx, d, t); err != nil {
+		ts.store.Abort(d)
 		return nil, err
 	}
 	if job != nil {
-		m.event(job.ID, "template", "template %s made (%d bytes)", name, res.Size)
+		m.event(job.ID, "template", "template %s made (%d bytes) in %s", name, res.Size, ts.store.Where())
 	}
-	return m.warmTemplate(name)
+	return m.warmTemplate(t)
 }
 
-// warmTemplate returns template name and, in the background, unpacks and
-// verifies its images into the cache, so that even the first clone does
-// not pay for it (a clone that comes earlier waits for the same work).
-func (m *Manager) warmTemplate(name string) (*template.Template, error) {
-	ts := m.tpl()
-	t, err := ts.store.Get(name)
-	if err != nil {
-		return nil, err
-	}
+// warmTemplate returns the template just committed and, in the
+// background, unpacks and verifies its images into the cache, so that
+// even the first clone does not pay for it (a clone that comes earlier
+// waits for the same work). It does not read the template back: a
+// replicated store may answer from a replica a moment behind.
+func (m *Manager) warmTemplate(t *template.Template) (*template.Template, error) {
+	ts, name := m.tpl(), t.Name
+	// Not counted as a user: a removal meanwhile only makes this fail.
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		if _, _, _, err := ts.cache.Images(t); err != nil {
+		_, _, _, done, err := ts.cache.Images(m.ctx, ts.store, t)
+		if err != nil {
 			m.log.Warn("prepare the template's images", "template", name, "err", err)
+			return
 		}
+		done()
 	}()
 	return t, nil
 }
@@ -168,7 +228,7 @@ func nsInit(pid int) error {
 }
 
 // templateFromFile imports a checkpoint archive as a template.
-func (m *Manager) templateFromFile(name, file string) (*template.Template, error) {
+func (m *Manager) templateFromFile(ctx context.Context, name, file string) (*template.Template, error) {
 	ts := m.tpl()
 	r, err := archive.Open(file, archive.DefaultLimits())
 	if err != nil {
@@ -177,7 +237,7 @@ func (m *Manager) templateFromFile(name, file string) (*template.Template, error
 	mf := r.Manifest
 	r.Close()
 	if mf.Kind != "" && mf.Kind != "process" {
-		return nil, fmt.Errorf("%w: %s holds a %s container; container templates are not supported yet", template.ErrInvalid, file, mf.Kind)
+		return nil, fmt.Errorf("%w: %s holds a %s container; a container template is made from a managed runc container (cedana manage runc ID, then template create NAME --job JOB)", template.ErrInvalid, file, mf.Kind)
 	}
 	if !mf.PIDNamespace {
 		return nil, fmt.Errorf("%w: %s: the checkpointed tree was not the init of its own PID namespace, so its clones would all need its PIDs; checkpoint a service started with `cedana run --pid-namespace`", template.ErrInvalid, file)
@@ -189,22 +249,42 @@ func (m *Manager) templateFromFile(name, file string) (*template.Template, error
 	if err := scan.Err(); err != nil {
 		return nil, err
 	}
-	path, err := ts.store.Begin(name)
+	d, err := ts.store.Begin(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	size, err := linkOrCopy(file, path)
+	var size int64
+	if d.Key != "" {
+		size, err = upload(ctx, ts.store.Backend(), d.Key, file)
+	} else {
+		size, err = linkOrCopy(file, d.Path)
+	}
 	if err != nil {
-		ts.store.Abort(name)
+		ts.store.Abort(d)
 		return nil, fmt.Errorf("template %s: import %s: %w", name, file, err)
 	}
 	t := &template.Template{Name: name, Created: mf.Created, Source: "file " + file, Kind: "process", Size: size,
-		RSS: scan.RSS, Processes: scan.Processes, Listen: scan.Listen, Outputs: scan.Outputs, Executables: scan.Executables}
-	if err := ts.store.Commit(t); err != nil {
-		ts.store.Abort(name)
+		RSS: scan.RSS, Processes: scan.Processes, Listen: scan.Listen, Outputs: scan.Outputs, Executables: scan.Executables,
+		Digest: template.ContentDigest(mf)}
+	if err := ts.store.Commit(ctx, d, t); err != nil {
+		ts.store.Abort(d)
 		return nil, err
 	}
-	return m.warmTemplate(name)
+	return m.warmTemplate(t)
+}
+
+// upload copies the archive file into backend b under key.
+func upload(ctx context.Context, b storage.Backend, key, file string) (int64, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), storage.Put(ctx, b, key, f)
 }
 
 // linkOrCopy puts src at dst: a hard link when both are on one file
@@ -236,11 +316,62 @@ func linkOrCopy(src, dst string) (int64, error) {
 	return n, err
 }
 
-// Templates lists the templates.
-func (m *Manager) Templates() ([]*template.Template, error) { return m.tpl().store.List() }
+// Templates lists the templates (every node's, when they are shared),
+// and drops this node's cached images of shared templates removed since.
+func (m *Manager) Templates(ctx context.Context) ([]*template.Template, error) {
+	ts := m.tpl()
+	list, err := ts.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	keep := map[string]bool{}
+	for _, t := range list {
+		keep[t.Digest] = true
+	}
+	ts.cache.Prune(ts.store, keep)
+	return list, nil
+}
 
-// RemoveTemplate deletes a template; its running clones go on.
-func (m *Manager) RemoveTemplate(name string) error { return m.tpl().store.Remove(name) }
+// RemoveTemplate deletes a template; its running clones go on. It is
+// refused while clones of it are being started on this node (or lazy
+// clones still read its images); on other nodes, a clone whose images
+// were not yet fetched fails with the reason, before anything starts.
+func (m *Manager) RemoveTemplate(ctx context.Context, name string) error {
+	ts := m.tpl()
+	ts.mu.Lock()
+	if n := ts.users[name]; n > 0 || ts.removing[name] {
+		ts.mu.Unlock()
+		return fmt.Errorf("%w: clones of template %s are being started on this node (or lazy clones still load their memory from it); retry when they run", template.ErrBusy, name)
+	}
+	ts.removing[name] = true
+	ts.mu.Unlock()
+	defer func() {
+		ts.mu.Lock()
+		delete(ts.removing, name)
+		ts.mu.Unlock()
+	}()
+	t, err := ts.store.Get(ctx, name)
+	if err != nil && !errors.Is(err, archive.ErrCorrupt) {
+		return err
+	}
+	if err := ts.store.Remove(ctx, name); err != nil {
+		return err
+	}
+	if t != nil && ts.store.Shared() {
+		keep := map[string]bool{}
+		if list, err := ts.store.List(ctx); err == nil {
+			for _, o := range list {
+				keep[o.Digest] = true
+			}
+		} else {
+			keep = nil
+		}
+		if keep != nil {
+			ts.cache.Prune(ts.store, keep)
+		}
+	}
+	return nil
+}
 
 // CloneSpec asks for copies of a template.
 type CloneSpec struct {
@@ -324,9 +455,17 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 		pubs = append(pubs, p)
 	}
 	ts := m.tpl()
-	t, err := ts.store.Get(spec.Template)
+	inUse, err := ts.use(spec.Template)
 	if err != nil {
 		return nil, err
+	}
+	defer inUse()
+	t, err := ts.store.Get(ctx, spec.Template)
+	if err != nil {
+		return nil, err
+	}
+	if t.Kind != "" && t.Kind != "process" {
+		return m.runContainerClones(ctx, spec, t, start)
 	}
 	if err := template.CheckExecutables(t); err != nil {
 		return nil, err
@@ -337,10 +476,11 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	if len(pubs) > 0 && len(t.Listen) == 0 {
 		return nil, fmt.Errorf("%w: --publish: template %s listens on no TCP port, so its clones get no address to forward to", template.ErrInvalid, t.Name)
 	}
-	images, mf, hit, err := ts.cache.Images(t)
+	images, mf, hit, imagesDone, err := ts.cache.Images(ctx, ts.store, t)
 	if err != nil {
 		return nil, err
 	}
+	defer imagesDone()
 	prefix := spec.Prefix
 	if prefix == "" {
 		prefix = t.Name
@@ -493,7 +633,14 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 		return fail(err)
 	}
 	if res.Lazy != nil {
+		// Its images stay in use while the lazy-pages server reads them.
+		inUse, _ := ts.use(t.Name)
+		held := ts.cache.Hold(images)
 		go func() { // reap the lazy-pages server; say if it failed
+			defer held()
+			if inUse != nil {
+				defer inUse()
+			}
 			if err := res.Lazy.Err(); err != nil {
 				m.log.Warn("lazy-pages server ended with an error", "job", j.ID, "err", err)
 			}

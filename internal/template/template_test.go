@@ -1,6 +1,7 @@
 package template
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -44,32 +45,33 @@ func TestParseProbe(t *testing.T) {
 }
 
 func TestStore(t *testing.T) {
+	ctx := context.Background()
 	s := NewStore(filepath.Join(t.TempDir(), "templates"))
-	if _, err := s.Begin("../x"); !errors.Is(err, ErrInvalid) {
+	if _, err := s.Begin(ctx, "../x"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("bad name accepted: %v", err)
 	}
-	path, err := s.Begin("web")
+	d, err := s.Begin(ctx, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Begin("web"); !errors.Is(err, ErrExists) {
+	if _, err := s.Begin(ctx, "web"); !errors.Is(err, ErrExists) {
 		t.Fatalf("second Begin: %v", err)
 	}
-	if ts, _ := s.List(); len(ts) != 0 {
+	if ts, _ := s.List(ctx); len(ts) != 0 {
 		t.Fatalf("uncommitted template listed: %v", ts)
 	}
-	os.WriteFile(path, []byte("zip"), 0o600)
-	if err := s.Commit(&Template{Name: "web", Listen: []int{8080}}); err != nil {
+	os.WriteFile(d.Path, []byte("zip"), 0o600)
+	if err := s.Commit(ctx, d, &Template{Listen: []int{8080}}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Get("web")
-	if err != nil || got.Archive != path || got.Listen[0] != 8080 {
+	got, err := s.Get(ctx, "web")
+	if err != nil || got.Archive != d.Path || got.Location != d.Path || got.Listen[0] != 8080 || got.ID != d.ID {
 		t.Fatalf("Get: %+v %v", got, err)
 	}
-	if err := s.Remove("web"); err != nil {
+	if err := s.Remove(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Get("web"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Get(ctx, "web"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("removed template: %v", err)
 	}
 }

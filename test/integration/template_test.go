@@ -38,7 +38,8 @@ type cloneReport struct {
 		RSSAtReady string `json:"rss_at_ready_bytes"`
 		Error      string `json:"error"`
 	} `json:"clones"`
-	CacheHit bool `json:"cache_hit"`
+	CacheHit bool   `json:"cache_hit"`
+	Prepare  string `json:"prepare_us"`
 }
 
 // slowService returns the argv of the test service on port.

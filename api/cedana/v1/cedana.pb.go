@@ -2312,7 +2312,12 @@ type Template struct {
 	RssBytes  int64  `protobuf:"varint,6,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	Processes int32  `protobuf:"varint,7,opt,name=processes,proto3" json:"processes,omitempty"`
 	// TCP ports the template listens on.
-	Listen        []int32 `protobuf:"varint,8,rep,packed,name=listen,proto3" json:"listen,omitempty"`
+	Listen []int32 `protobuf:"varint,8,rep,packed,name=listen,proto3" json:"listen,omitempty"`
+	// Where the template's archive lives: a local path, or its location in
+	// the storage backend (s3://…, nats://host:port/bucket/…, a shared path).
+	Location string `protobuf:"bytes,9,opt,name=location,proto3" json:"location,omitempty"`
+	// The cluster node that made it ("" outside a cluster).
+	Node          string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2401,6 +2406,20 @@ func (x *Template) GetListen() []int32 {
 		return x.Listen
 	}
 	return nil
+}
+
+func (x *Template) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+func (x *Template) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 type CreateTemplateRequest struct {
@@ -3054,7 +3073,7 @@ const file_cedana_proto_rawDesc = "" +
 	"\x11ResumeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"9\n" +
 	"\x12ResumeNodeResponse\x12#\n" +
-	"\x04node\x18\x01 \x01(\v2\x0f.cedana.v1.NodeR\x04node\"\xd9\x01\n" +
+	"\x04node\x18\x01 \x01(\v2\x0f.cedana.v1.NodeR\x04node\"\x89\x02\n" +
 	"\bTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
@@ -3063,7 +3082,10 @@ const file_cedana_proto_rawDesc = "" +
 	"\x04size\x18\x05 \x01(\x03R\x04size\x12\x1b\n" +
 	"\trss_bytes\x18\x06 \x01(\x03R\brssBytes\x12\x1c\n" +
 	"\tprocesses\x18\a \x01(\x05R\tprocesses\x12\x16\n" +
-	"\x06listen\x18\b \x03(\x05R\x06listen\"c\n" +
+	"\x06listen\x18\b \x03(\x05R\x06listen\x12\x1a\n" +
+	"\blocation\x18\t \x01(\tR\blocation\x12\x12\n" +
+	"\x04node\x18\n" +
+	" \x01(\tR\x04node\"c\n" +
 	"\x15CreateTemplateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x10\n" +
