@@ -142,6 +142,14 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 			return nil, fmt.Errorf("%w: PID %d is a zombie (it has exited and waits for its parent to reap it); there is nothing left to checkpoint", ErrInvalidInput, p)
 		}
 		ti := taskInfo{pid: p, st: st, mntNS: proc.Link(p, "ns/mnt")}
+		if ti.mntNS == "" && p != pid {
+			if _, err := proc.ReadStat(p); err != nil {
+				// It exited between the two reads (a shell loop's short
+				// child): without its namespace, its terminal would look
+				// like one outside the tree and make a shell job.
+				continue
+			}
+		}
 		ti.fds, _ = proc.FDs(p)
 		for _, fd := range ti.fds {
 			if fd.PTYIndex >= 0 {
