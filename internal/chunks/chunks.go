@@ -341,17 +341,13 @@ func (d *Dedup) readManifest(ctx context.Context, key string) (*Manifest, error)
 // returns it with its offset; errNotDedup when obj has no trailer.
 func readTrailer(obj storage.Object) (*Manifest, int64, error) {
 	size := obj.Size()
-	if size < trailerLen {
-		return nil, 0, errNotDedup
-	}
-	var t [trailerLen]byte
-	if _, err := obj.ReadAt(t[:], size-trailerLen); err != nil {
+	n, ok, err := trailer(obj, size)
+	if err != nil {
 		return nil, 0, err
 	}
-	if string(t[8:]) != trailerMagic {
+	if !ok {
 		return nil, 0, errNotDedup
 	}
-	n := binary.LittleEndian.Uint64(t[:8])
 	if n > maxManifest || int64(n) > size-trailerLen {
 		return nil, 0, fmt.Errorf("%w: manifest of %d bytes in an object of %d", storage.ErrCorrupt, n, size)
 	}
@@ -370,13 +366,6 @@ func readTrailer(obj storage.Object) (*Manifest, int64, error) {
 	return m, at, nil
 }
 
-// IsDeduplicated reports whether obj is a deduplicated checkpoint object
-// (as opposed to an archive), for messages.
-func IsDeduplicated(obj storage.Object) bool {
-	_, _, err := readTrailer(obj)
-	return !errors.Is(err, errNotDedup)
-}
-
 // IsCheckpointFile reports whether the file at path is a deduplicated
 // checkpoint object (whose chunks are in the chunks directory next to it).
 func IsCheckpointFile(path string) bool {
@@ -386,14 +375,24 @@ func IsCheckpointFile(path string) bool {
 	}
 	defer f.Close()
 	st, err := f.Stat()
-	if err != nil || st.Size() < trailerLen {
+	if err != nil {
 		return false
 	}
+	_, ok, err := trailer(f, st.Size())
+	return ok && err == nil
+}
+
+// trailer reads the trailer at the end of the size bytes of r: whether
+// there is one, and the length of the manifest before it.
+func trailer(r io.ReaderAt, size int64) (uint64, bool, error) {
 	var t [trailerLen]byte
-	if _, err := f.ReadAt(t[:], st.Size()-trailerLen); err != nil {
-		return false
+	if size < trailerLen {
+		return 0, false, nil
 	}
-	return string(t[8:]) == trailerMagic
+	if _, err := r.ReadAt(t[:], size-trailerLen); err != nil {
+		return 0, false, err
+	}
+	return binary.LittleEndian.Uint64(t[:8]), string(t[8:]) == trailerMagic, nil
 }
 
 // sum returns the SHA-256 of b as a Ref.

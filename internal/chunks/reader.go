@@ -102,6 +102,16 @@ func (o *object) Stream(off, n int64) (io.ReadCloser, error) {
 	return io.NopCloser(io.NewSectionReader(o, off, n)), nil
 }
 
+// find returns the first chunk that ends after archive offset off, and
+// whether off lies in it (otherwise off lies in the skeleton, before it).
+func (o *object) find(off int64) (int, bool) {
+	i := sort.Search(len(o.m.Chunks), func(i int) bool {
+		c := o.m.Chunks[i]
+		return c.Off+c.Size > off
+	})
+	return i, i < len(o.m.Chunks) && o.m.Chunks[i].Off <= off
+}
+
 // ReadAt reads the archive's bytes at off.
 func (o *object) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
@@ -112,13 +122,9 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 		if off >= o.m.Size {
 			return n, io.EOF
 		}
-		// i: the first chunk that ends after off.
-		i := sort.Search(len(o.m.Chunks), func(i int) bool {
-			c := o.m.Chunks[i]
-			return c.Off+c.Size > off
-		})
+		i, inChunk := o.find(off)
 		var c int
-		if i < len(o.m.Chunks) && o.m.Chunks[i].Off <= off {
+		if inChunk {
 			seg := o.m.Chunks[i]
 			data, err := o.chunk(seg)
 			if err != nil {
@@ -203,11 +209,8 @@ func (o *object) fetch(key string, seg Segment) ([]byte, error) {
 // splices them from the page cache. The chunk is checked when read through
 // ReadAt (the archive reader's digest pass does that first).
 func (o *object) FileAt(off, n int64) (*os.File, int64, bool) {
-	i := sort.Search(len(o.m.Chunks), func(i int) bool {
-		c := o.m.Chunks[i]
-		return c.Off+c.Size > off
-	})
-	if i == len(o.m.Chunks) || o.m.Chunks[i].Off > off || off+n > o.m.Chunks[i].Off+o.m.Chunks[i].Size {
+	i, inChunk := o.find(off)
+	if !inChunk || off+n > o.m.Chunks[i].Off+o.m.Chunks[i].Size {
 		return nil, 0, false
 	}
 	seg := o.m.Chunks[i]
