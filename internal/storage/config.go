@@ -83,11 +83,9 @@ func CloseBackend(b Backend) error {
 			return c.Close()
 		}
 		switch w := b.(type) {
-		case *Encrypted:
-			b = w.inner
 		case *plainOnly:
 			b = w.Backend
-		case Wrapper:
+		case Wrapper: // *Encrypted too
 			b = w.Inner()
 		default:
 			return nil
@@ -204,20 +202,14 @@ func ParseURL(raw string) (Config, error) {
 // temporary files (dir, local), incomplete multipart uploads (s3), unreferenced parts
 // (jetstream). It returns how many it removed. Run it when the daemon starts.
 func Sweep(ctx context.Context, b Backend, olderThan time.Duration) (int, error) {
-	for {
-		switch v := b.(type) {
-		case *Encrypted:
-			b = v.inner
-		case *plainOnly:
-			b = v.Backend
-		case *Dir:
-			return v.SweepTemp(olderThan)
-		case *S3:
-			return v.AbortIncomplete(ctx, olderThan)
-		case *JetStream:
-			return v.SweepParts(ctx, olderThan)
-		default:
-			return 0, nil
-		}
+	switch v := unwrap(b).(type) {
+	case *Dir:
+		return v.SweepTemp(olderThan)
+	case *S3:
+		return v.AbortIncomplete(ctx, olderThan)
+	case *JetStream:
+		return v.SweepParts(ctx, olderThan)
+	default:
+		return 0, nil
 	}
 }

@@ -13,28 +13,20 @@ import (
 // "nats://host:port/bucket/key" for jetstream (without user or password). Endpoints and
 // credentials are not part of it: Locate takes them from the configuration.
 func Location(b Backend, key string) string {
-	for {
-		switch v := b.(type) {
-		case *Encrypted:
-			b = v.inner
-		case *plainOnly:
-			b = v.Backend
-		case *Dir:
-			return v.Path(key)
-		case *S3:
-			return "s3://" + v.cfg.Bucket + "/" + v.prefix + key
-		case Wrapper:
-			b = v.Inner()
-		case *JetStream:
-			server := strings.TrimSpace(strings.Split(v.cfg.URL, ",")[0])
-			if u, err := url.Parse(server); err == nil {
-				u.User = nil
-				server = u.String()
-			}
-			return strings.TrimSuffix(server, "/") + "/" + v.cfg.Bucket + "/" + key
-		default:
-			return b.Name() + "/" + key
+	switch v := unwrap(b).(type) {
+	case *Dir:
+		return v.Path(key)
+	case *S3:
+		return "s3://" + v.cfg.Bucket + "/" + v.prefix + key
+	case *JetStream:
+		server := strings.TrimSpace(strings.Split(v.cfg.URL, ",")[0])
+		if u, err := url.Parse(server); err == nil {
+			u.User = nil
+			server = u.String()
 		}
+		return strings.TrimSuffix(server, "/") + "/" + v.cfg.Bucket + "/" + key
+	default:
+		return v.Name() + "/" + key
 	}
 }
 
@@ -84,14 +76,14 @@ func LocalPath(b Backend, key string) (string, bool) {
 	}
 }
 
+// unwrap returns the backend at the bottom of b's wrappers (encryption,
+// deduplication, plain-only).
 func unwrap(b Backend) Backend {
 	for {
 		switch v := b.(type) {
-		case *Encrypted:
-			b = v.inner
 		case *plainOnly:
 			b = v.Backend
-		case Wrapper:
+		case Wrapper: // *Encrypted too
 			b = v.Inner()
 		default:
 			return b
