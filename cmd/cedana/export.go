@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -40,9 +38,6 @@ appears. FILE.zip must not exist.`,
 			if err != nil {
 				return err
 			}
-			if _, err := os.Lstat(args[1]); err == nil {
-				return fmt.Errorf("%s: %w", args[1], os.ErrExist)
-			}
 			b, key, err := storageAt(ctx, &cfg.Config, src)
 			if err != nil {
 				return err
@@ -69,7 +64,7 @@ appears. FILE.zip must not exist.`,
 				defer o.Close()
 				obj, size = o, o.Size()
 			}
-			if err := exportArchive(obj, size, args[1]); err != nil {
+			if err := archive.Export(obj, size, args[1]); err != nil {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "Exported %s to %s (%s, verified).\n", src, args[1], humanBytes(size))
@@ -106,45 +101,4 @@ func (g *globals) checkpointLocation(ctx context.Context, arg string) (string, e
 		return ck.GetPath(), nil
 	}
 	return "", fmt.Errorf("%w: no checkpoint, file or URL %s", os.ErrNotExist, arg)
-}
-
-// exportArchive copies the archive src (size bytes) into a temporary file
-// next to dst, verifies it completely and renames it into place.
-func exportArchive(src io.ReaderAt, size int64, dst string) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	buf := make([]byte, 4<<20)
-	if _, err := io.CopyBuffer(tmp, io.NewSectionReader(src, 0, size), buf); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	r, err := archive.Open(tmp.Name(), archive.DefaultLimits())
-	if err != nil {
-		return fmt.Errorf("exported archive: %w", err)
-	}
-	verr := r.Verify(archive.ExtractOptions{})
-	r.Close()
-	if verr != nil {
-		return fmt.Errorf("exported archive: %w", verr)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), dst); err != nil { // never replaces dst
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%s: %w", dst, os.ErrExist)
-		}
-		return err
-	}
-	return os.Remove(tmp.Name())
 }

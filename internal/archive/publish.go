@@ -3,6 +3,7 @@ package archive
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,50 @@ import (
 // named ".<base>.partial-<random>", mode 0600, created with O_EXCL.
 func createTemp(path string) (*os.File, error) {
 	return os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-*")
+}
+
+// Export copies the archive of size bytes read from src to a new file at
+// path, verifies it completely (structure, every entry's size and
+// digests) and only then publishes it, never replacing an existing file:
+// on error, path does not exist. It makes a self-contained copy of an
+// archive held elsewhere (a deduplicated checkpoint assembled from its
+// chunks, an object in a store).
+func Export(src io.ReaderAt, size int64, path string) (err error) {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s: %w", path, errExist)
+	}
+	tmp, err := createTemp(path)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := io.CopyBuffer(tmp, io.NewSectionReader(src, 0, size), make([]byte, 4<<20)); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	r, err := Open(tmp.Name(), DefaultLimits())
+	if err != nil {
+		return fmt.Errorf("exported archive: %w", err)
+	}
+	verr := r.Verify(ExtractOptions{})
+	r.Close()
+	if verr != nil {
+		return fmt.Errorf("exported archive: %w", verr)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := publish(tmp.Name(), path); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }
 
 // errExist reports that the destination of Create already exists.
