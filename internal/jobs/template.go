@@ -394,6 +394,17 @@ type CloneSpec struct {
 	Publish []string
 }
 
+// namePrefix is the prefix of the clones' names (PREFIX-1, PREFIX-2…):
+// the spec's, else the template's name; refused when it makes no valid
+// job name.
+func (spec CloneSpec) namePrefix(t *template.Template) (string, error) {
+	prefix := spec.Prefix
+	if prefix == "" {
+		prefix = t.Name
+	}
+	return prefix, validName(prefix + "-1")
+}
+
 // Clone reports on one clone.
 type Clone struct {
 	// Job is the clone's job (nil if it could not be created).
@@ -481,11 +492,8 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 		return nil, err
 	}
 	defer imagesDone()
-	prefix := spec.Prefix
-	if prefix == "" {
-		prefix = t.Name
-	}
-	if err := validName(prefix + "-1"); err != nil {
+	prefix, err := spec.namePrefix(t)
+	if err != nil {
 		return nil, err
 	}
 	rep := &CloneReport{Clones: make([]Clone, spec.Count), CacheHit: hit, Prepare: time.Since(start)}

@@ -92,11 +92,8 @@ func (m *Manager) runContainerClones(ctx context.Context, spec CloneSpec, t *tem
 		return nil, err
 	}
 	defer release()
-	prefix := spec.Prefix
-	if prefix == "" {
-		prefix = t.Name
-	}
-	if err := validName(prefix + "-1"); err != nil {
+	prefix, err := spec.namePrefix(t)
+	if err != nil {
 		return nil, err
 	}
 	rep := &CloneReport{Clones: make([]Clone, spec.Count), CacheHit: hit, Prepare: time.Since(start)}
