@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
-	"github.com/cedana/cedana/internal/chunks"
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
@@ -196,11 +195,9 @@ func (m *Manager) removePartials() {
 	// backend, whose temporary files a killed daemon leaves behind. The
 	// checkpoint directory is this daemon's (its state dir is locked), so
 	// nothing writes there yet.
-	if d, ok := m.ckStore.(*chunks.Dedup); ok && m.cfg.Storage == nil {
-		if dir, ok := d.Inner().(*storage.Dir); ok {
-			if n, err := dir.SweepTemp(0); n > 0 || err != nil {
-				m.log.Info("removed temporary files of interrupted checkpoints", "count", n, "err", err)
-			}
+	if m.ckStore != nil && m.cfg.Storage == nil {
+		if n, err := storage.Sweep(context.Background(), m.ckStore, 0); n > 0 || err != nil {
+			m.log.Info("removed temporary files of interrupted checkpoints", "count", n, "err", err)
 		}
 	}
 	matches, _ := filepath.Glob(filepath.Join(m.cfg.CheckpointDir, "*", ".*.partial-*"))

@@ -44,7 +44,7 @@ func checkpointStore(cfg Config) (storage.Backend, error) {
 		if err := os.MkdirAll(cfg.CheckpointDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", cfg.CheckpointDir, err)
 		}
-		dir, err := storage.NewDir("local", cfg.CheckpointDir)
+		dir, err := storage.NewDir(storage.KindLocal, cfg.CheckpointDir)
 		if err != nil {
 			return nil, err
 		}

@@ -13,12 +13,8 @@ import (
 	"time"
 )
 
-// prng is an endless pseudo-random reader (archives of GiBs are generated, not held).
-type prng struct{ c *rand.ChaCha8 }
-
-func (p prng) Read(b []byte) (int, error) { return p.c.Read(b) }
-
-func newPRNG(seed byte) io.Reader { return prng{rand.NewChaCha8([32]byte{seed})} }
+// newPRNG is an endless pseudo-random reader (archives of GiBs are generated, not held).
+func newPRNG(seed byte) io.Reader { return rand.NewChaCha8([32]byte{seed}) }
 
 // TestJetStreamLarge stores archives of CEDANA_STORAGE_LARGE GiB (a comma-separated
 // list, e.g. "1,4") in a real nats-server at R1 — plain and encrypted — reads them back

@@ -15,12 +15,6 @@ import (
 	"github.com/cedana/cedana/internal/storage"
 )
 
-// chachaReader is an endless pseudo-random reader: archives of GiBs are
-// generated, not held.
-type chachaReader struct{ c *rand.ChaCha8 }
-
-func (p chachaReader) Read(b []byte) (int, error) { return p.c.Read(b) }
-
 // TestJetStreamR3Large stores archives of CEDANA_STORAGE_LARGE GiB (e.g.
 // "1,4") in a JetStream object store replicated three times on three real
 // nats-server processes, reads each back whole and checks its digest, then
@@ -93,7 +87,7 @@ func TestJetStreamR3Large(t *testing.T) {
 		size := int64(gib) << 30
 		obj := "large/" + f + "gib"
 		h := sha256.New()
-		src := io.LimitReader(chachaReader{rand.NewChaCha8([32]byte{byte(gib)})}, size)
+		src := io.LimitReader(rand.NewChaCha8([32]byte{byte(gib)}), size) // generated, not held
 		t0 := time.Now()
 		if err := storage.Put(ctx, b, obj, io.TeeReader(src, h)); err != nil {
 			t.Fatalf("store %d GiB at R3: %v", gib, err)
