@@ -642,21 +642,13 @@ func (s *feed) writeRaw(j *feedJob) error {
 // archive file into w when w is a pipe, else read and written.
 func (s *feed) writeStored(sp span) error {
 	foff, left := s.e.dataOffset+sp.off, sp.n
-	if s.pipe != nil && s.r.f != nil && !s.noSplice {
-		var err error
-		if left, err = s.splice(s.r.f, foff, left); err != nil {
+	if f, at, done := s.spliceSource(foff, left); f != nil {
+		rest, err := s.splice(f, at, left)
+		done()
+		if err != nil {
 			return err
 		}
-		foff += sp.n - left
-	} else if fa, ok := s.r.src.(FileAter); ok && s.pipe != nil && !s.noSplice {
-		if f, at, ok := fa.FileAt(foff, left); ok {
-			rest, err := s.splice(f, at, left)
-			f.Close()
-			if err != nil {
-				return err
-			}
-			foff, left = foff+left-rest, rest
-		}
+		foff, left = foff+left-rest, rest
 	}
 	if left == 0 {
 		return nil
@@ -679,6 +671,24 @@ func (s *feed) writeStored(sp span) error {
 // cache; false when they do not lie in one file. The caller closes f.
 type FileAter interface {
 	FileAt(off, n int64) (f *os.File, at int64, ok bool)
+}
+
+// spliceSource returns the file and offset holding the n stored bytes at
+// off, when they can be spliced into the pipe: the archive file itself,
+// or a file of a FileAter source. done releases it.
+func (s *feed) spliceSource(off, n int64) (f *os.File, at int64, done func()) {
+	switch {
+	case s.pipe == nil || s.noSplice:
+	case s.r.f != nil:
+		return s.r.f, off, func() {}
+	default:
+		if fa, ok := s.r.src.(FileAter); ok {
+			if f, at, ok := fa.FileAt(off, n); ok {
+				return f, at, func() { f.Close() }
+			}
+		}
+	}
+	return nil, 0, nil
 }
 
 // splice moves up to n bytes of f from offset off into the pipe and
