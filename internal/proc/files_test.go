@@ -216,3 +216,27 @@ func TestParseSharedWritable(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePOSIXLock: fdinfo and /proc/locks lines, and what is not a
+// POSIX lock.
+func TestParsePOSIXLock(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want POSIXLock
+		ok   bool
+	}{
+		{"POSIX  ADVISORY  WRITE 42 fe:00:1234 120 120", POSIXLock{Write: true, Inode: "fe:00:1234", Start: 120, End: 120}, true},
+		{"2: POSIX  ADVISORY  READ 42 fe:00:1234 128 EOF", POSIXLock{Inode: "fe:00:1234", Start: 128, End: -1}, true},
+		{"FLOCK  ADVISORY  WRITE 42 fe:00:1234 0 EOF", POSIXLock{}, false},
+		{"OFDLCK ADVISORY  READ -1 fe:00:1234 0 EOF", POSIXLock{}, false},
+		{"POSIX  ADVISORY  WRITE 42 fe:00:1234 9 3", POSIXLock{}, false},
+		{"POSIX  ADVISORY  WRITE 42 fe:00:1234 -1 3", POSIXLock{}, false},
+		{"POSIX  MANDATORY WRITE 42 fe:00:1234 0 0", POSIXLock{}, false},
+		{"", POSIXLock{}, false},
+	} {
+		got, ok := ParsePOSIXLock(c.line)
+		if ok != c.ok || (ok && got != c.want) {
+			t.Errorf("ParsePOSIXLock(%q) = %+v, %v; want %+v, %v", c.line, got, ok, c.want, c.ok)
+		}
+	}
+}

@@ -142,6 +142,25 @@ func Tree(pid int) ([]int, error) {
 	return out, nil
 }
 
+// InnermostPID returns the PID that process pid (as this namespace sees
+// it) has in its own, innermost PID namespace: the last field of
+// /proc/PID/status's NSpid line (pid itself outside any nested one).
+func InnermostPID(pid int) (int, error) {
+	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				return strconv.Atoi(f[len(f)-1])
+			}
+		}
+	}
+	return pid, nil
+}
+
 // IDs returns the real UID and GID of a process.
 func IDs(pid int) (uid, gid int, err error) {
 	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
