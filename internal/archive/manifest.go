@@ -149,6 +149,10 @@ type OpenFile struct {
 	Flags int `json:"flags"`
 	// Pos is the file offset.
 	Pos int64 `json:"pos"`
+	// Locks are the file locks the process held on the file, as fdinfo
+	// lists them ("POSIX  ADVISORY  WRITE 42 fe:00:1234 0 EOF"). A restore
+	// checks that the POSIX ones are held again (CRIU can drop them).
+	Locks []string `json:"locks,omitempty"`
 }
 
 // SocketInfo describes an inet or unix socket held by a process.

@@ -162,6 +162,12 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		Detach:         true,
 		LeaveStopped:   req.LeaveStopped,
 	}
+	// The tree stays stopped until its POSIX locks are checked (and,
+	// where CRIU dropped them, taken again): see retakeLocks.
+	locks := posixLocks(m)
+	if len(locks) > 0 {
+		ropts.LeaveStopped = true
+	}
 	if len(m.Options.ExternalTTYs) > 0 {
 		ropts.TTYs = map[string]*os.File{}
 		for _, key := range m.Options.ExternalTTYs {
@@ -204,6 +210,19 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 			return nil, undo(fmt.Errorf("%s: %w (nothing was restored)", req.Path, err))
 		}
 		return nil, undo(fmt.Errorf("restore of %s failed: %w", req.Path, err))
+	}
+	if len(locks) > 0 {
+		n, err := retakeLocks(res.PID, locks)
+		if err == nil && !req.LeaveStopped {
+			err = resumeRestored(res.PID)
+		}
+		if err != nil {
+			killRestored(m, res.PID)
+			return nil, undo(fmt.Errorf("restore of %s failed: %w (the restored tree was killed rather than run without its locks; the archive is unchanged)", req.Path, err))
+		}
+		if n > 0 {
+			s.log.Info("took again the POSIX locks CRIU dropped", "locks", n, "of", len(locks))
+		}
 	}
 	out := &RestoreResult{
 		PID: res.PID, Manifest: m, FilesWritten: put.written,

@@ -216,7 +216,7 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 			}
 		}
 		for _, fd := range fds {
-			ap.Files = append(ap.Files, archive.OpenFile{FD: fd.Num, Path: fd.Path, Type: fd.Type, Flags: fd.Flags, Pos: fd.Pos})
+			ap.Files = append(ap.Files, archive.OpenFile{FD: fd.Num, Path: fd.Path, Type: fd.Type, Flags: fd.Flags, Pos: fd.Pos, Locks: fd.Locks})
 			if len(fd.Locks) > 0 && !s.fileLocks {
 				s.fileLocks = true
 				s.why = append(s.why, fmt.Sprintf("file-locks: PID %d holds a lock on %s (%s)", p, fd.Path, fd.Locks[0]))

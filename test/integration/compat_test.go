@@ -406,3 +406,44 @@ print(c.execute("SELECT count(*), count(DISTINCT n), coalesce(sum(sq = n*n), 0) 
 		t.Errorf("database after restore:\n%s\nwant:\n%s(integrity ok, %d rows of %d batches, each once, each right)", out, want, n, batches)
 	}
 }
+
+// TestCompatLockedMappedFile: a process holds POSIX locks on a file it
+// also maps shared, as SQLite in WAL mode does with its -shm file. CRIU
+// restores the locks and then drops them when it maps the file (closing
+// a descriptor of a locked file releases the process's POSIX locks on
+// it); two restored SQLite writers then write at once and a committed row
+// is lost. After restore the process must hold both locks again: another
+// process cannot take either byte, and the counter continues.
+func TestCompatLockedMappedFile(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	e := newEnv(t)
+	dir := t.TempDir()
+	shm, ctr := filepath.Join(dir, "db-shm"), filepath.Join(dir, "counter")
+	p := start(t, py, compatProgram(t, "maplock.py"), shm, ctr)
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+
+	path, notes := e.dumpNoted(p.pid())
+	if !strings.Contains(notes, "file-locks") {
+		t.Errorf("the dump did not choose --file-locks:\n%s", notes)
+	}
+	p.waitExit(t, 10*time.Second)
+	before := readCounter(ctr)
+	pid := e.restore(path)
+	checkContinues(t, ctr, before)
+
+	f, err := os.OpenFile(shm, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, b := range []int64{120, 128} {
+		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Start: b, Len: 1}
+		if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil {
+			t.Fatal(err)
+		}
+		if lk.Type == syscall.F_UNLCK || int(lk.Pid) != pid {
+			t.Errorf("byte %d of the mapped file is not locked by the restored PID %d after restore (F_GETLK: %+v): its lock was lost", b, pid, lk)
+		}
+	}
+}

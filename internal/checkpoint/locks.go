@@ -1,0 +1,116 @@
+package checkpoint
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+
+	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/inject"
+	"github.com/cedana/cedana/internal/proc"
+)
+
+// heldLock is a POSIX lock a dumped process held, and the descriptor
+// through which a restore gives it back.
+type heldLock struct {
+	pid, fd int // as the dumped tree saw them
+	path    string
+	lock    proc.POSIXLock
+}
+
+// posixLocks lists the POSIX locks of the manifest's processes, once per
+// process and lock (fdinfo lists a process's lock under every descriptor
+// of the file).
+func posixLocks(m *archive.Manifest) []heldLock {
+	if !m.Options.FileLocks {
+		return nil
+	}
+	var out []heldLock
+	seen := map[string]bool{}
+	for _, p := range m.Processes {
+		for _, f := range p.Files {
+			for _, line := range f.Locks {
+				l, ok := proc.ParsePOSIXLock(line)
+				if !ok {
+					continue
+				}
+				key := fmt.Sprintf("%d %s %v %d %d", p.PID, l.Inode, l.Write, l.Start, l.End)
+				if !seen[key] {
+					seen[key] = true
+					out = append(out, heldLock{pid: p.PID, fd: f.FD, path: f.Path, lock: l})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// retakeLocks makes every process of the restored tree rooted at root
+// (host PID) hold the POSIX locks it held when dumped. CRIU re-takes them
+// before it maps the process's memory, and mapping a file the process has
+// locked closes a descriptor of that file, which drops the process's
+// POSIX locks on it (see package inject); SQLite in WAL mode is such a
+// program. The tree must be stopped; it stays stopped. It returns how
+// many locks it had to take again, or why one could not be (then the
+// tree must not run: its locks no longer protect what they did).
+func retakeLocks(root int, locks []heldLock) (int, error) {
+	host, err := hostPIDs(root)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, h := range locks {
+		pid, ok := host[h.pid]
+		if !ok {
+			return n, fmt.Errorf("PID %d, which held a %s on %s, is not in the restored tree", h.pid, h.lock, h.path)
+		}
+		if proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
+			continue
+		}
+		if err := inject.SetPOSIXLock(pid, h.fd, h.lock.Write, h.lock.Start, h.lock.End); err != nil {
+			return n, fmt.Errorf("CRIU restored PID %d without its %s on %s, and it could not be taken again: %w", h.pid, h.lock, h.path, err)
+		}
+		if !proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
+			return n, fmt.Errorf("CRIU restored PID %d without its %s on %s, and taking it again did not show in /proc", h.pid, h.lock, h.path)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// hostPIDs maps the PIDs of the tree rooted at root, as its own PID
+// namespace sees them (the manifest's), to this namespace's.
+func hostPIDs(root int) (map[int]int, error) {
+	tree, err := proc.Tree(root)
+	if err != nil {
+		return nil, fmt.Errorf("read the restored tree of PID %d: %w", root, err)
+	}
+	out := make(map[int]int, len(tree))
+	for _, p := range tree {
+		inner, err := proc.InnermostPID(p)
+		if err != nil {
+			return nil, fmt.Errorf("read the restored tree of PID %d: %w", root, err)
+		}
+		out[inner] = p
+	}
+	return out, nil
+}
+
+// resumeRestored sends SIGCONT to every process of the tree rooted at
+// root, which a restore left stopped.
+func resumeRestored(root int) error {
+	tree, err := proc.Tree(root)
+	if err != nil {
+		return fmt.Errorf("resume the restored tree of PID %d: %w", root, err)
+	}
+	var failed []string
+	for _, p := range tree {
+		if err := syscall.Kill(p, syscall.SIGCONT); err != nil && err != syscall.ESRCH {
+			failed = append(failed, fmt.Sprintf("PID %d: %v", p, err))
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("resume the restored tree: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
