@@ -118,7 +118,11 @@ type HostInfo struct {
 
 // Process is one task of the dumped tree, as seen just before the dump.
 type Process struct {
-	PID     int      `json:"pid"`
+	PID int `json:"pid"`
+	// NSPID is the process's PID inside the tree's own PID namespace,
+	// when it has one and it differs from PID (a restore finds the
+	// process by it).
+	NSPID   int      `json:"ns_pid,omitempty"`
 	PPID    int      `json:"ppid"`
 	PGID    int      `json:"pgid"`
 	SID     int      `json:"sid"`

@@ -13,7 +13,7 @@ import (
 // heldLock is a POSIX lock a dumped process held, and the descriptor
 // through which a restore gives it back.
 type heldLock struct {
-	pid, fd int // as the dumped tree saw them
+	pid, fd int // the PID inside the tree's own PID namespace, and the descriptor
 	path    string
 	lock    proc.POSIXLock
 }
@@ -37,7 +37,11 @@ func posixLocks(m *archive.Manifest) []heldLock {
 				key := fmt.Sprintf("%d %s %v %d %d", p.PID, l.Inode, l.Write, l.Start, l.End)
 				if !seen[key] {
 					seen[key] = true
-					out = append(out, heldLock{pid: p.PID, fd: f.FD, path: f.Path, lock: l})
+					pid := p.PID
+					if p.NSPID > 0 {
+						pid = p.NSPID
+					}
+					out = append(out, heldLock{pid: pid, fd: f.FD, path: f.Path, lock: l})
 				}
 			}
 		}
@@ -62,16 +66,16 @@ func retakeLocks(root int, locks []heldLock) (int, error) {
 	for _, h := range locks {
 		pid, ok := host[h.pid]
 		if !ok {
-			return n, fmt.Errorf("PID %d, which held a %s on %s, is not in the restored tree", h.pid, h.lock, h.path)
+			return n, fmt.Errorf("PID %d, which held a lock on %s (%s), is not in the restored tree", h.pid, h.path, h.lock)
 		}
 		if proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
 			continue
 		}
 		if err := inject.SetPOSIXLock(pid, h.fd, h.lock.Write, h.lock.Start, h.lock.End); err != nil {
-			return n, fmt.Errorf("CRIU restored PID %d without its %s on %s, and it could not be taken again: %w", h.pid, h.lock, h.path, err)
+			return n, fmt.Errorf("CRIU restored PID %d without its lock on %s (%s), and it could not be taken again: %w", h.pid, h.path, h.lock, err)
 		}
 		if !proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
-			return n, fmt.Errorf("CRIU restored PID %d without its %s on %s, and taking it again did not show in /proc", h.pid, h.lock, h.path)
+			return n, fmt.Errorf("CRIU restored PID %d without its lock on %s (%s), and taking it again did not show in /proc", h.pid, h.path, h.lock)
 		}
 		n++
 	}

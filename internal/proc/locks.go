@@ -58,7 +58,7 @@ func (l POSIXLock) String() string {
 	if l.End < 0 {
 		end = "EOF"
 	}
-	return fmt.Sprintf("%s POSIX lock on bytes %d-%s", kind, l.Start, end)
+	return fmt.Sprintf("%s POSIX lock, bytes %d-%s", kind, l.Start, end)
 }
 
 // HoldsPOSIXLock reports whether process pid holds lock l on the file

@@ -432,7 +432,33 @@ func TestCompatLockedMappedFile(t *testing.T) {
 	pid := e.restore(path)
 	checkContinues(t, ctr, before)
 
-	f, err := os.OpenFile(shm, os.O_RDWR, 0)
+	checkLocked(t, shm, pid)
+}
+
+// TestDaemonLockedMappedFileNamespace: the same through the daemon, for a
+// job in its own PID namespace, where the restored processes have new
+// host PIDs and are found by the PIDs they have inside it.
+func TestDaemonLockedMappedFileNamespace(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	d := startDaemon(t, daemonOpts{})
+	dir := t.TempDir()
+	shm, ctr := filepath.Join(dir, "db-shm"), filepath.Join(dir, "counter")
+	d.ok("run", "--name", "locker", "--pid-namespace", "--", py, compatProgram(t, "maplock.py"), shm, ctr)
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+	before := readCounter(ctr)
+	d.dumpJob("locker")
+	waitGone(t, d.job("locker").PID, 5*time.Second)
+	j := d.restoreJob("locker")
+	checkContinues(t, ctr, before)
+	checkLocked(t, shm, j.PID)
+}
+
+// checkLocked asserts that bytes 120 and 128 of the file at path are
+// locked by PID pid (maplock.py's locks), as another process sees them.
+func checkLocked(t *testing.T, path string, pid int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
