@@ -326,7 +326,26 @@ func TestDaemonDedupDiskFull(t *testing.T) {
 
 	t.Logf("then %s: %s", failed2.ID, failed2.Error)
 
+	// A daemon that restarts on the full disk finds the job running and
+	// the records as they were.
+	states := map[string]string{}
+	for _, c := range d.checkpoints("hog") {
+		states[c.ID] = c.State
+	}
+	t0 := time.Now()
+	d.restartDaemon()
+	t.Logf("daemon restarted on the full disk in %v", time.Since(t0).Round(time.Millisecond))
+	if j := d.job("hog"); j.State != "running" || j.PID != job.PID {
+		t.Fatalf("after a restart on the full disk the job is %+v, want running as PID %d", j, job.PID)
+	}
+	for _, c := range d.checkpoints("hog") {
+		if states[c.ID] != c.State {
+			t.Errorf("after a restart checkpoint %s is %s, was %s", c.ID, c.State, states[c.ID])
+		}
+	}
+
 	// 3. Space freed: the next periodic checkpoints succeed.
+	t0 = time.Now()
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +354,7 @@ func TestDaemonDedupDiskFull(t *testing.T) {
 		return len(complete(d.checkpoints("hog"))) >= len(good)+2
 	})
 	periodic("1h")
+	t.Logf("two checkpoints after the space was freed in %v", time.Since(t0).Round(time.Millisecond))
 	roundAtFresh, _ := readRound(counter)
 	all := complete(d.checkpoints("hog")) // newest first
 	fresh := all[:len(all)-len(good)]
