@@ -2,12 +2,14 @@ package checkpoint
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/inject"
 	"github.com/cedana/cedana/internal/proc"
+	"golang.org/x/sys/unix"
 )
 
 // heldLock is a POSIX lock a dumped process held, and the descriptor
@@ -115,6 +117,33 @@ func resumeRestored(root int) error {
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("resume the restored tree: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// checkLockConflicts refuses a restore while another process holds a
+// lock that conflicts with one the tree held: CRIU takes the tree's
+// locks waiting (F_SETLKW), so the restore would hang until that process
+// lets go. Files that are gone are left to CRIU, which explains them.
+func checkLockConflicts(locks []heldLock) error {
+	for _, h := range locks {
+		f, err := os.Open(h.path)
+		if err != nil {
+			continue
+		}
+		lk := unix.Flock_t{Type: unix.F_RDLCK, Start: h.lock.Start}
+		if h.lock.Write {
+			lk.Type = unix.F_WRLCK
+		}
+		if h.lock.End >= 0 {
+			lk.Len = h.lock.End - h.lock.Start + 1
+		}
+		err = unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk)
+		f.Close()
+		if err == nil && lk.Type != unix.F_UNLCK {
+			return fmt.Errorf("%w: PID %d holds a lock on %s that conflicts with one the checkpoint's PID %d held (%s); CRIU would wait for it to let go. Stop PID %d (e.g. another program using the same database), then restore again",
+				ErrInvalidInput, lk.Pid, h.path, h.pid, h.lock, lk.Pid)
+		}
 	}
 	return nil
 }

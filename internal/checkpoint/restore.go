@@ -167,6 +167,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	locks := posixLocks(m)
 	if len(locks) > 0 {
 		ropts.LeaveStopped = true
+		if err := checkLockConflicts(locks); err != nil {
+			return nil, fmt.Errorf("restore not started: %w", err)
+		}
 	}
 	if len(m.Options.ExternalTTYs) > 0 {
 		ropts.TTYs = map[string]*os.File{}

@@ -429,9 +429,29 @@ func TestCompatLockedMappedFile(t *testing.T) {
 	}
 	p.waitExit(t, 10*time.Second)
 	before := readCounter(ctr)
+
+	// While another process (this test) holds a conflicting lock, the
+	// restore is refused at once, naming it (CRIU would wait for it).
+	hold, err := os.OpenFile(shm, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Start: 120, Len: 1}
+	if err := syscall.FcntlFlock(hold.Fd(), syscall.F_SETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := e.cedana("client", "restore", path)
+	hold.Close() // releases the lock
+	if r.code == 0 || !strings.Contains(r.stderr, fmt.Sprintf("PID %d holds a lock on %s", os.Getpid(), shm)) {
+		t.Fatalf("restore while another process holds a conflicting lock: want a refusal naming PID %d, got %s", os.Getpid(), r)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the refusal took %s: it waited for the lock", took)
+	}
+
 	pid := e.restore(path)
 	checkContinues(t, ctr, before)
-
 	checkLocked(t, shm, pid)
 }
 
