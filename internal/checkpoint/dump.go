@@ -106,6 +106,23 @@ type DumpResult struct {
 // final name; if it cannot be resumed, the error wraps ErrLeftStopped and
 // names the processes left stopped.
 func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error) {
+	res, err := s.dumpOnce(ctx, req)
+	if err != nil && !req.FileLocks && criu.IsCause(err, criu.CauseFileLocks) && ctx.Err() == nil {
+		// A process took a file lock between the look at the tree and
+		// CRIU's freeze (the look saw none, so --file-locks was off).
+		// CRIU let the tree go on; dump again with the locks.
+		s.log.Info("a file lock appeared while dumping; dumping again with --file-locks", "pid", req.PID)
+		req.FileLocks = true
+		res, err = s.dumpOnce(ctx, req)
+		if err == nil {
+			res.Reasons = append(res.Reasons, "file-locks: a process took a file lock while the tree was being frozen; dumped again with --file-locks")
+		}
+	}
+	return res, err
+}
+
+// dumpOnce is one attempt of Dump.
+func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, error) {
 	start := time.Now()
 	prog := req.Progress
 	if prog == nil {

@@ -493,3 +493,32 @@ func checkLocked(t *testing.T, path string, pid int) {
 		}
 	}
 }
+
+// TestCompatLockTakenDuringDump: a process takes its first file lock
+// after cedana looked at the tree but before CRIU froze it (the pre-dump
+// hook, which runs in between, makes it take the lock). The look saw no
+// lock, so --file-locks was off and CRIU refuses; cedana dumps again
+// with it, and says so, instead of failing the checkpoint.
+func TestCompatLockTakenDuringDump(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	e := newEnv(t)
+	dir := t.TempDir()
+	shm, ctr, trigger := filepath.Join(dir, "db-shm"), filepath.Join(dir, "counter"), filepath.Join(dir, "trigger")
+	p := start(t, py, compatProgram(t, "maplock.py"), shm, ctr, trigger)
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+
+	hook := fmt.Sprintf(`touch %[1]s; for i in $(seq 200); do [ -e %[1]s.locked ] && exit 0; sleep 0.05; done; exit 1`, trigger)
+	r := e.cedanaWith([]string{"CEDANA_HOOKS_PRE_DUMP=" + hook}, "client", "dump", "-p", strconv.Itoa(p.pid()), "-d", e.dir)
+	if r.code != 0 {
+		t.Fatalf("dump of a tree that took a lock while being dumped: %s", r)
+	}
+	if !strings.Contains(r.stderr, "dumped again with --file-locks") {
+		t.Errorf("the dump does not say it was taken again with --file-locks:\n%s", r.stderr)
+	}
+	p.waitExit(t, 10*time.Second)
+	before := readCounter(ctr)
+	pid := e.restore(r.stdout)
+	checkContinues(t, ctr, before)
+	checkLocked(t, shm, pid)
+}
