@@ -69,6 +69,10 @@ type DumpRequest struct {
 	// instead of killing it: DumpResult.Stopped then resumes or kills it.
 	// A migration keeps the source copy so until the target runs the job.
 	KeepStopped bool
+
+	// tcpAppeared: a connection was established after the look at the
+	// tree (see Dump); --tcp-established as if the look had seen it.
+	tcpAppeared bool
 }
 
 // DumpResult describes a finished checkpoint.
@@ -106,19 +110,33 @@ type DumpResult struct {
 // final name; if it cannot be resumed, the error wraps ErrLeftStopped and
 // names the processes left stopped.
 func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error) {
-	res, err := s.dumpOnce(ctx, req)
-	if err != nil && !req.FileLocks && criu.IsCause(err, criu.CauseFileLocks) && ctx.Err() == nil {
-		// A process took a file lock between the look at the tree and
-		// CRIU's freeze (the look saw none, so --file-locks was off).
-		// CRIU let the tree go on; dump again with the locks.
-		s.log.Info("a file lock appeared while dumping; dumping again with --file-locks", "pid", req.PID)
-		req.FileLocks = true
-		res, err = s.dumpOnce(ctx, req)
+	// Cedana chooses CRIU options from a look at the tree, which keeps
+	// running until CRIU freezes it: a file lock taken or a connection
+	// established in between makes CRIU refuse for want of --file-locks
+	// or --tcp-established. CRIU let the tree go on; dump again with the
+	// option (each at most once, and never against the user's choice).
+	var again []string
+	for {
+		res, err := s.dumpOnce(ctx, req)
 		if err == nil {
-			res.Reasons = append(res.Reasons, "file-locks: a process took a file lock while the tree was being frozen; dumped again with --file-locks")
+			res.Reasons = append(res.Reasons, again...)
+			return res, nil
 		}
+		if ctx.Err() != nil {
+			return res, err
+		}
+		switch {
+		case !req.FileLocks && criu.IsCause(err, criu.CauseFileLocks):
+			req.FileLocks = true
+			again = append(again, "file-locks: a process took a file lock while the tree was being frozen; dumped again with --file-locks")
+		case req.TCPEstablished == nil && !req.tcpAppeared && criu.IsCause(err, criu.CauseTCPEstablished):
+			req.tcpAppeared = true
+			again = append(again, "tcp-established: a TCP connection was established while the tree was being frozen; dumped again with --tcp-established")
+		default:
+			return res, err
+		}
+		s.log.Info("dumping again", "pid", req.PID, "why", again[len(again)-1])
 	}
-	return res, err
 }
 
 // dumpOnce is one attempt of Dump.
@@ -322,7 +340,7 @@ func (s *Service) chooseOptions(req DumpRequest, snap *snapshot) (criu.DumpOptio
 		PID:            req.PID,
 		LeaveRunning:   req.LeaveRunning,
 		LeaveStopped:   !req.LeaveRunning,
-		TCPEstablished: snap.tcpEstablished,
+		TCPEstablished: snap.tcpEstablished || req.tcpAppeared,
 		ShellJob:       snap.shellJob,
 		ExtUnixSockets: req.ExtUnixSockets,
 		FileLocks:      req.FileLocks || snap.fileLocks,

@@ -522,3 +522,31 @@ func TestCompatLockTakenDuringDump(t *testing.T) {
 	checkContinues(t, ctr, before)
 	checkLocked(t, shm, pid)
 }
+
+// TestCompatConnectionDuringDump: a TCP connection is established after
+// cedana looked at the tree but before CRIU froze it (the pre-dump hook
+// makes the process connect to itself). CRIU refuses for want of
+// --tcp-established; cedana dumps again with it, and the connection
+// still carries bytes after restore.
+func TestCompatConnectionDuringDump(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	e := newEnv(t)
+	dir := t.TempDir()
+	ctr, trigger := filepath.Join(dir, "counter"), filepath.Join(dir, "trigger")
+	p := start(t, py, compatProgram(t, "tcpself.py"), ctr, trigger)
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+
+	hook := fmt.Sprintf(`touch %[1]s; for i in $(seq 200); do [ -e %[1]s.connected ] && exit 0; sleep 0.05; done; exit 1`, trigger)
+	r := e.cedanaWith([]string{"CEDANA_HOOKS_PRE_DUMP=" + hook}, "client", "dump", "-p", strconv.Itoa(p.pid()), "-d", e.dir)
+	if r.code != 0 {
+		t.Fatalf("dump of a tree that connected while being dumped: %s", r)
+	}
+	if !strings.Contains(r.stderr, "dumped again with --tcp-established") {
+		t.Errorf("the dump does not say it was taken again with --tcp-established:\n%s", r.stderr)
+	}
+	p.waitExit(t, 10*time.Second)
+	before := readCounter(ctr)
+	e.restore(r.stdout)
+	checkContinues(t, ctr, before) // counts only while the connection works
+}
