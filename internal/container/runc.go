@@ -177,6 +177,12 @@ func (d *runcDriver) stagingParent(context.Context) (string, error) { return "",
 func criuConfig(o criuOptions) (string, error) {
 	p := filepath.Join(o.WorkDir, "criu.conf")
 	conf := fmt.Sprintf("network-lock %s\n", o.NetworkLock)
+	if o.LeaveStopped {
+		// Over RPC, CRIU takes its configuration file's options where
+		// runc's request sets none: runc never asks for leave_stopped
+		// on a restore, and runc restore -d does not wait for the tree.
+		conf += "leave-stopped\n"
+	}
 	return p, os.WriteFile(p, []byte(conf), 0o600)
 }
 
@@ -504,7 +510,7 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	o := criuOptions{TCPEstablished: m.Options.TCPEstablished, ExtUnixSockets: m.Options.ExtUnixSockets,
-		FileLocks: m.Options.FileLocks, NetworkLock: networkLockOf(m), WorkDir: work}
+		FileLocks: m.Options.FileLocks, NetworkLock: networkLockOf(m), WorkDir: work, LeaveStopped: req.LeaveStopped}
 	prepTime := time.Since(prepStart)
 	rs := time.Now()
 	netns, err := readNetnsConfig(dir)
