@@ -1,9 +1,14 @@
 package jobs
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 
+	"github.com/cedana/cedana/internal/container"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -33,5 +38,69 @@ func TestCanMigrate(t *testing.T) {
 	}
 	if err := m.canImportContainer(ImportSpec{Name: "r", Runtime: "runc"}); err == nil {
 		t.Error("a runc container job arriving without a container ID was accepted")
+	}
+}
+
+// fakeContainers stands in for the container engine: a restore starts a
+// real `sleep` and records what it was asked; Remove records its call.
+type fakeContainers struct {
+	t        *testing.T
+	restores []container.RestoreRequest
+	removed  []string
+	pid      int
+}
+
+func (f *fakeContainers) Lookup(context.Context, string, string) (*container.Running, error) {
+	return nil, errors.New("not in this test")
+}
+
+func (f *fakeContainers) Dump(context.Context, container.DumpRequest) (*container.DumpResult, error) {
+	return nil, errors.New("not in this test")
+}
+
+func (f *fakeContainers) Restore(_ context.Context, req container.RestoreRequest) (*container.RestoreResult, error) {
+	f.restores = append(f.restores, req)
+	f.pid = startSleep(f.t)
+	return &container.RestoreResult{ID: req.Name, Name: req.Name, PID: f.pid}, nil
+}
+
+func (f *fakeContainers) Remove(_ context.Context, runtime, id string) error {
+	f.removed = append(f.removed, runtime+"/"+id)
+	return syscall.Kill(f.pid, syscall.SIGKILL)
+}
+
+// An arriving runc container job is restored stopped under the container
+// ID it gets here; a discarded one is removed through its runtime.
+func TestImportContainerDiscard(t *testing.T) {
+	st := store.NewMemory()
+	fc := &fakeContainers{t: t}
+	m := New(Config{CheckpointDir: filepath.Join(t.TempDir(), "ckpt"), LogDir: t.TempDir(), NoCgroups: true},
+		st, newFakeEngine(t), fc, nil, nil)
+	t.Cleanup(m.Close)
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "a.cedana")
+	if err := os.WriteFile(archive, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, err := m.Import(context.Background(), ImportSpec{ID: "job-1", Name: "ctr", Runtime: "runc", Container: "mig-b"}, archive, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.restores) != 1 || fc.restores[0].Name != "mig-b" || !fc.restores[0].LeaveStopped || fc.restores[0].Runtime != "runc" {
+		t.Fatalf("restore requests: %+v; want one of runc container mig-b, left stopped", fc.restores)
+	}
+	if j.Container != "mig-b" || j.Runtime != "runc" || j.PID != fc.pid || State(j.State) != Running {
+		t.Fatalf("imported job: %+v", j)
+	}
+	if err := m.Discard(context.Background(), "ctr"); err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.removed) != 1 || fc.removed[0] != "runc/mig-b" {
+		t.Fatalf("removed: %v; want runc/mig-b", fc.removed)
+	}
+	if _, err := st.GetJob(context.Background(), "job-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the discarded job is still known: %v", err)
 	}
 }
