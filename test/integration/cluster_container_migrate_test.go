@@ -8,10 +8,12 @@ package integration
 // leaves the job running on the source, resumed, not restarted.
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +73,12 @@ func TestClusterRuncContainerMigrate(t *testing.T) {
 	rootfs := busyboxRootfs(t)
 	ds, roots := runcCluster(t)
 	a, b := ds[0], ds[1]
-	bundle := makeBundle(t, rootfs, "sh", "-c", counterCmd)
+	// The counter also appends each value to a file on a bind mount of
+	// the host, which both nodes see: two copies running at once, or a
+	// source that ran on after its checkpoint, would write a value twice.
+	shared := t.TempDir()
+	bundle := makeBundle(t, rootfs, "sh", "-c", loggedCounterCmd)
+	bindMount(t, bundle, shared, "/data")
 	if r := a.cli("run", "runc", "--runc-root", roots[0], "--bundle", bundle, "--id", "mig"); r.code != 0 {
 		t.Fatalf("run runc: %s", r)
 	}
@@ -155,4 +162,51 @@ func TestClusterRuncContainerMigrate(t *testing.T) {
 		t.Fatalf("runc on b after the migration back: %v; want nothing", ids)
 	}
 	a.ok("kill", "ctr")
+	checkLog(t, filepath.Join(shared, "log"))
+}
+
+// loggedCounterCmd is counterCmd that also appends each value to
+// /data/log.
+const loggedCounterCmd = `i=0; while :; do echo $i > /count.tmp; mv -f /count.tmp /count; echo $i >> /data/log; i=$((i+1)); sleep 0.05; done`
+
+// bindMount adds a read-write bind mount of host directory src at dst to
+// the bundle's configuration.
+func bindMount(t *testing.T, bundle, src, dst string) {
+	t.Helper()
+	p := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	mounts, _ := spec["mounts"].([]any)
+	spec["mounts"] = append(mounts, map[string]any{"destination": dst, "type": "bind", "source": src,
+		"options": []string{"rbind", "rw"}})
+	data, _ = json.MarshalIndent(spec, "", "\t")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkLog asserts that the counter's log holds 0, 1, 2… each once, in
+// order: one copy ran at every moment, and none went back.
+func checkLog(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(data))
+	for i, l := range lines {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("the counter's log has %q at line %d, want %d (two copies ran, or one went back): ...%v", l, i, i, lines[max(0, i-5):min(len(lines), i+5)])
+		}
+	}
+	if len(lines) < 20 {
+		t.Fatalf("the counter's log has only %d values", len(lines))
+	}
+	t.Logf("the counter's log: %d values, each once, in order", len(lines))
 }
