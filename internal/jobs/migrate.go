@@ -183,6 +183,18 @@ func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, s
 		_ = m.store.DeleteJob(context.Background(), spec.ID)
 		return nil, err
 	}
+	if j.Runtime != "" {
+		// The runtime restored it; make sure it did not let it run: the
+		// source's copy may yet resume.
+		if st, err := proc.ReadStat(j.PID); err != nil || (st.State != 'T' && st.State != 't') {
+			state := "gone"
+			if err == nil {
+				state = string(st.State)
+			}
+			_ = m.Discard(context.Background(), j.ID)
+			return nil, fmt.Errorf("job %s: its restored container %s is not stopped (PID %d, state %s); it must not run before the hand-over, so it was removed", j.Name, j.Container, j.PID, state)
+		}
+	}
 	return j, nil
 }
 

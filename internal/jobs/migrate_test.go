@@ -5,10 +5,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cedana/cedana/internal/container"
+	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -48,6 +51,9 @@ type fakeContainers struct {
 	restores []container.RestoreRequest
 	removed  []string
 	pid      int
+	// running: the restore lets the container run even when asked to
+	// leave it stopped.
+	running bool
 }
 
 func (f *fakeContainers) Lookup(context.Context, string, string) (*container.Running, error) {
@@ -61,6 +67,14 @@ func (f *fakeContainers) Dump(context.Context, container.DumpRequest) (*containe
 func (f *fakeContainers) Restore(_ context.Context, req container.RestoreRequest) (*container.RestoreResult, error) {
 	f.restores = append(f.restores, req)
 	f.pid = startSleep(f.t)
+	if req.LeaveStopped && !f.running {
+		_ = syscall.Kill(f.pid, syscall.SIGSTOP)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if st, err := proc.ReadStat(f.pid); err == nil && st.State == 'T' {
+				break
+			}
+		}
+	}
 	return &container.RestoreResult{ID: req.Name, Name: req.Name, PID: f.pid}, nil
 }
 
@@ -102,5 +116,21 @@ func TestImportContainerDiscard(t *testing.T) {
 	}
 	if _, err := st.GetJob(context.Background(), "job-1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the discarded job is still known: %v", err)
+	}
+
+	// A runtime that let the restored container run: refused, removed.
+	fc.running, fc.removed = true, nil
+	if err := os.WriteFile(archive, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Import(context.Background(), ImportSpec{ID: "job-2", Name: "ctr2", Runtime: "runc", Container: "c2-b"}, archive, 1)
+	if err == nil || !strings.Contains(err.Error(), "not stopped") {
+		t.Fatalf("import of a container restored running: %v; want a refusal saying it is not stopped", err)
+	}
+	if len(fc.removed) != 1 || fc.removed[0] != "runc/c2-b" {
+		t.Fatalf("removed: %v; want runc/c2-b", fc.removed)
+	}
+	if _, err := st.GetJob(context.Background(), "job-2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused job is still known: %v", err)
 	}
 }
