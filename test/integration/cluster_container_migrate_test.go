@@ -5,7 +5,8 @@ package integration
 // new runc container (<id>-<node>, its own runc root, cgroup and
 // writable layer), left stopped until the job is handed over, and the
 // source then removes its stopped copy. A target whose restore fails
-// leaves the job running on the source, resumed, not restarted.
+// leaves the job running on the source, resumed, not restarted. A drain
+// moves it the same way.
 
 import (
 	"encoding/json"
@@ -161,7 +162,23 @@ func TestClusterRuncContainerMigrate(t *testing.T) {
 	if ids := runcIDs(t, roots[1]); len(ids) != 0 {
 		t.Fatalf("runc on b after the migration back: %v; want nothing", ids)
 	}
-	a.ok("kill", "ctr")
+
+	// A drain of a moves it too (to b, the only other node), as mig-b.
+	before = readCounter(countFile(back.PID))
+	b.ok("node", "drain", "a", "-o", "json")
+	drained, ok := findJob(clusterJobs(t, b), "ctr")
+	if !ok || drained.Node != "b" || drained.State != "running" {
+		t.Fatalf("after node drain a ps says %+v; want job ctr running on b", drained)
+	}
+	b.track(drained.PID)
+	checkContinues(t, countFile(drained.PID), before)
+	if ids := runcIDs(t, roots[1]); len(ids) != 1 || ids[0] != "mig-b" {
+		t.Fatalf("runc on b after the drain: %v; want the job's container as mig-b", ids)
+	}
+	if ids := runcIDs(t, roots[0]); len(ids) != 0 {
+		t.Fatalf("runc on a after the drain: %v; want nothing", ids)
+	}
+	b.ok("kill", "ctr")
 	checkLog(t, filepath.Join(shared, "log"))
 }
 
