@@ -214,6 +214,9 @@ type RestoreRequest struct {
 	// the caller resumes them (SIGCONT) or removes the container with
 	// Service.Remove (a migration's target). runc only.
 	LeaveStopped bool
+	// Migration says the restore is a migration's target: errors advise
+	// what to set up on this node, not restore flags.
+	Migration bool
 	// Progress, if set, receives progress reports.
 	Progress checkpoint.Progress
 	// HookEnv is added to the environment of hook scripts.

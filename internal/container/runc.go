@@ -464,6 +464,9 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	if _, err := d.state(ctx, id); err == nil {
+		if req.Migration {
+			return nil, invalid("a runc container %q already exists on this node; remove it (`runc%s delete -f %s`) and migrate again", id, d.rootFlag(), id)
+		}
 		return nil, invalid("a runc container %q already exists; remove it (`runc%s delete -f %s`) or restore under another ID with --id", id, d.rootFlag(), id)
 	} else if !errors.Is(err, errNoRuncContainer) {
 		return nil, err
@@ -481,6 +484,9 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	if st, err := os.Stat(lower); err != nil || !st.IsDir() {
+		if req.Migration {
+			return nil, invalid("the container's base rootfs %s is missing on this node; a runc container migrates with its writable layer only: put its bundle's rootfs at the same path here and migrate again", lower)
+		}
 		return nil, invalid("the container's base rootfs %s is missing on this machine; pass --bundle DIR with the same rootfs the container was started from", lower)
 	}
 	mc, err := d.s.createManaged(id, bundle, lower, config)

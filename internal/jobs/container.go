@@ -123,7 +123,7 @@ func (m *Manager) refreshContainer(ctx context.Context, j *store.Job) (*store.Jo
 func (m *Manager) restoreContainer(ctx context.Context, j *store.Job, path string, migrated bool) (pid int, containerID string, err error) {
 	req := container.RestoreRequest{Path: path, Runtime: j.Runtime}
 	if migrated {
-		req.Name, req.LeaveStopped = j.Container, true
+		req.Name, req.LeaveStopped, req.Migration = j.Container, true, true
 		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	}
 	res, err := m.containers.Restore(ctx, req)

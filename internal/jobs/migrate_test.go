@@ -102,7 +102,7 @@ func TestImportContainerDiscard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fc.restores) != 1 || fc.restores[0].Name != "mig-b" || !fc.restores[0].LeaveStopped || fc.restores[0].Runtime != "runc" {
+	if len(fc.restores) != 1 || fc.restores[0].Name != "mig-b" || !fc.restores[0].LeaveStopped || fc.restores[0].Runtime != "runc" || !fc.restores[0].Migration {
 		t.Fatalf("restore requests: %+v; want one of runc container mig-b, left stopped", fc.restores)
 	}
 	if j.Container != "mig-b" || j.Runtime != "runc" || j.PID != fc.pid || State(j.State) != Running {

@@ -5,8 +5,9 @@ package integration
 // new runc container (<id>-<node>, its own runc root, cgroup and
 // writable layer), left stopped until the job is handed over, and the
 // source then removes its stopped copy. A target whose restore fails
-// leaves the job running on the source, resumed, not restarted. A drain
-// moves it the same way.
+// (its runc has the ID taken; the bundle's rootfs is missing) leaves the
+// job running on the source, resumed, not restarted. A drain moves it
+// the same way.
 
 import (
 	"encoding/json"
@@ -97,9 +98,10 @@ func TestClusterRuncContainerMigrate(t *testing.T) {
 		t.Fatalf("start the container that takes b's ID: %v", err)
 	}
 	r := a.cli("migrate", "ctr", "--to", "b")
-	if r.code == 0 || !strings.Contains(r.stderr, "mig-b") || !strings.Contains(r.stderr, "already exists") {
+	if r.code == 0 || !strings.Contains(r.stderr, "mig-b") || !strings.Contains(r.stderr, "already exists on this node") {
 		t.Fatalf("migrate to a node whose restore fails: %s; want a non-zero exit saying the container ID is taken there", r)
 	}
+	t.Logf("refused: %s", strings.TrimSpace(r.stderr))
 	j, ok := findJob(clusterJobs(t, a), "ctr")
 	if !ok || j.Node != "a" || j.State != "running" || j.PID != src.PID {
 		t.Fatalf("after the failed migration: %+v; want job ctr running on a as the same PID %d", j, src.PID)
@@ -116,6 +118,29 @@ func TestClusterRuncContainerMigrate(t *testing.T) {
 	}
 	if out, err := exec.Command("runc", "--root", roots[1], "delete", "-f", "mig-b").CombinedOutput(); err != nil {
 		t.Fatalf("runc delete mig-b: %v\n%s", err, out)
+	}
+
+	// The bundle's rootfs is missing where the target looks for it (moved
+	// away; the source's overlay keeps its own reference to it): the
+	// target's restore fails saying so, the job runs on at a.
+	hidden := rootfs + ".away"
+	if err := os.Rename(rootfs, hidden); err != nil {
+		t.Fatal(err)
+	}
+	r = a.cli("migrate", "ctr", "--to", "b")
+	if err := os.Rename(hidden, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	if r.code == 0 || !strings.Contains(r.stderr, "base rootfs") || !strings.Contains(r.stderr, "missing on this node") {
+		t.Fatalf("migrate to a node without the bundle's rootfs: %s; want a non-zero exit saying the rootfs is missing", r)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(r.stderr))
+	if j, ok := findJob(clusterJobs(t, a), "ctr"); !ok || j.Node != "a" || j.State != "running" || j.PID != src.PID {
+		t.Fatalf("after the second failed migration: %+v; want job ctr running on a as the same PID %d", j, src.PID)
+	}
+	checkContinues(t, countFile(src.PID), readCounter(countFile(src.PID)))
+	if ids := runcIDs(t, roots[1]); len(ids) != 0 {
+		t.Fatalf("runc on b after the failed migration: %v; want nothing", ids)
 	}
 
 	// Now it moves: its counter continues on b from where it was.
