@@ -28,6 +28,13 @@ import (
 //
 // A Mover that fails before the ownership moved resumes the source tree;
 // the target's stopped copy is removed with Discard.
+//
+// A runc container job goes the same way through the container engine:
+// its container is kept stopped by the checkpoint, restored stopped on
+// the target as container MigratedContainerID (a new runc ID, so that two
+// nodes on one machine never share runc state or a cgroup), and the
+// source's stopped container is removed through runc once the target has
+// the job. Docker container jobs do not migrate.
 
 // Mover carries a stopped job's archive to another node and hands the job
 // over. handed reports whether the job's ownership moved: from then on
