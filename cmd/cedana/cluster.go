@@ -62,7 +62,9 @@ ownership moves to the target (a compare-and-set on its epoch), and only
 then does the target resume its copy and this node kill the stopped one.
 Exit 0 once the job runs on NODE; otherwise the job runs where it was and
 the error says why. Plain jobs should run with --pid-namespace, so that
-their PIDs never clash on the target.`,
+their PIDs never clash on the target. A runc container job becomes runc
+container ID-NODE on the target (its bundle's rootfs must be at the same
+path there); Docker container jobs do not migrate.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if err := g.checkOutput(); err != nil {

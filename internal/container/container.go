@@ -180,6 +180,8 @@ type criuOptions struct {
 	NetworkLock    criu.NetworkLock
 	// WorkDir receives CRIU's logs (runc).
 	WorkDir string
+	// LeaveStopped leaves a restored tree stopped (runc restore only).
+	LeaveStopped bool
 }
 
 func (s *Service) driver(runtimeName string) (driver, error) {
@@ -208,6 +210,13 @@ type RestoreRequest struct {
 	// Bundle is the runc bundle whose rootfs is the base of the restored
 	// container ("" = the bundle recorded at dump time).
 	Bundle string
+	// LeaveStopped leaves the restored container's processes stopped:
+	// the caller resumes them (SIGCONT) or removes the container with
+	// Service.Remove (a migration's target). runc only.
+	LeaveStopped bool
+	// Migration says the restore is a migration's target: errors advise
+	// what to set up on this node, not restore flags.
+	Migration bool
 	// Progress, if set, receives progress reports.
 	Progress checkpoint.Progress
 	// HookEnv is added to the environment of hook scripts.
@@ -248,6 +257,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	m := r.Manifest
 	if err := checkKind(m, req.Runtime, req.Path); err != nil {
 		return nil, err
+	}
+	if req.LeaveStopped && req.Runtime != Runc {
+		return nil, invalid("a %s container cannot be restored stopped (only runc containers can)", req.Runtime)
 	}
 	if err := s.eng.CheckCompatible(m); err != nil {
 		return nil, err

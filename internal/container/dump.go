@@ -27,6 +27,10 @@ type DumpRequest struct {
 	// LeaveRunning restores the container in place once the archive is
 	// written, so that it goes on running.
 	LeaveRunning bool
+	// KeepStopped leaves the container's processes stopped (not killed)
+	// once the archive is durable: DumpResult.Stopped then resumes it or
+	// removes it (a migration's source, see internal/jobs). runc only.
+	KeepStopped bool
 	// TCPEstablished overrides the automatic choice (runc only; Docker's
 	// API has no such option).
 	TCPEstablished *bool
@@ -52,6 +56,9 @@ type DumpResult struct {
 	CheckpointTime, LayerTime, ArchiveTime, ResumeTime, Total time.Duration
 	// Warnings are problems that did not fail the dump (a post-dump hook).
 	Warnings []string
+	// Stopped is the container a KeepStopped dump left stopped (nil
+	// otherwise).
+	Stopped *StoppedContainer
 }
 
 // resumeTimeout bounds the in-place restore of a container after a
@@ -75,9 +82,16 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if req.Container == "" {
 		return nil, invalid("no container given")
 	}
+	if req.KeepStopped && req.LeaveRunning {
+		return nil, invalid("a checkpoint cannot both leave the container running and keep it stopped")
+	}
 	d, err := s.driver(req.Runtime)
 	if err != nil {
 		return nil, err
+	}
+	sd, streams := d.(memoryStreamer)
+	if req.KeepStopped && !streams {
+		return nil, invalid("a %s container cannot be kept stopped after its checkpoint (only runc containers can): its runtime kills it", d.name())
 	}
 	t, err := d.lookup(ctx, req.Container)
 	if err != nil {
@@ -163,7 +177,9 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	// Once the runtime starts, the container may stop: nothing the caller
 	// cancels may interrupt it halfway, or its resume.
 	ctx = context.WithoutCancel(ctx)
-	if sd, ok := d.(memoryStreamer); ok && s.eng.StreamsMemory(rss) {
+	// KeepStopped takes the streamed path whatever the size: its CRIU
+	// bridge is what turns runc's "leave running" into "leave stopped".
+	if streams && (req.KeepStopped || s.eng.StreamsMemory(rss)) {
 		return s.dumpStreamed(ctx, sd, job)
 	}
 

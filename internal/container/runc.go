@@ -177,6 +177,12 @@ func (d *runcDriver) stagingParent(context.Context) (string, error) { return "",
 func criuConfig(o criuOptions) (string, error) {
 	p := filepath.Join(o.WorkDir, "criu.conf")
 	conf := fmt.Sprintf("network-lock %s\n", o.NetworkLock)
+	if o.LeaveStopped {
+		// Over RPC, CRIU takes its configuration file's options where
+		// runc's request sets none: runc never asks for leave_stopped
+		// on a restore, and runc restore -d does not wait for the tree.
+		conf += "leave-stopped\n"
+	}
 	return p, os.WriteFile(p, []byte(conf), 0o600)
 }
 
@@ -458,6 +464,9 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	if _, err := d.state(ctx, id); err == nil {
+		if req.Migration {
+			return nil, invalid("a runc container %q already exists on this node; remove it (`runc%s delete -f %s`) and migrate again", id, d.rootFlag(), id)
+		}
 		return nil, invalid("a runc container %q already exists; remove it (`runc%s delete -f %s`) or restore under another ID with --id", id, d.rootFlag(), id)
 	} else if !errors.Is(err, errNoRuncContainer) {
 		return nil, err
@@ -475,6 +484,9 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	if st, err := os.Stat(lower); err != nil || !st.IsDir() {
+		if req.Migration {
+			return nil, invalid("the container's base rootfs %s is missing on this node; a runc container migrates with its writable layer only: put its bundle's rootfs at the same path here and migrate again", lower)
+		}
 		return nil, invalid("the container's base rootfs %s is missing on this machine; pass --bundle DIR with the same rootfs the container was started from", lower)
 	}
 	mc, err := d.s.createManaged(id, bundle, lower, config)
@@ -504,7 +516,7 @@ func (d *runcDriver) restore(ctx context.Context, m *archive.Manifest, dir strin
 		return nil, err
 	}
 	o := criuOptions{TCPEstablished: m.Options.TCPEstablished, ExtUnixSockets: m.Options.ExtUnixSockets,
-		FileLocks: m.Options.FileLocks, NetworkLock: networkLockOf(m), WorkDir: work}
+		FileLocks: m.Options.FileLocks, NetworkLock: networkLockOf(m), WorkDir: work, LeaveStopped: req.LeaveStopped}
 	prepTime := time.Since(prepStart)
 	rs := time.Now()
 	netns, err := readNetnsConfig(dir)

@@ -128,13 +128,16 @@ func (s *Service) dumpStreamed(ctx context.Context, sd memoryStreamer, j *dumpJo
 	}
 	res.ArchiveTime, res.Size, res.Manifest = time.Since(archStart), size, m
 	committed = true
-	if j.req.LeaveRunning {
+	switch {
+	case j.req.LeaveRunning:
 		rs := time.Now()
 		if err := resumeStopped(t.pid); err != nil {
 			return nil, fmt.Errorf("the archive %s was written, but resuming the container failed: %w", j.path, err)
 		}
 		res.ResumeTime = time.Since(rs)
-	} else {
+	case j.req.KeepStopped:
+		res.Stopped = &StoppedContainer{d: sd, t: t}
+	default:
 		if err := sd.kill(ctx, t); err != nil {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("the archive %s was written, but removing the stopped container failed: %v", j.path, err))
 		}

@@ -64,6 +64,11 @@ type migrateIn struct {
 	Dir    string       `json:"dir,omitempty"`
 	Log    string       `json:"log_path,omitempty"`
 	Policy store.Policy `json:"policy"`
+	// Runtime and Container are a container job's runtime and its
+	// container ID on the source; the target restores it under
+	// jobs.MigratedContainerID.
+	Runtime   string `json:"runtime,omitempty"`
+	Container string `json:"container,omitempty"`
 	// Blob is the subject the source serves the archive on (stream), or
 	// Key its object in ArchivesBucket (object-store).
 	Blob   string `json:"blob,omitempty"`
@@ -152,7 +157,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	move := func(ctx context.Context, j *store.Job, archive string, size int64) (bool, error) {
 		moveStart = time.Now()
 		in := migrateIn{From: self, Epoch: rec.Epoch, ID: j.ID, Name: j.Name, Cmd: j.Cmd, Dir: j.Dir, Log: j.LogPath,
-			Policy: j.Policy, Size: size}
+			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container}
 		if evs, err := c.m.Events(ctx, j.ID, 0, 0); err == nil {
 			in.History = evs[max(0, len(evs)-maxHistory):]
 		}
@@ -451,8 +456,12 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	// must leave it alone (failover.go).
 	c.setImporting(in.ID, true)
 	defer c.setImporting(in.ID, false)
-	j, err := c.m.Import(ctx, jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy,
-		History: in.History}, path, in.Size)
+	spec := jobs.ImportSpec{ID: in.ID, Name: in.Name, Cmd: in.Cmd, Dir: in.Dir, LogPath: in.Log, Policy: in.Policy,
+		History: in.History, Runtime: in.Runtime}
+	if in.Runtime != "" {
+		spec.Container = jobs.MigratedContainerID(in.Container, in.From, c.node.Name())
+	}
+	j, err := c.m.Import(ctx, spec, path, in.Size)
 	if err != nil {
 		_ = os.Remove(path)
 		_ = os.Remove(dir)

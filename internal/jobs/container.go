@@ -117,9 +117,16 @@ func (m *Manager) refreshContainer(ctx context.Context, j *store.Job) (*store.Jo
 	})
 }
 
-// restoreContainer restores a container job from an archive.
-func (m *Manager) restoreContainer(ctx context.Context, j *store.Job, path string) (pid int, containerID string, err error) {
-	res, err := m.containers.Restore(ctx, container.RestoreRequest{Path: path, Runtime: j.Runtime})
+// restoreContainer restores a container job from an archive. A migrated
+// job's container is restored, left stopped, as the new container ID
+// recorded in the job (as a template's clone is, under a new ID).
+func (m *Manager) restoreContainer(ctx context.Context, j *store.Job, path string, migrated bool) (pid int, containerID string, err error) {
+	req := container.RestoreRequest{Path: path, Runtime: j.Runtime}
+	if migrated {
+		req.Name, req.LeaveStopped, req.Migration = j.Container, true, true
+		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
+	}
+	res, err := m.containers.Restore(ctx, req)
 	if err != nil {
 		return 0, "", err
 	}
@@ -142,4 +149,36 @@ func SanitizeJobName(s string) string {
 		out = "c-" + out
 	}
 	return out
+}
+
+// containerRemover is implemented by container engines that can remove a
+// container whatever its state (internal/container.Service).
+type containerRemover interface {
+	Remove(ctx context.Context, runtime, id string) error
+}
+
+var _ containerRemover = (*container.Service)(nil)
+
+// canImportContainer refuses a container job this daemon cannot restore.
+func (m *Manager) canImportContainer(spec ImportSpec) error {
+	if m.containers == nil {
+		return fmt.Errorf("%w: job %s is a %s container and this daemon has no container support", store.ErrInvalid, spec.Name, spec.Runtime)
+	}
+	if spec.Runtime != container.Runc {
+		return fmt.Errorf("%w: job %s is a %s container; only runc containers migrate", store.ErrInvalid, spec.Name, spec.Runtime)
+	}
+	if spec.Container == "" {
+		return fmt.Errorf("%w: container job %s arrives without the container ID to restore it as", store.ErrInvalid, spec.Name)
+	}
+	return nil
+}
+
+// removeContainer removes a container job's container through its
+// runtime (a discarded migration's stopped copy).
+func (m *Manager) removeContainer(ctx context.Context, j *store.Job) error {
+	r, ok := m.containers.(containerRemover)
+	if !ok || j.Container == "" {
+		return nil
+	}
+	return r.Remove(ctx, j.Runtime, j.Container)
 }

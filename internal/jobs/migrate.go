@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cedana/cedana/internal/checkpoint"
+	"github.com/cedana/cedana/internal/container"
 	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -26,6 +28,13 @@ import (
 //
 // A Mover that fails before the ownership moved resumes the source tree;
 // the target's stopped copy is removed with Discard.
+//
+// A runc container job goes the same way through the container engine:
+// its container is kept stopped by the checkpoint, restored stopped on
+// the target as container MigratedContainerID (a new runc ID, so that two
+// nodes on one machine never share runc state or a cgroup), and the
+// source's stopped container is removed through runc once the target has
+// the job. Docker container jobs do not migrate.
 
 // Mover carries a stopped job's archive to another node and hands the job
 // over. handed reports whether the job's ownership moved: from then on
@@ -56,8 +65,8 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 	if err != nil {
 		return nil, err
 	}
-	if j.Runtime != "" {
-		return nil, fmt.Errorf("%w: job %s is a %s container; only process jobs migrate so far", ErrIllegalTransition, j.Name, j.Runtime)
+	if err := m.canMigrate(j); err != nil {
+		return nil, err
 	}
 	path, err := m.newArchivePath(j)
 	if err != nil {
@@ -80,14 +89,8 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 	// resume it meanwhile (the cluster's fencer thaws what it froze).
 	m.setHeldStopped(j.ID, true)
 	defer m.setHeldStopped(j.ID, false)
-	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{
-		PID: j.PID, Path: path, KeepStopped: true,
-		HookEnv: []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name},
-	})
+	res, err := m.dumpKeepStopped(ctx, j, path)
 	<-m.dumps
-	if err == nil && res.Stopped == nil {
-		err = errors.New("the engine did not keep the tree stopped")
-	}
 	if err != nil {
 		m.setState(j.ID, Running, "")
 		m.event(j.ID, "migrate-failed", "migration not started: the checkpoint failed (the job kept running here): %v", err)
@@ -95,7 +98,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 		return nil, fmt.Errorf("migration not started: %w", err)
 	}
 	out := &MigrateOutResult{Job: j, Size: res.Size, Dump: time.Since(start)}
-	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size)
+	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size, "container", j.Container)
 	handed, merr := move(ctx, j, res.Path, res.Size)
 	out.Stopped = time.Since(start)
 	if !handed {
@@ -111,7 +114,8 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 	}
 	// The job belongs to the target now: the stopped copy dies, by PID —
 	// never through the job's cgroup, whose path the target's copy shares
-	// when both nodes are on one machine.
+	// when both nodes are on one machine — or, a container, through its
+	// runtime (its own container ID: the target's copy has another).
 	kerr := res.Stopped.Kill(10 * time.Second)
 	m.unsupervise(j.ID)
 	if err := m.store.DeleteJob(context.Background(), j.ID); err != nil {
@@ -139,6 +143,11 @@ type ImportSpec struct {
 	Dir     string
 	LogPath string
 	Policy  store.Policy
+	// Runtime is the container runtime of a container job ("" for a
+	// process job), and Container the container ID it is restored as
+	// here (see MigratedContainerID).
+	Runtime   string `json:",omitempty"`
+	Container string `json:",omitempty"`
 	// History is the job's events on the node it comes from (kept, with
 	// their times, before this node's own).
 	History []store.Event `json:",omitempty"`
@@ -156,8 +165,13 @@ func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, s
 		return nil, err
 	}
 	j := &store.Job{ID: spec.ID, Name: spec.Name, State: string(Checkpointed), Cmd: spec.Cmd, Dir: spec.Dir,
-		LogPath: spec.LogPath, Policy: spec.Policy}
-	if m.cg.available() {
+		LogPath: spec.LogPath, Policy: spec.Policy, Runtime: spec.Runtime, Container: spec.Container}
+	if spec.Runtime != "" {
+		if err := m.canImportContainer(spec); err != nil {
+			return nil, err
+		}
+		j.Adopted = true // a container's init is never this daemon's child
+	} else if m.cg.available() {
 		j.Cgroup = m.cg.name(spec.ID)
 	}
 	if err := m.store.CreateJob(ctx, j); err != nil {
@@ -175,6 +189,18 @@ func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, s
 	if err != nil {
 		_ = m.store.DeleteJob(context.Background(), spec.ID)
 		return nil, err
+	}
+	if j.Runtime != "" {
+		// The runtime restored it; make sure it did not let it run: the
+		// source's copy may yet resume.
+		if st, err := proc.ReadStat(j.PID); err != nil || (st.State != 'T' && st.State != 't') {
+			state := "gone"
+			if err == nil {
+				state = string(st.State)
+			}
+			_ = m.Discard(context.Background(), j.ID)
+			return nil, fmt.Errorf("job %s: its restored container %s is not stopped (PID %d, state %s); it must not run before the hand-over, so it was removed", j.Name, j.Container, j.PID, state)
+		}
 	}
 	return j, nil
 }
@@ -220,6 +246,12 @@ func (m *Manager) Discard(ctx context.Context, ref string) error {
 		return err
 	}
 	m.unsupervise(j.ID)
+	if j.Runtime != "" {
+		// Its runtime kills it and forgets it (and Cedana its layer).
+		if err := m.removeContainer(ctx, j); err != nil {
+			m.log.Error("remove a discarded container", "job", j.ID, "container", j.Container, "err", err)
+		}
+	}
 	if j.PID > 0 && sameProcess(j.PID, j.StartTime) {
 		pids, _ := proc.Tree(j.PID)
 		for _, p := range pids {
@@ -259,4 +291,73 @@ func history(spec ImportSpec) []store.Event {
 		out = append(out, store.Event{JobID: spec.ID, Time: e.Time, Type: e.Type, Message: e.Message})
 	}
 	return out
+}
+
+// stoppedCopy is a job's tree (or container) a migration's checkpoint
+// left stopped.
+type stoppedCopy interface {
+	Resume() error
+	Kill(wait time.Duration) error
+}
+
+// keptStopped is a migration's checkpoint: the archive, and the copy it
+// left stopped.
+type keptStopped struct {
+	Path     string
+	Size     int64
+	CRIUTime time.Duration
+	Stopped  stoppedCopy
+}
+
+// canMigrate refuses a job that cannot migrate: a Docker container (its
+// runtime kills a checkpointed container, and its image and engine are
+// not Cedana's to carry), or a container job on a daemon without
+// container support.
+func (m *Manager) canMigrate(j *store.Job) error {
+	switch {
+	case j.Runtime == "":
+		return nil
+	case j.Runtime != container.Runc:
+		return fmt.Errorf("%w: job %s is a %s container; only process jobs and runc containers migrate", ErrIllegalTransition, j.Name, j.Runtime)
+	case m.containers == nil:
+		return fmt.Errorf("%w: this daemon has no container support", store.ErrInvalid)
+	}
+	return nil
+}
+
+// dumpKeepStopped checkpoints a job for migration into path, keeping its
+// tree (or its container) stopped.
+func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string) (*keptStopped, error) {
+	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
+	if j.Runtime != "" {
+		res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
+			Path: path, KeepStopped: true, HookEnv: env})
+		if err != nil {
+			return nil, err
+		}
+		if res.Stopped == nil {
+			return nil, errors.New("the container engine did not keep the container stopped")
+		}
+		return &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CheckpointTime, Stopped: res.Stopped}, nil
+	}
+	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, HookEnv: env})
+	if err != nil {
+		return nil, err
+	}
+	if res.Stopped == nil {
+		return nil, errors.New("the engine did not keep the tree stopped")
+	}
+	return &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CRIUTime, Stopped: res.Stopped}, nil
+}
+
+// MigratedContainerID is the container ID a container job gets on node
+// to when it migrates from node from: its base ID (without the suffix of
+// an earlier migration to from) and "-" + to, so that on one machine the
+// runtime's state and cgroup of the two copies never clash.
+func MigratedContainerID(id, from, to string) string {
+	base := strings.TrimSuffix(id, "-"+from)
+	if base == "" {
+		base = id
+	}
+	return base + "-" + to
 }

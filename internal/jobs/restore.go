@@ -101,7 +101,7 @@ func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restore
 		rerr        error
 	)
 	if j.Runtime != "" {
-		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path)
+		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path, o.migrated)
 	} else {
 		var res *checkpoint.RestoreResult
 		req := m.restoreRequest(ck.Path) // a local path or a key in the storage backend
