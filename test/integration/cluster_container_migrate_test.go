@@ -10,7 +10,6 @@ package integration
 // the same way.
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -215,22 +214,11 @@ const loggedCounterCmd = `i=0; while :; do echo $i > /count.tmp; mv -f /count.tm
 // the bundle's configuration.
 func bindMount(t *testing.T, bundle, src, dst string) {
 	t.Helper()
-	p := filepath.Join(bundle, "config.json")
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(data, &spec); err != nil {
-		t.Fatal(err)
-	}
-	mounts, _ := spec["mounts"].([]any)
-	spec["mounts"] = append(mounts, map[string]any{"destination": dst, "type": "bind", "source": src,
-		"options": []string{"rbind", "rw"}})
-	data, _ = json.MarshalIndent(spec, "", "\t")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	editSpec(t, bundle, func(spec map[string]any) {
+		mounts, _ := spec["mounts"].([]any)
+		spec["mounts"] = append(mounts, map[string]any{"destination": dst, "type": "bind", "source": src,
+			"options": []string{"rbind", "rw"}})
+	})
 }
 
 // checkLog asserts that the counter's log holds 0, 1, 2… each once, in

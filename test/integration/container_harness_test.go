@@ -152,7 +152,19 @@ func makeBundle(t *testing.T, rootfs string, argv ...string) string {
 	if out, err := exec.Command("runc", "spec", "--bundle", dir).CombinedOutput(); err != nil {
 		t.Fatalf("runc spec: %v\n%s", err, out)
 	}
-	p := filepath.Join(dir, "config.json")
+	editSpec(t, dir, func(spec map[string]any) {
+		process := spec["process"].(map[string]any)
+		process["terminal"] = false
+		process["args"] = argv
+		spec["root"] = map[string]any{"path": rootfs, "readonly": false}
+	})
+	return dir
+}
+
+// editSpec changes the bundle's config.json through edit.
+func editSpec(t *testing.T, bundle string, edit func(spec map[string]any)) {
+	t.Helper()
+	p := filepath.Join(bundle, "config.json")
 	data, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -161,15 +173,11 @@ func makeBundle(t *testing.T, rootfs string, argv ...string) string {
 	if err := json.Unmarshal(data, &spec); err != nil {
 		t.Fatal(err)
 	}
-	process := spec["process"].(map[string]any)
-	process["terminal"] = false
-	process["args"] = argv
-	spec["root"] = map[string]any{"path": rootfs, "readonly": false}
+	edit(spec)
 	data, _ = json.MarshalIndent(spec, "", "\t")
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return dir
 }
 
 // unmountUnder lazily unmounts every mount below dir.
