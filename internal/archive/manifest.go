@@ -134,6 +134,9 @@ type Process struct {
 	GID     int      `json:"gid"`
 	// RSS is the resident set size in bytes.
 	RSS uint64 `json:"rss_bytes"`
+	// Stopped is true for a process that was stopped (SIGSTOP, state T)
+	// when the tree was dumped: a restore leaves it stopped.
+	Stopped bool `json:"stopped,omitempty"`
 	// TTY is the controlling terminal's device path, if any.
 	TTY     string       `json:"tty,omitempty"`
 	Files   []OpenFile   `json:"files,omitempty"`

@@ -272,6 +272,11 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 			}
 		}
 	}
+	// Which processes the user had stopped is known from before the
+	// freeze only: a restore leaves them stopped.
+	for i := range snap.processes {
+		snap.processes[i].Stopped = before[snap.processes[i].PID]
+	}
 
 	m := &archive.Manifest{
 		FormatVersion: archive.FormatVersion,

@@ -39,11 +39,7 @@ func posixLocks(m *archive.Manifest) []heldLock {
 				key := fmt.Sprintf("%d %s %v %d %d", p.PID, l.Inode, l.Write, l.Start, l.End)
 				if !seen[key] {
 					seen[key] = true
-					pid := p.PID
-					if p.NSPID > 0 {
-						pid = p.NSPID
-					}
-					out = append(out, heldLock{pid: pid, fd: f.FD, path: f.Path, lock: l})
+					out = append(out, heldLock{pid: innerPID(p), fd: f.FD, path: f.Path, lock: l})
 				}
 			}
 		}
@@ -84,6 +80,15 @@ func retakeLocks(root int, locks []heldLock) (int, error) {
 	return n, nil
 }
 
+// innerPID is p's PID inside the tree's own PID namespace (hostPIDs'
+// keys).
+func innerPID(p archive.Process) int {
+	if p.NSPID > 0 {
+		return p.NSPID
+	}
+	return p.PID
+}
+
 // hostPIDs maps the PIDs of the tree rooted at root, as its own PID
 // namespace sees them (the manifest's), to this namespace's.
 func hostPIDs(root int) (map[int]int, error) {
@@ -103,14 +108,27 @@ func hostPIDs(root int) (map[int]int, error) {
 }
 
 // resumeRestored sends SIGCONT to every process of the tree rooted at
-// root, which a restore left stopped.
-func resumeRestored(root int) error {
-	tree, err := proc.Tree(root)
+// root, which a restore left stopped, but those the manifest says were
+// stopped when dumped (CRIU restores them stopped, and so must this).
+func resumeRestored(m *archive.Manifest, root int) error {
+	host, err := hostPIDs(root)
 	if err != nil {
 		return fmt.Errorf("resume the restored tree of PID %d: %w", root, err)
 	}
+	keep := map[int]bool{}
+	for _, p := range m.Processes {
+		if !p.Stopped {
+			continue
+		}
+		if h, ok := host[innerPID(p)]; ok {
+			keep[h] = true
+		}
+	}
 	var failed []string
-	for _, p := range tree {
+	for _, p := range host {
+		if keep[p] {
+			continue
+		}
 		if err := syscall.Kill(p, syscall.SIGCONT); err != nil && err != syscall.ESRCH {
 			failed = append(failed, fmt.Sprintf("PID %d: %v", p, err))
 		}

@@ -217,7 +217,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	if len(locks) > 0 {
 		n, err := retakeLocks(res.PID, locks)
 		if err == nil && !req.LeaveStopped {
-			err = resumeRestored(res.PID)
+			err = resumeRestored(m, res.PID)
 		}
 		if err != nil {
 			killRestored(m, res.PID)

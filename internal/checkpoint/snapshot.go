@@ -191,6 +191,7 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 		if inner, err := proc.InnermostPID(p); err == nil && inner != p {
 			ap.NSPID = inner
 		}
+
 		if ap.TTY != "" && !s.shellJob && !internalPTY(ti, ap.TTY) {
 			s.shellJob = true
 			s.why = append(s.why, fmt.Sprintf("shell-job: PID %d has controlling terminal %s, whose other end is outside the tree", p, ap.TTY))

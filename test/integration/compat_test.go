@@ -550,3 +550,40 @@ func TestCompatConnectionDuringDump(t *testing.T) {
 	e.restore(r.stdout)
 	checkContinues(t, ctr, before) // counts only while the connection works
 }
+
+// TestCompatLockedTreeKeepsStopped: a tree whose restore waits for its
+// POSIX locks to be checked is resumed afterwards, but a process of it
+// that was stopped (SIGSTOP) when dumped stays stopped, as CRIU leaves it.
+func TestCompatLockedTreeKeepsStopped(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	e := newEnv(t)
+	dir := t.TempDir()
+	shm, ctr := filepath.Join(dir, "db-shm"), filepath.Join(dir, "counter")
+	p := start(t, "bash", "-c", fmt.Sprintf("%s %s %s %s & sleep 100000 & wait", py, compatProgram(t, "maplock.py"), shm, ctr))
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+	var sleeper int
+	eventually(t, 10*time.Second, "the sleep child", func() bool {
+		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.pid(), p.pid()))
+		for _, f := range strings.Fields(string(kids)) {
+			pid, _ := strconv.Atoi(f)
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(cmd)) == "sleep" {
+				sleeper = pid
+			}
+		}
+		return sleeper > 0
+	})
+	if err := syscall.Kill(sleeper, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the sleep to stop", func() bool { return procState(sleeper) == 'T' })
+
+	path, _ := e.dumpNoted(p.pid())
+	p.waitExit(t, 10*time.Second)
+	before := readCounter(ctr)
+	e.restore(path)
+	checkContinues(t, ctr, before)
+	if s := procState(sleeper); s != 'T' {
+		t.Errorf("the sleep, stopped when dumped, is in state %q after restore, want T (stopped)", s)
+	}
+}
