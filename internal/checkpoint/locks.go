@@ -98,11 +98,11 @@ func hostPIDs(root int) (map[int]int, error) {
 	}
 	out := make(map[int]int, len(tree))
 	for _, p := range tree {
-		inner, err := proc.InnermostPID(p)
+		st, err := proc.ReadStatus(p)
 		if err != nil {
 			return nil, fmt.Errorf("read the restored tree of PID %d: %w", root, err)
 		}
-		out[inner] = p
+		out[st.InnerPID] = p
 	}
 	return out, nil
 }

@@ -181,17 +181,16 @@ func snapshotOf(pid int, pids []int) (*snapshot, error) {
 	for _, ti := range tasks {
 		p, st, fds := ti.pid, ti.st, ti.fds
 		s.startTimes[p] = st.StartTime
-		uid, gid, _ := proc.IDs(p)
+		ids, _ := proc.ReadStatus(p)
 		ap := archive.Process{
 			PID: p, PPID: st.PPID, PGID: st.PGID, SID: st.SID, Name: st.Comm,
 			Exe: proc.Link(p, "exe"), Cmdline: proc.Cmdline(p), Cwd: proc.Link(p, "cwd"),
-			UID: uid, GID: gid, RSS: uint64(st.RSSPages) * uint64(os.Getpagesize()),
+			UID: ids.UID, GID: ids.GID, RSS: uint64(st.RSSPages) * uint64(os.Getpagesize()),
 			TTY: proc.TTYName(st.TTYNr),
 		}
-		if inner, err := proc.InnermostPID(p); err == nil && inner != p {
-			ap.NSPID = inner
+		if ids.InnerPID > 0 && ids.InnerPID != p {
+			ap.NSPID = ids.InnerPID
 		}
-
 		if ap.TTY != "" && !s.shellJob && !internalPTY(ti, ap.TTY) {
 			s.shellJob = true
 			s.why = append(s.why, fmt.Sprintf("shell-job: PID %d has controlling terminal %s, whose other end is outside the tree", p, ap.TTY))

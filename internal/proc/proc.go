@@ -142,32 +142,21 @@ func Tree(pid int) ([]int, error) {
 	return out, nil
 }
 
-// InnermostPID returns the PID that process pid (as this namespace sees
-// it) has in its own, innermost PID namespace: the last field of
-// /proc/PID/status's NSpid line (pid itself outside any nested one).
-func InnermostPID(pid int) (int, error) {
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				return strconv.Atoi(f[len(f)-1])
-			}
-		}
-	}
-	return pid, nil
+// Status is the part of /proc/PID/status that Cedana uses.
+type Status struct {
+	UID, GID int // real IDs; -1 when not listed
+	// InnerPID is the process's PID in its own, innermost PID namespace
+	// (the last field of NSpid): the PID itself outside any nested one.
+	InnerPID int
 }
 
-// IDs returns the real UID and GID of a process.
-func IDs(pid int) (uid, gid int, err error) {
+// ReadStatus reads /proc/PID/status.
+func ReadStatus(pid int) (Status, error) {
 	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
 	if err != nil {
-		return 0, 0, err
+		return Status{}, err
 	}
-	uid, gid = -1, -1
+	st := Status{UID: -1, GID: -1, InnerPID: pid}
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
@@ -175,12 +164,16 @@ func IDs(pid int) (uid, gid int, err error) {
 		}
 		switch f[0] {
 		case "Uid:":
-			uid, _ = strconv.Atoi(f[1])
+			st.UID, _ = strconv.Atoi(f[1])
 		case "Gid:":
-			gid, _ = strconv.Atoi(f[1])
+			st.GID, _ = strconv.Atoi(f[1])
+		case "NSpid:":
+			if n, err := strconv.Atoi(f[len(f)-1]); err == nil {
+				st.InnerPID = n
+			}
 		}
 	}
-	return uid, gid, nil
+	return st, nil
 }
 
 // Cmdline returns the process's argv.

@@ -85,3 +85,15 @@ func FuzzParseStat(f *testing.F) {
 		_, _ = parseStat(s) // must not panic
 	})
 }
+
+// TestReadStatus: this process's real IDs, and its PID as its own PID
+// namespace sees it (the tests run in the host's).
+func TestReadStatus(t *testing.T) {
+	st, err := ReadStatus(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.UID != os.Getuid() || st.GID != os.Getgid() || st.InnerPID != os.Getpid() {
+		t.Errorf("ReadStatus(self) = %+v; want UID %d, GID %d, InnerPID %d", st, os.Getuid(), os.Getgid(), os.Getpid())
+	}
+}
