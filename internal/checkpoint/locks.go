@@ -27,8 +27,12 @@ func posixLocks(m *archive.Manifest) []heldLock {
 	if !m.Options.FileLocks {
 		return nil
 	}
+	type key struct {
+		pid  int
+		lock proc.POSIXLock
+	}
 	var out []heldLock
-	seen := map[string]bool{}
+	seen := map[key]bool{}
 	for _, p := range m.Processes {
 		for _, f := range p.Files {
 			for _, line := range f.Locks {
@@ -36,9 +40,8 @@ func posixLocks(m *archive.Manifest) []heldLock {
 				if !ok {
 					continue
 				}
-				key := fmt.Sprintf("%d %s %v %d %d", p.PID, l.Inode, l.Write, l.Start, l.End)
-				if !seen[key] {
-					seen[key] = true
+				if k := (key{p.PID, l}); !seen[k] {
+					seen[k] = true
 					out = append(out, heldLock{pid: innerPID(p), fd: f.FD, path: f.Path, lock: l})
 				}
 			}
@@ -47,19 +50,15 @@ func posixLocks(m *archive.Manifest) []heldLock {
 	return out
 }
 
-// retakeLocks makes every process of the restored tree rooted at root
-// (host PID) hold the POSIX locks it held when dumped. CRIU re-takes them
+// retakeLocks makes every process of the restored tree (host: its PIDs,
+// see hostPIDs) hold the POSIX locks it held when dumped. CRIU re-takes them
 // before it maps the process's memory, and mapping a file the process has
 // locked closes a descriptor of that file, which drops the process's
 // POSIX locks on it (see package inject); SQLite in WAL mode is such a
 // program. The tree must be stopped; it stays stopped. It returns how
 // many locks it had to take again, or why one could not be (then the
 // tree must not run: its locks no longer protect what they did).
-func retakeLocks(root int, locks []heldLock) (int, error) {
-	host, err := hostPIDs(root)
-	if err != nil {
-		return 0, err
-	}
+func retakeLocks(host map[int]int, locks []heldLock) (int, error) {
 	n := 0
 	for _, h := range locks {
 		pid, ok := host[h.pid]
@@ -69,7 +68,7 @@ func retakeLocks(root int, locks []heldLock) (int, error) {
 		if proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
 			continue
 		}
-		if err := inject.SetPOSIXLock(pid, h.fd, h.lock.Write, h.lock.Start, h.lock.End); err != nil {
+		if err := inject.SetPOSIXLock(pid, h.fd, h.lock.Flock()); err != nil {
 			return n, fmt.Errorf("CRIU restored PID %d without its lock on %s (%s), and it could not be taken again: %w", h.pid, h.path, h.lock, err)
 		}
 		if !proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
@@ -107,14 +106,11 @@ func hostPIDs(root int) (map[int]int, error) {
 	return out, nil
 }
 
-// resumeRestored sends SIGCONT to every process of the tree rooted at
-// root, which a restore left stopped, but those the manifest says were
-// stopped when dumped (CRIU restores them stopped, and so must this).
-func resumeRestored(m *archive.Manifest, root int) error {
-	host, err := hostPIDs(root)
-	if err != nil {
-		return fmt.Errorf("resume the restored tree of PID %d: %w", root, err)
-	}
+// resumeRestored sends SIGCONT to every process of the restored tree
+// (host: its PIDs, see hostPIDs), which a restore left stopped, but those
+// the manifest says were stopped when dumped (CRIU restores them stopped,
+// and so must this).
+func resumeRestored(m *archive.Manifest, host map[int]int) error {
 	keep := map[int]bool{}
 	for _, p := range m.Processes {
 		if !p.Stopped {
@@ -149,13 +145,7 @@ func checkLockConflicts(locks []heldLock) error {
 		if err != nil {
 			continue
 		}
-		lk := unix.Flock_t{Type: unix.F_RDLCK, Start: h.lock.Start}
-		if h.lock.Write {
-			lk.Type = unix.F_WRLCK
-		}
-		if h.lock.End >= 0 {
-			lk.Len = h.lock.End - h.lock.Start + 1
-		}
+		lk := h.lock.Flock()
 		err = unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk)
 		f.Close()
 		if err == nil && lk.Type != unix.F_UNLCK {

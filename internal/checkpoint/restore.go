@@ -215,9 +215,13 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		return nil, undo(fmt.Errorf("restore of %s failed: %w", req.Path, err))
 	}
 	if len(locks) > 0 {
-		n, err := retakeLocks(res.PID, locks)
+		var n int
+		host, err := hostPIDs(res.PID)
+		if err == nil {
+			n, err = retakeLocks(host, locks)
+		}
 		if err == nil && !req.LeaveStopped {
-			err = resumeRestored(m, res.PID)
+			err = resumeRestored(m, host)
 		}
 		if err != nil {
 			killRestored(m, res.PID)

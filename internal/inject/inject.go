@@ -24,19 +24,11 @@ import (
 // ErrUnsupported means this architecture has no injection.
 var ErrUnsupported = errors.New("injecting a system call is not supported on " + runtime.GOARCH)
 
-// SetPOSIXLock takes a POSIX record lock (fcntl F_SETLK) in process pid on
-// its descriptor fd: bytes start..end (end -1: to the end of the file),
-// exclusive when write. The process must be stopped (SIGSTOP) and stays
-// stopped. It fails, leaving the process as it was, when the lock is
-// held by another process or the process cannot be traced.
-func SetPOSIXLock(pid, fd int, write bool, start, end int64) error {
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: start}
-	if write {
-		lk.Type = unix.F_WRLCK
-	}
-	if end >= 0 {
-		lk.Len = end - start + 1
-	}
+// SetPOSIXLock takes the POSIX record lock lk (fcntl F_SETLK) in process
+// pid on its descriptor fd. The process must be stopped (SIGSTOP) and
+// stays stopped. It fails, leaving the process as it was, when the lock
+// is held by another process or the process cannot be traced.
+func SetPOSIXLock(pid, fd int, lk unix.Flock_t) error {
 	ret, err := syscallIn(pid, unix.SYS_FCNTL, flockBytes(&lk), uintptr(fd), unix.F_SETLK)
 	if err != nil {
 		return err

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // POSIXLock is a POSIX (fcntl) record lock as /proc/PID/fdinfo lists it.
@@ -47,6 +49,18 @@ func ParsePOSIXLock(line string) (l POSIXLock, ok bool) {
 		return l, false
 	}
 	return l, true
+}
+
+// Flock is the lock as fcntl(2) takes it (F_SETLK, F_GETLK).
+func (l POSIXLock) Flock() unix.Flock_t {
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: l.Start}
+	if l.Write {
+		lk.Type = unix.F_WRLCK
+	}
+	if l.End >= 0 {
+		lk.Len = l.End - l.Start + 1 // 0: to the end of the file
+	}
+	return lk
 }
 
 // String describes the lock as a person reads it.
