@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/cedana/cedana/internal/archive"
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/inject"
 	"github.com/cedana/cedana/internal/proc"
 	"golang.org/x/sys/unix"
@@ -58,7 +59,7 @@ func posixLocks(m *archive.Manifest) []heldLock {
 // program. The tree must be stopped; it stays stopped. It returns how
 // many locks it had to take again, or why one could not be (then the
 // tree must not run: its locks no longer protect what they did).
-func retakeLocks(host map[int]int, locks []heldLock) (int, error) {
+func retakeLocks(host map[int]int, locks []heldLock, faults fault.Injector) (int, error) {
 	n := 0
 	for _, h := range locks {
 		pid, ok := host[h.pid]
@@ -68,7 +69,11 @@ func retakeLocks(host map[int]int, locks []heldLock) (int, error) {
 		if proc.HoldsPOSIXLock(pid, h.fd, h.lock) {
 			continue
 		}
-		if err := inject.SetPOSIXLock(pid, h.fd, h.lock.Flock()); err != nil {
+		err := faults.At(fault.RetakeLock)
+		if err == nil {
+			err = inject.SetPOSIXLock(pid, h.fd, h.lock.Flock())
+		}
+		if err != nil {
 			return n, fmt.Errorf("CRIU restored PID %d without its lock on %s (%s), and it could not be taken again: %w", h.pid, h.path, h.lock, err)
 		}
 		if !proc.HoldsPOSIXLock(pid, h.fd, h.lock) {

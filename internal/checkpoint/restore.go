@@ -218,7 +218,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		var n int
 		host, err := hostPIDs(res.PID)
 		if err == nil {
-			n, err = retakeLocks(host, locks)
+			n, err = retakeLocks(host, locks, s.fault)
 		}
 		if err == nil && !req.LeaveStopped {
 			err = resumeRestored(m, host)

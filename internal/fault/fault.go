@@ -40,6 +40,10 @@ const (
 	// the runtime had refused it (Docker: once the images are in the
 	// container's checkpoint directory).
 	ContainerResume = "container-resume"
+	// RetakeLock fails taking again a POSIX lock CRIU dropped at restore
+	// (internal/checkpoint/locks.go), as if the process could not be
+	// traced.
+	RetakeLock = "retake-lock"
 )
 
 // Crash points of the daemon's job operations, in the order an operation

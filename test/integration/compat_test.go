@@ -587,3 +587,37 @@ func TestCompatLockedTreeKeepsStopped(t *testing.T) {
 		t.Errorf("the sleep, stopped when dumped, is in state %q after restore, want T (stopped)", s)
 	}
 }
+
+// TestCompatLockRetakeFails: when a lock CRIU dropped cannot be taken
+// again (injected: retake-lock, as if the process could not be traced),
+// the restore fails saying so and the restored tree is killed, never left
+// to run unprotected; the archive is unchanged and a later restore works.
+func TestCompatLockRetakeFails(t *testing.T) {
+	requireCRIU(t)
+	py := requireBinary(t, "python3")
+	bin := faultBinary(t)
+	e := newEnv(t)
+	dir := t.TempDir()
+	shm, ctr := filepath.Join(dir, "db-shm"), filepath.Join(dir, "counter")
+	p := start(t, py, compatProgram(t, "maplock.py"), shm, ctr)
+	eventually(t, 30*time.Second, "the program to count", func() bool { return readCounter(ctr) >= 3 })
+	old := p.pid()
+	path, _ := e.dumpNoted(old)
+	p.waitExit(t, 10*time.Second)
+	before := readCounter(ctr)
+
+	r := e.runBinary(bin, []string{"CEDANA_FAULT=retake-lock"}, "client", "restore", path)
+	if r.code == 0 || !strings.Contains(r.stderr, "could not be taken again") || !strings.Contains(r.stderr, "the restored tree was killed") {
+		t.Fatalf("restore with a lock that cannot be taken again: want a failure saying so, got %s", r)
+	}
+	killTreeAtEnd(t, old) // in case it survived, for the next test
+	eventually(t, 10*time.Second, "the restored tree to be gone", func() bool { return !alive(old) })
+	time.Sleep(300 * time.Millisecond)
+	if n := readCounter(ctr); n != before {
+		t.Errorf("the counter moved from %d to %d: the tree ran without its lock", before, n)
+	}
+
+	pid := e.restore(path)
+	checkContinues(t, ctr, before)
+	checkLocked(t, shm, pid)
+}
