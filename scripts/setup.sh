@@ -340,6 +340,15 @@ CRIU_BIN=""
 if [ "${CEDANA_SKIP_PACKAGES:-0}" != 1 ]; then install_system_packages; fi
 setup_criu
 report_criu
+# Lazy (post-copy) migration: CRIU's page server grows its pipes to 4 MiB, which
+# fs.pipe-max-size (1 MiB by default) forbids without CAP_SYS_RESOURCE.
+if [ "$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)" -lt 4194304 ]; then
+  if echo 4194304 > /proc/sys/fs/pipe-max-size 2>/dev/null; then
+    say "fs.pipe-max-size raised to 4194304 (lazy migration)"
+  else
+    warn "could not raise fs.pipe-max-size to 4194304: lazy migration will be refused"
+  fi
+fi
 bash "$(dirname "${BASH_SOURCE[0]}")/setup-containers.sh"
 bash "$(dirname "${BASH_SOURCE[0]}")/setup-servers.sh"
 say "done"

@@ -54,7 +54,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	var lazy bool
 	cmd := &cobra.Command{
 		Use:   "migrate JOB --to NODE",
-		Short: "Move a running job to another node of the cluster (stop-and-copy)",
+		Short: "Move a running job to another node of the cluster (stop-and-copy, or --lazy post-copy)",
 		Long: `Move a running job to another node: it is checkpointed and kept stopped
 here, its archive travels through the cluster's JetStream object store and
 is verified on arrival, the target restores it stopped, the job's
@@ -64,21 +64,25 @@ Exit 0 once the job runs on NODE; otherwise the job runs where it was and
 the error says why. Plain jobs should run with --pid-namespace, so that
 their PIDs never clash on the target. A runc container job becomes runc
 container ID-NODE on the target (its bundle's rootfs must be at the same
-path there); Docker container jobs do not migrate.`,
+path there); Docker container jobs do not migrate.
+
+With --lazy (process jobs), the archive leaves the memory out: the job
+resumes on NODE at once and its memory follows from this node, on touch
+and in the background; the command returns once all of it has arrived.
+Should the memory stop arriving, the target kills its copy and the job
+runs here again from the moment of the checkpoint. The source needs
+fs.pipe-max-size ≥ 4194304 (make setup sets it).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if err := g.checkOutput(); err != nil {
 				return err
-			}
-			if lazy {
-				return usagef("--lazy (post-copy) migration is not implemented yet: this kernel's fs.pipe-max-size must be raised for remote lazy pages (docs/cluster.md)")
 			}
 			c, done, err := g.client()
 			if err != nil {
 				return err
 			}
 			defer done()
-			resp, err := c.Migrate(context.Background(), &pb.MigrateRequest{Job: args[0], To: to})
+			resp, err := c.Migrate(context.Background(), &pb.MigrateRequest{Job: args[0], To: to, Lazy: lazy})
 			if err != nil {
 				return g.rpcError(err)
 			}
@@ -89,11 +93,15 @@ path there); Docker container jobs do not migrate.`,
 				resp.GetJob().GetName(), resp.GetTo(), resp.GetJob().GetPid(), resp.GetFrom(),
 				time.Duration(resp.GetDowntimeMs())*time.Millisecond, humanBytes(resp.GetBytes()),
 				time.Duration(resp.GetTotalMs())*time.Millisecond, resp.GetEpoch())
+			if lazy {
+				fmt.Printf("its memory followed from %s, all of it %s after the resume\n", resp.GetFrom(),
+					time.Duration(resp.GetMemoryMs())*time.Millisecond)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the node to move the job to")
-	cmd.Flags().BoolVar(&lazy, "lazy", false, "post-copy migration (not implemented yet)")
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "post-copy: resume on NODE before the memory has arrived (downtime does not grow with memory; planned moves only, see docs/cluster.md)")
 	_ = cmd.MarkFlagRequired("to")
 	addOutputFlag(cmd, g)
 	return cmd

@@ -190,6 +190,10 @@ type DumpOptions struct {
 	// through a pipe (criu --stream): false when the tree had hugetlb
 	// mappings, whose pages CRIU reads back at offsets.
 	Streamable bool `json:"streamable,omitempty"`
+	// LazyPages says the tree's private memory is not in the archive: a
+	// lazy migration's source served it to the one restore that pulled
+	// it (--lazy-pages). Such an archive restores only that way.
+	LazyPages bool `json:"lazy_pages,omitempty"`
 }
 
 // EntryInfo is the integrity record of one archive entry.

@@ -69,6 +69,11 @@ type DumpRequest struct {
 	// instead of killing it: DumpResult.Stopped then resumes or kills it.
 	// A migration keeps the source copy so until the target runs the job.
 	KeepStopped bool
+	// Lazy (with KeepStopped) leaves the tree's private memory out of the
+	// archive: CRIU serves it from a page server on a loopback port
+	// until a lazy restore has pulled it (DumpResult.Lazy), the source
+	// half of a lazy migration.
+	Lazy bool
 
 	// tcpAppeared: a connection was established after the look at the
 	// tree (see Dump); --tcp-established as if the look had seen it.
@@ -99,6 +104,10 @@ type DumpResult struct {
 	Warnings []string
 	// Stopped is the tree left stopped by KeepStopped (nil otherwise).
 	Stopped *StoppedTree
+	// Lazy is CRIU serving the tree's memory, with DumpRequest.Lazy: the
+	// caller waits for it (every page pulled) or aborts it before the
+	// tree is killed or resumed.
+	Lazy *criu.LazyDump
 }
 
 // Dump checkpoints the tree rooted at req.PID into a new archive.
@@ -148,6 +157,9 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 	}
 	if req.PID <= 0 {
 		return nil, fmt.Errorf("%w: PID must be a positive number, got %d", ErrInvalidInput, req.PID)
+	}
+	if req.Lazy && (!req.KeepStopped || req.LeaveRunning) {
+		return nil, fmt.Errorf("%w: a lazy dump keeps the tree stopped", ErrInvalidInput)
 	}
 	if !proc.Exists(req.PID) {
 		return nil, fmt.Errorf("%w: no process with PID %d", ErrInvalidInput, req.PID)
@@ -199,7 +211,7 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 	if err := runHook(ctx, "pre-dump", s.set.Hooks.PreDump, req.PID, path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("checkpoint of PID %d not started, the process is still running: %w", req.PID, err)
 	}
-	stream := s.set.Stream && snap.rss() >= streamMinBytes
+	stream := s.set.Stream && snap.rss() >= streamMinBytes && !req.Lazy
 	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging,
 		"stream", stream, "reasons", strings.Join(reasons, "; "))
 	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Fault: s.fault}
@@ -212,8 +224,12 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 
 	// From here on the tree may be frozen: every failure resumes it.
 	before := stoppedBefore(snap)
+	var lazy *criu.LazyDump
 	fail := func(err error) (*DumpResult, error) {
 		prog.Done()
+		if lazy != nil {
+			lazy.Abort() // CRIU lets go of the tree before it resumes
+		}
 		if req.LogGroup != "" {
 			s.KeepFailedWorkDir(work, err)
 		} else {
@@ -247,6 +263,12 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 		prog.Start("checkpointing", int64(snap.rss()))
 		col = newImageCollector(w, imagesDir, s.fault)
 		res, err = s.criu.DumpStreamed(copts, col.sink)
+	} else if req.Lazy {
+		prog.Start("checkpointing", 0)
+		if lazy, err = s.criu.DumpLazy(copts); err == nil {
+			res = &criu.DumpResult{LogPath: lazy.LogPath}
+		}
+		prog.Done()
 	} else {
 		prog.Start("checkpointing", 0)
 		res, err = s.criu.Dump(copts)
@@ -272,6 +294,13 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 			}
 		}
 	}
+	if lazy != nil {
+		// CRIU holds the tree frozen while it serves the memory; should
+		// CRIU die, the tree would run again on its own. A SIGSTOP
+		// queued now stops it the moment CRIU lets go, whatever way it
+		// goes (see LazyDump.Abort and StoppedTree.Resume).
+		stopAll(snap)
+	}
 	// Which processes the user had stopped is known from before the
 	// freeze only: a restore leaves them stopped.
 	for i := range snap.processes {
@@ -294,7 +323,8 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 			NetworkLock: string(effectiveLock(copts.NetworkLock)), LeaveRunning: copts.LeaveRunning,
 			ExternalTTYs: copts.ExternalTTYs,
 			// Restores stream only large memory (see streamMinBytes).
-			Streamable: snap.rss() >= streamMinBytes && streamable(snap.processes),
+			Streamable: snap.rss() >= streamMinBytes && streamable(snap.processes) && lazy == nil,
+			LazyPages:  lazy != nil,
 		},
 	}
 	if st := res.Stats; st != nil {
@@ -323,7 +353,7 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 	out := &DumpResult{
 		Path: path, Size: size, Manifest: m, Reasons: reasons, Skipped: skipped,
 		CRIUTime: criuTime, ArchiveTime: time.Since(archStart), Total: time.Since(start),
-		LogPath: res.LogPath, CRIUCPU: res.CPU, Stored: target.stored(),
+		LogPath: res.LogPath, CRIUCPU: res.CPU, Stored: target.stored(), Lazy: lazy,
 	}
 	switch {
 	case frozen && req.KeepStopped:

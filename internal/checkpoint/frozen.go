@@ -125,6 +125,14 @@ func kill(s *snapshot) {
 	}
 }
 
+// stopAll queues SIGSTOP for every task of the tree (see the lazy dump in
+// dumpOnce).
+func stopAll(s *snapshot) {
+	for _, p := range s.processes {
+		_ = signalIfSame(p.PID, s.startTimes[p.PID], syscall.SIGSTOP)
+	}
+}
+
 // signalIfSame signals pid only if it is still the process that started
 // at startTime, never a newcomer that reused the PID.
 func signalIfSame(pid int, startTime uint64, sig syscall.Signal) error {

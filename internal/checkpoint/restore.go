@@ -41,6 +41,11 @@ type RestoreRequest struct {
 	// it (SIGCONT to every task) once it may run, as a migration does
 	// after the job's ownership moved to this node.
 	LeaveStopped bool
+	// LazyPageServer (host:port) restores the tree before its memory
+	// (CRIU lazy pages over userfaultfd): the memory comes from that
+	// page server, a lazy migration's source (DumpRequest.Lazy), while
+	// the tree runs. RestoreResult.Lazy pulls it.
+	LazyPageServer string
 }
 
 // RestoreResult describes a restored tree.
@@ -57,6 +62,10 @@ type RestoreResult struct {
 	LogPath string
 	// Warnings are problems that did not fail the restore (a post-restore hook).
 	Warnings []string
+	// Lazy is the lazy-pages daemon still pulling the tree's memory,
+	// with RestoreRequest.LazyPageServer. If it fails before every page
+	// arrived the tree must not run on: the caller kills it.
+	Lazy *criu.LazyServer
 }
 
 // Restore verifies the archive at req.Path and restores its process tree,
@@ -92,7 +101,11 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	// Streamed: the memory pages go from the archive into CRIU through
 	// pipes, verified on the way (see archive.Reader.StreamEntry); every
 	// other entry is extracted and verified before CRIU starts.
-	stream := s.set.Stream && m.Options.Streamable && pagesSize(m) >= streamMinBytes
+	if m.Options.LazyPages && req.LazyPageServer == "" {
+		return nil, fmt.Errorf("%w: %s holds no memory pages: it is the first half of a lazy migration, restored only by the lazy restore that pulled its memory from the source", ErrInvalidInput, req.Path)
+	}
+	lazy := req.LazyPageServer != ""
+	stream := s.set.Stream && m.Options.Streamable && pagesSize(m) >= streamMinBytes && !lazy
 	var skip func(string) bool
 	extractSize := m.TotalSize()
 	if stream {
@@ -195,8 +208,14 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	s.log.Info("restoring", "archive", req.Path, "root_pid", m.RootPID, "staging", staging, "stream", stream)
 	prog.Start("restoring", 0)
 	criuStart := time.Now()
-	var res *criu.RestoreResult
-	if stream {
+	var (
+		res        *criu.RestoreResult
+		lazyServer *criu.LazyServer
+	)
+	if lazy {
+		ropts.Lazy, ropts.LazyPageServer = true, req.LazyPageServer
+		res, lazyServer, err = s.criu.RestoreDetached(ropts)
+	} else if stream {
 		res, err = s.criu.RestoreStreamed(ropts, &archiveImages{r: r, dir: ropts.ImagesDir})
 		if res != nil && err != nil {
 			// CRIU restored the tree although an image could not be
@@ -225,6 +244,9 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 		}
 		if err != nil {
 			killRestored(m, res.PID)
+			if lazyServer != nil {
+				lazyServer.Stop()
+			}
 			return nil, undo(fmt.Errorf("restore of %s failed: %w (the restored tree was killed rather than run without its locks; the archive is unchanged)", req.Path, err))
 		}
 		if n > 0 {
@@ -234,7 +256,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	out := &RestoreResult{
 		PID: res.PID, Manifest: m, FilesWritten: put.written,
 		ExtractTime: extractTime, CRIUTime: time.Since(criuStart), Total: time.Since(start),
-		LogPath: res.LogPath,
+		LogPath: res.LogPath, Lazy: lazyServer,
 	}
 	s.log.Info("restored", "pid", out.PID, "verify_extract", extractTime, "criu", out.CRIUTime, "total", out.Total)
 	if err := runHook(ctx, "post-restore", s.set.Hooks.PostRestore, res.PID, req.Path, req.HookEnv); err != nil {

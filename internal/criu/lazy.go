@@ -3,6 +3,7 @@ package criu
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,7 +64,15 @@ func startLazyServer(criuPath string, o RestoreOptions) (*LazyServer, error) {
 	sock := filepath.Join(o.LogDir, lazySocket)
 	_ = os.Remove(sock)
 	logFile := "lazy-pages.log"
-	cmd := exec.Command(criuPath, "lazy-pages", "-D", o.ImagesDir, "-W", o.LogDir, "-o", logFile, "-v2")
+	args := []string{"lazy-pages", "-D", o.ImagesDir, "-W", o.LogDir, "-o", logFile, "-v2"}
+	if o.LazyPageServer != "" {
+		host, port, err := net.SplitHostPort(o.LazyPageServer)
+		if err != nil {
+			return nil, fmt.Errorf("lazy page server %q: %w", o.LazyPageServer, err)
+		}
+		args = append(args, "--page-server", "--address", host, "--port", port)
+	}
+	cmd := exec.Command(criuPath, args...)
 	l := &LazyServer{cmd: cmd, done: make(chan struct{}), logPath: filepath.Join(o.LogDir, logFile)}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
@@ -102,6 +111,9 @@ func (c *Client) RestoreDetached(o RestoreOptions) (*RestoreResult, *LazyServer,
 	_ = os.Remove(pidFile)
 	args := []string{"restore", "--restore-detached", "--restore-sibling", "--pidfile", pidFile}
 	args = append(args, commonArgs(o.ImagesDir, o.LogDir, o.LogFile, o.shared())...)
+	if o.LeaveStopped {
+		args = append(args, "--leave-stopped")
+	}
 	if o.JoinNetNS != "" {
 		args = append(args, "--join-ns", "net:"+o.JoinNetNS)
 	}

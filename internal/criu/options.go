@@ -113,6 +113,10 @@ type RestoreOptions struct {
 	// server hands the pages in on first touch (userfaultfd) and in the
 	// background from the images (see lazy.go).
 	Lazy bool
+	// LazyPageServer, with Lazy, is the address (host:port) of the page
+	// server the lazy-pages daemon pulls the memory from — a lazy
+	// migration's source (see DumpLazy) — instead of ImagesDir's pages.
+	LazyPageServer string
 }
 
 // DumpResult reports on a successful dump.

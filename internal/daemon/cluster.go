@@ -73,6 +73,8 @@ type clusterNode struct {
 	pending map[string]*pendingImport // imported jobs awaiting resume or abort, by job ID
 	// importing: jobs a migration is restoring here (before pending).
 	importing map[string]bool
+	// lazySources: the node each lazily imported job came from (lazy.go).
+	lazySources map[string]string
 
 	fo *failover // leases, fencing and failover (failover.go)
 	// drain is the node's draining mark (drain.go); placed, the jobs
@@ -168,6 +170,7 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 	}
 	// Rule 5: nothing found here runs again before the record says so.
 	m.SetGate(c.fo.gate)
+	m.SetOnLazyFailed(c.lazyFailed)
 	if err := c.fo.startWatchdog(cfg.Daemon.StateDir); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("the fence watchdog: %w", err)
@@ -339,6 +342,7 @@ func (c *clusterNode) serve() error {
 		{"resume-node", quick, unary(s.ResumeNode)},
 		{"migrate-resume", quick, c.handleMigrateResume},
 		{"migrate-abort", quick, c.handleMigrateAbort},
+		{"migrate-memory", long, c.handleMigrateMemory},
 	}
 	for _, v := range verbs {
 		sub, err := c.node.Serve(v.name, v.timeout, remoteCode, v.h)

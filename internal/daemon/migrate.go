@@ -19,6 +19,7 @@ import (
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
 	"github.com/cedana/cedana/internal/cluster"
+	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/jobs"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -73,6 +74,9 @@ type migrateIn struct {
 	// Key its object in ArchivesBucket (object-store).
 	Blob   string `json:"blob,omitempty"`
 	Key    string `json:"key,omitempty"`
+	// Pages, in a lazy migration, is the subject of the source's tunnel
+	// to its page server (tunnel.go): the archive holds no memory.
+	Pages  string `json:"pages,omitempty"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
 	// History is the job's events on the source (the newest
@@ -105,6 +109,9 @@ type migrateAbort struct {
 type pendingImport struct {
 	epoch uint64
 	timer *time.Timer
+	// lazyErr: the memory of a lazily imported copy stopped arriving
+	// (its tree was killed): it must not be resumed (lazy.go).
+	lazyErr error
 }
 
 // migrate is Migrate in cluster mode.
@@ -136,6 +143,12 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	if to == self {
 		return nil, status.Errorf(codes.InvalidArgument, "job %s already runs on node %s", j.Name, self)
 	}
+	lazy := r.GetLazy()
+	if lazy {
+		if err := criu.LazyDumpAllowed(); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %s: %v", self, err)
+		}
+	}
 	if err := c.checkTarget(ctx, to); err != nil {
 		return nil, err
 	}
@@ -153,11 +166,26 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		resumed   migrateResumeReply
 		resumeAt  time.Time
 		moveStart time.Time
+		memoryAt  time.Time
+		tun       *tunnel
 	)
-	move := func(ctx context.Context, j *store.Job, archive string, size int64) (bool, error) {
+	defer func() {
+		if tun != nil {
+			tun.stop()
+		}
+	}()
+	move := func(ctx context.Context, j *store.Job, out jobs.Outgoing) (bool, error) {
 		moveStart = time.Now()
+		archive, size := out.Archive, out.Size
 		in := migrateIn{From: self, Epoch: rec.Epoch, ID: j.ID, Name: j.Name, Cmd: j.Cmd, Dir: j.Dir, Log: j.LogPath,
 			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container}
+		if out.PageServer != "" {
+			var err error
+			if tun, err = serveTunnel(c.node.Conn(), self, out.PageServer); err != nil {
+				return false, err
+			}
+			in.Pages = tun.self
+		}
 		if evs, err := c.m.Events(ctx, j.ID, 0, 0); err == nil {
 			in.History = evs[max(0, len(evs)-maxHistory):]
 		}
@@ -208,7 +236,15 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		}
 		return true, nil
 	}
-	res, err := c.m.MigrateOut(ctx, j.ID, move)
+	opts := jobs.MigrateOptions{Lazy: lazy}
+	if lazy {
+		opts.Settle = func(ctx context.Context, served error) (bool, bool) {
+			complete, back := c.settleLazySource(ctx, j.ID, to, newEpoch, served)
+			memoryAt = time.Now()
+			return complete, back
+		}
+	}
+	res, err := c.m.MigrateOut(ctx, j.ID, opts, move)
 	if err != nil {
 		if newEpoch == 0 {
 			return nil, fmt.Errorf("%w; job %s still runs on node %s: %w", errMigrationFailed, j.Name, self, err)
@@ -219,6 +255,9 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	// The tree stopped during the dump (counted whole) and ran again when
 	// the target resumed it.
 	out.DowntimeMs = (res.Dump + resumeAt.Sub(moveStart)).Milliseconds() + resumed.ResumedAfterMS
+	if lazy && !memoryAt.IsZero() {
+		out.MemoryMs = memoryAt.Sub(resumeAt).Milliseconds()
+	}
 	var job pb.Job
 	if err := c.callUnary(ctx, to, "get", &pb.GetJobRequest{Job: j.ID}, &job); err == nil {
 		job.Node = to
@@ -451,6 +490,14 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 		_ = os.Remove(dir) // only if empty
 		return nil, err
 	}
+	var proxy *pageServerProxy
+	if in.Pages != "" {
+		if proxy, err = listenPageServer(c.node.Conn(), c.node.Name(), in.Pages); err != nil {
+			_ = os.Remove(path)
+			_ = os.Remove(dir)
+			return nil, err
+		}
+	}
 	tFetch := time.Since(t0)
 	// From now on the job exists here, not yet this node's: the sync loop
 	// must leave it alone (failover.go).
@@ -461,11 +508,20 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	if in.Runtime != "" {
 		spec.Container = jobs.MigratedContainerID(in.Container, in.From, c.node.Name())
 	}
+	if proxy != nil {
+		spec.LazyPageServer = proxy.Addr()
+	}
 	j, err := c.m.Import(ctx, spec, path, in.Size)
 	if err != nil {
+		if proxy != nil {
+			proxy.Close()
+		}
 		_ = os.Remove(path)
 		_ = os.Remove(dir)
 		return nil, err
+	}
+	if proxy != nil {
+		c.followLazy(in, proxy)
 	}
 	c.log.Info("migrated job restored, stopped until the hand-over", "job", in.ID, "from", in.From, "fetch", tFetch, "restore", time.Since(t0)-tFetch)
 	c.mu.Lock()
@@ -501,7 +557,14 @@ func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessa
 	if rec.Owner != c.node.Name() || rec.Epoch != r.Epoch {
 		return nil, fmt.Errorf("job %s: resume at epoch %d refused, the record says %s at %d: %w", r.ID, r.Epoch, rec.Owner, rec.Epoch, cluster.ErrStaleEpoch)
 	}
-	if p := c.take(r.ID); p == nil {
+	p := c.take(r.ID)
+	if p != nil && p.lazyErr != nil {
+		// Its memory stopped arriving and its tree was killed: the
+		// source's stopped copy is the job now.
+		herr := c.handBack(ctx, r.ID)
+		return nil, errors.Join(fmt.Errorf("job %s: not resumed: %w", r.ID, p.lazyErr), herr)
+	}
+	if p == nil {
 		// Resumed already (a retried request, or settle did it).
 		j, err := c.m.Get(ctx, r.ID)
 		if err != nil {
@@ -563,7 +626,14 @@ func (c *clusterNode) settle(id string) {
 		c.mu.Unlock()
 		return
 	}
-	if c.take(id) == nil {
+	p := c.take(id)
+	if p == nil {
+		return
+	}
+	if rec.Owner == c.node.Name() && p.lazyErr != nil {
+		if err := c.handBack(ctx, id); err != nil {
+			c.log.Error("hand a lazily imported job back to its source", "job", id, "err", err)
+		}
 		return
 	}
 	if rec.Owner == c.node.Name() {

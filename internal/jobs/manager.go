@@ -90,6 +90,10 @@ type Manager struct {
 	frozen map[string]bool        // jobs the cluster's fencer holds stopped (cluster.go)
 	// heldStopped: jobs a migration keeps stopped until the move is decided.
 	heldStopped map[string]bool
+	// lazy: lazily migrated jobs whose memory is (or was) arriving, and
+	// what to do when it stops arriving (lazy.go).
+	lazy         map[string]*lazyState
+	onLazyFailed func(id string, err error)
 
 	// skips holds the baselines of periodic checkpoints (skip.go).
 	skips skipper

@@ -40,7 +40,32 @@ import (
 // over. handed reports whether the job's ownership moved: from then on
 // the source copy must never run again, even if err says the target has
 // not confirmed yet.
-type Mover func(ctx context.Context, j *store.Job, archive string, size int64) (handed bool, err error)
+type Mover func(ctx context.Context, j *store.Job, out Outgoing) (handed bool, err error)
+
+// Outgoing is what a Mover carries to the target.
+type Outgoing struct {
+	// Archive is the checkpoint, Size its size in bytes.
+	Archive string
+	Size    int64
+	// PageServer, in a lazy migration, is the loopback address where
+	// CRIU serves the job's memory on this node until the target has
+	// pulled all of it; the archive then holds no memory pages.
+	PageServer string
+}
+
+// MigrateOptions are the variants of MigrateOut.
+type MigrateOptions struct {
+	// Lazy moves the job before its memory (post-copy): see
+	// docs/cluster.md, "Lazy migration".
+	Lazy bool
+	// Settle, in a lazy migration, is called once the job was handed
+	// over and the source's page server has stopped: it reports whether
+	// every page reached the target's copy (false: the target killed
+	// its copy) and whether the job is this node's again (the target
+	// handed it back). The source's stopped copy is killed unless the
+	// job came back, in which case it runs again.
+	Settle func(ctx context.Context, served error) (complete, back bool)
+}
 
 // MigrateOutResult describes a migration's source side.
 type MigrateOutResult struct {
@@ -60,13 +85,16 @@ type MigrateOutResult struct {
 // is killed and the job forgotten here (its events go with it; the
 // target records its own); otherwise the tree resumes and the job runs
 // here as before, and the error says why.
-func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*MigrateOutResult, error) {
+func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, move Mover) (*MigrateOutResult, error) {
 	j, err := m.store.GetJob(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	if err := m.canMigrate(j); err != nil {
 		return nil, err
+	}
+	if o.Lazy && j.Runtime != "" {
+		return nil, fmt.Errorf("%w: job %s is a %s container; lazy migration moves process jobs only (migrate it without --lazy)", ErrIllegalTransition, j.Name, j.Runtime)
 	}
 	path, err := m.newArchivePath(j)
 	if err != nil {
@@ -89,7 +117,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 	// resume it meanwhile (the cluster's fencer thaws what it froze).
 	m.setHeldStopped(j.ID, true)
 	defer m.setHeldStopped(j.ID, false)
-	res, err := m.dumpKeepStopped(ctx, j, path)
+	res, err := m.dumpKeepStopped(ctx, j, path, o.Lazy)
 	<-m.dumps
 	if err != nil {
 		m.setState(j.ID, Running, "")
@@ -99,8 +127,33 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, move Mover) (*Migr
 	}
 	out := &MigrateOutResult{Job: j, Size: res.Size, Dump: time.Since(start)}
 	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size, "container", j.Container)
-	handed, merr := move(ctx, j, res.Path, res.Size)
+	handed, merr := move(ctx, j, Outgoing{Archive: res.Path, Size: res.Size, PageServer: res.pageServer()})
 	out.Stopped = time.Since(start)
+	if !handed && res.Lazy != nil {
+		res.Lazy.Abort() // CRIU lets go of the tree before it resumes
+	}
+	if handed && res.Lazy != nil {
+		// The target's copy runs on memory this node's CRIU still
+		// serves: the stopped copy lives until the target has all of it.
+		complete, back := true, false
+		if o.Settle != nil {
+			complete, back = o.Settle(ctx, res.Lazy.Wait())
+		} else if werr := res.Lazy.Wait(); werr != nil {
+			complete = false
+		}
+		res.Lazy.Abort()
+		if back {
+			rerr := res.Stopped.Resume()
+			m.setState(j.ID, Running, "")
+			_ = removeArchive(res.Path)
+			m.event(j.ID, "migrate-failed", "lazy migration failed after the hand-over: the job's memory did not all reach the target, whose copy was killed; the job runs here again from the moment it was checkpointed")
+			m.afterLeaveRunning(j)
+			return out, errors.Join(fmt.Errorf("the job's memory did not all reach the target; the job came back and runs here again from the moment of the checkpoint"), merr, rerr)
+		}
+		if !complete {
+			merr = errors.Join(merr, fmt.Errorf("the job's memory did not all reach the target, and the job did not come back here"))
+		}
+	}
 	if !handed {
 		rerr := res.Stopped.Resume()
 		m.setState(j.ID, Running, "")
@@ -151,6 +204,10 @@ type ImportSpec struct {
 	// History is the job's events on the node it comes from (kept, with
 	// their times, before this node's own).
 	History []store.Event `json:",omitempty"`
+	// LazyPageServer, in a lazy migration, is the address (on this
+	// node) that reaches the source's page server: the job is restored
+	// before its memory, which follows from there (lazy.go).
+	LazyPageServer string `json:",omitempty"`
 }
 
 // Import records a job that arrives from another node with its archive
@@ -185,10 +242,24 @@ func (m *Manager) Import(ctx context.Context, spec ImportSpec, archive string, s
 		_ = m.store.DeleteJob(context.Background(), j.ID)
 		return nil, err
 	}
-	j, err := m.restoreWith(ctx, j.ID, ck.ID, restoreOpts{migrated: true})
+	j, err := m.restoreWith(ctx, j.ID, ck.ID, restoreOpts{migrated: true, lazyFrom: spec.LazyPageServer})
 	if err != nil {
 		_ = m.store.DeleteJob(context.Background(), spec.ID)
 		return nil, err
+	}
+	if spec.LazyPageServer != "" {
+		// Its archive holds no memory: not a checkpoint to restore from.
+		if _, err := m.store.Commit(ctx, j.ID, store.Change{Delete: []string{ck.ID},
+			Job: func(j *store.Job) error {
+				if j.LastCheckpointID == ck.ID {
+					j.LastCheckpointID, j.LastCheckpointAt = "", time.Time{}
+				}
+				return nil
+			},
+			Events: []store.Event{{Type: "migrated-in", Message: "restored before its memory (lazy migration); the memory follows from the source"}}}); err != nil {
+			m.log.Warn("forget a lazy migration's archive", "job", j.ID, "err", err)
+		}
+		_ = removeArchive(archive)
 	}
 	if j.Runtime != "" {
 		// The runtime restored it; make sure it did not let it run: the
@@ -307,6 +378,23 @@ type keptStopped struct {
 	Size     int64
 	CRIUTime time.Duration
 	Stopped  stoppedCopy
+	// Lazy serves the memory of a lazy migration (nil otherwise).
+	Lazy pageServer
+}
+
+// pageServer is CRIU serving a lazy migration's memory
+// (checkpoint.DumpResult.Lazy).
+type pageServer interface {
+	Address() string
+	Wait() error
+	Abort()
+}
+
+func (k *keptStopped) pageServer() string {
+	if k.Lazy == nil {
+		return ""
+	}
+	return k.Lazy.Address()
 }
 
 // canMigrate refuses a job that cannot migrate: a Docker container (its
@@ -327,7 +415,7 @@ func (m *Manager) canMigrate(j *store.Job) error {
 
 // dumpKeepStopped checkpoints a job for migration into path, keeping its
 // tree (or its container) stopped.
-func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string) (*keptStopped, error) {
+func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string, lazy bool) (*keptStopped, error) {
 	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	if j.Runtime != "" {
 		res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
@@ -340,14 +428,21 @@ func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string
 		}
 		return &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CheckpointTime, Stopped: res.Stopped}, nil
 	}
-	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, HookEnv: env})
+	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, Lazy: lazy, HookEnv: env})
 	if err != nil {
 		return nil, err
 	}
 	if res.Stopped == nil {
+		if res.Lazy != nil {
+			res.Lazy.Abort()
+		}
 		return nil, errors.New("the engine did not keep the tree stopped")
 	}
-	return &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CRIUTime, Stopped: res.Stopped}, nil
+	k := &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CRIUTime, Stopped: res.Stopped}
+	if res.Lazy != nil {
+		k.Lazy = res.Lazy
+	}
+	return k, nil
 }
 
 // MigratedContainerID is the container ID a container job gets on node

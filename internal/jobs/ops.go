@@ -30,6 +30,9 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
+	if err := m.errLazyLoading(j); err != nil {
+		return nil, err
+	}
 	if m.isFrozen(j.ID) {
 		// CRIU would resume the stopped tree after a leave-running dump.
 		return nil, fmt.Errorf("%w: job %s is frozen: this node could not renew its lease in the cluster (docs/cluster.md, rule 3)", ErrIllegalTransition, j.Name)

@@ -56,6 +56,9 @@ type restoreOpts struct {
 	// the source's frozen copy shares the job's cgroup path — and the
 	// tree is left stopped until Resume.
 	migrated bool
+	// lazyFrom, with migrated, is the page server the job's memory comes
+	// from (a lazy migration, see lazy.go).
+	lazyFrom string
 }
 
 func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restoreOpts) (*store.Job, error) {
@@ -99,6 +102,7 @@ func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restore
 		pid         int
 		containerID = j.Container
 		rerr        error
+		lazy        lazyLoad
 	)
 	if j.Runtime != "" {
 		pid, containerID, rerr = m.restoreContainer(ctx, j, ck.Path, o.migrated)
@@ -106,10 +110,14 @@ func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restore
 		var res *checkpoint.RestoreResult
 		req := m.restoreRequest(ck.Path) // a local path or a key in the storage backend
 		req.LeaveStopped = o.migrated
+		req.LazyPageServer = o.lazyFrom
 		req.HookEnv = []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 		res, rerr = m.engine.Restore(ctx, req)
 		if rerr == nil {
 			pid = res.PID
+			if res.Lazy != nil {
+				lazy = res.Lazy
+			}
 		}
 	}
 	if rerr != nil {
@@ -124,7 +132,13 @@ func (m *Manager) restoreWith(ctx context.Context, ref, ckptID string, o restore
 	}
 	j, err = m.restored(j, ck.ID, pid, containerID, kind, time.Since(start), j.Runtime == "")
 	if err != nil {
+		if lazy != nil {
+			lazy.Stop()
+		}
 		return nil, err
+	}
+	if lazy != nil {
+		m.watchLazy(j, lazy)
 	}
 	m.metrics.restored(time.Since(start))
 	return j, nil

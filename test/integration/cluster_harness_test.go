@@ -46,6 +46,7 @@ type migrateInfo struct {
 	DowntimeMS string  `json:"downtime_ms"`
 	TotalMS    string  `json:"total_ms"`
 	Epoch      string  `json:"epoch"`
+	MemoryMS   string  `json:"memory_ms"`
 	Job        jobInfo `json:"job"`
 }
 

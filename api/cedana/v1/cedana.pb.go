@@ -1876,7 +1876,10 @@ type MigrateRequest struct {
 	// A job's id or name (cluster-wide).
 	Job string `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	// The target node.
-	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	To string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// Post-copy: the job runs on the target before its memory has arrived;
+	// the memory follows from the source, on touch and in the background.
+	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1925,6 +1928,13 @@ func (x *MigrateRequest) GetTo() string {
 	return ""
 }
 
+func (x *MigrateRequest) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
+}
+
 type MigrateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job as it runs on the target.
@@ -1937,7 +1947,9 @@ type MigrateResponse struct {
 	DowntimeMs int64 `protobuf:"varint,5,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
 	TotalMs    int64 `protobuf:"varint,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
 	// The job's epoch under its new owner.
-	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// With lazy: how long after the resume the last of the memory arrived.
+	MemoryMs      int64 `protobuf:"varint,8,opt,name=memory_ms,json=memoryMs,proto3" json:"memory_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2017,6 +2029,13 @@ func (x *MigrateResponse) GetTotalMs() int64 {
 func (x *MigrateResponse) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetMemoryMs() int64 {
+	if x != nil {
+		return x.MemoryMs
 	}
 	return 0
 }
@@ -3042,10 +3061,11 @@ const file_cedana_proto_rawDesc = "" +
 	"\fcriu_version\x18\a \x01(\tR\vcriuVersion\"\x12\n" +
 	"\x10ListNodesRequest\":\n" +
 	"\x11ListNodesResponse\x12%\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0f.cedana.v1.NodeR\x05nodes\"2\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0f.cedana.v1.NodeR\x05nodes\"F\n" +
 	"\x0eMigrateRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x0e\n" +
-	"\x02to\x18\x02 \x01(\tR\x02to\"\xbf\x01\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x12\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xdc\x01\n" +
 	"\x0fMigrateResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cedana.v1.JobR\x03job\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
@@ -3054,7 +3074,8 @@ const file_cedana_proto_rawDesc = "" +
 	"\vdowntime_ms\x18\x05 \x01(\x03R\n" +
 	"downtimeMs\x12\x19\n" +
 	"\btotal_ms\x18\x06 \x01(\x03R\atotalMs\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"&\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\tmemory_ms\x18\b \x01(\x03R\bmemoryMs\"&\n" +
 	"\x10DrainNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\xab\x01\n" +
 	"\n" +

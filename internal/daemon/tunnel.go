@@ -1,0 +1,397 @@
+package daemon
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// A lazy migration's memory travels over NATS like everything else between
+// nodes (authenticated, and through whatever route the cluster has), not
+// over a TCP connection from node to node: CRIU's page server on the
+// source and its lazy-pages daemon on the target each talk TCP to their
+// own node's daemon on a loopback port, and the two daemons carry the
+// bytes between them.
+//
+// Each direction is a sequence of NATS messages to a subject of the
+// receiving node (cedana.node.<node>.tunnel.<random>), at most tunnelChunk
+// bytes each and numbered; the receiver writes them to its connection in
+// that order and acknowledges each once written. NATS delivers one
+// connection's messages to a subscriber in order but may drop some (it is
+// at-most-once): a gap in the numbers ends the tunnel with an error,
+// never a silent hole in the stream. The sender keeps at most
+// tunnelWindow messages unacknowledged, so that a slow reader slows the
+// writer down; no acknowledgement for tunnelTimeout ends the tunnel too.
+// The target's first message opens the tunnel and names its subject;
+// "eof" half-closes a direction.
+
+const (
+	tunnelChunk   = 512 << 10
+	tunnelWindow  = 8
+	tunnelTimeout = 30 * time.Second
+	// tunnelOpHeader is "open", "data" (the default) or "eof".
+	tunnelOpHeader = "Cedana-Tunnel"
+	// tunnelPeerHeader carries the opener's subject in "open".
+	tunnelPeerHeader = "Cedana-Tunnel-Peer"
+	// tunnelSeqHeader numbers a direction's messages from 1.
+	tunnelSeqHeader = "Cedana-Seq"
+)
+
+// tunnel is one end of a byte stream between two nodes.
+type tunnel struct {
+	nc   *nats.Conn
+	sub  *nats.Subscription
+	self string // the subject this end receives on
+
+	mu     sync.Mutex
+	conn   net.Conn
+	peer   string
+	err    error
+	closed bool
+	// sentEOF and gotEOF: each direction ended cleanly; with both, the
+	// tunnel is done.
+	sentEOF, gotEOF bool
+	// next is the number of the next message expected from the peer.
+	next uint64
+	// acks is this end's inbox for the peer's acknowledgements; slots
+	// holds one token per message in flight.
+	acks  *nats.Subscription
+	slots chan struct{}
+	dead  chan struct{} // closed by stop
+}
+
+func newTunnel(nc *nats.Conn, node string) *tunnel {
+	return &tunnel{nc: nc, self: tunnelSubject(node), slots: make(chan struct{}, tunnelWindow), dead: make(chan struct{})}
+}
+
+// tunnelSubject is a fresh subject for node to receive a tunnel on.
+func tunnelSubject(node string) string {
+	var tok [16]byte
+	_, _ = rand.Read(tok[:])
+	return "cedana.node." + node + ".tunnel." + hex.EncodeToString(tok[:])
+}
+
+// serveTunnel is the source's end: it listens on a fresh subject and, when
+// the target opens the tunnel, connects to addr (CRIU's page server) and
+// carries bytes both ways. stop ends it.
+func serveTunnel(nc *nats.Conn, node, addr string) (t *tunnel, err error) {
+	t = newTunnel(nc, node)
+	t.sub, err = nc.Subscribe(t.self, func(m *nats.Msg) {
+		if m.Header.Get(tunnelOpHeader) == "open" {
+			t.accept(m, addr)
+			return
+		}
+		t.receive(m)
+	})
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		t.stop()
+		return nil, fmt.Errorf("serve the job's memory over NATS: %w", err)
+	}
+	return t, nil
+}
+
+// accept handles the target's "open": connect to addr and start sending.
+func (t *tunnel) accept(m *nats.Msg, addr string) {
+	t.mu.Lock()
+	if t.conn != nil || t.closed {
+		t.mu.Unlock()
+		respondErr(m, errors.New("the tunnel is already open"))
+		return
+	}
+	t.mu.Unlock()
+	peer := m.Header.Get(tunnelPeerHeader)
+	if peer == "" {
+		respondErr(m, errors.New("open without the opener's subject"))
+		return
+	}
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		respondErr(m, fmt.Errorf("connect to the page server: %w", err))
+		return
+	}
+	t.mu.Lock()
+	t.conn, t.peer = conn, peer
+	t.mu.Unlock()
+	t.startSending() // takes t.mu itself
+	_ = m.Respond(nil)
+}
+
+// dialTunnel is the target's end: conn (the lazy-pages daemon's
+// connection) is joined to the source's subject.
+func dialTunnel(nc *nats.Conn, node, source string, conn net.Conn) (*tunnel, error) {
+	t := newTunnel(nc, node)
+	t.conn, t.peer = conn, source
+	var err error
+	if t.sub, err = nc.Subscribe(t.self, t.receive); err == nil {
+		err = nc.Flush()
+	}
+	if err == nil {
+		open := nats.NewMsg(source)
+		open.Header.Set(tunnelOpHeader, "open")
+		open.Header.Set(tunnelPeerHeader, t.self)
+		err = t.request(open)
+	}
+	if err != nil {
+		t.stop()
+		return nil, fmt.Errorf("open the tunnel to the source's page server: %w", err)
+	}
+	t.startSending()
+	return t, nil
+}
+
+// startSending copies the connection to the peer until EOF or an error.
+// Called with the connection set.
+func (t *tunnel) startSending() {
+	inbox := nats.NewInbox()
+	acks, err := t.nc.Subscribe(inbox, func(m *nats.Msg) {
+		if e := m.Header.Get(blobErrHeader); e != "" {
+			t.fail(fmt.Errorf("the other node: %s", e))
+			return
+		}
+		select {
+		case <-t.slots:
+		default:
+		}
+	})
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	t.mu.Lock()
+	t.acks = acks
+	t.mu.Unlock()
+	go func() {
+		buf := make([]byte, tunnelChunk)
+		var seq uint64
+		send := func(data []byte, op string) error {
+			select {
+			case t.slots <- struct{}{}:
+			case <-t.dead:
+				return errors.New("the tunnel is closed")
+			case <-time.After(tunnelTimeout):
+				return fmt.Errorf("the other node acknowledged nothing for %v", tunnelTimeout)
+			}
+			seq++
+			msg := nats.NewMsg(t.peer)
+			msg.Reply = inbox
+			msg.Header.Set(tunnelSeqHeader, strconv.FormatUint(seq, 10))
+			if op != "" {
+				msg.Header.Set(tunnelOpHeader, op)
+			}
+			msg.Data = data // copied into the connection's buffer by PublishMsg
+			return t.nc.PublishMsg(msg)
+		}
+		for {
+			n, rerr := t.conn.Read(buf)
+			if n > 0 {
+				if err := send(buf[:n], ""); err != nil {
+					t.fail(err)
+					return
+				}
+			}
+			if rerr != nil {
+				if !errors.Is(rerr, io.EOF) {
+					t.fail(rerr)
+					return
+				}
+				if err := send(nil, "eof"); err != nil {
+					t.fail(err)
+					return
+				}
+				// Ended once the peer has it all.
+				for range tunnelWindow {
+					select {
+					case t.slots <- struct{}{}:
+					case <-t.dead:
+						return
+					case <-time.After(tunnelTimeout):
+						t.fail(fmt.Errorf("the other node acknowledged nothing for %v", tunnelTimeout))
+						return
+					}
+				}
+				t.ended(true)
+				return
+			}
+		}
+	}()
+}
+
+// ended records the end of one direction (sent: this end's), and stops
+// the tunnel once both have ended.
+func (t *tunnel) ended(sent bool) {
+	t.mu.Lock()
+	if sent {
+		t.sentEOF = true
+	} else {
+		t.gotEOF = true
+	}
+	both := t.sentEOF && t.gotEOF
+	t.mu.Unlock()
+	if both {
+		t.stop()
+	}
+}
+
+// request sends msg and waits for the peer's acknowledgement.
+func (t *tunnel) request(msg *nats.Msg) error {
+	reply, err := t.nc.RequestMsg(msg, tunnelTimeout)
+	if err != nil {
+		return err
+	}
+	if e := reply.Header.Get(blobErrHeader); e != "" {
+		return errors.New(e)
+	}
+	return nil
+}
+
+// receive writes the peer's bytes to the connection, in order, then
+// acknowledges them.
+func (t *tunnel) receive(m *nats.Msg) {
+	t.mu.Lock()
+	conn, closed := t.conn, t.closed
+	seq, _ := strconv.ParseUint(m.Header.Get(tunnelSeqHeader), 10, 64)
+	want := t.next + 1
+	if seq == want {
+		t.next = seq
+	}
+	t.mu.Unlock()
+	if conn == nil || closed {
+		respondErr(m, errors.New("the tunnel is closed"))
+		return
+	}
+	if seq != want {
+		err := fmt.Errorf("message %d of the stream arrived where %d was due: bytes were lost on the way", seq, want)
+		respondErr(m, err)
+		t.fail(err)
+		return
+	}
+	if m.Header.Get(tunnelOpHeader) == "eof" {
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		_ = m.Respond(nil)
+		t.ended(false)
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(tunnelTimeout))
+	if _, err := conn.Write(m.Data); err != nil {
+		respondErr(m, err)
+		t.fail(err)
+		return
+	}
+	_ = m.Respond(nil)
+}
+
+// fail ends the tunnel with err: both connections close, so CRIU on each
+// side sees the stream end.
+func (t *tunnel) fail(err error) {
+	t.mu.Lock()
+	if t.err == nil {
+		t.err = err
+	}
+	t.mu.Unlock()
+	t.stop()
+}
+
+// stop closes the connection and the subscription.
+func (t *tunnel) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	t.closed = true
+	close(t.dead)
+	if t.sub != nil {
+		_ = t.sub.Unsubscribe()
+	}
+	if t.acks != nil {
+		_ = t.acks.Unsubscribe()
+	}
+	if t.conn != nil {
+		_ = t.conn.Close()
+	}
+}
+
+// Err is why the tunnel failed, or nil.
+func (t *tunnel) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+func respondErr(m *nats.Msg, err error) {
+	reply := nats.NewMsg(m.Reply)
+	reply.Header.Set(blobErrHeader, err.Error())
+	_ = m.RespondMsg(reply)
+}
+
+// pageServerProxy is the target's loopback listener for its lazy-pages
+// daemon: the one connection it accepts is tunnelled to the source.
+type pageServerProxy struct {
+	l    net.Listener
+	mu   sync.Mutex
+	t    *tunnel
+	err  error
+	done chan struct{}
+}
+
+// listenPageServer starts a proxy for the source's tunnel subject.
+func listenPageServer(nc *nats.Conn, node, source string) (*pageServerProxy, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen for the lazy-pages daemon: %w", err)
+	}
+	p := &pageServerProxy{l: l, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		conn, err := l.Accept()
+		l.Close()
+		if err != nil {
+			p.setErr(err)
+			return
+		}
+		t, err := dialTunnel(nc, node, source, conn)
+		if err != nil {
+			conn.Close()
+			p.setErr(err)
+			return
+		}
+		p.mu.Lock()
+		p.t = t
+		p.mu.Unlock()
+	}()
+	return p, nil
+}
+
+func (p *pageServerProxy) setErr(err error) {
+	p.mu.Lock()
+	p.err = err
+	p.mu.Unlock()
+}
+
+// Addr is where the lazy-pages daemon connects.
+func (p *pageServerProxy) Addr() string { return p.l.Addr().String() }
+
+// Close ends the proxy and its tunnel.
+func (p *pageServerProxy) Close() {
+	p.l.Close()
+	<-p.done
+	p.mu.Lock()
+	t := p.t
+	p.mu.Unlock()
+	if t != nil {
+		t.stop()
+	}
+}
