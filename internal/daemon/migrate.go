@@ -72,8 +72,8 @@ type migrateIn struct {
 	Container string `json:"container,omitempty"`
 	// Blob is the subject the source serves the archive on (stream), or
 	// Key its object in ArchivesBucket (object-store).
-	Blob   string `json:"blob,omitempty"`
-	Key    string `json:"key,omitempty"`
+	Blob string `json:"blob,omitempty"`
+	Key  string `json:"key,omitempty"`
 	// Pages, in a lazy migration, is the subject of the source's tunnel
 	// to its page server (tunnel.go): the archive holds no memory.
 	Pages  string `json:"pages,omitempty"`
