@@ -118,10 +118,12 @@ func Children(pid int) ([]int, error) {
 	return out, nil
 }
 
-// Tree returns pid and all its descendants, breadth first, pid first.
+// Tree returns pid and all its descendants, breadth first, pid first;
+// ErrNoProcess when there is no process pid (its task directory is what
+// tells, without a read of its stat file).
 func Tree(pid int) ([]int, error) {
-	if _, err := ReadStat(pid); err != nil {
-		return nil, err
+	if pid <= 0 {
+		return nil, fmt.Errorf("%w: PID %d", ErrNoProcess, pid)
 	}
 	seen := map[int]bool{pid: true}
 	out := []int{pid}

@@ -62,3 +62,17 @@ func TestReadDirNames(t *testing.T) {
 		t.Errorf("missing dir: %v, want os.ErrNotExist", err)
 	}
 }
+
+// TestTreeOfMissingProcess: Tree, which no longer reads the root's stat
+// file, still says ErrNoProcess for a PID nobody holds and for nonsense.
+func TestTreeOfMissingProcess(t *testing.T) {
+	for _, pid := range []int{0, -1, 1 << 30} {
+		if _, err := Tree(pid); !errors.Is(err, ErrNoProcess) {
+			t.Errorf("Tree(%d): %v, want ErrNoProcess", pid, err)
+		}
+	}
+	tree, err := Tree(os.Getpid())
+	if err != nil || len(tree) == 0 || tree[0] != os.Getpid() {
+		t.Fatalf("Tree(self) = %v, %v", tree, err)
+	}
+}
