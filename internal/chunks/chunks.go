@@ -177,6 +177,19 @@ type dirState struct {
 	rw    sync.RWMutex    // writes hold it shared, collections exclusively
 	mu    sync.Mutex      // guards known
 	known map[string]bool // chunk keys stored (by this process or seen)
+	// refs caches, by object key, the chunk keys each checkpoint object
+	// of the directory names, as last read by a collection (which holds
+	// rw exclusively, so it needs no other lock). Objects are written
+	// once; an entry is used only while the object's size and
+	// modification time are the ones it was read with.
+	refs map[string]objectRefs
+}
+
+// objectRefs is what a collection read from one checkpoint object.
+type objectRefs struct {
+	size   int64
+	mod    time.Time
+	chunks []string // chunk keys; nil for a plain archive
 }
 
 // New returns a deduplicating backend over inner.
@@ -280,36 +293,63 @@ func (d *Dedup) Collect(ctx context.Context, key string, now time.Time) (int, er
 // collect is Collect with the directory locked. A checkpoint object it
 // cannot read stops it: deleting what only that object names would break
 // it.
+//
+// Only chunks older than the grace period can go, so without one no
+// manifest is read; and a manifest read once is not read again while its
+// object stays the same (dirState.refs). A job's periodic checkpoints
+// delete one old checkpoint each under a retention policy: reading every
+// remaining manifest each time cost a list, and an open and two reads
+// per checkpoint kept, for nothing when no chunk was old enough.
 func (d *Dedup) collect(ctx context.Context, st *dirState, prefix string, now time.Time) (int, error) {
 	dir := strings.TrimSuffix(prefix, chunkDir+"/")
 	objs, err := d.inner.List(ctx, dir)
 	if err != nil {
 		return 0, err
 	}
-	live := map[string]bool{}
-	var chunks []storage.Info
+	var chunks, checkpoints []storage.Info // chunks: those old enough to go
 	for _, o := range objs {
 		if strings.HasPrefix(o.Key, prefix) {
-			chunks = append(chunks, o)
+			if now.Sub(o.ModTime) >= d.Grace {
+				chunks = append(chunks, o)
+			}
 			continue
 		}
 		if strings.Contains(strings.TrimPrefix(o.Key, dir), "/") {
 			continue // another directory's
 		}
-		m, err := d.readManifest(ctx, o.Key)
-		if errors.Is(err, errNotDedup) || errors.Is(err, storage.ErrNotExist) {
-			continue
+		checkpoints = append(checkpoints, o)
+	}
+	if len(chunks) == 0 {
+		return 0, nil
+	}
+	live := map[string]bool{}
+	refs := make(map[string]objectRefs, len(checkpoints))
+	for _, o := range checkpoints {
+		r, ok := st.refs[o.Key]
+		if !ok || r.size != o.Size || !r.mod.Equal(o.ModTime) {
+			m, err := d.readManifest(ctx, o.Key)
+			switch {
+			case errors.Is(err, storage.ErrNotExist):
+				continue
+			case errors.Is(err, errNotDedup):
+				m = &Manifest{}
+			case err != nil:
+				return 0, fmt.Errorf("%s: %w", o.Key, err)
+			}
+			r = objectRefs{size: o.Size, mod: o.ModTime}
+			for _, c := range m.Chunks {
+				r.chunks = append(r.chunks, chunkKey(prefix, c.Ref))
+			}
 		}
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", o.Key, err)
-		}
-		for _, c := range m.Chunks {
-			live[chunkKey(prefix, c.Ref)] = true
+		refs[o.Key] = r
+		for _, k := range r.chunks {
+			live[k] = true
 		}
 	}
+	st.refs = refs // only the objects listed now
 	deleted := 0
 	for _, c := range chunks {
-		if live[c.Key] || now.Sub(c.ModTime) < d.Grace {
+		if live[c.Key] {
 			continue
 		}
 		if err := d.inner.Delete(ctx, c.Key); err != nil && !errors.Is(err, storage.ErrNotExist) {

@@ -30,6 +30,12 @@ func (m *Manager) dump(ctx context.Context, ref string, leaveRunning bool, why s
 	if err != nil {
 		return nil, err
 	}
+	return m.dumpJob(ctx, j, leaveRunning, why)
+}
+
+// dumpJob is dump of a job just read from the store (its state is checked
+// again in the transaction that starts the checkpoint).
+func (m *Manager) dumpJob(ctx context.Context, j *store.Job, leaveRunning bool, why string) (*store.Checkpoint, error) {
 	if err := m.errLazyLoading(j); err != nil {
 		return nil, err
 	}

@@ -294,7 +294,7 @@ func (m *Manager) tick(ctx context.Context, id string, every time.Duration) {
 		if m.unchanged(ctx, j) {
 			continue // recorded as unchanged; the latest checkpoint stays the restore point
 		}
-		_, _ = m.dump(ctx, id, true, "periodic") // failures are recorded as events
+		_, _ = m.dumpJob(ctx, j, true, "periodic") // failures are recorded as events
 		// The next run comes a whole period after this checkpoint, not at
 		// once for a tick that fell due while it ran (slow dumps on a busy
 		// machine): the job gets the period to change.

@@ -32,18 +32,18 @@ type Thread struct {
 // Threads reads the activity of every thread of pid, sorted by TID.
 func Threads(pid int) ([]Thread, error) {
 	dir := filepath.Join(Root, strconv.Itoa(pid), "task")
-	ents, err := os.ReadDir(dir)
+	names, err := readDirNames(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: PID %d: %v", ErrNoProcess, pid, err)
 	}
-	out := make([]Thread, 0, len(ents))
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
+	out := make([]Thread, 0, len(names))
+	for _, name := range names {
+		tid, err := strconv.Atoi(name)
 		if err != nil {
 			continue
 		}
 		t := Thread{TID: tid}
-		sched, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
+		sched, err := readFile(filepath.Join(dir, name, "schedstat"))
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				continue // the thread exited meanwhile
@@ -53,7 +53,7 @@ func Threads(pid int) ([]Thread, error) {
 		if t.RunNS, err = parseSchedstat(sched); err != nil {
 			return nil, fmt.Errorf("thread %d of PID %d: %w", tid, pid, err)
 		}
-		status, err := os.ReadFile(filepath.Join(dir, e.Name(), "status"))
+		status, err := readFile(filepath.Join(dir, name, "status"))
 		if err != nil {
 			continue
 		}
@@ -101,7 +101,7 @@ func parsePending(status []byte) (sig, shd uint64, state byte) {
 // cgroup v2 directory (cpu.stat's usage_usec, in microseconds): also those
 // that exited or left the process tree.
 func CgroupCPU(dir string) (uint64, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	data, err := readFile(filepath.Join(dir, "cpu.stat"))
 	if err != nil {
 		return 0, err
 	}
@@ -130,7 +130,7 @@ func (l MapsLine) Shared() bool {
 // Maps returns pid's /proc/PID/maps as it is, for fingerprinting, and its
 // lines parsed.
 func Maps(pid int) ([]byte, []MapsLine, error) {
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "maps"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the mappings of PID %d: %w", pid, err)
 	}

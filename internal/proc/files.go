@@ -2,6 +2,7 @@ package proc
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -40,23 +41,24 @@ func (f FD) Writable() bool {
 // FDs lists a process's open file descriptors.
 func FDs(pid int) ([]FD, error) {
 	dir := filepath.Join(Root, strconv.Itoa(pid), "fd")
-	ents, err := os.ReadDir(dir)
+	names, err := readDirNames(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list open files of PID %d: %w", pid, err)
 	}
-	out := make([]FD, 0, len(ents))
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
+	out := make([]FD, 0, len(names))
+	for _, name := range names {
+		n, err := strconv.Atoi(name)
 		if err != nil {
 			continue
 		}
-		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		link := filepath.Join(dir, name)
+		target, err := os.Readlink(link)
 		if err != nil {
 			continue // closed meanwhile
 		}
 		fd := FD{Num: n, Path: target}
 		fd.Flags, fd.Pos, fd.PTYIndex, fd.Locks = fdinfo(pid, n)
-		fd.Type, fd.Inode = classify(filepath.Join(dir, e.Name()), target)
+		fd.Type, fd.Inode = classify(link, target)
 		out = append(out, fd)
 	}
 	return out, nil
@@ -67,7 +69,7 @@ func FDs(pid int) ([]FD, error) {
 // none).
 func fdinfo(pid, fd int) (flags int, pos int64, ptyIndex int, locks []string) {
 	ptyIndex = -1
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "fdinfo", strconv.Itoa(fd)))
 	if err != nil {
 		return 0, 0, -1, nil
 	}
@@ -258,22 +260,22 @@ func (m Mapping) MapFile(pid int) string {
 // JVM's /tmp/hsperfdata_USER/PID. Deleted files are left out. Each path
 // is listed once.
 func SharedWritableMappings(pid int) ([]Mapping, error) {
-	f, err := os.Open(filepath.Join(Root, strconv.Itoa(pid), "maps"))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "maps"))
 	if err != nil {
 		return nil, fmt.Errorf("read the mappings of PID %d: %w", pid, err)
 	}
-	defer f.Close()
 	var out []Mapping
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		m, ok := parseSharedWritable(sc.Text())
+	for len(data) > 0 {
+		line, rest, _ := bytes.Cut(data, []byte{'\n'})
+		data = rest
+		m, ok := parseSharedWritable(string(line))
 		if ok && !seen[m.Path] {
 			seen[m.Path] = true
 			out = append(out, m)
 		}
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // parseSharedWritable parses one line of /proc/PID/maps,

@@ -40,7 +40,7 @@ func ReadStat(pid int) (*Stat, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("%w: PID %d", ErrNoProcess, pid)
 	}
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "stat"))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
 			return nil, fmt.Errorf("%w: PID %d", ErrNoProcess, pid)
@@ -98,13 +98,14 @@ func Exists(pid int) bool {
 
 // Children returns the direct children of pid, from every thread.
 func Children(pid int) ([]int, error) {
-	tasks, err := os.ReadDir(filepath.Join(Root, strconv.Itoa(pid), "task"))
+	dir := filepath.Join(Root, strconv.Itoa(pid), "task")
+	tasks, err := readDirNames(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: PID %d", ErrNoProcess, pid)
 	}
 	var out []int
 	for _, t := range tasks {
-		data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "task", t.Name(), "children"))
+		data, err := readFile(filepath.Join(dir, t, "children"))
 		if err != nil {
 			continue // the thread exited meanwhile
 		}
@@ -117,10 +118,12 @@ func Children(pid int) ([]int, error) {
 	return out, nil
 }
 
-// Tree returns pid and all its descendants, breadth first, pid first.
+// Tree returns pid and all its descendants, breadth first, pid first;
+// ErrNoProcess when there is no process pid (its task directory is what
+// tells, without a read of its stat file).
 func Tree(pid int) ([]int, error) {
-	if _, err := ReadStat(pid); err != nil {
-		return nil, err
+	if pid <= 0 {
+		return nil, fmt.Errorf("%w: PID %d", ErrNoProcess, pid)
 	}
 	seen := map[int]bool{pid: true}
 	out := []int{pid}
@@ -152,7 +155,7 @@ type Status struct {
 
 // ReadStatus reads /proc/PID/status.
 func ReadStatus(pid int) (Status, error) {
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "status"))
 	if err != nil {
 		return Status{}, err
 	}
@@ -178,7 +181,7 @@ func ReadStatus(pid int) (Status, error) {
 
 // Cmdline returns the process's argv.
 func Cmdline(pid int) []string {
-	data, err := os.ReadFile(filepath.Join(Root, strconv.Itoa(pid), "cmdline"))
+	data, err := readFile(filepath.Join(Root, strconv.Itoa(pid), "cmdline"))
 	if err != nil || len(data) == 0 {
 		return nil
 	}
@@ -276,7 +279,7 @@ func Usage(pid int, startTime uint64) (ResourceUse, bool) {
 
 // bootTime reads the machine's boot time from /proc/stat.
 func bootTime() time.Time {
-	data, err := os.ReadFile(filepath.Join(Root, "stat"))
+	data, err := readFile(filepath.Join(Root, "stat"))
 	if err != nil {
 		return time.Time{}
 	}

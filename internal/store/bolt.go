@@ -112,7 +112,7 @@ func (s *boltStore) CreateJob(ctx context.Context, j *Job) error {
 		if err := checkNameFree(tx, j.Name, j.ID); err != nil {
 			return err
 		}
-		return putJob(tx, j)
+		return putJob(tx, j, true)
 	})
 }
 
@@ -127,13 +127,20 @@ func checkNameFree(tx *bolt.Tx, name, id string) error {
 	return nil
 }
 
-func putJob(tx *bolt.Tx, j *Job) error {
+// putJob writes j and, when newName is set (a new job, or a renamed
+// one), its entry in the name index. An unchanged index entry is not
+// written again: a bbolt Put dirties its page even when the value is the
+// same, and every dirty page is one more write in the commit.
+func putJob(tx *bolt.Tx, j *Job, newName bool) error {
 	b, err := encode(j)
 	if err != nil {
 		return err
 	}
 	if err := tx.Bucket(bucketJobs).Put([]byte(j.ID), b); err != nil {
 		return err
+	}
+	if !newName {
+		return nil
 	}
 	return tx.Bucket(bucketJobNames).Put([]byte(j.Name), []byte(j.ID))
 }
@@ -178,7 +185,7 @@ func updateJob(tx *bolt.Tx, id string, fn func(*Job) error) (*Job, error) {
 			return nil, err
 		}
 	}
-	if err := putJob(tx, j); err != nil {
+	if err := putJob(tx, j, j.Name != oldName); err != nil {
 		return nil, err
 	}
 	return getJob(tx, id) // a copy that fn cannot still be holding

@@ -28,7 +28,8 @@ func putCheckpoint(tx *bolt.Tx, c *Checkpoint) error {
 		return fmt.Errorf("put checkpoint %s: %w", c.ID, jobNotFound(c.JobID))
 	}
 	owners := tx.Bucket(bucketCheckpointJobs)
-	if prev := owners.Get([]byte(c.ID)); prev != nil && string(prev) != c.JobID {
+	prev := owners.Get([]byte(c.ID))
+	if prev != nil && string(prev) != c.JobID {
 		if jb := tx.Bucket(bucketJobCheckpoints).Bucket(prev); jb != nil {
 			if err := jb.Delete([]byte(c.ID)); err != nil {
 				return err
@@ -41,6 +42,9 @@ func putCheckpoint(tx *bolt.Tx, c *Checkpoint) error {
 	}
 	if err := jb.Put([]byte(c.ID), encodeCheckpoint(c)); err != nil {
 		return err
+	}
+	if prev != nil && string(prev) == c.JobID {
+		return nil // the index entry is right already (see putJob)
 	}
 	return owners.Put([]byte(c.ID), []byte(c.JobID))
 }
