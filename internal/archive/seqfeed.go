@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -310,7 +309,9 @@ func (s *feed) vmspliceSpans(b []byte, spans []span) error {
 // is not.
 func (s *feed) readFrames(rc io.Reader, pool *storedPool, frames, todo chan<- *seqFrame, stop <-chan struct{}) error {
 	d := checksFor(s.e.info, false)
-	br := bufio.NewReaderSize(io.TeeReader(rc, d), 64<<10)
+	// No buffering: sources hand out their own buffers' bytes (a copy
+	// each), and a buffer here would copy most bytes twice.
+	br := io.TeeReader(rc, d)
 	size := s.e.compSize
 	maxFrames := s.e.info.Size/(64<<10) + 16 // as split
 	var total, off, n int64
@@ -386,11 +387,11 @@ var errCorruptFrame = errors.New("damaged zstd frame")
 // make. It returns errFrameLayout for a frame that is not one of Cedana's
 // (the caller falls back) and an error wrapping errCorruptFrame for a
 // damaged one.
-func readFrame(br *bufio.Reader, buf []byte, left int64) (*seqFrame, error) {
+func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 	limit := int(min(left, int64(cap(buf))))
 	// The fixed part of the header says how long the rest is.
-	head, err := br.Peek(min(5, limit))
-	if err != nil {
+	head := buf[:min(5, limit)]
+	if _, err := io.ReadFull(br, head); err != nil {
 		return nil, err
 	}
 	if len(head) >= 4 && binary.LittleEndian.Uint32(head)&skippableMagicMask == skippableMagic {
@@ -411,7 +412,7 @@ func readFrame(br *bufio.Reader, buf []byte, left int64) (*seqFrame, error) {
 		return nil, io.ErrUnexpectedEOF
 	}
 	buf = buf[:hl+fcs]
-	if _, err := io.ReadFull(br, buf); err != nil {
+	if _, err := io.ReadFull(br, buf[5:]); err != nil {
 		return nil, err
 	}
 	fh, err := parseFrameHeader(buf)
