@@ -505,19 +505,19 @@ func (s *decStream) fillMapped(first, last int64) {
 }
 
 type decStream struct {
-	o    *encObject
-	src  io.ReadCloser // the ciphertext, unless mapped
+	o   *encObject
+	src io.ReadCloser // the ciphertext, unless mapped
 	// mapping holds the ciphertext from file offset mapOff when the
 	// object is a local file; unmapped by Close once no worker reads it.
 	mapping []byte
 	mapOff  int64
-	pipe *pipeline
-	done chan struct{} // closed when fill returns
-	ferr error         // fill's error, read after done
-	cur  *cryptJob
-	pos  int
-	skip int64
-	left int64
+	pipe    *pipeline
+	done    chan struct{} // closed when fill returns
+	ferr    error         // fill's error, read after done
+	cur     *cryptJob
+	pos     int
+	skip    int64
+	left    int64
 }
 
 // fill reads ciphertext chunks and queues them for decryption.
