@@ -97,3 +97,39 @@ func TestEncryptedDirStreamMapped(t *testing.T) {
 	}
 	r.Close()
 }
+
+// ReadCache is what a restore hands the archive reader; its StreamRange
+// makes streamed entries one pass (archive.SequentialSource, which this
+// package cannot name without importing the archive package).
+var _ interface {
+	StreamRange(off, n int64) (io.ReadCloser, error)
+} = (*ReadCache)(nil)
+
+// TestReadCacheStreamRange: StreamRange reads exactly the range, past the
+// cache (nothing kept), and counts what it fetched.
+func TestReadCacheStreamRange(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	data := randBytes(5<<20+3, 4)
+	if err := Put(ctx, m, "o", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := m.Open(ctx, "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewReadCache(obj)
+	defer c.Close()
+	r, err := c.StreamRange(1<<20+1, 3<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || !bytes.Equal(got, data[1<<20+1:4<<20+1]) {
+		t.Fatalf("StreamRange: %d bytes, %v", len(got), err)
+	}
+	if c.Fetched() != 3<<20 || len(c.blocks) != 0 {
+		t.Fatalf("fetched %d, %d blocks cached; want 3 MiB, none", c.Fetched(), len(c.blocks))
+	}
+}
