@@ -20,6 +20,11 @@
 #
 # Environment: SIZE_MIB (default 1024), RUNS (default 3), BENCH_DIR (default
 # /var/tmp/cedana-storage-bench), SKIP_RAW=1 skips part 1.
+# CONFIGS selects destinations of part 2 (default "local dir dir+enc s3 s3+enc";
+# e.g. CONFIGS="dir dir+enc"). BINS="A B …" runs part 2 with several cedana
+# binaries, interleaved run by run (each restores what it dumped), to tell a
+# change from the noise of a shared machine; rows are then named CONFIG@BINARY
+# and the ratios are given per binary. Every run line shows the load average.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CEDANA_BIN:-$PWD/bin/cedana}
@@ -76,50 +81,75 @@ wait_gone() {
 }
 
 declare -A dump restore
-configs="local dir dir+enc s3 s3+enc"
+configs=${CONFIGS:-local dir dir+enc s3 s3+enc}
+bins=${BINS:-$BIN}
+nbins=$(echo $bins | wc -w)
+# key names a (config, binary) pair in the tables.
+key() { if [ "$nbins" = 1 ]; then echo "$1"; else echo "$1@$(basename "$2")"; fi; }
+loads=""
 for run in $(seq "$RUNS"); do
   for c in $configs; do
+   for bin in $bins; do
+    k=$(key "$c" "$bin")
     keyenv=()
     case $c in
       local) dest="$BENCH_DIR/local" ;;
       dir|dir+enc) dest="file://$BENCH_DIR/shared" ;;
       s3|s3+enc) dest="s3://bench/run$run" ;;
+      *) echo "unknown config $c" >&2; exit 2 ;;
     esac
     case $c in *+enc) keyenv=(CEDANA_STORAGE_ENCRYPTION_KEY_FILE="$BENCH_DIR/key") ;; esac
     start_hog; pid=$HOG_PID
     t0=$(now)
-    loc=$(env "${keyenv[@]}" "$BIN" client dump -p "$pid" -d "$dest" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
-    t1=$(now); dump[$c]+=" $(elapsed "$t0" "$t1")"
+    loc=$(env "${keyenv[@]}" "$bin" client dump -p "$pid" -d "$dest" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
+    t1=$(now); dump[$k]+=" $(elapsed "$t0" "$t1")"
     wait_gone "$pid"
     t0=$(now)
-    rpid=$(env "${keyenv[@]}" "$BIN" client restore "$loc" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
-    t1=$(now); restore[$c]+=" $(elapsed "$t0" "$t1")"
+    rpid=$(env "${keyenv[@]}" "$bin" client restore "$loc" 2>"$BENCH_DIR/err") || { cat "$BENCH_DIR/err" >&2; exit 1; }
+    t1=$(now); restore[$k]+=" $(elapsed "$t0" "$t1")"
     pids+=("$rpid"); kill -9 "$rpid"; wait_gone "$rpid"
     case $loc in s3://*) ;; *) rm -f "$loc" ;; esac
     rm -rf "$BENCH_DIR/s3data/bench/run$run"
-    printf 'run %s %-8s dump %s s, restore %s s\n' "$run" "$c" "$(echo "${dump[$c]}" | awk '{print $NF}')" "$(echo "${restore[$c]}" | awk '{print $NF}')"
+    load=$(cut -d' ' -f1 /proc/loadavg); loads+=" $load"
+    printf 'run %s %-16s dump %s s, restore %s s (load %s)\n' "$run" "$k" "$(echo "${dump[$k]}" | awk '{print $NF}')" "$(echo "${restore[$k]}" | awk '{print $NF}')" "$load"
+   done
   done
 done
 
 echo
-echo "## Processes: ${SIZE_MIB} MiB (half random, half text), median of $RUNS interleaved runs: SIZE_MIB=$SIZE_MIB RUNS=$RUNS scripts/bench-storage.sh"
+echo "## Processes: ${SIZE_MIB} MiB (half random, half text), median of $RUNS interleaved runs: SIZE_MIB=$SIZE_MIB RUNS=$RUNS CONFIGS=\"$configs\" scripts/bench-storage.sh"
+echo "load average (1 min) after each run: min $(echo $loads | tr ' ' '\n' | sort -g | head -1), median $(echo $loads | median), max $(echo $loads | tr ' ' '\n' | sort -g | tail -1)"
 echo
 echo "| destination | dump | restore |"
 echo "| --- | --- | --- |"
 declare -A md mr
 for c in $configs; do
-  md[$c]=$(echo "${dump[$c]}" | median); mr[$c]=$(echo "${restore[$c]}" | median)
-  printf '| %s | %.2f s | %.2f s |\n' "$c" "${md[$c]}" "${mr[$c]}"
+  for bin in $bins; do
+    k=$(key "$c" "$bin")
+    md[$k]=$(echo "${dump[$k]}" | median); mr[$k]=$(echo "${restore[$k]}" | median)
+    printf '| %s | %.2f s | %.2f s |\n' "$k" "${md[$k]}" "${mr[$k]}"
+  done
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f×", a/b}'; }
+# ratio NAME A B BAR: the ratio of the medians A/B (restore or dump
+# tables), printed only when both configs ran.
+ratio() {
+  local name=$1 tab=$2 a=$3 b=$4 bar=$5 bin=$6
+  local ka kb; ka=$(key "$a" "$bin"); kb=$(key "$b" "$bin")
+  local -n t=$tab
+  [ -n "${t[$ka]:-}" ] && [ -n "${t[$kb]:-}" ] || return 0
+  local suffix=""; [ "$nbins" = 1 ] || suffix=" ($(basename "$bin"))"
+  echo "| $name$suffix | $(awk -v x="${t[$ka]}" -v y="${t[$kb]}" 'BEGIN{printf "%.2f×", x/y}') | $bar |"
+}
 echo
 echo "| ratio | value | bar |"
 echo "| --- | --- | --- |"
-echo "| dump dir+enc / dir | $(ratio "${md[dir+enc]}" "${md[dir]}") | ≤ 1.10× |"
-echo "| restore dir+enc / dir | $(ratio "${mr[dir+enc]}" "${mr[dir]}") | ≤ 1.10× |"
-echo "| dump s3+enc / s3 | $(ratio "${md[s3+enc]}" "${md[s3]}") | ≤ 1.10× |"
-echo "| restore s3+enc / s3 | $(ratio "${mr[s3+enc]}" "${mr[s3]}") | ≤ 1.10× |"
-echo "| restore s3 / local | $(ratio "${mr[s3]}" "${mr[local]}") | ≤ 1.5× |"
-echo "| dump s3 / local | $(ratio "${md[s3]}" "${md[local]}") | — |"
-echo "| dump dir / local | $(ratio "${md[dir]}" "${md[local]}") | — |"
-echo "| restore dir / local | $(ratio "${mr[dir]}" "${mr[local]}") | — |"
+for bin in $bins; do
+  ratio "dump dir+enc / dir" md dir+enc dir "≤ 1.10×" "$bin"
+  ratio "restore dir+enc / dir" mr dir+enc dir "≤ 1.10×" "$bin"
+  ratio "dump s3+enc / s3" md s3+enc s3 "≤ 1.10×" "$bin"
+  ratio "restore s3+enc / s3" mr s3+enc s3 "≤ 1.10×" "$bin"
+  ratio "restore s3 / local" mr s3 local "≤ 1.5×" "$bin"
+  ratio "dump s3 / local" md s3 local "—" "$bin"
+  ratio "dump dir / local" md dir local "—" "$bin"
+  ratio "restore dir / local" mr dir local "—" "$bin"
+done

@@ -104,6 +104,9 @@ func (s *feed) run() error {
 		}
 		return checkDigest(s.e, s.r.src, nil)
 	}
+	if src, ok := s.r.sequential(); ok {
+		return s.runSequential(src)
+	}
 	// The digest check runs on its own core (started by VerifyAhead, or
 	// now); the last frame waits for it.
 	check := s.r.ahead.start(s.r, s.e)
@@ -208,7 +211,13 @@ var errStopped = errors.New("archive closed")
 // well under way) instead of starting it when its consumer asks for the
 // entry. It does nothing for an entry that is not Streamable. Close stops
 // the checks still running.
+//
+// For a SequentialSource it does nothing: StreamEntry checks the digest in
+// its single pass, and a check ahead would read every byte once more.
 func (r *Reader) VerifyAhead(name string) {
+	if _, seq := r.sequential(); seq {
+		return
+	}
 	if e, ok := r.entries[name]; ok && r.Streamable(name) {
 		r.ahead.start(r, e)
 	}

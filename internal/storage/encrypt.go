@@ -11,10 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 
 	"filippo.io/age"
+	"golang.org/x/sys/unix"
 )
 
 // Encrypted wraps any Backend and encrypts every object written through it.
@@ -439,11 +442,28 @@ func (o *encObject) Stream(off, n int64) (io.ReadCloser, error) {
 	first, last := off/o.h.chunkSize, (off+n-1)/o.h.chunkSize
 	ctOff, _ := o.ctRange(first)
 	lastOff, lastN := o.ctRange(last)
+	s := &decStream{o: o, skip: off - first*o.h.chunkSize, left: n, done: make(chan struct{})}
+	if s.mapCiphertext(ctOff, lastOff+lastN-ctOff) {
+		// Chunks are opened straight from the page cache: no copy of the
+		// ciphertext. A file truncated under the mapping faults; the
+		// fault is the chunk's error (debug.SetPanicOnFault).
+		s.pipe = newPipeline(o.e.workers, o.e.workers*encPipelineFactor, func(j *cryptJob) {
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+			defer func() {
+				if p := recover(); p != nil {
+					j.err = o.e.err("read", o.key, withKind(ErrCorrupt, fmt.Errorf("the stored object changed while being read: %v", p)), "")
+				}
+			}()
+			j.out, j.err = o.open(j.out, int64(j.idx), j.in)
+		})
+		go s.fillMapped(first, last)
+		return s, nil
+	}
 	src, err := o.inner.Stream(ctOff, lastOff+lastN-ctOff)
 	if err != nil {
 		return nil, err
 	}
-	s := &decStream{o: o, src: src, skip: off - first*o.h.chunkSize, left: n, done: make(chan struct{})}
+	s.src = src
 	s.pipe = newPipeline(o.e.workers, o.e.workers*encPipelineFactor, func(j *cryptJob) {
 		j.out, j.err = o.open(j.out, int64(j.idx), j.in)
 	})
@@ -451,16 +471,53 @@ func (o *encObject) Stream(off, n int64) (io.ReadCloser, error) {
 	return s, nil
 }
 
+// mapCiphertext maps the n stored bytes at off read-only when the inner
+// object is a local file (the dir backend), and reports whether it did.
+func (s *decStream) mapCiphertext(off, n int64) bool {
+	fo, ok := s.o.inner.(interface{ File() *os.File })
+	if !ok || n <= 0 {
+		return false
+	}
+	page := int64(os.Getpagesize())
+	start := off &^ (page - 1)
+	m, err := unix.Mmap(int(fo.File().Fd()), start, int(off-start+n), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return false
+	}
+	_ = unix.Madvise(m, unix.MADV_SEQUENTIAL)
+	s.mapping, s.mapOff = m, start
+	return true
+}
+
+// fillMapped queues chunks first..last of the mapping for decryption.
+func (s *decStream) fillMapped(first, last int64) {
+	defer close(s.done)
+	defer s.pipe.close()
+	for i := first; i <= last; i++ {
+		off, n := s.o.ctRange(i)
+		j := s.pipe.job()
+		j.in = s.mapping[off-s.mapOff : off-s.mapOff+n]
+		j.idx = uint64(i)
+		if !s.pipe.submit(j) {
+			return
+		}
+	}
+}
+
 type decStream struct {
-	o    *encObject
-	src  io.ReadCloser
-	pipe *pipeline
-	done chan struct{} // closed when fill returns
-	ferr error         // fill's error, read after done
-	cur  *cryptJob
-	pos  int
-	skip int64
-	left int64
+	o   *encObject
+	src io.ReadCloser // the ciphertext, unless mapped
+	// mapping holds the ciphertext from file offset mapOff when the
+	// object is a local file; unmapped by Close once no worker reads it.
+	mapping []byte
+	mapOff  int64
+	pipe    *pipeline
+	done    chan struct{} // closed when fill returns
+	ferr    error         // fill's error, read after done
+	cur     *cryptJob
+	pos     int
+	skip    int64
+	left    int64
 }
 
 // fill reads ciphertext chunks and queues them for decryption.
@@ -526,11 +583,19 @@ func (s *decStream) Close() error {
 	// source it was reading: never both at once.
 	s.pipe.stop()
 	<-s.done
-	err := s.src.Close()
+	var err error
+	if s.src != nil {
+		err = s.src.Close()
+	}
 	for {
 		if _, ok := s.pipe.next(); !ok {
 			break
 		}
+	}
+	// Every queued chunk has been opened: no worker reads the mapping now.
+	if s.mapping != nil {
+		_ = unix.Munmap(s.mapping)
+		s.mapping = nil
 	}
 	return err
 }
