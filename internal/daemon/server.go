@@ -277,6 +277,6 @@ func ensureKdatCache(ctx context.Context, c *criu.Client, log *slog.Logger) {
 	case err != nil:
 		log.Warn("CRIU's kernel-feature cache not installed: every CRIU start probes the kernel", "err", err)
 	case st.Action == "built":
-		log.Info("CRIU kernel-feature cache built", "dir", st.Dir, "reason", st.Reason, "probe", st.ProbeTime.Round(time.Millisecond))
+		log.Info("CRIU kernel-feature cache built", "dir", st.Dir, "reason", st.Reason, "probe", st.ProbeTime.Round(time.Millisecond).String())
 	}
 }
