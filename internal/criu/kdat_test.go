@@ -12,25 +12,19 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cedana/cedana/internal/testenv"
 )
 
 // kdatTestDir returns a directory that plays /run: on a disk, not a tmpfs,
-// so that CRIU does not cache by itself there. It skips (fails in CI)
-// without root or CRIU.
+// so that CRIU does not cache by itself there. It ends the test (see
+// testenv.Missing) without root or CRIU.
 func kdatTestDir(t *testing.T) (*Client, string) {
 	t.Helper()
-	skip := func(why string) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("kdat cache test cannot run in CI: %s", why)
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root (mount namespaces, tmpfs mounts, CRIU)")
-	}
+	testenv.RequireRoot(t, "mount namespaces, tmpfs mounts, CRIU")
 	c := New("")
 	if _, err := c.Path(); err != nil {
-		skip(err.Error())
+		testenv.Missing(t, err.Error())
 	}
 	dir := t.TempDir()
 	var fs unix.Statfs_t
@@ -38,7 +32,7 @@ func kdatTestDir(t *testing.T) (*Client, string) {
 		t.Fatal(err)
 	}
 	if fs.Type == unix.TMPFS_MAGIC {
-		skip("the temp dir is a tmpfs, where CRIU caches by itself; set TMPDIR to a disk")
+		testenv.Missing(t, "the temp dir is a tmpfs, where CRIU caches by itself; set TMPDIR to a disk")
 	}
 	t.Cleanup(func() {
 		if err := RemoveKdatCache(dir); err != nil {
@@ -242,7 +236,7 @@ func TestKdatCacheRebuiltWhenStale(t *testing.T) {
 func TestKdatCacheLeavesTmpfsAlone(t *testing.T) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
-		t.Skip("no tmpfs at /dev/shm")
+		testenv.Missing(t, "no tmpfs at /dev/shm")
 	}
 	st, err := New("").EnsureKdatCache(context.Background(), "/dev/shm")
 	if err != nil || st.Action != "criu-managed" {
