@@ -284,7 +284,7 @@ install_private_criu() {
   mv -f "$WRAPPER.tmp.$$" "$WRAPPER"
   # The kernel-feature cache Cedana's daemon made for the old CRIU (a link into its
   # tmpfs, internal/criu/kdat.go) goes; the next daemon start makes one for this CRIU.
-  rm -f /run/criu.kdat /run/criu.kdat.tmp
+  rm -f /run/criu.kdat
   say "installed CRIU $v from Debian '$chosen' into $PREFIX ($(du -sh "$PREFIX" | cut -f1)), wrapper $WRAPPER, in $((SECONDS - t0)) s"
 }
 

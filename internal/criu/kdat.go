@@ -23,6 +23,13 @@ package criu
 //     reboot the mount is gone, the symlink dangles, CRIU probes again and
 //     removes the dangling link: no CRIU, Cedana's or anyone's, can load a
 //     cache from an earlier boot.
+//   - DIR/criu.kdat.tmp, the empty file a CRIU leaves when it fails to
+//     save on a non-tmpfs, is kept (created if missing) as a guard: CRIU
+//     opens it with O_EXCL before saving, and when that fails it gives up
+//     quietly; when it succeeds on a non-tmpfs it unlinks criu.kdat. Without
+//     the guard, a CRIU that started probing before the cache was installed
+//     deletes it when it finishes (seen while benchmarking on a shared
+//     machine).
 //   - Next to it, criu.kdat.id records what the cache is valid for: the boot
 //     id, the kernel (uname -r and -v), the CRIU binary (path, SHA-256, its
 //     --version output), the two sysctls CRIU caches (fs.nr_open,
@@ -74,8 +81,9 @@ type KdatStatus struct {
 	Reason string `json:"reason,omitempty"`
 	// ProbeTime is how long the `criu check` that made the cache took.
 	ProbeTime time.Duration `json:"probe_ns,omitempty"`
-	// RemovedTmp reports that a criu.kdat.tmp left by CRIU was removed.
-	RemovedTmp bool `json:"removed_tmp,omitempty"`
+	// GuardCreated reports that criu.kdat.tmp had to be created: it keeps
+	// CRIUs that probed from unlinking criu.kdat (see the file comment).
+	GuardCreated bool `json:"guard_created,omitempty"`
 }
 
 // kdatID is what a cache is valid for; it is stored as JSON next to it.
@@ -109,8 +117,8 @@ func (k kdatID) differs(now kdatID) string {
 
 // EnsureKdatCache makes sure that CRIU finds a valid kernel-feature cache in
 // dir (KdatRunDir in production; tests pass a directory of their own): it
-// keeps a valid one, rebuilds a missing or stale one, and removes the
-// criu.kdat.tmp CRIU leaves on a non-tmpfs dir. It needs root (mounts). On
+// keeps a valid one, rebuilds a missing or stale one, and keeps the guard
+// criu.kdat.tmp in place. It needs root (mounts). On
 // error the cache is left absent, never stale: CRIU then probes as before.
 func (c *Client) EnsureKdatCache(ctx context.Context, dir string) (*KdatStatus, error) {
 	st := &KdatStatus{Dir: dir}
@@ -133,9 +141,11 @@ func (c *Client) EnsureKdatCache(ctx context.Context, dir string) (*KdatStatus, 
 	}
 	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN) //nolint:errcheck // closing unlocks too
 
-	if removeCRIUTmp(dir) {
-		st.RemovedTmp = true
+	created, err := ensureKdatGuard(dir)
+	if err != nil {
+		return st, fmt.Errorf("kdat cache: %w", err)
 	}
+	st.GuardCreated = created
 	now, err := c.kdatEnv(ctx)
 	if err != nil {
 		return st, fmt.Errorf("kdat cache: %w", err)
@@ -377,22 +387,34 @@ func removeKdat(dir string) {
 	}
 }
 
-// removeCRIUTmp removes the empty criu.kdat.tmp CRIU leaves in a non-tmpfs
-// dir when it fails to save its cache. Only an empty regular file is
-// removed: a CRIU that is saving right now on a tmpfs never gets here.
-func removeCRIUTmp(dir string) bool {
+// ensureKdatGuard makes sure DIR/criu.kdat.tmp exists, so that no CRIU
+// saves (and, failing on a non-tmpfs, unlinks criu.kdat). It reports
+// whether it created the file. Something other than a regular file there
+// is an error: CRIU would not be kept from unlinking.
+func ensureKdatGuard(dir string) (bool, error) {
 	p := filepath.Join(dir, kdatName+".tmp")
-	fi, err := os.Lstat(p)
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() != 0 {
-		return false
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err == nil {
+		return true, f.Close()
 	}
-	return os.Remove(p) == nil
+	if !errors.Is(err, os.ErrExist) {
+		return false, err
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("%s is not a regular file", p)
+	}
+	return false, nil
 }
 
-// RemoveKdatCache removes Cedana's cache from dir and unmounts its tmpfs
-// (for tests, and for hosts where it is unwanted).
+// RemoveKdatCache removes Cedana's cache and guard from dir and unmounts
+// its tmpfs (for tests, and for hosts where it is unwanted).
 func RemoveKdatCache(dir string) error {
 	removeKdat(dir)
+	os.Remove(filepath.Join(dir, kdatName+".tmp"))
 	mdir := filepath.Join(dir, kdatMountName)
 	var fs unix.Statfs_t
 	if unix.Statfs(mdir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC {

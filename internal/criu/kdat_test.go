@@ -84,13 +84,7 @@ const kdatLoaded = "Loaded kdat cache from /run/criu.kdat"
 func TestKdatCacheBuiltAndLoaded(t *testing.T) {
 	c, dir := kdatTestDir(t)
 	ctx := context.Background()
-	// What CRIU leaves behind on a disk /run; it also stops CRIU from
-	// unlinking criu.kdat in the runs below.
-	tmp := filepath.Join(dir, "criu.kdat.tmp")
-	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
+	guard := filepath.Join(dir, "criu.kdat.tmp")
 	log, cold := criuWithRunDir(t, c, dir)
 	if strings.Contains(log, kdatLoaded) || !strings.Contains(log, "/run/criu.kdat does not exist") {
 		t.Fatalf("before the cache exists CRIU should probe; its log:\n%s", kdatHead(log))
@@ -100,18 +94,16 @@ func TestKdatCacheBuiltAndLoaded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Action != "built" || st.Reason != "no cache" || !st.RemovedTmp {
-		t.Fatalf("status %+v, want built because there was no cache, tmp removed", st)
+	// The CRIU run above left its criu.kdat.tmp: the guard was there.
+	if st.Action != "built" || st.Reason != "no cache" || st.GuardCreated {
+		t.Fatalf("status %+v, want built because there was no cache, guard kept", st)
 	}
-	if _, err := os.Lstat(tmp); !os.IsNotExist(err) {
-		t.Fatalf("criu.kdat.tmp still there: %v", err)
+	if fi, err := os.Lstat(guard); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("the guard criu.kdat.tmp is not there: %v", err)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(filepath.Join(dir, kdatMountName), &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
 		t.Fatalf("the cache is not on a tmpfs: %v, type %#x", err, fs.Type)
-	}
-	if err := os.WriteFile(tmp, nil, 0o600); err != nil { // as above
-		t.Fatal(err)
 	}
 
 	log, warm := criuWithRunDir(t, c, dir)
@@ -193,18 +185,33 @@ func TestKdatCacheRebuiltWhenStale(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"reboot, another CRIU first: it probes and drops the link", "no cache", func(t *testing.T) {
+		{"reboot, another CRIU first: it probes and saves nothing", "tmpfs is not mounted", func(t *testing.T) {
 			if err := unix.Unmount(mdir, unix.MNT_DETACH); err != nil {
 				t.Fatal(err)
 			}
 			// Any CRIU started now must probe, not load a previous
-			// boot's cache, and it drops the dangling link.
+			// boot's cache; the guard keeps it from saving or unlinking.
 			log, _ := criuWithRunDir(t, c, dir)
-			if strings.Contains(log, kdatLoaded) {
-				t.Fatalf("CRIU loaded a cache after its tmpfs went away:\n%s", kdatHead(log))
+			if strings.Contains(log, kdatLoaded) || !strings.Contains(log, "/run/criu.kdat does not exist") {
+				t.Fatalf("CRIU should have probed after the cache's tmpfs went away:\n%s", kdatHead(log))
 			}
+			if _, err := os.Lstat(filepath.Join(dir, kdatName)); err != nil {
+				t.Errorf("CRIU removed criu.kdat despite the guard: %v", err)
+			}
+		}},
+		{"guard removed, then a CRIU probes", "no cache", func(t *testing.T) {
+			// Without the guard, a CRIU that probes (here: the cache's
+			// tmpfs is gone) unlinks criu.kdat when it fails to save on
+			// a non-tmpfs: what a concurrent CRIU does to a fresh cache.
+			if err := os.Remove(filepath.Join(dir, "criu.kdat.tmp")); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Unmount(mdir, unix.MNT_DETACH); err != nil {
+				t.Fatal(err)
+			}
+			criuWithRunDir(t, c, dir)
 			if _, err := os.Lstat(filepath.Join(dir, kdatName)); !os.IsNotExist(err) {
-				t.Errorf("CRIU left the dangling criu.kdat link: %v", err)
+				t.Errorf("without the guard CRIU should unlink criu.kdat (CRIU changed? then the guard may be moot): %v", err)
 			}
 		}},
 	}
@@ -223,6 +230,9 @@ func TestKdatCacheRebuiltWhenStale(t *testing.T) {
 			}
 			if st, err := c.EnsureKdatCache(ctx, dir); err != nil || st.Action != "fresh" {
 				t.Fatalf("after the rebuild: %+v, %v, want fresh", st, err)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, "criu.kdat.tmp")); err != nil {
+				t.Fatalf("no guard after the rebuild: %v", err)
 			}
 			if log, _ := criuWithRunDir(t, c, dir); !strings.Contains(log, kdatLoaded) {
 				t.Fatalf("CRIU did not load the rebuilt cache:\n%s", kdatHead(log))
