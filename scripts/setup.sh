@@ -282,6 +282,9 @@ install_private_criu() {
   rm -rf "$PREFIX.old"
   write_wrapper "$PREFIX" "${loader#"$new"}" "$WRAPPER.tmp.$$"
   mv -f "$WRAPPER.tmp.$$" "$WRAPPER"
+  # The kernel-feature cache Cedana's daemon made for the old CRIU (a link into its
+  # tmpfs, internal/criu/kdat.go) goes; the next daemon start makes one for this CRIU.
+  rm -f /run/criu.kdat
   say "installed CRIU $v from Debian '$chosen' into $PREFIX ($(du -sh "$PREFIX" | cut -f1)), wrapper $WRAPPER, in $((SECONDS - t0)) s"
 }
 

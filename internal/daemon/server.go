@@ -30,6 +30,7 @@ import (
 	pb "github.com/cedana/cedana/api/cedana/v1"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/config"
+	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/jobs"
 	"github.com/cedana/cedana/internal/storage"
 	"github.com/cedana/cedana/internal/store"
@@ -100,6 +101,7 @@ func Run(ctx context.Context, o Options) error {
 	}, st, o.Engine, o.Containers, log, jobs.NewMetrics(reg, st))
 	defer mgr.Close()
 	o.Engine.RemoveStaleStaging() // process memory a crashed daemon left behind
+	ensureKdatCache(ctx, o.Engine.CRIU(), log)
 
 	// In cluster mode the daemon joins before it recovers its jobs: what
 	// it finds here runs again only if the cluster's record says it is
@@ -262,4 +264,19 @@ func cgroupParent(cfg config.Config) string {
 		return ""
 	}
 	return "cedana/" + name
+}
+
+// ensureKdatCache installs CRIU's kernel-feature cache before any restore
+// runs, so that no CRIU start (two per lazy clone) probes the kernel again
+// (internal/criu/kdat.go). Without it CRIU still works, only slower.
+func ensureKdatCache(ctx context.Context, c *criu.Client, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := c.EnsureKdatCache(ctx, criu.KdatRunDir)
+	switch {
+	case err != nil:
+		log.Warn("CRIU's kernel-feature cache not installed: every CRIU start probes the kernel", "err", err)
+	case st.Action == "built":
+		log.Info("CRIU kernel-feature cache built", "dir", st.Dir, "reason", st.Reason, "probe", st.ProbeTime.Round(time.Millisecond).String())
+	}
 }
