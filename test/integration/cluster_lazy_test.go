@@ -79,7 +79,14 @@ func fullCheckAfter(t *testing.T, full string, round int) {
 // of daemon PID pid (by the process tree, never by name alone).
 func lazyPagesOf(pid int) int {
 	for _, c := range descendants(pid) {
-		if args := procCmdline(c); len(args) > 1 && strings.HasSuffix(args[0], "criu") && args[1] == "lazy-pages" {
+		// The criu wrapper runs CRIU through its own loader: criu's path
+		// is then an argument, not argv[0].
+		args, isCRIU, lazy := procCmdline(c), false, false
+		for _, a := range args {
+			isCRIU = isCRIU || strings.HasSuffix(a, "/criu")
+			lazy = lazy || a == "lazy-pages"
+		}
+		if isCRIU && lazy {
 			return c
 		}
 	}
