@@ -3,10 +3,8 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"time"
 
-	"github.com/cedana/cedana/internal/proc"
 	"github.com/cedana/cedana/internal/store"
 )
 
@@ -120,10 +118,7 @@ func (m *Manager) killLazy(j *store.Job) {
 	if j.PID <= 0 || !sameProcess(j.PID, j.StartTime) {
 		return
 	}
-	pids, _ := proc.Tree(j.PID)
-	for _, p := range pids {
-		_ = syscall.Kill(p, syscall.SIGKILL)
-	}
+	killTree(j.PID)
 	m.setState(j.ID, Failed, "killed: its memory did not all arrive in a lazy migration")
 }
 

@@ -324,10 +324,7 @@ func (m *Manager) Discard(ctx context.Context, ref string) error {
 		}
 	}
 	if j.PID > 0 && sameProcess(j.PID, j.StartTime) {
-		pids, _ := proc.Tree(j.PID)
-		for _, p := range pids {
-			_ = syscall.Kill(p, syscall.SIGKILL)
-		}
+		killTree(j.PID)
 		for deadline := time.Now().Add(5 * time.Second); sameProcess(j.PID, j.StartTime) && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}
