@@ -51,7 +51,7 @@ func (c *clusterNode) followLazy(in migrateIn, proxy *pageServerProxy) {
 	c.mu.Unlock()
 	go func() {
 		_ = c.m.LazyWait(context.Background(), in.ID)
-		proxy.Close()
+		_ = proxy.Close()
 	}()
 }
 

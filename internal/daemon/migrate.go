@@ -514,7 +514,9 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	j, err := c.m.Import(ctx, spec, path, in.Size)
 	if err != nil {
 		if proxy != nil {
-			proxy.Close()
+			if perr := proxy.Close(); perr != nil {
+				err = fmt.Errorf("%w (the tunnel to the source's page server: %v)", err, perr)
+			}
 		}
 		_ = os.Remove(path)
 		_ = os.Remove(dir)

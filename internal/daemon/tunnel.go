@@ -384,14 +384,19 @@ func (p *pageServerProxy) setErr(err error) {
 // Addr is where the lazy-pages daemon connects.
 func (p *pageServerProxy) Addr() string { return p.l.Addr().String() }
 
-// Close ends the proxy and its tunnel.
-func (p *pageServerProxy) Close() {
+// Close ends the proxy and its tunnel. It returns why the tunnel never
+// opened, if it did not.
+func (p *pageServerProxy) Close() error {
 	p.l.Close()
 	<-p.done
 	p.mu.Lock()
-	t := p.t
+	t, err := p.t, p.err
 	p.mu.Unlock()
 	if t != nil {
 		t.stop()
 	}
+	if errors.Is(err, net.ErrClosed) {
+		return nil // closed before the lazy-pages daemon connected
+	}
+	return err
 }
