@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cedana/cedana/internal/fault"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -150,7 +152,7 @@ func TestCreateRefusesExistingPath(t *testing.T) {
 	// The final link step refuses too, if the file appears during Create.
 	tmp, _ := os.CreateTemp(filepath.Dir(path), "x")
 	tmp.Close()
-	wantErr(t, publish(tmp.Name(), path), fs.ErrExist)
+	wantErr(t, publish(tmp.Name(), path, true), fs.ErrExist)
 }
 
 func TestCreateIsAtomic(t *testing.T) {
@@ -225,4 +227,39 @@ func TestEmptyArchive(t *testing.T) {
 	parent, err := extractInto(t, path, Limits{})
 	wantErr(t, err, nil)
 	assertOnlyOut(t, parent)
+}
+
+// A transient archive (a migration's) is as complete and verifiable as
+// any, but never waits for the disk: the fsync the durable path needs is
+// not done (an injected fsync failure cannot reach it), while the same
+// failure still fails a durable Create and leaves nothing behind.
+func TestCreateTransient(t *testing.T) {
+	images := smallImages()
+	images["pages-1.img"] = bytes.Repeat([]byte("0123456789abcdef"), 3*sinkChunk/16+1000) // past the sink's first chunk
+	dir := writeImages(t, images)
+	failFsync := fault.Steps(fault.ArchiveFsync)
+
+	out := t.TempDir()
+	path := filepath.Join(out, "transient.zip")
+	if _, size, err := Create(path, testManifest(), dir, nil, WriteOptions{Transient: true, Fault: failFsync}); err != nil {
+		t.Fatalf("transient Create: %v", err)
+	} else if fi, err := os.Stat(path); err != nil || fi.Size() != size {
+		t.Fatalf("transient archive: %v (size %d, want %d)", err, fi.Size(), size)
+	}
+	r, err := Open(path, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Verify(ExtractOptions{}); err != nil {
+		t.Fatalf("transient archive does not verify: %v", err)
+	}
+
+	durable := filepath.Join(out, "durable.zip")
+	if _, _, err := Create(durable, testManifest(), dir, nil, WriteOptions{Fault: failFsync}); err == nil {
+		t.Fatal("durable Create succeeded through a failed fsync")
+	}
+	if _, err := os.Stat(durable); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a durable Create whose fsync failed left %s: %v", durable, err)
+	}
 }

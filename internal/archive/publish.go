@@ -55,7 +55,7 @@ func Export(src io.ReaderAt, size int64, path string) (err error) {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := publish(tmp.Name(), path); err != nil {
+	if err := publish(tmp.Name(), path, true); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
@@ -65,15 +65,15 @@ func Export(src io.ReaderAt, size int64, path string) (err error) {
 var errExist = fmt.Errorf("%w: refusing to overwrite it", fs.ErrExist)
 
 // publish gives the complete, synced temporary file tmp its final name
-// without ever replacing an existing file, then syncs the directory so the
-// new name survives a crash. If that sync fails, it removes the new name
-// again: on error, path does not exist.
+// without ever replacing an existing file, then, if durable, syncs the
+// directory so the new name survives a crash. If that sync fails, it
+// removes the new name again: on error, path does not exist.
 //
 // It hard-links tmp to path, which fails atomically with EEXIST if path
 // exists, and removes tmp. On filesystems without hard links it falls
 // back to checking that path does not exist and renaming, which leaves a
 // small window in which a concurrently created path would be replaced.
-func publish(tmp, path string) error {
+func publish(tmp, path string, durable bool) error {
 	err := os.Link(tmp, path)
 	switch {
 	case err == nil:
@@ -94,6 +94,9 @@ func publish(tmp, path string) error {
 		}
 	default:
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
 		os.Remove(path)

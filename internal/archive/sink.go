@@ -38,6 +38,8 @@ type fileSink struct {
 	mu     sync.Mutex
 	err    error // first write error of the writer goroutine
 	closed bool
+	// transient: no early writeback and no fsync (WriteOptions.Transient).
+	transient bool
 }
 
 type sinkWrite struct {
@@ -47,8 +49,8 @@ type sinkWrite struct {
 
 // newFileSink returns a sink writing f from offset 0, gathering small
 // archives in buf (which it may grow; see small).
-func newFileSink(f *os.File, buf []byte) *fileSink {
-	return &fileSink{f: f, cur: buf[:0], small: buf[:0]}
+func newFileSink(f *os.File, buf []byte, transient bool) *fileSink {
+	return &fileSink{f: f, cur: buf[:0], small: buf[:0], transient: transient}
 }
 
 // Write appends p to the stream.
@@ -111,7 +113,7 @@ func (s *fileSink) writer() {
 				s.mu.Lock()
 				s.err = err
 				s.mu.Unlock()
-			} else {
+			} else if !s.transient {
 				// Start writing it out now; a filesystem that cannot
 				// is left to the fsync.
 				_ = unix.SyncFileRange(int(s.f.Fd()), w.off, int64(len(w.buf)), unix.SYNC_FILE_RANGE_WRITE)
@@ -127,8 +129,8 @@ func (s *fileSink) failed() error {
 	return s.err
 }
 
-// Close writes what is left, waits for the writer and fsyncs the file. It
-// does not close f.
+// Close writes what is left, waits for the writer and, unless transient,
+// fsyncs the file. It does not close f.
 func (s *fileSink) Close() error {
 	if s.closed {
 		return s.failed()
@@ -150,6 +152,9 @@ func (s *fileSink) Close() error {
 			s.small = s.cur[:0] // grown: keep the larger buffer
 		}
 		s.cur = nil
+	}
+	if s.transient {
+		return nil
 	}
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", s.f.Name(), err)

@@ -44,6 +44,14 @@ type WriteOptions struct {
 	// Fault injects failures of the fsync and of the rename, for tests
 	// (see package fault); nil in production.
 	Fault fault.Injector
+	// Transient marks an archive that only feeds a restore elsewhere and
+	// is removed afterwards (a migration's, on its source): it is
+	// published atomically as any other, but neither written back early
+	// nor fsynced, since waiting for the disk would only keep the job
+	// stopped longer. A crash may leave it truncated under its final
+	// name, so it must never be recorded as a checkpoint. Ignored by
+	// NewWriterTo (the destination decides).
+	Transient bool
 }
 
 // ExtraFile is a container file to store in the archive.
@@ -157,7 +165,7 @@ func NewWriter(path string, opts WriteOptions) (*Writer, error) {
 	}
 	sc := getScratch()
 	w := &Writer{path: path, tmp: tmp, opts: opts, sc: sc, names: map[string]bool{}}
-	w.sink = newFileSink(tmp, sc.sink)
+	w.sink = newFileSink(tmp, sc.sink, opts.Transient)
 	w.start()
 	return w, nil
 }
@@ -291,7 +299,7 @@ func (w *Writer) Close(m *Manifest, files []FileSource) (*Manifest, int64, error
 		if err = w.opts.Fault.At(fault.ArchiveRename); err != nil {
 			err = fmt.Errorf("rename %s: %w", w.tmp.Name(), err)
 		} else {
-			err = publish(w.tmp.Name(), w.path)
+			err = publish(w.tmp.Name(), w.path, !w.opts.Transient)
 		}
 	}
 	w.release()
@@ -448,7 +456,7 @@ func (w *Writer) finish(m *Manifest, files []FileSource) (int64, error) {
 	if err := w.sink.Close(); err != nil { // writes the tail and fsyncs
 		return 0, err
 	}
-	if err := w.opts.Fault.At(fault.ArchiveFsync); err != nil {
+	if err := w.opts.Fault.At(fault.ArchiveFsync); err != nil && (w.tmp == nil || !w.opts.Transient) {
 		return 0, fmt.Errorf("sync %s: %w", w.path, err)
 	}
 	return w.cw.n, nil

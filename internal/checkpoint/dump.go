@@ -74,6 +74,11 @@ type DumpRequest struct {
 	// until a lazy restore has pulled it (DumpResult.Lazy), the source
 	// half of a lazy migration.
 	Lazy bool
+	// Transient: the archive only feeds a restore on another node and
+	// is removed afterwards (a migration's), so it is not fsynced
+	// (archive.WriteOptions.Transient) and must not be recorded as a
+	// checkpoint. Local files only.
+	Transient bool
 
 	// tcpAppeared: a connection was established after the look at the
 	// tree (see Dump); --tcp-established as if the look had seen it.
@@ -214,7 +219,7 @@ func (s *Service) dumpOnce(ctx context.Context, req DumpRequest) (*DumpResult, e
 	stream := s.set.Stream && snap.rss() >= streamMinBytes && !req.Lazy
 	s.log.Info("dumping", "pid", req.PID, "tasks", len(snap.processes), "archive", path, "staging", staging,
 		"stream", stream, "reasons", strings.Join(reasons, "; "))
-	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Fault: s.fault}
+	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Fault: s.fault, Transient: req.Transient}
 	var w *archive.Writer // streamed dumps write the archive while CRIU runs
 	if stream {
 		if w, err = target.newWriter(ctx, wopts); err != nil {

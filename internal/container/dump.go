@@ -31,6 +31,10 @@ type DumpRequest struct {
 	// once the archive is durable: DumpResult.Stopped then resumes it or
 	// removes it (a migration's source, see internal/jobs). runc only.
 	KeepStopped bool
+	// Transient: the archive only feeds a migration's restore and is
+	// removed afterwards, so it is not fsynced (see
+	// checkpoint.DumpRequest.Transient).
+	Transient bool
 	// TCPEstablished overrides the automatic choice (runc only; Docker's
 	// API has no such option).
 	TCPEstablished *bool
@@ -228,7 +232,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	archStart := time.Now()
 	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(filepath.Join(staging, "container")))
 	m, size, err := archive.Create(path, m, imagesDir, nil, archive.WriteOptions{Progress: prog.Advance,
-		Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault})
+		Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault, Transient: req.Transient})
 	prog.Done()
 	if err != nil {
 		return fail(fmt.Errorf("writing the archive failed: %w", err))

@@ -51,7 +51,7 @@ func (s *Service) dumpStreamed(ctx context.Context, sd memoryStreamer, j *dumpJo
 	}
 	extra := containerEntries(j.staging, t)
 	w, err := archive.NewWriter(j.path, archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(),
-		Extra: extra, Fault: s.fault})
+		Extra: extra, Fault: s.fault, Transient: j.req.Transient})
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of %s container %s not started, it is still running: %w", sd.name(), j.req.Container, err)
 	}

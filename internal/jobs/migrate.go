@@ -416,7 +416,7 @@ func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string
 	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	if j.Runtime != "" {
 		res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
-			Path: path, KeepStopped: true, HookEnv: env})
+			Path: path, KeepStopped: true, Transient: true, HookEnv: env})
 		if err != nil {
 			return nil, err
 		}
@@ -425,7 +425,11 @@ func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string
 		}
 		return &keptStopped{Path: res.Path, Size: res.Size, CRIUTime: res.CheckpointTime, Stopped: res.Stopped}, nil
 	}
-	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, Lazy: lazy, HookEnv: env})
+	// Transient: the archive only feeds the target's restore and is
+	// removed whatever happens; fsyncing it would keep the job stopped
+	// longer (the target does not fsync its copy either).
+	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, Lazy: lazy,
+		Transient: true, HookEnv: env})
 	if err != nil {
 		return nil, err
 	}
