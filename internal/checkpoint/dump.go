@@ -35,6 +35,13 @@ type DumpRequest struct {
 	Storage   storage.Backend
 	Key       string
 	KeyPrefix string
+	// Destination, if set, receives the archive as one sequential stream
+	// instead of a file or a store (Dir, Path and Storage are then
+	// ignored), and publishes it on Commit: a stop-and-copy migration
+	// streams it straight to the target node. DestinationName names it
+	// in messages and is DumpResult.Path.
+	Destination     archive.Destination
+	DestinationName string
 	// LeaveRunning keeps the tree running after the dump.
 	LeaveRunning bool
 	// Overrides of the automatic choices; nil means "decide for me".

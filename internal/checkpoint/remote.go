@@ -28,6 +28,9 @@ type archiveTarget struct {
 	key     string
 	// dst receives the backend's writer once created, for its statistics.
 	dst *storage.Writer
+	// stream, if set, receives the archive instead (loc is its name):
+	// DumpRequest.Destination.
+	stream archive.Destination
 }
 
 // stored returns what a deduplicating backend stored for the archive, nil
@@ -43,8 +46,8 @@ func (t archiveTarget) stored() *chunks.Stats {
 	return nil
 }
 
-// remote reports whether the archive goes to a backend.
-func (t archiveTarget) remote() bool { return t.backend != nil }
+// remote reports whether the archive goes to a backend or a stream.
+func (t archiveTarget) remote() bool { return t.backend != nil || t.stream != nil }
 
 // stagingFallback is where images are staged when /dev/shm has no room:
 // next to a local archive, else the system's temporary directory.
@@ -58,6 +61,9 @@ func (t archiveTarget) stagingFallback() string {
 // dumpTarget picks a dump's archive: req.Path or a new name in req.Dir, or,
 // with req.Storage, req.Key or a new key under req.KeyPrefix.
 func dumpTarget(ctx context.Context, req DumpRequest, name string, t time.Time) (archiveTarget, error) {
+	if req.Destination != nil {
+		return archiveTarget{loc: req.DestinationName, stream: req.Destination}, nil
+	}
 	if req.Storage == nil {
 		p, err := ArchivePath(req.Dir, req.Path, name, t)
 		return archiveTarget{loc: p}, err
@@ -88,6 +94,9 @@ func (t archiveTarget) newWriter(ctx context.Context, opts archive.WriteOptions)
 	if !t.remote() {
 		return archive.NewWriter(t.loc, opts)
 	}
+	if t.stream != nil {
+		return archive.NewWriterTo(t.loc, t.stream, opts)
+	}
 	dst, err := t.backend.Create(ctx, t.key)
 	if err != nil {
 		return nil, err
@@ -100,6 +109,9 @@ func (t archiveTarget) newWriter(ctx context.Context, opts archive.WriteOptions)
 func (t archiveTarget) create(ctx context.Context, m *archive.Manifest, imagesDir string, files []archive.FileSource, opts archive.WriteOptions) (*archive.Manifest, int64, error) {
 	if !t.remote() {
 		return archive.Create(t.loc, m, imagesDir, files, opts)
+	}
+	if t.stream != nil {
+		return archive.CreateTo(t.loc, t.stream, m, imagesDir, files, opts)
 	}
 	dst, err := t.backend.Create(ctx, t.key)
 	if err != nil {
