@@ -75,6 +75,9 @@ type clusterNode struct {
 	importing map[string]bool
 	// lazySources: the node each lazily imported job came from (lazy.go).
 	lazySources map[string]string
+	// pushes: archives arriving while their source writes them, by job
+	// ID (push.go).
+	pushes map[string]*pushIn
 
 	fo *failover // leases, fencing and failover (failover.go)
 	// drain is the node's draining mark (drain.go); placed, the jobs
@@ -132,6 +135,9 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 	c := &clusterNode{svc: svc, m: m, log: log, pending: map[string]*pendingImport{}, transfer: cc.Transfer}
 	if c.transfer == "" {
 		c.transfer = transferStream
+	}
+	if n := m.RemovePartialArchives(); n > 0 {
+		log.Info("removed archives that were arriving when the daemon stopped", "count", n)
 	}
 	var err error
 	if c.drain, err = loadDrainMark(cfg.Daemon.StateDir); err != nil {
@@ -336,6 +342,7 @@ func (c *clusterNode) serve() error {
 		{"kill", quick, unary(s.KillJob)},
 		{"remove", quick, unary(s.RemoveJob)},
 		{"migrate", long, unary(s.Migrate)},
+		{"migrate-push", quick, c.unlessDraining(c.handleMigratePush)},
 		{"migrate-in", long, c.unlessDraining(c.handleMigrateIn)},
 		{"run", quick, unary(s.Run)},
 		{"drain-node", 4 * long, unary(s.DrainNode)},

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/cedana/cedana/api/cedana/v1"
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/cluster"
 	"github.com/cedana/cedana/internal/criu"
 	"github.com/cedana/cedana/internal/jobs"
@@ -76,7 +77,10 @@ type migrateIn struct {
 	Key  string `json:"key,omitempty"`
 	// Pages, in a lazy migration, is the subject of the source's tunnel
 	// to its page server (tunnel.go): the archive holds no memory.
-	Pages  string `json:"pages,omitempty"`
+	Pages string `json:"pages,omitempty"`
+	// Pushed: the archive reached the target while it was written
+	// (push.go).
+	Pushed bool   `json:"pushed,omitempty"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
 	// History is the job's events on the source (the newest
@@ -181,9 +185,10 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container}
 		if out.PageServer != "" {
 			var err error
-			if tun, err = serveTunnel(c.node.Conn(), self, out.PageServer); err != nil {
+			if tun, err = serveTunnel(c.node.Conn(), self, dialTCP(out.PageServer, "page server")); err != nil {
 				return false, err
 			}
+			c.failIfDown(tun, to, "while the job's memory went to it")
 			in.Pages = tun.self
 		}
 		if evs, err := c.m.Events(ctx, j.ID, 0, 0); err == nil {
@@ -191,7 +196,9 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		}
 		t0 := time.Now()
 		var err error
-		if c.transfer == transferObjectStore {
+		if out.Pushed {
+			in.Pushed = true
+		} else if c.transfer == transferObjectStore {
 			in.Key = fmt.Sprintf("migrations/%s/%d.cedana", j.ID, rec.Epoch)
 			if in.SHA256, err = c.upload(ctx, archive, in.Key); err != nil {
 				return false, fmt.Errorf("put the archive in %s: %w", c.objects.Name(), err)
@@ -237,6 +244,11 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		return true, nil
 	}
 	opts := jobs.MigrateOptions{Lazy: lazy}
+	if c.transfer == transferStream {
+		opts.Push = func(ctx context.Context, j *store.Job) (archive.Destination, string, error) {
+			return c.pushTo(ctx, to, j.ID, rec.Epoch)
+		}
+	}
 	if lazy {
 		opts.Settle = func(ctx context.Context, served error) (bool, bool) {
 			complete, back := c.settleLazySource(ctx, j.ID, to, newEpoch, served)
@@ -272,34 +284,38 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 func (c *clusterNode) callWatching(ctx context.Context, node, verb string, req, out any) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			nodes, err := c.node.Nodes(ctx)
-			if err != nil {
-				continue
-			}
-			up := false
-			for _, n := range nodes {
-				up = up || (n.Name == node && n.State != cluster.StateDown)
-			}
-			if !up {
-				cancel(fmt.Errorf("node %s went down during %s", node, verb))
-				return
-			}
-		}
-	}()
+	go c.watchNode(ctx, node, func() { cancel(fmt.Errorf("node %s went down during %s", node, verb)) })
 	err := c.node.Call(ctx, node, verb, req, out)
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
 	return err
+}
+
+// watchNode calls down once if node is seen down (or gone from the
+// cluster) before ctx ends; it checks every second.
+func (c *clusterNode) watchNode(ctx context.Context, node string, down func()) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nodes, err := c.node.Nodes(ctx)
+		if err != nil {
+			continue
+		}
+		up := false
+		for _, n := range nodes {
+			up = up || (n.Name == node && n.State != cluster.StateDown)
+		}
+		if !up {
+			down()
+			return
+		}
+	}
 }
 
 // checkTarget refuses a node that is not in the cluster or not ready.
@@ -485,7 +501,12 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 		return nil, err
 	}
 	t0 := time.Now()
-	path, err := c.fetch(ctx, in, dir)
+	var path string
+	if in.Pushed {
+		path, err = c.receivePushed(ctx, in)
+	} else {
+		path, err = c.fetch(ctx, in, dir)
+	}
 	if err != nil {
 		_ = os.Remove(dir) // only if empty
 		return nil, err
@@ -606,6 +627,12 @@ func (c *clusterNode) handleMigrateAbort(ctx context.Context, raw json.RawMessag
 	}
 	if rec, err := c.records.Get(ctx, r.ID); err == nil && rec.Owner == c.node.Name() {
 		return nil, fmt.Errorf("job %s belongs to this node (epoch %d): not aborted", r.ID, rec.Epoch)
+	}
+	c.mu.Lock()
+	p := c.pushes[r.ID]
+	c.mu.Unlock()
+	if p != nil {
+		c.dropPush(r.ID, p) // an archive that was arriving
 	}
 	if c.take(r.ID) == nil {
 		return struct{}{}, nil // nothing pending

@@ -32,10 +32,15 @@ import (
 // writer down; no acknowledgement for tunnelTimeout ends the tunnel too.
 // The target's first message opens the tunnel and names its subject;
 // "eof" half-closes a direction.
+//
+// The same tunnel carries a stop-and-copy migration's archive from the
+// source's dump to the target's disk while the dump runs (push.go): then
+// the source's end reads the archive stream and the target's end writes
+// a file, and only the source sends.
 
 const (
 	tunnelChunk   = 512 << 10
-	tunnelWindow  = 8
+	tunnelWindow  = 32
 	tunnelTimeout = 30 * time.Second
 	// tunnelOpHeader is "open", "data" (the default) or "eof".
 	tunnelOpHeader = "Cedana-Tunnel"
@@ -52,7 +57,7 @@ type tunnel struct {
 	self string // the subject this end receives on
 
 	mu     sync.Mutex
-	conn   net.Conn
+	conn   io.ReadWriteCloser
 	peer   string
 	err    error
 	closed bool
@@ -66,10 +71,14 @@ type tunnel struct {
 	acks  *nats.Subscription
 	slots chan struct{}
 	dead  chan struct{} // closed by stop
+	// sendDone is closed when this end's sending has ended, cleanly
+	// (everything it sent acknowledged) or not (see Err).
+	sendDone chan struct{}
 }
 
 func newTunnel(nc *nats.Conn, node string) *tunnel {
-	return &tunnel{nc: nc, self: tunnelSubject(node), slots: make(chan struct{}, tunnelWindow), dead: make(chan struct{})}
+	return &tunnel{nc: nc, self: tunnelSubject(node), slots: make(chan struct{}, tunnelWindow), dead: make(chan struct{}),
+		sendDone: make(chan struct{})}
 }
 
 // tunnelSubject is a fresh subject for node to receive a tunnel on.
@@ -80,13 +89,13 @@ func tunnelSubject(node string) string {
 }
 
 // serveTunnel is the source's end: it listens on a fresh subject and, when
-// the target opens the tunnel, connects to addr (CRIU's page server) and
-// carries bytes both ways. stop ends it.
-func serveTunnel(nc *nats.Conn, node, addr string) (t *tunnel, err error) {
+// the target opens the tunnel, connects with dial (to CRIU's page server,
+// say) and carries bytes both ways. stop ends it.
+func serveTunnel(nc *nats.Conn, node string, dial func() (io.ReadWriteCloser, error)) (t *tunnel, err error) {
 	t = newTunnel(nc, node)
 	t.sub, err = nc.Subscribe(t.self, func(m *nats.Msg) {
 		if m.Header.Get(tunnelOpHeader) == "open" {
-			t.accept(m, addr)
+			t.accept(m, dial)
 			return
 		}
 		t.receive(m)
@@ -96,13 +105,24 @@ func serveTunnel(nc *nats.Conn, node, addr string) (t *tunnel, err error) {
 	}
 	if err != nil {
 		t.stop()
-		return nil, fmt.Errorf("serve the job's memory over NATS: %w", err)
+		return nil, fmt.Errorf("open a tunnel over NATS: %w", err)
 	}
 	return t, nil
 }
 
-// accept handles the target's "open": connect to addr and start sending.
-func (t *tunnel) accept(m *nats.Msg, addr string) {
+// dialTCP connects a tunnel to a loopback TCP server (CRIU's page server).
+func dialTCP(addr, what string) func() (io.ReadWriteCloser, error) {
+	return func() (io.ReadWriteCloser, error) {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("connect to the %s: %w", what, err)
+		}
+		return conn, nil
+	}
+}
+
+// accept handles the target's "open": connect with dial and start sending.
+func (t *tunnel) accept(m *nats.Msg, dial func() (io.ReadWriteCloser, error)) {
 	t.mu.Lock()
 	if t.conn != nil || t.closed {
 		t.mu.Unlock()
@@ -115,9 +135,9 @@ func (t *tunnel) accept(m *nats.Msg, addr string) {
 		respondErr(m, errors.New("open without the opener's subject"))
 		return
 	}
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	conn, err := dial()
 	if err != nil {
-		respondErr(m, fmt.Errorf("connect to the page server: %w", err))
+		respondErr(m, err)
 		return
 	}
 	t.mu.Lock()
@@ -128,8 +148,9 @@ func (t *tunnel) accept(m *nats.Msg, addr string) {
 }
 
 // dialTunnel is the target's end: conn (the lazy-pages daemon's
-// connection) is joined to the source's subject.
-func dialTunnel(nc *nats.Conn, node, source string, conn net.Conn) (*tunnel, error) {
+// connection, or the file an archive is written to) is joined to the
+// source's subject.
+func dialTunnel(nc *nats.Conn, node, source string, conn io.ReadWriteCloser) (*tunnel, error) {
 	t := newTunnel(nc, node)
 	t.conn, t.peer = conn, source
 	var err error
@@ -144,7 +165,7 @@ func dialTunnel(nc *nats.Conn, node, source string, conn net.Conn) (*tunnel, err
 	}
 	if err != nil {
 		t.stop()
-		return nil, fmt.Errorf("open the tunnel to the source's page server: %w", err)
+		return nil, fmt.Errorf("open the tunnel to the source: %w", err)
 	}
 	t.startSending()
 	return t, nil
@@ -166,12 +187,14 @@ func (t *tunnel) startSending() {
 	})
 	if err != nil {
 		t.fail(err)
+		close(t.sendDone)
 		return
 	}
 	t.mu.Lock()
 	t.acks = acks
 	t.mu.Unlock()
 	go func() {
+		defer close(t.sendDone)
 		buf := make([]byte, tunnelChunk)
 		var seq uint64
 		send := func(data []byte, op string) error {
@@ -258,6 +281,16 @@ func (t *tunnel) request(msg *nats.Msg) error {
 // receive writes the peer's bytes to the connection, in order, then
 // acknowledges them.
 func (t *tunnel) receive(m *nats.Msg) {
+	if m.Header.Get(tunnelOpHeader) == "abort" {
+		err := fmt.Errorf("the other node: %s", m.Header.Get(blobErrHeader))
+		t.mu.Lock()
+		if t.err == nil {
+			t.err = err
+		}
+		t.mu.Unlock()
+		t.stop() // no abort back
+		return
+	}
 	t.mu.Lock()
 	conn, closed := t.conn, t.closed
 	seq, _ := strconv.ParseUint(m.Header.Get(tunnelSeqHeader), 10, 64)
@@ -284,7 +317,9 @@ func (t *tunnel) receive(m *nats.Msg) {
 		t.ended(false)
 		return
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(tunnelTimeout))
+	if d, ok := conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		_ = d.SetWriteDeadline(time.Now().Add(tunnelTimeout))
+	}
 	if _, err := conn.Write(m.Data); err != nil {
 		respondErr(m, err)
 		t.fail(err)
@@ -294,13 +329,23 @@ func (t *tunnel) receive(m *nats.Msg) {
 }
 
 // fail ends the tunnel with err: both connections close, so CRIU on each
-// side sees the stream end.
+// side sees the stream end. The peer is told ("abort"), so that its end
+// fails too even when it has nothing to send that could go unanswered
+// (a page server waiting for its next request).
 func (t *tunnel) fail(err error) {
 	t.mu.Lock()
+	first := t.err == nil && !t.closed
 	if t.err == nil {
 		t.err = err
 	}
+	peer := t.peer
 	t.mu.Unlock()
+	if first && peer != "" {
+		msg := nats.NewMsg(peer)
+		msg.Header.Set(tunnelOpHeader, "abort")
+		msg.Header.Set(blobErrHeader, err.Error())
+		_ = t.nc.PublishMsg(msg)
+	}
 	t.stop()
 }
 
@@ -329,6 +374,14 @@ func (t *tunnel) Err() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.err
+}
+
+// sentAll reports whether everything this end sent, its end of stream
+// included, was acknowledged.
+func (t *tunnel) sentAll() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sentEOF
 }
 
 func respondErr(m *nats.Msg, err error) {

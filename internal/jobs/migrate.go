@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/checkpoint"
 	"github.com/cedana/cedana/internal/container"
 	"github.com/cedana/cedana/internal/proc"
@@ -47,6 +49,9 @@ type Outgoing struct {
 	// Archive is the checkpoint, Size its size in bytes.
 	Archive string
 	Size    int64
+	// Pushed: the archive went to the target while it was written (the
+	// destination MigrateOptions.Push gave); Archive is only its name.
+	Pushed bool
 	// PageServer, in a lazy migration, is the loopback address where
 	// CRIU serves the job's memory on this node until the target has
 	// pulled all of it; the archive then holds no memory pages.
@@ -65,6 +70,13 @@ type MigrateOptions struct {
 	// handed it back). The source's stopped copy is killed unless the
 	// job came back, in which case it runs again.
 	Settle func(ctx context.Context, served error) (complete, back bool)
+	// Push, if set, is called once the job is about to be checkpointed
+	// in a stop-and-copy migration of a process job: the archive then
+	// streams into the destination it returns (to the target node)
+	// while it is written, instead of into a local file that travels
+	// afterwards. name names the destination in messages. An error
+	// ends the migration before anything was frozen.
+	Push func(ctx context.Context, j *store.Job) (dst archive.Destination, name string, err error)
 }
 
 // MigrateOutResult describes a migration's source side.
@@ -112,13 +124,28 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 		m.setState(j.ID, Running, "")
 		return nil, ctx.Err()
 	}
+	var push archive.Destination // nil: a local file
+	if o.Push != nil && !o.Lazy && j.Runtime == "" {
+		dst, name, err := o.Push(ctx, j)
+		if err != nil {
+			<-m.dumps
+			m.setState(j.ID, Running, "")
+			m.event(j.ID, "migrate-failed", "migration not started (the job kept running here): %v", err)
+			m.afterLeaveRunning(j)
+			return nil, fmt.Errorf("migration not started: %w", err)
+		}
+		push, path = dst, name
+	}
 	start := time.Now()
 	// The tree stays stopped until the move is decided: nobody else may
 	// resume it meanwhile (the cluster's fencer thaws what it froze).
 	m.setHeldStopped(j.ID, true)
 	defer m.setHeldStopped(j.ID, false)
-	res, err := m.dumpKeepStopped(ctx, j, path, o.Lazy)
+	res, err := m.dumpKeepStopped(ctx, j, path, push, o.Lazy)
 	<-m.dumps
+	if err != nil && push != nil {
+		_ = push.Abort() // a dump that failed before its archive began never did
+	}
 	if err != nil {
 		m.setState(j.ID, Running, "")
 		m.event(j.ID, "migrate-failed", "migration not started: the checkpoint failed (the job kept running here): %v", err)
@@ -127,7 +154,10 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 	}
 	out := &MigrateOutResult{Job: j, Size: res.Size, Dump: time.Since(start)}
 	m.log.Info("checkpointed for migration, tree kept stopped", "job", j.ID, "took", out.Dump, "criu", res.CRIUTime, "bytes", res.Size, "container", j.Container)
-	handed, merr := move(ctx, j, Outgoing{Archive: res.Path, Size: res.Size, PageServer: res.pageServer()})
+	handed, merr := move(ctx, j, Outgoing{Archive: res.Path, Size: res.Size, Pushed: push != nil, PageServer: res.pageServer()})
+	if push != nil {
+		res.Path = "" // nothing here to remove
+	}
 	out.Stopped = time.Since(start)
 	if !handed && res.Lazy != nil {
 		res.Lazy.Abort() // CRIU lets go of the tree before it resumes
@@ -351,6 +381,23 @@ func (m *Manager) ArchiveDir(jobID string) (string, error) {
 	return dir, nil
 }
 
+// RemovePartialArchives removes the archives a migration was receiving
+// when this daemon stopped ("<job>/*.part" under the checkpoint
+// directory, see internal/daemon): no migration survives a restart of
+// its target, and nothing else reads them. It returns how many it
+// removed.
+func (m *Manager) RemovePartialArchives() int {
+	parts, _ := filepath.Glob(filepath.Join(m.cfg.CheckpointDir, "*", "*.part"))
+	n := 0
+	for _, p := range parts {
+		if os.Remove(p) == nil {
+			n++
+			_ = os.Remove(filepath.Dir(p)) // only if empty
+		}
+	}
+	return n
+}
+
 // history is an arriving job's past events, renumbered by this node's
 // store; each keeps its time.
 func history(spec ImportSpec) []store.Event {
@@ -412,7 +459,9 @@ func (m *Manager) canMigrate(j *store.Job) error {
 
 // dumpKeepStopped checkpoints a job for migration into path, keeping its
 // tree (or its container) stopped.
-func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string, lazy bool) (*keptStopped, error) {
+// With push set (a process job), the archive goes there and path is only
+// its name.
+func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string, push archive.Destination, lazy bool) (*keptStopped, error) {
 	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	if j.Runtime != "" {
 		res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
@@ -428,8 +477,11 @@ func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string
 	// Transient: the archive only feeds the target's restore and is
 	// removed whatever happens; fsyncing it would keep the job stopped
 	// longer (the target does not fsync its copy either).
-	res, err := m.engine.Dump(ctx, checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, Lazy: lazy,
-		Transient: true, HookEnv: env})
+	req := checkpoint.DumpRequest{PID: j.PID, Path: path, KeepStopped: true, Lazy: lazy, Transient: true, HookEnv: env}
+	if push != nil {
+		req.Path, req.Destination, req.DestinationName = "", push, path
+	}
+	res, err := m.engine.Dump(ctx, req)
 	if err != nil {
 		return nil, err
 	}

@@ -228,6 +228,11 @@ func runningCopies(marker string) []int {
 // of /proc/PID/stat), or a SIGKILL pending. A stopped copy that is killed
 // is woken (state R) and may wait on a busy run queue before it exits,
 // but it never returns to user space: it can make no progress.
+//
+// Likewise a SIGSTOP pending on an untraced task: the task stops on its
+// way back to user space, before any instruction of its own. That is the
+// lazy migration's source copy at the moment its CRIU exits (the tracer
+// lets go, the SIGSTOP queued while it was frozen takes effect).
 func exiting(pid int) bool {
 	f := statFields(pid)
 	if len(f) < 7 {
@@ -242,18 +247,42 @@ func exiting(pid int) bool {
 	if err != nil {
 		return true // gone
 	}
+	traced, stopPending := false, false
 	for _, line := range strings.Split(string(status), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if k == "TracerPid" {
+			traced = v != "0"
+			continue
+		}
+		if k != "SigPnd" && k != "ShdPnd" {
 			continue
 		}
 		var mask uint64
-		fmt.Sscanf(strings.TrimSpace(v), "%x", &mask)
+		fmt.Sscanf(v, "%x", &mask)
 		if mask&(1<<8) != 0 { // SIGKILL (9)
 			return true
 		}
+		if mask&(1<<18) != 0 { // SIGSTOP (19)
+			stopPending = true
+		}
 	}
-	return false
+	return stopPending && !traced
+}
+
+// pending describes pid's pending signals and tracer, for messages.
+func pending(pid int) string {
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	var out []string
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, _, ok := strings.Cut(line, ":"); ok && (k == "SigPnd" || k == "ShdPnd" || k == "TracerPid") {
+			out = append(out, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // watchCopies samples, until stop is closed, how many copies of the job
@@ -261,20 +290,28 @@ func exiting(pid int) bool {
 func watchCopies(marker, counter string, stop <-chan struct{}) <-chan string {
 	done := make(chan string, 1)
 	go func() {
-		last, maxRunning, backwards := -1, 0, ""
+		last, maxRunning, backwards, twice := -1, 0, "", ""
 		for {
 			select {
 			case <-stop:
 				if maxRunning > 1 {
-					done <- fmt.Sprintf("%d copies ran at once", maxRunning)
+					done <- fmt.Sprintf("%d copies ran at once (%s)", maxRunning, twice)
 				} else {
 					done <- backwards
 				}
 				return
 			default:
 			}
-			if n := len(runningCopies(marker)); n > maxRunning {
-				maxRunning = n
+			if cs := runningCopies(marker); len(cs) > maxRunning {
+				maxRunning = len(cs)
+				if len(cs) > 1 {
+					var desc []string
+					for _, pid := range cs {
+						f := statFields(pid)
+						desc = append(desc, fmt.Sprintf("PID %d state %c stat %v (%s)", pid, procState(pid), f[:min(7, len(f))], pending(pid)))
+					}
+					twice = time.Now().UTC().Format("15:04:05.000") + " " + strings.Join(desc, "; ")
+				}
 			}
 			if v := readCounter(counter); v >= 0 {
 				if v < last && backwards == "" {

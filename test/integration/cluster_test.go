@@ -128,6 +128,7 @@ func TestClusterRefusals(t *testing.T) {
 	j, ctr, marker := markedCounter(t, a, "ctr", "--pid-namespace")
 
 	r := a.cli("migrate", "ctr", "--to", "full")
+	t.Logf("refused: %s", r.stderr)
 	if r.code == 0 || !strings.Contains(r.stderr, "not enough space") || !strings.Contains(r.stderr, "still runs on node a") {
 		t.Fatalf("migrate to a node whose disk is full: %s; want a non-zero exit saying so", r)
 	}

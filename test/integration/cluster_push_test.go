@@ -1,0 +1,88 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestClusterPushTargetDies: a stop-and-copy migration streams the
+// archive to the target while the dump writes it (internal/daemon/push.go).
+// The target daemon is killed (SIGKILL) in the middle of receiving a
+// 512 MiB job's archive: the migration fails, saying the job still runs on
+// the source, within the node timeout (not the tunnel's 30 s), the job
+// runs on as the same process (one copy at every moment, its counter never
+// going back), and the restarted target removes the partial archive it was
+// receiving.
+func TestClusterPushTargetDies(t *testing.T) {
+	python := requireBinary(t, "python3")
+	ds, _ := embeddedCluster(t, "a", "b")
+	a, b := ds[0], ds[1]
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-pushdies", time.Now().UnixNano())
+	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
+	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	res := make(chan result, 1)
+	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
+
+	// Wait until b holds part of the archive, then kill it.
+	var part string
+	var size int64
+	eventually(t, 30*time.Second, "b to be receiving the archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		for _, p := range parts {
+			if fi, err := os.Stat(p); err == nil && fi.Size() > 8<<20 {
+				part, size = p, fi.Size()
+				return true
+			}
+		}
+		select {
+		case r := <-res:
+			t.Fatalf("the migration ended before b could be killed in the middle of it: %s", r)
+		default:
+		}
+		return false
+	})
+	killed := time.Now()
+	b.crash()
+	t.Logf("killed b with %d bytes of the archive in %s", size, part)
+
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(25 * time.Second):
+		t.Fatal("migrate still waits 25 s after its target died")
+	}
+	took := time.Since(killed)
+	t.Logf("migrate returned %v after the target died: %s", took.Round(time.Millisecond), r)
+	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate to a target killed mid-transfer: %s; want a non-zero exit saying the job still runs on a", r)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	stillOn(t, a, "big", "a", j.PID, marker, ctr)
+
+	// The restarted target removes what it was receiving.
+	b.launch()
+	b.waitReady()
+	if parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part")); len(parts) != 0 {
+		t.Fatalf("after its restart b still holds partial archives: %v", parts)
+	}
+	// And the job still migrates there.
+	before := readCounter(ctr)
+	m := migrate(t, a, "big", "b")
+	b.trackJobs([]jobInfo{m.Job})
+	checkContinues(t, ctr, before)
+	if cs := runningCopies(marker); len(cs) != 1 {
+		t.Fatalf("copies after the migration: %v", cs)
+	}
+}
