@@ -56,13 +56,27 @@ func New(path string) *Client {
 	return &Client{path: path}
 }
 
+// systemDirs are where CRIU is looked for when "criu" is not on PATH: a
+// daemon started by an init system or sudo often runs with a PATH that
+// lacks the sbin directories, /usr/local/sbin (where `make setup` puts
+// its CRIU) above all.
+var systemDirs = []string{"/usr/local/sbin", "/usr/sbin", "/sbin"}
+
 // Path returns the resolved path of the CRIU binary, or ErrNotFound.
 func (c *Client) Path() (string, error) {
 	p, err := exec.LookPath(c.path)
-	if err != nil {
-		return "", fmt.Errorf("%w (looked for %q): run `make setup` to install CRIU ≥ %s", ErrNotFound, c.path, FormatVersion(MinVersion))
+	if err == nil {
+		return p, nil
 	}
-	return p, nil
+	if c.path == "criu" {
+		for _, d := range systemDirs {
+			if p, err := exec.LookPath(filepath.Join(d, "criu")); err == nil {
+				return p, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%w (looked for %q on PATH and in %s): run `make setup` to install CRIU ≥ %s",
+		ErrNotFound, c.path, strings.Join(systemDirs, ", "), FormatVersion(MinVersion))
 }
 
 func (c *Client) swrk() (*gocriu.Criu, error) {

@@ -1,6 +1,7 @@
 package criu
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,5 +81,31 @@ func TestErrorLinesSkipsHarmlessAndBounds(t *testing.T) {
 func TestFormatVersion(t *testing.T) {
 	if got := FormatVersion(40201); got != "4.2.1" {
 		t.Errorf("FormatVersion(40201) = %q", got)
+	}
+}
+
+// A daemon whose PATH lacks the sbin directories (an init system's, or
+// sudo's secure_path) still finds CRIU where `make setup` installs it;
+// a binary named explicitly is never replaced by one found elsewhere.
+func TestPathFallsBackToSystemDirs(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "criu")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := systemDirs
+	systemDirs = []string{filepath.Join(dir, "missing"), dir}
+	defer func() { systemDirs = old }()
+	t.Setenv("PATH", t.TempDir()) // no criu on PATH
+
+	if p, err := New("").Path(); err != nil || p != bin {
+		t.Fatalf(`New("").Path() = %q, %v; want %s from the system directories`, p, err, bin)
+	}
+	if p, err := New("/nonexistent/criu").Path(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an explicit missing binary resolved to %q, %v; want ErrNotFound", p, err)
+	}
+	systemDirs = []string{filepath.Join(dir, "missing")}
+	if _, err := New("").Path(); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "make setup") {
+		t.Fatalf("no CRIU anywhere: %v; want ErrNotFound saying to run make setup", err)
 	}
 }
