@@ -167,5 +167,5 @@ func newSmallObjectStore(ctx context.Context, b *JetStream, name string, maxByte
 	}
 	cfg := b.cfg
 	cfg.Bucket = name
-	return &JetStream{cfg: cfg, nc: b.nc, obs: obs, name: "jetstream://" + name}, nil
+	return &JetStream{cfg: cfg, nc: b.nc, js: js, obs: obs, name: "jetstream://" + name}, nil
 }
