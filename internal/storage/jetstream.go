@@ -426,14 +426,13 @@ func (j *JetStream) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// SweepParts deletes parts that no index references and that are older than olderThan
-// (left by writers killed mid-upload), and returns how many it deleted.
+// SweepParts deletes what writers killed mid-upload left, when older than olderThan:
+// parts that no index references, and chunks that no object's info message references
+// (the part a writer was publishing when it died has chunks but no info message yet). It
+// returns how many parts and chunk sets it deleted.
 func (j *JetStream) SweepParts(ctx context.Context, olderThan time.Duration) (int, error) {
 	all, err := j.obs.List(ctx)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoObjectsFound) {
-			return 0, nil
-		}
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return 0, j.classify("list", "", err)
 	}
 	live := map[string]bool{}
@@ -443,11 +442,45 @@ func (j *JetStream) SweepParts(ctx context.Context, olderThan time.Duration) (in
 		}
 	}
 	n := 0
+	referenced := map[string]bool{}
 	for _, o := range all {
-		if !strings.HasPrefix(o.Name, jsPartsPrefix) || live[o.Metadata[metaUpload]] || time.Since(o.ModTime) < olderThan {
+		if strings.HasPrefix(o.Name, jsPartsPrefix) && !live[o.Metadata[metaUpload]] && time.Since(o.ModTime) >= olderThan {
+			if err := j.obs.Delete(ctx, o.Name); err == nil {
+				n++
+				continue
+			}
+		}
+		referenced[o.NUID] = true
+	}
+	m, err := j.sweepChunks(ctx, referenced, olderThan)
+	return n + m, err
+}
+
+// sweepChunks purges the chunk subjects of the object store whose NUID is not in
+// referenced and whose last chunk is older than olderThan.
+func (j *JetStream) sweepChunks(ctx context.Context, referenced map[string]bool, olderThan time.Duration) (int, error) {
+	if j.js == nil {
+		return 0, nil
+	}
+	s, err := j.js.Stream(ctx, "OBJ_"+j.cfg.Bucket)
+	if err != nil {
+		return 0, j.classify("list", "", err)
+	}
+	prefix := fmt.Sprintf(jsObjChunkSubj, j.cfg.Bucket, "")
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return 0, j.classify("list", "", err)
+	}
+	n := 0
+	for subj := range info.State.Subjects {
+		if referenced[strings.TrimPrefix(subj, prefix)] {
 			continue
 		}
-		if err := j.obs.Delete(ctx, o.Name); err == nil {
+		last, err := s.GetLastMsgForSubject(ctx, subj)
+		if err != nil || time.Since(last.Time) < olderThan {
+			continue
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err == nil {
 			n++
 		}
 	}
