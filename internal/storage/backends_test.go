@@ -215,7 +215,16 @@ func TestJetStreamNoLeftovers(t *testing.T) {
 	if err := w.Commit(); err == nil {
 		t.Fatal("Commit with a cancelled context succeeded")
 	}
-	// A writer that stops without Abort or Commit, once its publishes have landed.
+	// A writer that stops without Abort or Commit, once its publishes have landed: two
+	// parts (two chunks and an info message each) and one chunk of a third.
+	st, err := b.js.Stream(ctx, "OBJ_gc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	w, err = b.Create(ctx, "d")
 	if err != nil {
 		t.Fatal(err)
@@ -223,9 +232,16 @@ func TestJetStreamNoLeftovers(t *testing.T) {
 	if err := writeInPieces(w, randBytes(midPart, 5)); err != nil {
 		t.Fatal(err)
 	}
-	for jw := w.(*jsWriter); len(jw.unacked) > 0; {
-		if err := jw.waitOldest(); err != nil {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		now, err := st.Info(ctx)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if now.State.Msgs == before.State.Msgs+7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stopped writer's messages: %d stored, want 7", now.State.Msgs-before.State.Msgs)
 		}
 	}
 	if n, err := Sweep(ctx, b, 0); err != nil || n != 3 {
@@ -254,10 +270,6 @@ func TestJetStreamNoLeftovers(t *testing.T) {
 	}
 	if len(want) != 0 {
 		t.Errorf("objects missing: %v", want)
-	}
-	st, err := b.js.Stream(ctx, "OBJ_gc")
-	if err != nil {
-		t.Fatal(err)
 	}
 	info, err := st.Info(ctx, jetstream.WithSubjectFilter("$O.gc.C.>"))
 	if err != nil {
