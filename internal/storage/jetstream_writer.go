@@ -159,8 +159,11 @@ func (w *jsWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// hand queues the current chunk for the publisher.
+// hand queues the current chunk for the publisher, unless the publisher has failed.
 func (w *jsWriter) hand(partEnd bool) error {
+	if err := w.firstErr(); err != nil {
+		return err
+	}
 	c := jsChunk{b: w.cur, partEnd: partEnd}
 	select {
 	case w.queue <- c:
@@ -186,9 +189,11 @@ func (w *jsWriter) publish() {
 				w.fail(err)
 			}
 		}
-		select {
-		case w.free <- c.b[:0]:
-		default:
+		if cap(c.b) == jsChunkSize {
+			select {
+			case w.free <- c.b[:0]:
+			default:
+			}
 		}
 	}
 	for len(w.p.unacked) > 0 && w.firstErr() == nil {
