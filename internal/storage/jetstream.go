@@ -40,8 +40,9 @@ type JetStreamConfig struct {
 // stored as parts — objects named ".cedana-parts/<upload>/<n>", PartSize bytes each — and
 // an index object under the archive's key, written last, listing them with their sizes and
 // SHA-256 digests. The index is the commit point: until it is written nothing is listed, a
-// killed writer leaves only unlisted parts (SweepParts reclaims them), and Delete removes
-// the index before the parts.
+// killed writer leaves only unlisted parts and the chunks of the part it was writing
+// (SweepParts reclaims both), and Delete removes the index before the parts. The writer is
+// in jetstream_writer.go.
 type JetStream struct {
 	cfg  JetStreamConfig
 	nc   *nats.Conn // nil when the connection is the caller's (OpenJetStreamShared)
