@@ -463,7 +463,7 @@ func (j *JetStream) sweepChunks(ctx context.Context, referenced map[string]bool,
 	if j.js == nil {
 		return 0, nil
 	}
-	s, err := j.js.Stream(ctx, "OBJ_"+j.cfg.Bucket)
+	s, err := j.js.Stream(ctx, fmt.Sprintf(jsObjStream, j.cfg.Bucket))
 	if err != nil {
 		return 0, j.classify("list", "", err)
 	}

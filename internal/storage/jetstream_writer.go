@@ -31,7 +31,8 @@ import (
 //     of several blocks, which made the server compact them over and over).
 //   - The bytes not yet acknowledged are bounded (jsMaxUnacked), not the parts in flight.
 const (
-	jsObjChunkSubj = "$O.%s.C.%s" // bucket, nuid: as nats.go's object store
+	jsObjStream    = "OBJ_%s"     // bucket: the object store's stream, as nats.go names it
+	jsObjChunkSubj = "$O.%s.C.%s" // bucket, nuid
 	jsObjMetaSubj  = "$O.%s.M.%s" // bucket, base64url(name)
 	// jsMaxUnacked bounds the bytes published and not yet acknowledged. The stream queues
 	// at most 128 MiB of inbound messages and answers more with 429 "too many requests"
@@ -376,7 +377,7 @@ func (w *jsWriter) abort() error {
 	w.p.pub.CleanupPublisher()
 	w.j.deleteParts(ctx, w.p.parts)
 	if len(w.p.nuids) > len(w.p.parts) {
-		if s, err := w.j.js.Stream(ctx, "OBJ_"+w.j.cfg.Bucket); err == nil {
+		if s, err := w.j.js.Stream(ctx, fmt.Sprintf(jsObjStream, w.j.cfg.Bucket)); err == nil {
 			for _, id := range w.p.nuids[len(w.p.parts):] {
 				_ = s.Purge(ctx, jetstream.WithPurgeSubject(fmt.Sprintf(jsObjChunkSubj, w.j.cfg.Bucket, id)))
 			}
