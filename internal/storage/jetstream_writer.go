@@ -27,8 +27,8 @@ import (
 //     work (compression) overlaps with hashing and publishing. There is no part buffer.
 //   - Parts are published one after another on one stream of async publishes, with no
 //     request before each part and no wait at its end, so a part's chunks are contiguous
-//     in the stream (deleting it removes whole message blocks, not every fourth message
-//     of several blocks, which made the server compact them over and over).
+//     in the stream (with 4 parts in flight, deleting one purged every fourth message of
+//     blocks shared with the 3 others, and replacing an archive cost the server more).
 //   - The bytes not yet acknowledged are bounded (jsMaxUnacked), not the parts in flight.
 const (
 	jsObjStream    = "OBJ_%s"     // bucket: the object store's stream, as nats.go names it
