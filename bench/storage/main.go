@@ -3,7 +3,7 @@
 // a GET by minio-go alone, for jetstream one object Put/Get by nats.go alone; then the same
 // backends wrapped with encryption, and age alone against the chunked AES-GCM it wraps.
 //
-//	go run ./bench/storage [-size 1GiB] [-runs 3] [-backends dir,s3,jetstream] [-dir DIR]
+//	go run ./bench/storage [-size 1GiB] [-runs 3] [-backends dir,s3,jetstream] [-dir DIR] [-cpuprofile FILE]
 //
 // versitygw and nats-server come from the cache scripts/setup-servers.sh fills
 // (CEDANA_SERVER_CACHE, default /var/cache/cedana/bin) and listen on 127.0.0.1 only. Each
@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -44,8 +45,21 @@ func main() {
 	backends := flag.String("backends", "dir,s3,jetstream", "which backends to measure")
 	base := flag.String("dir", os.TempDir(), "directory for the source file, the dir backend and the servers' data")
 	cryptoOnly := flag.Bool("crypto", true, "also compare age alone with chunked AES-GCM (in memory)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the plain tools and cedana's storage; not the servers) to `file`")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "storage bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*size, *runs, *backends, *base, *cryptoOnly); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "storage bench:", err)
 		os.Exit(1)
 	}

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -167,5 +168,124 @@ func newSmallObjectStore(ctx context.Context, b *JetStream, name string, maxByte
 	}
 	cfg := b.cfg
 	cfg.Bucket = name
-	return &JetStream{cfg: cfg, nc: b.nc, obs: obs, name: "jetstream://" + name}, nil
+	return &JetStream{cfg: cfg, nc: b.nc, js: js, obs: obs, name: "jetstream://" + name}, nil
+}
+
+// TestJetStreamNoLeftovers checks what the object store's stream holds after an archive
+// is replaced, an upload is aborted in the middle of a part, a commit is cancelled, and a
+// writer stops mid-part (as a killed one does) followed by a Sweep: the chunks of live
+// objects and nothing else. It also reads a part with the object store's own Get, which
+// checks the digest the writer computed.
+func TestJetStreamNoLeftovers(t *testing.T) {
+	s := startNATS(t)
+	ctx := context.Background()
+	b, err := NewJetStream(ctx, jsConfig(s, "gc")) // 1 MiB parts
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	size := 3<<20 + 12345
+	if err := Put(ctx, b, "a", bytes.NewReader(randBytes(size, 1))); err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(size, 2)
+	if err := Put(ctx, b, "a", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	midPart := 2<<20 + 700<<10 // two parts, a chunk of a third and a piece of the next chunk
+	w, err := b.Create(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeInPieces(w, randBytes(midPart, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	w, err = b.Create(cctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeInPieces(w, randBytes(midPart, 4)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := w.Commit(); err == nil {
+		t.Fatal("Commit with a cancelled context succeeded")
+	}
+	// A writer that stops without Abort or Commit, once its publishes have landed: two
+	// parts (two chunks and an info message each) and one chunk of a third.
+	st, err := b.js.Stream(ctx, "OBJ_gc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err = b.Create(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeInPieces(w, randBytes(midPart, 5)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		now, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.State.Msgs == before.State.Msgs+7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stopped writer's messages: %d stored, want 7", now.State.Msgs-before.State.Msgs)
+		}
+	}
+	if n, err := Sweep(ctx, b, 0); err != nil || n != 3 {
+		t.Fatalf("Sweep removed %d, %v; want 3 (two parts and the chunks of a third)", n, err)
+	}
+
+	idx, err := b.readIndex(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"a": true}
+	for _, p := range idx.Parts {
+		want[p.Name] = true
+	}
+	objs, err := b.obs.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nuids := map[string]bool{}
+	for _, o := range objs {
+		if !want[o.Name] {
+			t.Errorf("object %s left in the store", o.Name)
+		}
+		delete(want, o.Name)
+		nuids[o.NUID] = true
+	}
+	if len(want) != 0 {
+		t.Errorf("objects missing: %v", want)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter("$O.gc.C.>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for subj := range info.State.Subjects {
+		if !nuids[strings.TrimPrefix(subj, "$O.gc.C.")] {
+			t.Errorf("chunks %s belong to no object", subj)
+		}
+	}
+
+	got, err := b.obs.GetBytes(ctx, idx.Parts[1].Name)
+	if err != nil || !bytes.Equal(got, data[1<<20:2<<20]) {
+		t.Fatalf("the object store's Get of part 1: %d bytes, %v", len(got), err)
+	}
+	if got, err := ReadAll(ctx, b, "a"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes, %v", len(got), err)
+	}
 }

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,12 +9,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 )
 
 // JetStreamConfig configures the jetstream backend (storage.jetstream.* in the
@@ -43,11 +40,13 @@ type JetStreamConfig struct {
 // stored as parts — objects named ".cedana-parts/<upload>/<n>", PartSize bytes each — and
 // an index object under the archive's key, written last, listing them with their sizes and
 // SHA-256 digests. The index is the commit point: until it is written nothing is listed, a
-// killed writer leaves only unlisted parts (SweepParts reclaims them), and Delete removes
-// the index before the parts.
+// killed writer leaves only unlisted parts and the chunks of the part it was writing
+// (SweepParts reclaims both), and Delete removes the index before the parts. The writer is
+// in jetstream_writer.go.
 type JetStream struct {
 	cfg  JetStreamConfig
-	nc   *nats.Conn
+	nc   *nats.Conn // nil when the connection is the caller's (OpenJetStreamShared)
+	js   jetstream.JetStream
 	obs  jetstream.ObjectStore
 	name string
 }
@@ -61,10 +60,6 @@ const (
 	metaUpload     = "cedana-upload"
 	metaSize       = "cedana-size"
 	jsIndexVersion = 1
-	// jsPartsInFlight bounds the parts being stored at once: each Put pipelines its own
-	// chunks, and bounding parts bounds outstanding publishes (a single multi-GiB Put
-	// runs into "too many requests").
-	jsPartsInFlight = 4
 )
 
 // jsIndex is the content of an index object.
@@ -124,7 +119,7 @@ func NewJetStream(ctx context.Context, cfg JetStreamConfig) (*JetStream, error) 
 		nc.Close()
 		return nil, j.classify("connect", "", err)
 	}
-	j.nc, j.obs = nc, obs
+	j.nc, j.js, j.obs = nc, js, obs
 	return j, nil
 }
 
@@ -171,182 +166,6 @@ func (j *JetStream) classify(op, key string, err error) error {
 		return j.err(op, key, withKind(ErrUnreachable, err), "check storage.jetstream.url and that nats-server (with JetStream) is running and reachable")
 	}
 	return j.err(op, key, err, "")
-}
-
-// Create implements Backend.
-func (j *JetStream) Create(ctx context.Context, key string) (Writer, error) {
-	if err := CheckKey(key); err != nil {
-		return nil, j.err("create", key, err, "")
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	w := &jsWriter{j: j, ctx: ctx, cancel: cancel, key: key, upload: nuid.Next(),
-		buf: make([]byte, 0, j.cfg.PartSize), sem: make(chan struct{}, jsPartsInFlight),
-		free: make(chan []byte, jsPartsInFlight)}
-	return w, nil
-}
-
-type jsWriter struct {
-	j      *JetStream
-	ctx    context.Context
-	cancel context.CancelFunc
-	key    string
-	upload string
-	buf    []byte
-	sem    chan struct{}
-	// free holds the buffers of parts already stored, for the next parts: a fresh
-	// 16 MiB buffer per part costs its first touch (about 4 ms per MiB on these VMs,
-	// see docs/storage.md), 64 of them per GiB.
-	free  chan []byte
-	size  int64
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	parts []jsPart
-	perr  error
-	done  bool
-}
-
-func (w *jsWriter) firstErr() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.perr
-}
-
-func (w *jsWriter) Write(p []byte) (int, error) {
-	if w.done {
-		return 0, w.j.err("write", w.key, ErrClosed, "")
-	}
-	if err := w.firstErr(); err != nil {
-		return 0, err
-	}
-	n := 0
-	for len(p) > 0 {
-		k := min(cap(w.buf)-len(w.buf), len(p))
-		w.buf = append(w.buf, p[:k]...)
-		p, n = p[k:], n+k
-		if len(w.buf) == cap(w.buf) {
-			if err := w.flushPart(); err != nil {
-				return n, err
-			}
-		}
-	}
-	return n, nil
-}
-
-// flushPart stores the buffered part in the background (jsPartsInFlight at most).
-func (w *jsWriter) flushPart() error {
-	select {
-	case w.sem <- struct{}{}:
-	case <-w.ctx.Done():
-		if err := w.firstErr(); err != nil {
-			return err
-		}
-		return w.j.classify("write", w.key, w.ctx.Err())
-	}
-	if err := w.firstErr(); err != nil {
-		<-w.sem
-		return err
-	}
-	idx := len(w.parts)
-	name := fmt.Sprintf("%s%s/%06d", jsPartsPrefix, w.upload, idx)
-	w.parts = append(w.parts, jsPart{Name: name, Size: int64(len(w.buf))})
-	w.size += int64(len(w.buf))
-	data := w.buf
-	select {
-	case w.buf = <-w.free:
-	default:
-		w.buf = make([]byte, 0, cap(data))
-	}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		defer func() { <-w.sem }()
-		info, err := w.j.obs.Put(w.ctx, jetstream.ObjectMeta{
-			Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: jsChunkSize},
-			Metadata: map[string]string{metaUpload: w.upload},
-		}, bytes.NewReader(data))
-		// Put has published (copied) every chunk of data by now.
-		select {
-		case w.free <- data[:0]:
-		default:
-		}
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if err != nil {
-			if w.perr == nil {
-				w.perr = w.j.classify("write", w.key, err)
-				w.cancel()
-			}
-			return
-		}
-		w.parts[idx].Digest = info.Digest
-	}()
-	return nil
-}
-
-func (w *jsWriter) Commit() error {
-	if w.done {
-		return w.j.err("commit", w.key, ErrClosed, "")
-	}
-	if err := w.commit(); err != nil {
-		_ = w.abort()
-		return err
-	}
-	w.done = true
-	w.cancel()
-	return nil
-}
-
-func (w *jsWriter) commit() error {
-	if len(w.buf) > 0 || len(w.parts) == 0 {
-		if err := w.flushPart(); err != nil {
-			return err
-		}
-	}
-	w.wg.Wait()
-	if err := w.firstErr(); err != nil {
-		return err
-	}
-	if err := w.ctx.Err(); err != nil {
-		return w.j.classify("commit", w.key, err)
-	}
-	w.mu.Lock()
-	idx := jsIndex{Version: jsIndexVersion, Size: w.size, PartSize: w.j.cfg.PartSize, Upload: w.upload, Parts: w.parts}
-	w.mu.Unlock()
-	data, err := json.Marshal(idx)
-	if err != nil {
-		return w.j.err("commit", w.key, err, "")
-	}
-	// The index, written last, makes the archive visible. Put replaces an older object of
-	// the same name; the older archive's parts are removed afterwards.
-	old, _ := w.j.readIndex(w.ctx, w.key)
-	if _, err := w.j.obs.Put(w.ctx, jetstream.ObjectMeta{
-		Name: w.key,
-		Metadata: map[string]string{metaIndex: strconv.Itoa(jsIndexVersion), metaUpload: w.upload,
-			metaSize: strconv.FormatInt(w.size, 10)},
-	}, bytes.NewReader(data)); err != nil {
-		return w.j.classify("commit", w.key, err)
-	}
-	if old != nil && old.Upload != w.upload {
-		w.j.deleteParts(context.WithoutCancel(w.ctx), old.Parts)
-	}
-	return nil
-}
-
-func (w *jsWriter) Abort() error {
-	if w.done {
-		return nil
-	}
-	return w.abort()
-}
-
-func (w *jsWriter) abort() error {
-	w.done = true
-	w.cancel()
-	w.wg.Wait()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), 30*time.Second)
-	defer cancel()
-	w.j.deleteParts(ctx, w.parts)
-	return nil
 }
 
 func (j *JetStream) deleteParts(ctx context.Context, parts []jsPart) {
@@ -608,14 +427,13 @@ func (j *JetStream) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// SweepParts deletes parts that no index references and that are older than olderThan
-// (left by writers killed mid-upload), and returns how many it deleted.
+// SweepParts deletes what writers killed mid-upload left, when older than olderThan:
+// parts that no index references, and chunks that no object's info message references
+// (the part a writer was publishing when it died has chunks but no info message yet). It
+// returns how many parts and chunk sets it deleted.
 func (j *JetStream) SweepParts(ctx context.Context, olderThan time.Duration) (int, error) {
 	all, err := j.obs.List(ctx)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoObjectsFound) {
-			return 0, nil
-		}
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return 0, j.classify("list", "", err)
 	}
 	live := map[string]bool{}
@@ -625,11 +443,45 @@ func (j *JetStream) SweepParts(ctx context.Context, olderThan time.Duration) (in
 		}
 	}
 	n := 0
+	referenced := map[string]bool{}
 	for _, o := range all {
-		if !strings.HasPrefix(o.Name, jsPartsPrefix) || live[o.Metadata[metaUpload]] || time.Since(o.ModTime) < olderThan {
+		if strings.HasPrefix(o.Name, jsPartsPrefix) && !live[o.Metadata[metaUpload]] && time.Since(o.ModTime) >= olderThan {
+			if err := j.obs.Delete(ctx, o.Name); err == nil {
+				n++
+				continue
+			}
+		}
+		referenced[o.NUID] = true
+	}
+	m, err := j.sweepChunks(ctx, referenced, olderThan)
+	return n + m, err
+}
+
+// sweepChunks purges the chunk subjects of the object store whose NUID is not in
+// referenced and whose last chunk is older than olderThan.
+func (j *JetStream) sweepChunks(ctx context.Context, referenced map[string]bool, olderThan time.Duration) (int, error) {
+	if j.js == nil {
+		return 0, nil
+	}
+	s, err := j.js.Stream(ctx, fmt.Sprintf(jsObjStream, j.cfg.Bucket))
+	if err != nil {
+		return 0, j.classify("list", "", err)
+	}
+	prefix := fmt.Sprintf(jsObjChunkSubj, j.cfg.Bucket, "")
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return 0, j.classify("list", "", err)
+	}
+	n := 0
+	for subj := range info.State.Subjects {
+		if referenced[strings.TrimPrefix(subj, prefix)] {
 			continue
 		}
-		if err := j.obs.Delete(ctx, o.Name); err == nil {
+		last, err := s.GetLastMsgForSubject(ctx, subj)
+		if err != nil || time.Since(last.Time) < olderThan {
+			continue
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err == nil {
 			n++
 		}
 	}

@@ -33,6 +33,6 @@ func OpenJetStreamShared(ctx context.Context, js jetstream.JetStream, cfg JetStr
 	if err != nil {
 		return nil, j.classify("connect", "", err)
 	}
-	j.obs = obs
+	j.js, j.obs = js, obs
 	return j, nil
 }

@@ -1,0 +1,290 @@
+// Command jsupload alternates uploads of the same bytes to one nats-server — one plain
+// nats.go object Put, and cedana's jetstream backend — and reports for each the wall time
+// and the CPU time of both processes: the client (getrusage of this process) and the
+// server (/proc/PID/stat of nats-server). It is the probe behind the JetStream upload
+// paragraph of docs/benchmarks.md; bench/storage gives the figures the bar is judged on.
+//
+//	go run ./bench/jsupload [-size 268435456] [-rounds 5] [-modes plain,cedana] [-cpuprofile FILE]
+//
+// Modes: plain, cedana (the same key each time: from the second round on an upload
+// replaces the previous one), plainfresh, cedanafresh (a new key each time), plainprng,
+// cedanaprng (the bytes come from a producer that costs CPU, as a compressor does:
+// ChaCha8 hashed on the way, instead of a file), plaindel, cedanadel (upload, then the
+// delete is timed alone). The order of the modes rotates from round to round. nats-server
+// comes from the cache scripts/setup-servers.sh fills (CEDANA_SERVER_CACHE, default
+// /var/cache/cedana/bin) and listens on 127.0.0.1 only.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cedana/cedana/internal/storage"
+)
+
+func main() {
+	size := flag.Int64("size", 256<<20, "bytes per upload")
+	rounds := flag.Int("rounds", 5, "rounds (each runs every mode once)")
+	modes := flag.String("modes", "plain,cedana", "comma-separated modes (see the package doc)")
+	prof := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
+	flag.Parse()
+	if err := run(*size, *rounds, strings.Split(*modes, ","), *prof); err != nil {
+		fmt.Fprintln(os.Stderr, "jsupload:", err)
+		os.Exit(1)
+	}
+}
+
+// sample is one upload: wall time, client CPU, server CPU (seconds).
+type sample [3]float64
+
+func run(size int64, rounds int, names []string, prof string) error {
+	work, err := os.MkdirTemp("", "cedana-jsupload-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	src := filepath.Join(work, "src")
+	if err := makeSource(src, size); err != nil {
+		return err
+	}
+	addr, srv, stop, err := startNATS(work)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	ctx := context.Background()
+	b, err := storage.NewJetStream(ctx, storage.JetStreamConfig{URL: "nats://" + addr, Bucket: "bench", CreateBucket: true})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	nc, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "plain"})
+	if err != nil {
+		return err
+	}
+
+	fromFile := func(f func(io.Reader) error) error {
+		r, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return f(r)
+	}
+	prng := func() io.Reader {
+		return io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{9}), size), sha256.New())
+	}
+	plainPut := func(name string) func(io.Reader) error {
+		return func(r io.Reader) error {
+			_, err := obs.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
+			return err
+		}
+	}
+	cedanaPut := func(key string) func(io.Reader) error {
+		return func(r io.Reader) error {
+			w, err := b.Create(ctx, key)
+			if err != nil {
+				return err
+			}
+			if _, err := io.CopyBuffer(w, r, make([]byte, 1<<20)); err != nil {
+				w.Abort()
+				return err
+			}
+			return w.Commit()
+		}
+	}
+	timed := func(what string, f func() error) error {
+		t0 := time.Now()
+		err := f()
+		fmt.Printf("  %s %.3f s\n", what, time.Since(t0).Seconds())
+		return err
+	}
+	seq := 0
+	ops := map[string]func() error{
+		"plain":  func() error { return fromFile(plainPut("obj")) },
+		"cedana": func() error { return fromFile(cedanaPut("bench/obj")) },
+		"plainfresh": func() error {
+			seq++
+			return fromFile(plainPut(fmt.Sprint("obj", seq)))
+		},
+		"cedanafresh": func() error {
+			seq++
+			return fromFile(cedanaPut(fmt.Sprint("bench/obj", seq)))
+		},
+		"plainprng":  func() error { return plainPut("prng")(prng()) },
+		"cedanaprng": func() error { return cedanaPut("bench/prng")(prng()) },
+		"plaindel": func() error {
+			if err := fromFile(plainPut("del")); err != nil {
+				return err
+			}
+			return timed("plain delete", func() error { return obs.Delete(ctx, "del") })
+		},
+		"cedanadel": func() error {
+			if err := fromFile(cedanaPut("bench/del")); err != nil {
+				return err
+			}
+			return timed("cedana delete", func() error { return b.Delete(ctx, "bench/del") })
+		},
+	}
+	for _, n := range names {
+		if ops[n] == nil {
+			return fmt.Errorf("unknown mode %q", n)
+		}
+	}
+	if prof != "" {
+		f, err := os.Create(prof)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Printf("%.2f GiB per upload, nats-server PID %d\n", float64(size)/(1<<30), srv)
+	res := map[string][]sample{}
+	for r := 0; r < rounds; r++ {
+		for i := range names {
+			n := names[(i+r)%len(names)]
+			s0, c0, t0 := procCPU(srv), selfCPU(), time.Now()
+			if err := ops[n](); err != nil {
+				return fmt.Errorf("%s: %w", n, err)
+			}
+			s := sample{time.Since(t0).Seconds(), selfCPU() - c0, procCPU(srv) - s0}
+			res[n] = append(res[n], s)
+			fmt.Printf("round %d %-11s wall %.3f s, client %.3f CPU-s, server %.3f CPU-s\n", r, n, s[0], s[1], s[2])
+		}
+	}
+	for _, n := range names {
+		fmt.Printf("median %-11s wall %.3f s, client %.3f CPU-s, server %.3f CPU-s\n", n, median(res[n], 0), median(res[n], 1), median(res[n], 2))
+	}
+	if len(names) == 2 {
+		fmt.Printf("ratio %s / %s (median wall): %.2f\n", names[1], names[0], median(res[names[1]], 0)/median(res[names[0]], 0))
+	}
+	return nil
+}
+
+func median(xs []sample, k int) float64 {
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = x[k]
+	}
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+// procCPU is the user+system CPU time of process pid, in seconds.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndex(s, ")")+2:]) // fields from the 3rd (state) on
+	u, _ := strconv.ParseFloat(f[11], 64)                // utime, field 14
+	k, _ := strconv.ParseFloat(f[12], 64)                // stime, field 15
+	return (u + k) / 100                                 // USER_HZ
+}
+
+// selfCPU is this process's user+system CPU time, in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// startNATS starts nats-server with JetStream in work and returns its address, its PID
+// and a function that kills it by PID.
+func startNATS(work string) (string, int, func(), error) {
+	dir := os.Getenv("CEDANA_SERVER_CACHE")
+	if dir == "" {
+		dir = "/var/cache/cedana/bin"
+	}
+	bin := filepath.Join(dir, "nats-server-v2.15.3")
+	if _, err := os.Stat(bin); err != nil {
+		return "", 0, nil, fmt.Errorf("%s missing: run `make setup` (scripts/setup-servers.sh)", bin)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", 0, nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	conf := filepath.Join(work, "nats.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream { store_dir: %q, max_file_store: 64GB }\n", addr, filepath.Join(work, "js"))), 0o600); err != nil {
+		return "", 0, nil, err
+	}
+	lf, err := os.Create(filepath.Join(work, "nats-server.log"))
+	if err != nil {
+		return "", 0, nil, err
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		return "", 0, nil, err
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait(); lf.Close() }
+	for t0 := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		nc, err := nats.Connect("nats://" + addr)
+		if err == nil {
+			nc.Close()
+			return addr, cmd.Process.Pid, stop, nil
+		}
+		if time.Since(t0) > 30*time.Second {
+			stop()
+			return "", 0, nil, fmt.Errorf("nats-server not ready after 30 s (log in %s)", lf.Name())
+		}
+	}
+}
+
+// makeSource writes size bytes, half random and half text-like, as bench/storage does.
+func makeSource(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := rand.NewChaCha8([32]byte{1})
+	buf := make([]byte, 4<<20)
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog 0123456789\n"), len(buf)/55+1)[:len(buf)]
+	for off, i := int64(0), 0; off < size; i++ {
+		b := text
+		if i%2 == 0 {
+			r.Read(buf)
+			b = buf
+		}
+		n := min(int64(len(b)), size-off)
+		if _, err := f.Write(b[:n]); err != nil {
+			return err
+		}
+		off += n
+	}
+	return f.Sync()
+}
