@@ -16,16 +16,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -37,6 +34,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cedana/cedana/bench/benchkit"
 	"github.com/cedana/cedana/internal/storage"
 )
 
@@ -62,10 +60,10 @@ func run(size int64, rounds int, names []string, prof string) error {
 	}
 	defer os.RemoveAll(work)
 	src := filepath.Join(work, "src")
-	if err := makeSource(src, size); err != nil {
+	if err := benchkit.MakeSource(src, size); err != nil {
 		return err
 	}
-	addr, srv, stop, err := startNATS(work)
+	addr, srv, stop, err := benchkit.StartNATS(work)
 	if err != nil {
 		return err
 	}
@@ -218,73 +216,4 @@ func selfCPU() float64 {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-}
-
-// startNATS starts nats-server with JetStream in work and returns its address, its PID
-// and a function that kills it by PID.
-func startNATS(work string) (string, int, func(), error) {
-	dir := os.Getenv("CEDANA_SERVER_CACHE")
-	if dir == "" {
-		dir = "/var/cache/cedana/bin"
-	}
-	bin := filepath.Join(dir, "nats-server-v2.15.3")
-	if _, err := os.Stat(bin); err != nil {
-		return "", 0, nil, fmt.Errorf("%s missing: run `make setup` (scripts/setup-servers.sh)", bin)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", 0, nil, err
-	}
-	addr := l.Addr().String()
-	l.Close()
-	conf := filepath.Join(work, "nats.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream { store_dir: %q, max_file_store: 64GB }\n", addr, filepath.Join(work, "js"))), 0o600); err != nil {
-		return "", 0, nil, err
-	}
-	lf, err := os.Create(filepath.Join(work, "nats-server.log"))
-	if err != nil {
-		return "", 0, nil, err
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		return "", 0, nil, err
-	}
-	stop := func() { cmd.Process.Kill(); cmd.Wait(); lf.Close() }
-	for t0 := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-		nc, err := nats.Connect("nats://" + addr)
-		if err == nil {
-			nc.Close()
-			return addr, cmd.Process.Pid, stop, nil
-		}
-		if time.Since(t0) > 30*time.Second {
-			stop()
-			return "", 0, nil, fmt.Errorf("nats-server not ready after 30 s (log in %s)", lf.Name())
-		}
-	}
-}
-
-// makeSource writes size bytes, half random and half text-like, as bench/storage does.
-func makeSource(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := rand.NewChaCha8([32]byte{1})
-	buf := make([]byte, 4<<20)
-	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog 0123456789\n"), len(buf)/55+1)[:len(buf)]
-	for off, i := int64(0), 0; off < size; i++ {
-		b := text
-		if i%2 == 0 {
-			r.Read(buf)
-			b = buf
-		}
-		n := min(int64(len(b)), size-off)
-		if _, err := f.Write(b[:n]); err != nil {
-			return err
-		}
-		off += n
-	}
-	return f.Sync()
 }

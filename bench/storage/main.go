@@ -16,8 +16,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cedana/cedana/bench/benchkit"
 	"github.com/cedana/cedana/internal/storage"
 )
 
@@ -92,7 +91,7 @@ func run(size int64, runs int, which, base string, cryptoToo bool) error {
 	}
 	defer os.RemoveAll(work)
 	src := filepath.Join(work, "src")
-	if err := makeSource(src, size); err != nil {
+	if err := benchkit.MakeSource(src, size); err != nil {
 		return err
 	}
 	key := filepath.Join(work, "key")
@@ -176,7 +175,7 @@ func run(size int64, runs int, which, base string, cryptoToo bool) error {
 				return err
 			}
 		case "jetstream":
-			addr, stop, err := startNATS(work)
+			addr, _, stop, err := benchkit.StartNATS(work)
 			if err != nil {
 				return err
 			}
@@ -207,31 +206,6 @@ func sh(args ...string) error {
 		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return nil
-}
-
-// makeSource writes size bytes, half random and half text-like, as a checkpoint has.
-func makeSource(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := rand.NewChaCha8([32]byte{1})
-	buf := make([]byte, 4<<20)
-	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog 0123456789\n"), len(buf)/55+1)[:len(buf)]
-	for off, i := int64(0), 0; off < size; i++ {
-		b := text
-		if i%2 == 0 {
-			r.Read(buf)
-			b = buf
-		}
-		n := min(int64(len(b)), size-off)
-		if _, err := f.Write(b[:n]); err != nil {
-			return err
-		}
-		off += n
-	}
-	return f.Sync()
 }
 
 func upload(ctx context.Context, b storage.Backend, src string) error {
@@ -271,54 +245,15 @@ func download(ctx context.Context, b storage.Backend, dst string) error {
 	return err
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func serverBin(name string) string {
-	dir := os.Getenv("CEDANA_SERVER_CACHE")
-	if dir == "" {
-		dir = "/var/cache/cedana/bin"
-	}
-	return filepath.Join(dir, name)
-}
-
-// startServer starts a server and returns a function that kills it by PID.
-func startServer(dir, bin string, args []string, ready func() error) (func(), error) {
-	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("%s missing: run `make setup` (scripts/setup-servers.sh)", bin)
-	}
-	lf, err := os.Create(filepath.Join(dir, filepath.Base(bin)+".log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir}
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() { cmd.Process.Kill(); cmd.Wait(); lf.Close() }
-	for t0 := time.Now(); ready() != nil; time.Sleep(100 * time.Millisecond) {
-		if time.Since(t0) > 30*time.Second {
-			stop()
-			return nil, fmt.Errorf("%s not ready after 30 s (log in %s)", bin, lf.Name())
-		}
-	}
-	return stop, nil
-}
-
 func startVersity(work string) (string, func(), error) {
 	data := filepath.Join(work, "s3data")
 	os.Mkdir(data, 0o755)
-	addr := freeAddr()
+	addr, err := benchkit.FreeAddr()
+	if err != nil {
+		return "", nil, err
+	}
 	c, _ := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(access, secret, ""), BucketLookup: minio.BucketLookupPath, Region: "us-east-1"})
-	stop, err := startServer(work, serverBin("versitygw-v1.8.0"),
+	_, stop, err := benchkit.StartServer(work, benchkit.ServerBin("versitygw-v1.8.0"),
 		[]string{"--access", access, "--secret", secret, "--port", addr, "--region", "us-east-1", "--quiet", "posix", data},
 		func() error { _, err := c.ListBuckets(context.Background()); return err })
 	if err != nil {
@@ -365,20 +300,6 @@ func benchS3(ctx context.Context, addr, src string, size int64, work string, mea
 			_, err = io.CopyBuffer(f, o, make([]byte, 1<<20))
 			return err
 		}, "plain tool: minio-go PutObject (multipart, 16 MiB × 4) / GetObject")
-}
-
-func startNATS(work string) (string, func(), error) {
-	addr := freeAddr()
-	conf := filepath.Join(work, "nats.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream { store_dir: %q, max_file_store: 64GB }\n", addr, filepath.Join(work, "js"))), 0o600)
-	stop, err := startServer(work, serverBin("nats-server-v2.15.3"), []string{"-c", conf}, func() error {
-		nc, err := nats.Connect("nats://" + addr)
-		if err == nil {
-			nc.Close()
-		}
-		return err
-	})
-	return addr, stop, err
 }
 
 func benchJS(ctx context.Context, addr, src, work string, measure measureFunc) error {
