@@ -483,20 +483,27 @@ func readerSHA256(r io.Reader) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// arrivalDir checks, on the target, that the record says node from owns
+// job id at epoch (the migration is current), and returns the directory
+// its archive arrives in.
+func (c *clusterNode) arrivalDir(ctx context.Context, id, name, from string, epoch uint64) (string, error) {
+	rec, err := c.recordAt(ctx, id, epoch)
+	if err != nil {
+		return "", err
+	}
+	if rec.Owner != from || rec.Epoch != epoch {
+		return "", fmt.Errorf("job %s: the migration's epoch %d from %s is not the record's (%s at %d): %w", name, epoch, from, rec.Owner, rec.Epoch, cluster.ErrStaleEpoch)
+	}
+	return c.m.ArchiveDir(id)
+}
+
 // handleMigrateIn is the target's step 3.
 func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) (any, error) {
 	var in migrateIn
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "unreadable request: "+err.Error())
 	}
-	rec, err := c.recordAt(ctx, in.ID, in.Epoch)
-	if err != nil {
-		return nil, err
-	}
-	if rec.Owner != in.From || rec.Epoch != in.Epoch {
-		return nil, fmt.Errorf("job %s: the migration's epoch %d from %s is not the record's (%s at %d): %w", in.Name, in.Epoch, in.From, rec.Owner, rec.Epoch, cluster.ErrStaleEpoch)
-	}
-	dir, err := c.m.ArchiveDir(in.ID)
+	dir, err := c.arrivalDir(ctx, in.ID, in.Name, in.From, in.Epoch)
 	if err != nil {
 		return nil, err
 	}

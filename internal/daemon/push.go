@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cedana/cedana/internal/archive"
-	"github.com/cedana/cedana/internal/cluster"
 )
 
 // A stop-and-copy migration with cluster.transfer = stream pushes the
@@ -207,14 +206,7 @@ func (c *clusterNode) handleMigratePush(ctx context.Context, raw json.RawMessage
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "unreadable request: "+err.Error())
 	}
-	rec, err := c.recordAt(ctx, r.ID, r.Epoch)
-	if err != nil {
-		return nil, err
-	}
-	if rec.Owner != r.From || rec.Epoch != r.Epoch {
-		return nil, fmt.Errorf("job %s: the migration's epoch %d from %s is not the record's (%s at %d): %w", r.ID, r.Epoch, r.From, rec.Owner, rec.Epoch, cluster.ErrStaleEpoch)
-	}
-	dir, err := c.m.ArchiveDir(r.ID)
+	dir, err := c.arrivalDir(ctx, r.ID, r.ID, r.From, r.Epoch)
 	if err != nil {
 		return nil, err
 	}
