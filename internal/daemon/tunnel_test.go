@@ -19,7 +19,7 @@ import (
 
 // natsPair starts an in-process NATS server and returns two connections
 // to it, one per "node".
-func natsPair(t *testing.T) (src, dst *nats.Conn) {
+func natsPair(t testing.TB) (src, dst *nats.Conn) {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -145,4 +145,42 @@ func (f *enospcFile) Write(p []byte) (int, error) {
 		return 0, &os.PathError{Op: "write", Path: f.Name(), Err: syscall.ENOSPC}
 	}
 	return f.File.Write(p)
+}
+
+// BenchmarkPushThroughTunnel measures the push path alone (no CRIU, no
+// archive): bytes written into a pushDest until the target's file has
+// them all, through an in-process NATS server.
+func BenchmarkPushThroughTunnel(b *testing.B) {
+	srcNC, dstNC := natsPair(b)
+	data := make([]byte, 4<<20)
+	_, _ = rand.Read(data)
+	const total = 256 << 20
+	b.SetBytes(total)
+	for b.Loop() {
+		pr, pw := io.Pipe()
+		src, err := serveTunnel(srcNC, "a", func() (io.ReadWriteCloser, error) { return &pipeConn{pr: pr}, nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, err := os.CreateTemp(b.TempDir(), "push")
+		if err != nil {
+			b.Fatal(err)
+		}
+		in := &pushIn{dir: filepath.Dir(f.Name()), tmp: f.Name(), f: f, last: time.Now(), done: make(chan struct{})}
+		if in.t, err = dialTunnel(dstNC, "b", src.self, in); err != nil {
+			b.Fatal(err)
+		}
+		d := &pushDest{t: src, pw: pw, abort: func() {}}
+		for n := 0; n < total; n += len(data) {
+			if _, err := d.Write(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := d.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		<-in.done
+		src.stop()
+		in.t.stop()
+	}
 }
