@@ -322,7 +322,7 @@ func (c *clusterNode) watchNode(ctx context.Context, node string, down func()) {
 func (c *clusterNode) checkTarget(ctx context.Context, to string) error {
 	nodes, err := c.node.Nodes(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %w", errMigrationFailed, err)
+		return fmt.Errorf("%w: %w (the cluster's store did not answer; right after a NATS server died it may still be electing a leader: try again in a few seconds)", errMigrationFailed, err)
 	}
 	var names []string
 	for _, n := range nodes {

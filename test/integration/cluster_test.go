@@ -276,7 +276,10 @@ func TestClusterNATSServerKilled(t *testing.T) {
 	}
 	checkContinues(t, ctr, readCounter(ctr))
 
-	// Two servers of three keep the quorum: a migration still works.
+	// Two servers of three keep the quorum: a migration still works, once
+	// the streams the killed server led have a new leader (both nodes'
+	// heartbeats land again; 4 s and more under load).
+	waitNodes(t, a, 2)
 	other := map[string]string{"a": "b", "b": "a"}[where]
 	stop = make(chan struct{})
 	seen = watchCopies(marker, ctr, stop)
