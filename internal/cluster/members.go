@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -139,7 +140,27 @@ func (n *Node) heartbeats(ctx context.Context) {
 // server's clock, is older than its node timeout by this node's clock:
 // membership is for placement and display; ownership of jobs never
 // depends on it (docs/cluster.md).
+//
+// A read that times out inside JetStream while the caller's context is
+// still live is tried again, up to three times in all: right after a
+// NATS server of the cluster dies, its streams elect new leaders, and
+// reads fail for a few seconds even once heartbeats land again (seen:
+// `cedana nodes` worked, the migrate just after it timed out).
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	var (
+		out []NodeInfo
+		err error
+	)
+	for range 3 {
+		out, err = n.nodesOnce(ctx)
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+	}
+	return out, err
+}
+
+func (n *Node) nodesOnce(ctx context.Context) ([]NodeInfo, error) {
 	keys, err := n.nodes.Keys(ctx)
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, nil
