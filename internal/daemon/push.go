@@ -38,6 +38,14 @@ import (
 // tunnelTimeout, or whose complete archive no migrate-in claims within
 // pendingTimeout, removes it.
 
+// pushSilence is how long an arriving archive may get nothing before the
+// target gives up on it, and pushUnclaimed how long a complete one waits
+// for its migrate-in (variables for tests).
+var (
+	pushSilence   = tunnelTimeout
+	pushUnclaimed = pendingTimeout
+)
+
 // migratePush asks a target to receive a job's archive while it is written.
 type migratePush struct {
 	From    string `json:"from"`
@@ -240,7 +248,7 @@ func (c *clusterNode) handleMigratePush(ctx context.Context, raw json.RawMessage
 // watchPush ends an arriving archive whose source went silent, and forgets
 // one that no migrate-in claimed.
 func (c *clusterNode) watchPush(id string, p *pushIn) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(min(time.Second, pushSilence/4))
 	defer tick.Stop()
 	for {
 		select {
@@ -253,14 +261,16 @@ func (c *clusterNode) watchPush(id string, p *pushIn) {
 				return
 			}
 			// Complete: migrate-in takes it, or nobody does.
-			time.AfterFunc(pendingTimeout, func() { c.dropPush(id, p) })
+			time.AfterFunc(pushUnclaimed, func() { c.dropPush(id, p) })
 			return
 		case <-tick.C:
 			p.mu.Lock()
 			silent := time.Since(p.last)
 			p.mu.Unlock()
-			if silent > tunnelTimeout {
-				p.t.fail(fmt.Errorf("nothing arrived from the source for %v", tunnelTimeout))
+			if silent > pushSilence {
+				err := fmt.Errorf("nothing arrived from the source for %v", pushSilence)
+				p.finish(err) // the reason, before the tunnel's closing gives its own
+				p.t.fail(err)
 			}
 		}
 	}

@@ -184,3 +184,87 @@ func BenchmarkPushThroughTunnel(b *testing.B) {
 		in.t.stop()
 	}
 }
+
+// The target's side of a push when the source dies mid-archive (its end
+// stops without a word, as a killed daemon's would): the target fails
+// the arriving archive once nothing came for pushSilence and removes the
+// partial file; and a complete archive that no migrate-in claims within
+// pushUnclaimed is removed too.
+func TestPushTargetCleansUp(t *testing.T) {
+	oldS, oldU := pushSilence, pushUnclaimed
+	pushSilence, pushUnclaimed = 300*time.Millisecond, 300*time.Millisecond
+	defer func() { pushSilence, pushUnclaimed = oldS, oldU }()
+	srcNC, dstNC := natsPair(t)
+	c := &clusterNode{}
+
+	start := func(id string) (*pushIn, *tunnel, *io.PipeWriter) {
+		pr, pw := io.Pipe()
+		src, err := serveTunnel(srcNC, "a", func() (io.ReadWriteCloser, error) { return &pipeConn{pr: pr}, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		tmp := filepath.Join(dir, id+".part")
+		f, err := os.Create(tmp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := &pushIn{from: "a", epoch: 1, dir: dir, tmp: tmp, f: f, last: time.Now(), done: make(chan struct{})}
+		c.mu.Lock()
+		if c.pushes == nil {
+			c.pushes = map[string]*pushIn{}
+		}
+		c.pushes[id] = in
+		c.mu.Unlock()
+		if in.t, err = dialTunnel(dstNC, "b", src.self, in); err != nil {
+			t.Fatal(err)
+		}
+		go c.watchPush(id, in)
+		return in, src, pw
+	}
+	gone := func(in *pushIn, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := os.Stat(in.tmp)
+			c.mu.Lock()
+			_, listed := c.pushes[filepath.Base(in.tmp[:len(in.tmp)-len(".part")])]
+			c.mu.Unlock()
+			if errors.Is(err, os.ErrNotExist) && !listed {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the archive is still there (%v) or still listed (%v) after 5 s", what, err, listed)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// The source dies after 3 MiB: its subscription and connection go,
+	// no abort is sent.
+	in, src, pw := start("dies")
+	d := &pushDest{t: src, pw: pw, abort: func() {}}
+	if _, err := d.Write(make([]byte, 3<<20)); err != nil {
+		t.Fatal(err)
+	}
+	src.mu.Lock()
+	src.closed = true // as if the process were gone: stop sends nothing
+	src.mu.Unlock()
+	_ = src.sub.Unsubscribe()
+	_ = src.acks.Unsubscribe()
+	gone(in, "a source that went silent")
+	if in.err == nil || !strings.Contains(in.err.Error(), "nothing arrived") {
+		t.Fatalf("the silent push ended with %v; want the silence named", in.err)
+	}
+
+	// A whole archive that no migrate-in claims.
+	in, src, pw = start("unclaimed")
+	d = &pushDest{t: src, pw: pw, abort: func() {}}
+	if _, err := d.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	gone(in, "a complete archive nobody claimed")
+}
