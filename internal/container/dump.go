@@ -35,6 +35,12 @@ type DumpRequest struct {
 	// removed afterwards, so it is not fsynced (see
 	// checkpoint.DumpRequest.Transient).
 	Transient bool
+	// Destination, if set, receives the archive as one stream instead of
+	// a file (Dir and Path are then ignored): a migration streams it to
+	// the target (see checkpoint.DumpRequest.Destination). DestinationName
+	// names it in messages and is DumpResult.Path.
+	Destination     archive.Destination
+	DestinationName string
 	// TCPEstablished overrides the automatic choice (runc only; Docker's
 	// API has no such option).
 	TCPEstablished *bool
@@ -146,9 +152,12 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	if name == "" {
 		name = shortID(t.info.ID)
 	}
-	path, err := checkpoint.ArchivePath(req.Dir, req.Path, name, start)
-	if err != nil {
-		return nil, err
+	path, stagingFallback := req.DestinationName, os.TempDir()
+	if req.Destination == nil {
+		if path, err = checkpoint.ArchivePath(req.Dir, req.Path, name, start); err != nil {
+			return nil, err
+		}
+		stagingFallback = filepath.Dir(path)
 	}
 	preferred, err := d.stagingParent(ctx)
 	if err != nil {
@@ -158,7 +167,7 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	for _, p := range tree.processes {
 		rss += int64(p.RSS)
 	}
-	staging, err := s.eng.StagingDir(preferred, filepath.Dir(path), rss)
+	staging, err := s.eng.StagingDir(preferred, stagingFallback, rss)
 	if err != nil {
 		return nil, err
 	}
@@ -231,8 +240,14 @@ func (s *Service) Dump(ctx context.Context, req DumpRequest) (*DumpResult, error
 	m := job.manifest()
 	archStart := time.Now()
 	prog.Start("writing archive", archive.DirSize(imagesDir)+archive.DirSize(filepath.Join(staging, "container")))
-	m, size, err := archive.Create(path, m, imagesDir, nil, archive.WriteOptions{Progress: prog.Advance,
-		Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault, Transient: req.Transient})
+	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault,
+		Transient: req.Transient}
+	var size int64
+	if req.Destination != nil {
+		m, size, err = archive.CreateTo(path, req.Destination, m, imagesDir, nil, wopts)
+	} else {
+		m, size, err = archive.Create(path, m, imagesDir, nil, wopts)
+	}
 	prog.Done()
 	if err != nil {
 		return fail(fmt.Errorf("writing the archive failed: %w", err))

@@ -50,8 +50,15 @@ func (s *Service) dumpStreamed(ctx context.Context, sd memoryStreamer, j *dumpJo
 		return nil, err
 	}
 	extra := containerEntries(j.staging, t)
-	w, err := archive.NewWriter(j.path, archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(),
-		Extra: extra, Fault: s.fault, Transient: j.req.Transient})
+	wopts := archive.WriteOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Extra: extra, Fault: s.fault,
+		Transient: j.req.Transient}
+	var w *archive.Writer
+	var err error
+	if j.req.Destination != nil {
+		w, err = archive.NewWriterTo(j.path, j.req.Destination, wopts)
+	} else {
+		w, err = archive.NewWriter(j.path, wopts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of %s container %s not started, it is still running: %w", sd.name(), j.req.Container, err)
 	}

@@ -71,7 +71,8 @@ type MigrateOptions struct {
 	// job came back, in which case it runs again.
 	Settle func(ctx context.Context, served error) (complete, back bool)
 	// Push, if set, is called once the job is about to be checkpointed
-	// in a stop-and-copy migration of a process job: the archive then
+	// in a stop-and-copy migration (process or runc container job; not
+	// lazy): the archive then
 	// streams into the destination it returns (to the target node)
 	// while it is written, instead of into a local file that travels
 	// afterwards. name names the destination in messages. An error
@@ -125,7 +126,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 		return nil, ctx.Err()
 	}
 	var push archive.Destination // nil: a local file
-	if o.Push != nil && !o.Lazy && j.Runtime == "" {
+	if o.Push != nil && !o.Lazy {
 		dst, name, err := o.Push(ctx, j)
 		if err != nil {
 			<-m.dumps
@@ -459,13 +460,16 @@ func (m *Manager) canMigrate(j *store.Job) error {
 
 // dumpKeepStopped checkpoints a job for migration into path, keeping its
 // tree (or its container) stopped.
-// With push set (a process job), the archive goes there and path is only
-// its name.
+// With push set, the archive goes there and path is only its name.
 func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string, push archive.Destination, lazy bool) (*keptStopped, error) {
 	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	if j.Runtime != "" {
-		res, err := m.containers.Dump(ctx, container.DumpRequest{Runtime: j.Runtime, Container: j.Container,
-			Path: path, KeepStopped: true, Transient: true, HookEnv: env})
+		req := container.DumpRequest{Runtime: j.Runtime, Container: j.Container, Path: path, KeepStopped: true,
+			Transient: true, HookEnv: env}
+		if push != nil {
+			req.Path, req.Destination, req.DestinationName = "", push, path
+		}
+		res, err := m.containers.Dump(ctx, req)
 		if err != nil {
 			return nil, err
 		}
