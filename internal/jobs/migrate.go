@@ -72,11 +72,10 @@ type MigrateOptions struct {
 	Settle func(ctx context.Context, served error) (complete, back bool)
 	// Push, if set, is called once the job is about to be checkpointed
 	// in a stop-and-copy migration (process or runc container job; not
-	// lazy): the archive then
-	// streams into the destination it returns (to the target node)
-	// while it is written, instead of into a local file that travels
-	// afterwards. name names the destination in messages. An error
-	// ends the migration before anything was frozen.
+	// lazy): the archive then streams into the destination it returns
+	// (to the target node) while it is written, instead of into a local
+	// file that travels afterwards. name names the destination in
+	// messages. An error ends the migration before anything was frozen.
 	Push func(ctx context.Context, j *store.Job) (dst archive.Destination, name string, err error)
 }
 
@@ -459,8 +458,8 @@ func (m *Manager) canMigrate(j *store.Job) error {
 }
 
 // dumpKeepStopped checkpoints a job for migration into path, keeping its
-// tree (or its container) stopped.
-// With push set, the archive goes there and path is only its name.
+// tree (or its container) stopped. With push set, the archive goes there
+// and path is only its name.
 func (m *Manager) dumpKeepStopped(ctx context.Context, j *store.Job, path string, push archive.Destination, lazy bool) (*keptStopped, error) {
 	env := []string{"CEDANA_JOB_ID=" + j.ID, "CEDANA_JOB_NAME=" + j.Name}
 	if j.Runtime != "" {
