@@ -35,8 +35,9 @@ import (
 //     a fetched one (the restore checks every entry's digest).
 //
 // A target that receives part of an archive and hears nothing more for
-// tunnelTimeout, or whose complete archive no migrate-in claims within
-// pendingTimeout, removes it.
+// pushSilence (30 s), or whose complete archive no migrate-in claims
+// within pushUnclaimed (60 s), removes it; at start it removes any it was
+// receiving when it stopped (jobs.Manager.RemovePartialArchives).
 
 // pushSilence is how long an arriving archive may get nothing before the
 // target gives up on it, and pushUnclaimed how long a complete one waits
