@@ -38,11 +38,23 @@ import (
 // the source's end reads the archive stream and the target's end writes
 // a file, and only the source sends.
 
-const (
-	tunnelChunk   = 512 << 10
-	tunnelWindow  = 32
+// A peer that dies sends nothing, not even its end of stream: each end
+// that has sent something not yet acknowledged fails the tunnel after
+// tunnelTimeout without an acknowledgement, and an end with nothing to
+// send sends a "ping" every tunnelPing, so that a dead peer is noticed
+// even when no data flows (a page server waiting for its next request).
+// Liveness is the tunnel's own, not the cluster's heartbeats: those can
+// lag by seconds on a loaded machine and would end healthy transfers.
+var (
 	tunnelTimeout = 30 * time.Second
-	// tunnelOpHeader is "open", "data" (the default) or "eof".
+	tunnelPing    = 5 * time.Second
+)
+
+const (
+	tunnelChunk  = 512 << 10
+	tunnelWindow = 32
+	// tunnelOpHeader is "open", "data" (the default), "eof", "ping" or
+	// "abort".
 	tunnelOpHeader = "Cedana-Tunnel"
 	// tunnelPeerHeader carries the opener's subject in "open".
 	tunnelPeerHeader = "Cedana-Tunnel-Peer"
@@ -74,11 +86,22 @@ type tunnel struct {
 	// sendDone is closed when this end's sending has ended, cleanly
 	// (everything it sent acknowledged) or not (see Err).
 	sendDone chan struct{}
+	// lastAck is when the peer last acknowledged a message, or when this
+	// end last sent one with none outstanding (guarded by mu).
+	lastAck time.Time
+	// timeout and ping are tunnelTimeout and tunnelPing when the tunnel
+	// was made.
+	timeout, ping time.Duration
+	// sendMu orders this end's messages (data and pings); after its
+	// "eof" (eofSent) it sends no more pings.
+	sendMu  sync.Mutex
+	seq     uint64
+	eofSent bool
 }
 
 func newTunnel(nc *nats.Conn, node string) *tunnel {
 	return &tunnel{nc: nc, self: tunnelSubject(node), slots: make(chan struct{}, tunnelWindow), dead: make(chan struct{}),
-		sendDone: make(chan struct{})}
+		sendDone: make(chan struct{}), timeout: tunnelTimeout, ping: tunnelPing}
 }
 
 // tunnelSubject is a fresh subject for node to receive a tunnel on.
@@ -180,6 +203,15 @@ func (t *tunnel) startSending() {
 			t.fail(fmt.Errorf("the other node: %s", e))
 			return
 		}
+		if m.Header.Get("Status") == "503" {
+			// The server's "no responders": nobody listens on the
+			// peer's subject any more (its end is gone).
+			t.fail(errors.New("the other node's end of the tunnel is gone"))
+			return
+		}
+		t.mu.Lock()
+		t.lastAck = time.Now()
+		t.mu.Unlock()
 		select {
 		case <-t.slots:
 		default:
@@ -192,29 +224,41 @@ func (t *tunnel) startSending() {
 	}
 	t.mu.Lock()
 	t.acks = acks
+	t.lastAck = time.Now()
 	t.mu.Unlock()
+	send := func(data []byte, op string) error {
+		t.sendMu.Lock()
+		defer t.sendMu.Unlock()
+		if op == "ping" && t.eofSent {
+			return nil // the peer may be gone already, and rightly
+		}
+		t.eofSent = t.eofSent || op == "eof"
+		if len(t.slots) == 0 {
+			t.mu.Lock()
+			t.lastAck = time.Now() // nothing was outstanding: the clock starts now
+			t.mu.Unlock()
+		}
+		select {
+		case t.slots <- struct{}{}:
+		case <-t.dead:
+			return errors.New("the tunnel is closed")
+		case <-time.After(t.timeout):
+			return fmt.Errorf("the other node acknowledged nothing for %v", t.timeout)
+		}
+		t.seq++
+		msg := nats.NewMsg(t.peer)
+		msg.Reply = inbox
+		msg.Header.Set(tunnelSeqHeader, strconv.FormatUint(t.seq, 10))
+		if op != "" {
+			msg.Header.Set(tunnelOpHeader, op)
+		}
+		msg.Data = data // copied into the connection's buffer by PublishMsg
+		return t.nc.PublishMsg(msg)
+	}
+	go t.keepAlive(send)
 	go func() {
 		defer close(t.sendDone)
 		buf := make([]byte, tunnelChunk)
-		var seq uint64
-		send := func(data []byte, op string) error {
-			select {
-			case t.slots <- struct{}{}:
-			case <-t.dead:
-				return errors.New("the tunnel is closed")
-			case <-time.After(tunnelTimeout):
-				return fmt.Errorf("the other node acknowledged nothing for %v", tunnelTimeout)
-			}
-			seq++
-			msg := nats.NewMsg(t.peer)
-			msg.Reply = inbox
-			msg.Header.Set(tunnelSeqHeader, strconv.FormatUint(seq, 10))
-			if op != "" {
-				msg.Header.Set(tunnelOpHeader, op)
-			}
-			msg.Data = data // copied into the connection's buffer by PublishMsg
-			return t.nc.PublishMsg(msg)
-		}
 		for {
 			n, rerr := t.conn.Read(buf)
 			if n > 0 {
@@ -238,8 +282,8 @@ func (t *tunnel) startSending() {
 					case t.slots <- struct{}{}:
 					case <-t.dead:
 						return
-					case <-time.After(tunnelTimeout):
-						t.fail(fmt.Errorf("the other node acknowledged nothing for %v", tunnelTimeout))
+					case <-time.After(t.timeout):
+						t.fail(fmt.Errorf("the other node acknowledged nothing for %v", t.timeout))
 						return
 					}
 				}
@@ -248,6 +292,36 @@ func (t *tunnel) startSending() {
 			}
 		}
 	}()
+}
+
+// keepAlive fails the tunnel when the peer has left something unacknowledged
+// for tunnelTimeout, and pings it when nothing is outstanding, until this
+// end's sending has ended.
+func (t *tunnel) keepAlive(send func([]byte, string) error) {
+	tick := time.NewTicker(min(t.ping, t.timeout/4))
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.sendDone:
+			return
+		case <-t.dead:
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		since := time.Since(t.lastAck)
+		t.mu.Unlock()
+		switch {
+		case len(t.slots) > 0 && since > t.timeout:
+			t.fail(fmt.Errorf("the other node acknowledged nothing for %v", t.timeout))
+			return
+		case len(t.slots) == 0 && since >= t.ping:
+			if err := send(nil, "ping"); err != nil {
+				t.fail(err)
+				return
+			}
+		}
+	}
 }
 
 // ended records the end of one direction (sent: this end's), and stops
@@ -268,7 +342,7 @@ func (t *tunnel) ended(sent bool) {
 
 // request sends msg and waits for the peer's acknowledgement.
 func (t *tunnel) request(msg *nats.Msg) error {
-	reply, err := t.nc.RequestMsg(msg, tunnelTimeout)
+	reply, err := t.nc.RequestMsg(msg, t.timeout)
 	if err != nil {
 		return err
 	}
@@ -309,6 +383,10 @@ func (t *tunnel) receive(m *nats.Msg) {
 		t.fail(err)
 		return
 	}
+	if m.Header.Get(tunnelOpHeader) == "ping" {
+		_ = m.Respond(nil)
+		return
+	}
 	if m.Header.Get(tunnelOpHeader) == "eof" {
 		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
@@ -318,7 +396,7 @@ func (t *tunnel) receive(m *nats.Msg) {
 		return
 	}
 	if d, ok := conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
-		_ = d.SetWriteDeadline(time.Now().Add(tunnelTimeout))
+		_ = d.SetWriteDeadline(time.Now().Add(t.timeout))
 	}
 	if _, err := conn.Write(m.Data); err != nil {
 		respondErr(m, err)

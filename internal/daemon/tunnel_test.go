@@ -268,3 +268,43 @@ func TestPushTargetCleansUp(t *testing.T) {
 	}
 	gone(in, "a complete archive nobody claimed")
 }
+
+// An idle tunnel whose peer lives stays open (pings are acknowledged);
+// one whose peer dies without a word fails within the tunnel's timeout,
+// even though no data flows: a source page server waiting for requests
+// from a dead target must not wait forever.
+func TestTunnelNoticesADeadPeer(t *testing.T) {
+	oldT, oldP := tunnelTimeout, tunnelPing
+	tunnelTimeout, tunnelPing = 600*time.Millisecond, 100*time.Millisecond
+	defer func() { tunnelTimeout, tunnelPing = oldT, oldP }()
+	srcNC, dstNC := natsPair(t)
+	srcConn, _ := net.Pipe()
+	dstConn, _ := net.Pipe()
+	src, err := serveTunnel(srcNC, "a", func() (io.ReadWriteCloser, error) { return srcConn, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.stop()
+	dst, err := dialTunnel(dstNC, "b", src.self, dstConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-src.dead:
+		t.Fatalf("an idle tunnel between live ends failed: %v", src.Err())
+	case <-dst.dead:
+		t.Fatalf("an idle tunnel between live ends failed: %v", dst.Err())
+	case <-time.After(4 * tunnelTimeout):
+	}
+
+	// The target dies: its subscriptions go, nothing is sent.
+	dst.mu.Lock()
+	dst.closed = true
+	dst.mu.Unlock()
+	_ = dst.sub.Unsubscribe()
+	_ = dst.acks.Unsubscribe()
+	waitClosed(t, src.dead, "the source's end after its peer died")
+	if err := src.Err(); err == nil || !strings.Contains(err.Error(), "acknowledged nothing") && !strings.Contains(err.Error(), "is gone") {
+		t.Fatalf("the source's end failed with %v; want the silence named", err)
+	}
+}
