@@ -86,3 +86,77 @@ func TestClusterPushTargetDies(t *testing.T) {
 		t.Fatalf("copies after the migration: %v", cs)
 	}
 }
+
+// TestClusterPushSourceDies: the source daemon is killed (SIGKILL) while
+// it pushes a 512 MiB job's archive to the target. Nothing moved: the
+// job must never run on the target, at most one copy runs at any moment
+// and its counter never goes back; once the source's daemon is back, the
+// job runs there (as before, or resumed by its recovery) and the target
+// has removed the partial archive by itself (its source went silent).
+func TestClusterPushSourceDies(t *testing.T) {
+	python := requireBinary(t, "python3")
+	nc := startNATSCluster(t, "127.0.0.1")
+	a := startNode(t, "a", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
+	b := startNode(t, "b", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
+	waitNodes(t, a, 2)
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-pushsrcdies", time.Now().UnixNano())
+	a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
+	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	res := make(chan result, 1)
+	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
+	var part string
+	eventually(t, 30*time.Second, "b to be receiving the archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		for _, p := range parts {
+			if fi, err := os.Stat(p); err == nil && fi.Size() > 8<<20 {
+				part = p
+				return true
+			}
+		}
+		select {
+		case r := <-res:
+			t.Fatalf("the migration ended before a could be killed in the middle of it: %s", r)
+		default:
+		}
+		return false
+	})
+	a.crash()
+	r := <-res
+	t.Logf("killed a's daemon while b received %s; migrate: %s", part, r)
+	if r.code == 0 {
+		t.Fatalf("migrate succeeded although its daemon was killed mid-transfer: %s", r)
+	}
+
+	a.launch()
+	a.waitReady()
+	var j clusterJob
+	eventually(t, 60*time.Second, "the job to run on a again", func() bool {
+		var ok bool
+		j, ok = findJob(clusterJobs(t, a), "big")
+		return ok && j.Node == "a" && j.State == "running"
+	})
+	a.trackJobs([]jobInfo{j.jobInfo})
+	checkContinues(t, ctr, readCounter(ctr))
+	eventually(t, 2*pushSilenceForTests, "b to remove the partial archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		return len(parts) == 0
+	})
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
+		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
+	}
+	if js := clusterJobs(t, b, "--node", "b"); len(js) != 0 {
+		t.Fatalf("b lists %+v; the job never moved", js)
+	}
+}
+
+// pushSilenceForTests is how long a target waits for a silent source
+// (internal/daemon's pushSilence) plus its check interval.
+const pushSilenceForTests = 31 * time.Second
