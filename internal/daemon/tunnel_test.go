@@ -247,11 +247,7 @@ func TestPushTargetCleansUp(t *testing.T) {
 	if _, err := d.Write(make([]byte, 3<<20)); err != nil {
 		t.Fatal(err)
 	}
-	src.mu.Lock()
-	src.closed = true // as if the process were gone: stop sends nothing
-	src.mu.Unlock()
-	_ = src.sub.Unsubscribe()
-	_ = src.acks.Unsubscribe()
+	vanish(src)
 	gone(in, "a source that went silent")
 	if in.err == nil || !strings.Contains(in.err.Error(), "nothing arrived") {
 		t.Fatalf("the silent push ended with %v; want the silence named", in.err)
@@ -298,13 +294,19 @@ func TestTunnelNoticesADeadPeer(t *testing.T) {
 	}
 
 	// The target dies: its subscriptions go, nothing is sent.
-	dst.mu.Lock()
-	dst.closed = true
-	dst.mu.Unlock()
-	_ = dst.sub.Unsubscribe()
-	_ = dst.acks.Unsubscribe()
+	vanish(dst)
 	waitClosed(t, src.dead, "the source's end after its peer died")
 	if err := src.Err(); err == nil || !strings.Contains(err.Error(), "acknowledged nothing") && !strings.Contains(err.Error(), "is gone") {
 		t.Fatalf("the source's end failed with %v; want the silence named", err)
 	}
+}
+
+// vanish makes t's end disappear as a killed daemon's would: its
+// subscriptions go and nothing is sent (no abort, no end of stream).
+func vanish(t *tunnel) {
+	t.mu.Lock()
+	t.closed = true // stop, fail: no-ops from now on
+	t.mu.Unlock()
+	_ = t.sub.Unsubscribe()
+	_ = t.acks.Unsubscribe()
 }

@@ -28,27 +28,8 @@ func TestClusterPushTargetDies(t *testing.T) {
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
-	res := make(chan result, 1)
-	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
-
 	// Wait until b holds part of the archive, then kill it.
-	var part string
-	var size int64
-	eventually(t, 30*time.Second, "b to be receiving the archive", func() bool {
-		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
-		for _, p := range parts {
-			if fi, err := os.Stat(p); err == nil && fi.Size() > 8<<20 {
-				part, size = p, fi.Size()
-				return true
-			}
-		}
-		select {
-		case r := <-res:
-			t.Fatalf("the migration ended before b could be killed in the middle of it: %s", r)
-		default:
-		}
-		return false
-	})
+	part, size, res := midPush(t, a, b)
 	killed := time.Now()
 	b.crash()
 	t.Logf("killed b with %d bytes of the archive in %s", size, part)
@@ -106,24 +87,7 @@ func TestClusterPushSourceDies(t *testing.T) {
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
-	res := make(chan result, 1)
-	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
-	var part string
-	eventually(t, 30*time.Second, "b to be receiving the archive", func() bool {
-		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
-		for _, p := range parts {
-			if fi, err := os.Stat(p); err == nil && fi.Size() > 8<<20 {
-				part = p
-				return true
-			}
-		}
-		select {
-		case r := <-res:
-			t.Fatalf("the migration ended before a could be killed in the middle of it: %s", r)
-		default:
-		}
-		return false
-	})
+	part, _, res := midPush(t, a, b)
 	a.crash()
 	r := <-res
 	t.Logf("killed a's daemon while b received %s; migrate: %s", part, r)
@@ -160,3 +124,31 @@ func TestClusterPushSourceDies(t *testing.T) {
 // pushSilenceForTests is how long a target waits for a silent source
 // (internal/daemon's pushSilence) plus its check interval.
 const pushSilenceForTests = 31 * time.Second
+
+// midPush starts `migrate big --to b` on a and waits until b holds more
+// than 8 MiB of the archive being pushed: the moment to break something.
+// It returns the partial archive, its size then, and where migrate's
+// result arrives.
+func midPush(t *testing.T, a, b *testDaemon) (string, int64, <-chan result) {
+	t.Helper()
+	res := make(chan result, 1)
+	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
+	var part string
+	var size int64
+	eventually(t, 30*time.Second, "b to be receiving the archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		for _, p := range parts {
+			if fi, err := os.Stat(p); err == nil && fi.Size() > 8<<20 {
+				part, size = p, fi.Size()
+				return true
+			}
+		}
+		select {
+		case r := <-res:
+			t.Fatalf("the migration ended before it could be broken in the middle: %s", r)
+		default:
+		}
+		return false
+	})
+	return part, size, res
+}
