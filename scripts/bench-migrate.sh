@@ -35,7 +35,9 @@ if [ -z "$BIN" ]; then
   go build -trimpath -o "$BIN" ./cmd/cedana
 fi
 PIDS=()
+RAWP=
 cleanup() {
+  if [ -n "$RAWP" ]; then kill -KILL "$RAWP" 2>/dev/null || true; fi
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 1
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
@@ -140,10 +142,13 @@ for run in $(seq "$RUNS"); do
   mkdir -p "$RAW/d1"
   setsid unshare -pf setsid python3 -c "$RAWJOB" "$RAW/ready" >/dev/null 2>&1 < /dev/null &
   USH=$!
+  PIDS+=("$USH")
   waitready "$RAW/ready"
   P=$(pgrep -P "$USH" | head -1)
+  RAWP=$P # until the dump ends it
   sleep 1
   t0=$(ms); criu dump -t "$P" -D "$RAW/d1" -o dump.log >/dev/null 2>&1 || { echo "raw dump failed: $RAW/d1/dump.log" >&2; exit 1; }
+  RAWP=
   t1=$(ms); cp -r "$RAW/d1" "$RAW/d2"
   t2=$(ms); criu restore -d -D "$RAW/d2" -o restore.log --pidfile "$RAW/pid" >/dev/null 2>&1 || { echo "raw restore failed: $RAW/d2/restore.log" >&2; exit 1; }
   t3=$(ms)
