@@ -52,8 +52,8 @@ var errMigrationFailed = errors.New("migration failed")
 // source's resume or abort before it settles from the record.
 const pendingTimeout = 60 * time.Second
 
-// resumeSettle is how long a resumed copy must keep running to count as
-// running.
+// resumeSettle is the longest a target waits to see a resumed copy run
+// (jobs.Manager.Resume: usually about 50 ms).
 const resumeSettle = 300 * time.Millisecond
 
 // migrateIn asks a target to take a job.

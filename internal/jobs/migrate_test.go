@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -132,5 +133,58 @@ func TestImportContainerDiscard(t *testing.T) {
 	}
 	if _, err := st.GetJob(context.Background(), "job-2"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the refused job is still known: %v", err)
+	}
+}
+
+// TestResumeConfirmsTheCopyRuns: Resume lets a stopped tree go and says
+// it runs as soon as it has run and lived a little — not after the whole
+// settle — and says so plainly when the copy dies on its first run.
+func TestResumeConfirmsTheCopyRuns(t *testing.T) {
+	st := store.NewMemory()
+	m := New(Config{CheckpointDir: filepath.Join(t.TempDir(), "ckpt"), LogDir: t.TempDir(), NoCgroups: true},
+		st, newFakeEngine(t), nil, nil, nil)
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	// stopped starts sh with script, which stops itself first as a
+	// restored copy waits for its hand-over.
+	stopped := func(id, script string) *store.Job {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", "kill -STOP $$; "+script)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL); _ = cmd.Wait() })
+		var s *proc.Stat
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			var err error
+			if s, err = proc.ReadStat(pid); err == nil && s.State == 'T' {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("PID %d never stopped itself", pid)
+			}
+		}
+		go func() { _ = cmd.Wait() }() // reap it when it dies, as the daemon does
+		j := &store.Job{ID: id, Name: id, PID: pid, StartTime: s.StartTime, State: string(Running)}
+		if err := st.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+
+	stopped("healthy", "while :; do sleep 0.01; done")
+	settle := 2 * time.Second
+	t0 := time.Now()
+	if _, err := m.Resume(ctx, "healthy", settle); err != nil {
+		t.Fatalf("resume a healthy copy: %v", err)
+	}
+	if took := time.Since(t0); took < minRun || took > settle/2 {
+		t.Errorf("resume confirmed after %v; want it soon after the copy ran (≥ %v, well under the %v settle)", took, minRun, settle)
+	}
+
+	stopped("broken", "exit 3")
+	if _, err := m.Resume(ctx, "broken", settle); err == nil || !strings.Contains(err.Error(), "died right after it was resumed") {
+		t.Fatalf("resume of a copy that dies on its first run: %v; want it reported dead", err)
 	}
 }
