@@ -108,6 +108,10 @@ type migrateResumeReply struct {
 
 type migrateAbort struct {
 	ID string `json:"id"`
+	// Push, when set, names the source's end of the tunnel of an archive
+	// that was arriving: only that archive is dropped (no copy was
+	// restored from it).
+	Push string `json:"push,omitempty"`
 }
 
 type pendingImport struct {
@@ -374,10 +378,14 @@ func (c *clusterNode) handOver(ctx context.Context, rec cluster.JobRecord, to st
 
 // abort asks the target to remove its stopped copy (best effort: it
 // settles by itself from the record otherwise).
-func (c *clusterNode) abort(to, id string) {
+func (c *clusterNode) abort(to, id string) { c.abortPush(to, id, "") }
+
+// abortPush is abort for the archive arriving through the tunnel whose
+// source end is push, or, with push empty, for whatever the target holds.
+func (c *clusterNode) abortPush(to, id, push string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.node.Call(ctx, to, "migrate-abort", migrateAbort{ID: id}, nil); err != nil &&
+	if err := c.node.Call(ctx, to, "migrate-abort", migrateAbort{ID: id, Push: push}, nil); err != nil &&
 		!errors.Is(err, cluster.ErrNodeUnreachable) {
 		c.log.Warn("abort the target's copy", "node", to, "job", id, "err", err)
 	}
@@ -637,6 +645,13 @@ func (c *clusterNode) handleMigrateAbort(ctx context.Context, raw json.RawMessag
 	c.mu.Lock()
 	p := c.pushes[r.ID]
 	c.mu.Unlock()
+	if r.Push != "" {
+		// A push that failed: nothing was restored from it.
+		if p != nil && p.subject == r.Push {
+			c.dropPush(r.ID, p)
+		}
+		return struct{}{}, nil
+	}
 	if p != nil {
 		c.dropPush(r.ID, p) // an archive that was arriving
 	}

@@ -75,7 +75,12 @@ func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64) (
 	// frozen for the tunnel's timeout when the cluster sees it down
 	// sooner.
 	c.failIfDown(t, to, "while the archive went to it")
-	d := &pushDest{t: t, pw: pw, abort: func() { c.abort(to, id) }}
+	// The abort is a courtesy (the target also drops an archive whose
+	// source went silent) and must not hold up the failed dump's reply:
+	// a frozen or cut-off target answers nothing for the call's 10 s.
+	// It names this tunnel, so that a late one never drops the archive of
+	// a migration retried meanwhile.
+	d := &pushDest{t: t, pw: pw, abort: func() { go c.abortPush(to, id, t.self) }}
 	return d, "streamed to node " + to, nil
 }
 
@@ -149,12 +154,13 @@ func (p *pipeConn) Close() error {
 // pushIn is an archive arriving on the target: the tunnel's connection
 // writes into the file tmp.
 type pushIn struct {
-	from  string
-	epoch uint64
-	dir   string
-	tmp   string
-	f     io.WriteCloser
-	t     *tunnel
+	from    string
+	epoch   uint64
+	subject string // the source's end of the tunnel
+	dir     string
+	tmp     string
+	f       io.WriteCloser
+	t       *tunnel
 
 	mu   sync.Mutex
 	n    int64 // bytes written
@@ -225,7 +231,7 @@ func (c *clusterNode) handleMigratePush(ctx context.Context, raw json.RawMessage
 		_ = os.Remove(dir) // only if empty
 		return nil, fmt.Errorf("receive the archive into %s: %w", dir, err)
 	}
-	p := &pushIn{from: r.From, epoch: r.Epoch, dir: dir, tmp: tmp, f: f, last: time.Now(), done: make(chan struct{})}
+	p := &pushIn{from: r.From, epoch: r.Epoch, subject: r.Subject, dir: dir, tmp: tmp, f: f, last: time.Now(), done: make(chan struct{})}
 	c.mu.Lock()
 	if old := c.pushes[r.ID]; old != nil {
 		c.mu.Unlock()

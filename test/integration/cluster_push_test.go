@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -59,6 +60,83 @@ func TestClusterPushTargetDies(t *testing.T) {
 		t.Fatalf("after its restart b still holds partial archives: %v", parts)
 	}
 	// And the job still migrates there.
+	before := readCounter(ctr)
+	m := migrate(t, a, "big", "b")
+	b.trackJobs([]jobInfo{m.Job})
+	checkContinues(t, ctr, before)
+	if cs := runningCopies(marker); len(cs) != 1 {
+		t.Fatalf("copies after the migration: %v", cs)
+	}
+}
+
+// TestClusterPushTargetFrozen: the target's daemon is frozen (SIGSTOP,
+// as a hung or paused VM) while it receives a 512 MiB job's archive. The
+// source sees it down within the node timeout and the job keeps running
+// there; once thawed, the target never runs the job, lists nothing, and
+// removes the partial archive by itself; the job still migrates to it.
+func TestClusterPushTargetFrozen(t *testing.T) {
+	python := requireBinary(t, "python3")
+	ds, _ := embeddedCluster(t, "a", "b")
+	a, b := ds[0], ds[1]
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-pushfrozen", time.Now().UnixNano())
+	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
+	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	part, size, res := midPush(t, a, b)
+	bpid := b.pid()
+	if err := syscall.Kill(bpid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen, thawed := time.Now(), false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = syscall.Kill(bpid, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+	t.Logf("froze b (PID %d) with %d bytes of the archive in %s", bpid, size, part)
+
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(25 * time.Second):
+		t.Fatal("migrate still waits 25 s after its target froze")
+	}
+	took := time.Since(frozen)
+	t.Logf("migrate returned %v after the target froze: %s", took.Round(time.Millisecond), r)
+	// The node timeout (3 s) and the watch's second, not the 10 s of a
+	// courtesy abort that a frozen node never answers.
+	if took > 9*time.Second {
+		t.Errorf("migrate returned %v after its target froze; want it within the node timeout and a few seconds", took)
+	}
+	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate to a target frozen mid-transfer: %s; want a non-zero exit saying the job still runs on a", r)
+	}
+	stillOn(t, a, "big", "a", j.PID, marker, ctr)
+
+	// Thawed, b catches up with whatever was queued for it and must
+	// neither run the job nor keep what it received.
+	thaw()
+	b.waitReady()
+	eventually(t, 2*pushSilenceForTests, "b to remove the partial archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		return len(parts) == 0
+	})
+	if js := clusterJobs(t, b, "--node", "b"); len(js) != 0 {
+		t.Fatalf("b lists %+v; the job never moved", js)
+	}
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
+		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
+	}
+
 	before := readCounter(ctr)
 	m := migrate(t, a, "big", "b")
 	b.trackJobs([]jobInfo{m.Job})
