@@ -164,6 +164,12 @@ func (t *tunnel) accept(m *nats.Msg, dial func() (io.ReadWriteCloser, error)) {
 		return
 	}
 	t.mu.Lock()
+	if t.closed { // stopped while it dialed
+		t.mu.Unlock()
+		_ = conn.Close()
+		respondErr(m, errors.New("the tunnel was closed"))
+		return
+	}
 	t.conn, t.peer = conn, peer
 	t.mu.Unlock()
 	t.startSending() // takes t.mu itself
@@ -223,6 +229,12 @@ func (t *tunnel) startSending() {
 		return
 	}
 	t.mu.Lock()
+	if t.closed { // stop has run and would not see acks
+		t.mu.Unlock()
+		_ = acks.Unsubscribe()
+		close(t.sendDone)
+		return
+	}
 	t.acks = acks
 	t.lastAck = time.Now()
 	t.mu.Unlock()
@@ -427,23 +439,27 @@ func (t *tunnel) fail(err error) {
 	t.stop()
 }
 
-// stop closes the connection and the subscription.
+// stop closes the connection and the subscription. They are closed
+// outside the lock: a connection's Close may block (a file on a slow
+// disk, a TCP peer), and Err, fail and the senders must not wait for it.
 func (t *tunnel) stop() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return
 	}
 	t.closed = true
 	close(t.dead)
-	if t.sub != nil {
-		_ = t.sub.Unsubscribe()
+	sub, acks, conn := t.sub, t.acks, t.conn
+	t.mu.Unlock()
+	if sub != nil {
+		_ = sub.Unsubscribe()
 	}
-	if t.acks != nil {
-		_ = t.acks.Unsubscribe()
+	if acks != nil {
+		_ = acks.Unsubscribe()
 	}
-	if t.conn != nil {
-		_ = t.conn.Close()
+	if conn != nil {
+		_ = conn.Close()
 	}
 }
 
