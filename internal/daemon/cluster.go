@@ -78,6 +78,10 @@ type clusterNode struct {
 	// pushes: archives arriving while their source writes them, by job
 	// ID (push.go).
 	pushes map[string]*pushIn
+	// aborted: migration attempts their source gave up on, by job ID and
+	// attempt, when they were heard (a migrate-in still restoring drops
+	// its copy at once instead of waiting to settle).
+	aborted map[[2]string]time.Time
 
 	fo *failover // leases, fencing and failover (failover.go)
 	// drain is the node's draining mark (drain.go); placed, the jobs

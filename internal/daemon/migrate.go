@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -80,9 +81,11 @@ type migrateIn struct {
 	Pages string `json:"pages,omitempty"`
 	// Pushed: the archive reached the target while it was written
 	// (push.go).
-	Pushed bool   `json:"pushed,omitempty"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Pushed bool `json:"pushed,omitempty"`
+	// Attempt names this migration attempt (migrateAbort).
+	Attempt string `json:"attempt,omitempty"`
+	Size    int64  `json:"size"`
+	SHA256  string `json:"sha256"`
 	// History is the job's events on the source (the newest
 	// maxHistory), which the target keeps before its own.
 	History []store.Event `json:"history,omitempty"`
@@ -108,15 +111,16 @@ type migrateResumeReply struct {
 
 type migrateAbort struct {
 	ID string `json:"id"`
-	// Push, when set, names the source's end of the tunnel of an archive
-	// that was arriving: only that archive is dropped (no copy was
-	// restored from it).
-	Push string `json:"push,omitempty"`
+	// Attempt, when set, limits the abort to what that attempt brought
+	// (migrateIn.Attempt, migratePush.Attempt): an abort that arrives
+	// late never drops what a migration retried meanwhile brought.
+	Attempt string `json:"attempt,omitempty"`
 }
 
 type pendingImport struct {
-	epoch uint64
-	timer *time.Timer
+	epoch   uint64
+	attempt string
+	timer   *time.Timer
 	// lazyErr: the memory of a lazily imported copy stopped arriving
 	// (its tree was killed): it must not be resumed (lazy.go).
 	lazyErr error
@@ -169,6 +173,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	if rec.Owner != self {
 		return nil, fmt.Errorf("%w: the cluster's record says node %s owns job %s (epoch %d), not this node", errMigrationFailed, rec.Owner, j.Name, rec.Epoch)
 	}
+	attempt := newAttempt()
 	var (
 		newEpoch  uint64
 		resumed   migrateResumeReply
@@ -186,7 +191,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		moveStart = time.Now()
 		archive, size := out.Archive, out.Size
 		in := migrateIn{From: self, Epoch: rec.Epoch, ID: j.ID, Name: j.Name, Cmd: j.Cmd, Dir: j.Dir, Log: j.LogPath,
-			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container}
+			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container, Attempt: attempt}
 		if out.PageServer != "" {
 			var err error
 			if tun, err = serveTunnel(c.node.Conn(), self, dialTCP(out.PageServer, "page server")); err != nil {
@@ -221,7 +226,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		tUp := time.Since(t0)
 		var inReply migrateInReply
 		if err := c.callWatching(ctx, to, "migrate-in", in, &inReply); err != nil {
-			c.abort(to, j.ID)
+			c.abortLater(to, j.ID, attempt)
 			if strings.Contains(err.Error(), "PID still in use") {
 				err = fmt.Errorf("%w (a job that migrates should run with --pid-namespace, so that its PIDs never clash)", err)
 			}
@@ -230,7 +235,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		tIn := time.Since(t0) - tUp
 		moved, handed, err := c.handOver(ctx, rec, to)
 		if !handed {
-			c.abort(to, j.ID)
+			c.abortLater(to, j.ID, attempt)
 			return false, fmt.Errorf("move the job's ownership to %s: %w", to, err)
 		}
 		newEpoch = moved.Epoch
@@ -249,7 +254,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	opts := jobs.MigrateOptions{Lazy: lazy}
 	if c.transfer == transferStream {
 		opts.Push = func(ctx context.Context, j *store.Job) (archive.Destination, string, error) {
-			return c.pushTo(ctx, to, j.ID, rec.Epoch)
+			return c.pushTo(ctx, to, j.ID, rec.Epoch, attempt)
 		}
 	}
 	if lazy {
@@ -376,19 +381,47 @@ func (c *clusterNode) handOver(ctx context.Context, rec cluster.JobRecord, to st
 	return rec, true, fmt.Errorf("the cluster's record could not be read back after the hand-over: %w", err)
 }
 
-// abort asks the target to remove its stopped copy (best effort: it
-// settles by itself from the record otherwise).
-func (c *clusterNode) abort(to, id string) { c.abortPush(to, id, "") }
+// abortLater asks the target to remove its stopped copy and the archive
+// that attempt brought, waiting for its answer at most abortWait. The
+// abort is a courtesy: a target that never hears it settles from the
+// record (it discards a copy it does not own after pendingTimeout, and
+// an archive whose source went silent after pushSilence). A live target
+// answers in milliseconds, so a migration retried at once finds it clean;
+// a frozen or cut-off one answers nothing for the call's 10 s, which the
+// job — stopped for its migration until the failure is handled — must not
+// wait for: the call goes on in the background.
+func (c *clusterNode) abortLater(to, id, attempt string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.abortAttempt(to, id, attempt)
+	}()
+	select {
+	case <-done:
+	case <-time.After(abortWait):
+	}
+}
 
-// abortPush is abort for the archive arriving through the tunnel whose
-// source end is push, or, with push empty, for whatever the target holds.
-func (c *clusterNode) abortPush(to, id, push string) {
+// abortWait is how long a failed migration waits for its target to
+// confirm an abort.
+const abortWait = time.Second
+
+// abortAttempt asks node to to drop what attempt brought of job id (all of
+// it, with attempt empty).
+func (c *clusterNode) abortAttempt(to, id, attempt string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.node.Call(ctx, to, "migrate-abort", migrateAbort{ID: id, Push: push}, nil); err != nil &&
+	if err := c.node.Call(ctx, to, "migrate-abort", migrateAbort{ID: id, Attempt: attempt}, nil); err != nil &&
 		!errors.Is(err, cluster.ErrNodeUnreachable) {
 		c.log.Warn("abort the target's copy", "node", to, "job", id, "err", err)
 	}
+}
+
+// newAttempt names a migration attempt.
+func newAttempt() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Ways a migration moves the archive (cluster.transfer).
@@ -510,6 +543,9 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "unreadable request: "+err.Error())
 	}
+	if c.wasAborted(in.ID, in.Attempt) {
+		return nil, errAttemptAborted
+	}
 	dir, err := c.arrivalDir(ctx, in.ID, in.Name, in.From, in.Epoch)
 	if err != nil {
 		return nil, err
@@ -562,17 +598,46 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	}
 	c.log.Info("migrated job restored, stopped until the hand-over", "job", in.ID, "from", in.From, "fetch", tFetch, "restore", time.Since(t0)-tFetch)
 	c.mu.Lock()
-	c.pending[in.ID] = &pendingImport{epoch: in.Epoch, timer: time.AfterFunc(pendingTimeout, func() { c.settle(in.ID) })}
+	if c.aborted[[2]string{in.ID, in.Attempt}].IsZero() || in.Attempt == "" {
+		c.pending[in.ID] = &pendingImport{epoch: in.Epoch, attempt: in.Attempt, timer: time.AfterFunc(pendingTimeout, func() { c.settle(in.ID) })}
+		c.mu.Unlock()
+		return migrateInReply{PID: j.PID}, nil
+	}
 	c.mu.Unlock()
-	return migrateInReply{PID: j.PID}, nil
+	// The source gave up while this node restored (it was slow, or
+	// frozen): the copy goes now rather than when it would settle.
+	if err := c.m.Discard(context.WithoutCancel(ctx), in.ID); err != nil {
+		c.log.Error("discard a copy whose migration was aborted", "job", in.ID, "err", err)
+	}
+	return nil, errAttemptAborted
+}
+
+// errAttemptAborted: a migrate-in of an attempt its source gave up on.
+var errAttemptAborted = errors.New("the source gave up on this migration attempt")
+
+// wasAborted reports whether the source gave up on attempt of job id.
+func (c *clusterNode) wasAborted(id, attempt string) bool {
+	if attempt == "" {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.aborted[[2]string{id, attempt}].IsZero()
 }
 
 // take removes a pending import, so that exactly one of resume, abort
 // and settle acts on it.
-func (c *clusterNode) take(id string) *pendingImport {
+func (c *clusterNode) take(id string) *pendingImport { return c.takeAttempt(id, "") }
+
+// takeAttempt is take for the import that attempt brought (any, with
+// attempt empty).
+func (c *clusterNode) takeAttempt(id, attempt string) *pendingImport {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.pending[id]
+	if p != nil && attempt != "" && p.attempt != attempt {
+		return nil // a later attempt's
+	}
 	if p != nil {
 		p.timer.Stop()
 		delete(c.pending, id)
@@ -644,18 +709,22 @@ func (c *clusterNode) handleMigrateAbort(ctx context.Context, raw json.RawMessag
 	}
 	c.mu.Lock()
 	p := c.pushes[r.ID]
-	c.mu.Unlock()
-	if r.Push != "" {
-		// A push that failed: nothing was restored from it.
-		if p != nil && p.subject == r.Push {
-			c.dropPush(r.ID, p)
+	if r.Attempt != "" {
+		if c.aborted == nil {
+			c.aborted = map[[2]string]time.Time{}
 		}
-		return struct{}{}, nil
+		for k, at := range c.aborted {
+			if time.Since(at) > 2*pendingTimeout {
+				delete(c.aborted, k)
+			}
+		}
+		c.aborted[[2]string{r.ID, r.Attempt}] = time.Now()
 	}
-	if p != nil {
+	c.mu.Unlock()
+	if p != nil && (r.Attempt == "" || p.attempt == r.Attempt) {
 		c.dropPush(r.ID, p) // an archive that was arriving
 	}
-	if c.take(r.ID) == nil {
+	if c.takeAttempt(r.ID, r.Attempt) == nil {
 		return struct{}{}, nil // nothing pending
 	}
 	return struct{}{}, c.m.Discard(ctx, r.ID)

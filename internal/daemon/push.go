@@ -53,11 +53,12 @@ type migratePush struct {
 	Epoch   uint64 `json:"epoch"`
 	ID      string `json:"id"`
 	Subject string `json:"subject"` // the source's end of the tunnel
+	Attempt string `json:"attempt,omitempty"`
 }
 
 // pushTo opens the tunnel to node to for job id's archive at epoch and
 // returns the destination the dump writes into.
-func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64) (archive.Destination, string, error) {
+func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64, attempt string) (archive.Destination, string, error) {
 	pr, pw := io.Pipe()
 	src := &pipeConn{pr: pr}
 	t, err := serveTunnel(c.node.Conn(), c.node.Name(), func() (io.ReadWriteCloser, error) { return src, nil })
@@ -66,7 +67,7 @@ func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, tunnelTimeout)
 	defer cancel()
-	req := migratePush{From: c.node.Name(), Epoch: epoch, ID: id, Subject: t.self}
+	req := migratePush{From: c.node.Name(), Epoch: epoch, ID: id, Subject: t.self, Attempt: attempt}
 	if err := c.callWatching(ctx, to, "migrate-push", req, nil); err != nil {
 		t.stop()
 		return nil, "", fmt.Errorf("node %s cannot receive the archive: %w", to, err)
@@ -75,12 +76,7 @@ func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64) (
 	// frozen for the tunnel's timeout when the cluster sees it down
 	// sooner.
 	c.failIfDown(t, to, "while the archive went to it")
-	// The abort is a courtesy (the target also drops an archive whose
-	// source went silent) and must not hold up the failed dump's reply:
-	// a frozen or cut-off target answers nothing for the call's 10 s.
-	// It names this tunnel, so that a late one never drops the archive of
-	// a migration retried meanwhile.
-	d := &pushDest{t: t, pw: pw, abort: func() { go c.abortPush(to, id, t.self) }}
+	d := &pushDest{t: t, pw: pw, abort: func() { c.abortLater(to, id, attempt) }}
 	return d, "streamed to node " + to, nil
 }
 
@@ -156,7 +152,7 @@ func (p *pipeConn) Close() error {
 type pushIn struct {
 	from    string
 	epoch   uint64
-	subject string // the source's end of the tunnel
+	attempt string // migratePush.Attempt
 	dir     string
 	tmp     string
 	f       io.WriteCloser
@@ -231,7 +227,7 @@ func (c *clusterNode) handleMigratePush(ctx context.Context, raw json.RawMessage
 		_ = os.Remove(dir) // only if empty
 		return nil, fmt.Errorf("receive the archive into %s: %w", dir, err)
 	}
-	p := &pushIn{from: r.From, epoch: r.Epoch, subject: r.Subject, dir: dir, tmp: tmp, f: f, last: time.Now(), done: make(chan struct{})}
+	p := &pushIn{from: r.From, epoch: r.Epoch, attempt: r.Attempt, dir: dir, tmp: tmp, f: f, last: time.Now(), done: make(chan struct{})}
 	c.mu.Lock()
 	if old := c.pushes[r.ID]; old != nil {
 		c.mu.Unlock()

@@ -146,6 +146,87 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 	}
 }
 
+// TestClusterTargetFrozenDuringRestore: the target's daemon is frozen
+// the moment the whole archive has arrived, as it starts the restore (or
+// just before): it answers nothing. The migration fails within the node
+// timeout — not after the 10 s of an abort the frozen target never
+// answers — and the job runs on as the same process; once thawed, the
+// target never resumes its copy, removes it, and lists nothing.
+func TestClusterTargetFrozenDuringRestore(t *testing.T) {
+	python := requireBinary(t, "python3")
+	ds, _ := embeddedCluster(t, "a", "b")
+	a, b := ds[0], ds[1]
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-restorefrozen", time.Now().UnixNano())
+	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
+	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	res := make(chan result, 1)
+	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
+	bpid := b.pid()
+	var frozen time.Time
+	for deadline := time.Now().Add(60 * time.Second); frozen.IsZero(); time.Sleep(2 * time.Millisecond) {
+		if arrived, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "migrated-from-a-*.cedana")); len(arrived) > 0 {
+			if err := syscall.Kill(bpid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			frozen = time.Now()
+			t.Logf("froze b (PID %d) once %s had arrived", bpid, arrived[0])
+		}
+		select {
+		case r := <-res:
+			t.Fatalf("the migration ended before its archive had all arrived: %s", r)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the archive never arrived whole on b")
+		}
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = syscall.Kill(bpid, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(25 * time.Second):
+		t.Fatal("migrate still waits 25 s after its target froze")
+	}
+	took := time.Since(frozen)
+	t.Logf("migrate returned %v after the target froze: %s", took.Round(time.Millisecond), r)
+	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate to a target frozen during the restore: %s; want it to say the job still runs on a", r)
+	}
+	// The node timeout (3 s), the watch's second and abortWait (1 s),
+	// not the 10 s of an abort the frozen target never answers.
+	if took > 9*time.Second {
+		t.Errorf("migrate returned %v after its target froze; want within the node timeout and a few seconds", took)
+	}
+	stillOn(t, a, "big", "a", j.PID, marker, ctr)
+
+	// Thawed, b finishes its restore; its copy must never run, and goes
+	// as soon as b reads the abort — not 60 s later, when it would settle
+	// from the record.
+	thaw()
+	eventually(t, 20*time.Second, "b to drop its copy", func() bool {
+		return len(clusterJobs(t, b, "--node", "b")) == 0 && len(copies(marker)) == 1
+	})
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
+		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
+	}
+}
+
 // TestClusterPushSourceDies: the source daemon is killed (SIGKILL) while
 // it pushes a 512 MiB job's archive to the target. Nothing moved: the
 // job must never run on the target, at most one copy runs at any moment
