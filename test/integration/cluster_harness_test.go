@@ -216,12 +216,45 @@ func runningCopies(marker string) []int {
 	var out []int
 	for _, pid := range copies(marker) {
 		st := procState(pid)
-		if st == 'T' || st == 't' || st == 0 || exiting(pid) {
+		if st == 'T' || st == 't' || st == 0 || exiting(pid) || inCRIU(pid) {
 			continue
 		}
 		out = append(out, pid)
 	}
 	return out
+}
+
+// inCRIU reports whether pid is traced by a CRIU process: a tree that CRIU
+// is restoring (or dumping) runs CRIU's code, not its own, until CRIU lets
+// it go — stopped, with --leave-stopped. Seen in
+// TestClusterTargetFrozenDuringRestore: with the target's daemon frozen,
+// its CRIU restore waits for the images the daemon serves, and the half
+// restored task sits in state S, traced by CRIU, until the thaw.
+func inCRIU(pid int) bool {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			tracer := strings.TrimSpace(v)
+			if tracer == "0" {
+				return false
+			}
+			// CRIU's name is in its command line: make setup's criu is
+			// a script that execs it through its own loader, whose name
+			// is the process's comm.
+			cmdline, _ := os.ReadFile("/proc/" + tracer + "/cmdline")
+			args := strings.Split(string(cmdline), "\x00")
+			for _, a := range args[:min(len(args), 8)] {
+				if filepath.Base(a) == "criu" {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false
 }
 
 // exiting reports whether pid is dying: PF_EXITING in its flags (field 9
