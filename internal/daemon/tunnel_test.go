@@ -247,6 +247,15 @@ func TestPushTargetCleansUp(t *testing.T) {
 	if _, err := d.Write(make([]byte, 3<<20)); err != nil {
 		t.Fatal(err)
 	}
+	// The target's end of stream (it sends nothing else) must have
+	// reached the source first: sent after the source vanished, it
+	// finds nobody listening and fails the tunnel at once, rightly, but
+	// without the silence this test is about (seen under load).
+	for deadline := time.Now().Add(5 * time.Second); !in.t.sentAll(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the target's end of stream was never acknowledged")
+		}
+	}
 	vanish(src)
 	gone(in, "a source that went silent")
 	if in.err == nil || !strings.Contains(in.err.Error(), "nothing arrived") {
