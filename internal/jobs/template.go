@@ -667,7 +667,8 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 	if lazy {
 		how = "cloned (lazy)"
 	}
-	m.log.Info("clone started", "job", j.ID, "template", t.Name, "network", netTime, "criu", res.CRIUTime, "lazy", lazy)
+	m.log.Info("clone started", "job", j.ID, "template", t.Name, "network", netTime, "pooled", att != nil && att.Pooled,
+		"criu", res.CRIUTime, "lazy", lazy)
 	j2, err := m.restored(j, "template "+t.Name, res.PID, "", how, netTime+res.CRIUTime, true)
 	if err != nil {
 		return j, err

@@ -53,6 +53,8 @@ type Attachment struct {
 	Address string
 	// HostVeth is the host end of the pair.
 	HostVeth string
+	// Pooled says the namespace came ready from the pool.
+	Pooled bool
 }
 
 // NewNetwork returns the clone network of the daemon whose state lives in
@@ -156,6 +158,7 @@ func (n *Network) setup() error {
 // it.
 func (n *Network) Attach(id string) (*Attachment, error) {
 	if a := n.take(); a != nil {
+		a.Pooled = true
 		return a, nil
 	}
 	return n.create("cedana-" + id)
