@@ -114,7 +114,7 @@ func (b *coldBench) run(runs, clones int, lazy bool, plotPath string) error {
 	if _, err := b.coldOnceKeep(ctx, src); err != nil {
 		return err
 	}
-	_, err := b.c.CreateTemplate(ctx, &pb.CreateTemplateRequest{Name: name, Job: src})
+	_, err := b.createTemplate(ctx, name, src)
 	b.end(ctx, src)
 	if err != nil {
 		return b.g.rpcError(err)
@@ -178,6 +178,19 @@ func (b *coldBench) run(runs, clones int, lazy bool, plotPath string) error {
 		fmt.Printf("plot: %s\n", plotPath)
 	}
 	return nil
+}
+
+// createTemplate makes template name of job src. The service may still
+// hold the probe's connection for a moment after answering it (the
+// server has not seen the close yet), which template create refuses: it
+// is retried for a few seconds.
+func (b *coldBench) createTemplate(ctx context.Context, name, src string) (*pb.Template, error) {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := b.c.CreateTemplate(ctx, &pb.CreateTemplateRequest{Name: name, Job: src})
+		if err == nil || !strings.Contains(err.Error(), "established TCP connection") || time.Now().After(deadline) {
+			return resp, err
+		}
+	}
 }
 
 // baseName is CMD for a title: each word's base name, e.g.

@@ -56,6 +56,18 @@ type Config struct {
 	// Cluster joins the daemon to other daemons over NATS JetStream
 	// (docs/cluster.md).
 	Cluster Cluster `json:"cluster"`
+	// Templates configures warm templates and their clones.
+	Templates Templates `json:"templates"`
+}
+
+// Templates configures warm templates and their clones.
+type Templates struct {
+	// NetnsPool is how many network namespaces (veth pair, address and
+	// routes set up) the daemon keeps ready for clones of templates that
+	// listen on TCP ports, so that a clone does not make its own while it
+	// starts. It fills once such a template is made or cloned; 0 turns
+	// it off. At most 64.
+	NetnsPool int `json:"netns_pool"`
 }
 
 // Cluster configures cluster mode. The daemon runs as a cluster node when
@@ -254,9 +266,10 @@ func Default() Config {
 			ShutdownGrace:  Duration{30 * time.Second},
 			RestoreBackoff: Duration{time.Second},
 		},
-		Policy:  Policy{Keep: 5, MaxRestores: 3, Failover: "auto"},
-		Storage: Storage{Dedup: true},
-		Cluster: Cluster{NodeTimeout: Duration{10 * time.Second}},
+		Policy:    Policy{Keep: 5, MaxRestores: 3, Failover: "auto"},
+		Storage:   Storage{Dedup: true},
+		Cluster:   Cluster{NodeTimeout: Duration{10 * time.Second}},
+		Templates: Templates{NetnsPool: 8},
 	}
 }
 

@@ -98,6 +98,7 @@ func Run(ctx context.Context, o Options) error {
 		RestoreBackoff: d.RestoreBackoff.Duration,
 		CgroupParent:   cgroupParent(o.Config),
 		Dedup:          o.Config.Storage.Dedup,
+		NetnsPool:      o.Config.Templates.NetnsPool,
 	}, st, o.Engine, o.Containers, log, jobs.NewMetrics(reg, st))
 	defer mgr.Close()
 	o.Engine.RemoveStaleStaging() // process memory a crashed daemon left behind

@@ -67,6 +67,10 @@ type Config struct {
 	// Dedup stores process jobs' checkpoints deduplicated (see
 	// storage.go, internal/chunks).
 	Dedup bool
+	// NetnsPool is how many network namespaces for clones the daemon
+	// keeps ready once templates that listen are made or cloned (see
+	// internal/template/netpool.go); 0: clones make their own.
+	NetnsPool int
 }
 
 // Manager runs jobs. It is safe for concurrent use.
@@ -158,7 +162,7 @@ func (m *Manager) Close() {
 	m.live = map[string]*supervisor{}
 	m.mu.Unlock()
 	m.wg.Wait()
-	m.tpl().net.Close() // the clone bridge, once no clone runs
+	m.tpl().net.Close() // the pool's namespaces; the bridge, once no clone runs
 }
 
 // Get returns a job by ID or name.

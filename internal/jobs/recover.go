@@ -41,20 +41,27 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 // reconcileClones keeps the addresses of clones that still run and
-// removes the network namespaces of those that ended while no daemon ran.
+// removes the network namespaces of those that ended while no daemon ran,
+// and the pool's namespaces a killed daemon left (those not handed to a
+// clone that still runs).
 func (m *Manager) reconcileClones(ctx context.Context) {
 	jobs, err := m.store.ListJobs(ctx)
 	if err != nil {
 		return
 	}
+	keep := map[string]bool{}
 	for _, j := range jobs {
 		switch {
 		case j.NetNS == "":
 		case State(j.State).alive():
 			m.tpl().net.Reserve(j.Address)
+			keep[j.NetNS] = true
 		default:
 			m.cloneEnded(j)
 		}
+	}
+	if gone := m.tpl().net.Sweep(keep); len(gone) > 0 {
+		m.log.Info("removed the network namespaces an earlier daemon kept ready for clones", "count", len(gone))
 	}
 }
 

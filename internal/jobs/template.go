@@ -67,6 +67,7 @@ func (m *Manager) tpl() *templates {
 			t.store = template.NewSharedStore(dir, m.cfg.Storage, t.sharedNames, t.node)
 		}
 		t.cache, t.net = template.NewCache(), template.NewNetwork(dir)
+		t.net.SetPoolSize(m.cfg.NetnsPool)
 		t.proxies, t.users, t.removing = map[string][]*template.Proxy{}, map[string]int{}, map[string]bool{}
 	})
 	return t
@@ -196,6 +197,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, name string, src TemplateS
 // replicated store may answer from a replica a moment behind.
 func (m *Manager) warmTemplate(t *template.Template) (*template.Template, error) {
 	ts, name := m.tpl(), t.Name
+	if len(t.Listen) > 0 {
+		ts.net.Fill() // its clones will want network namespaces
+	}
 	// Not counted as a user: a removal meanwhile only makes this fail.
 	m.wg.Add(1)
 	go func() {
@@ -487,6 +491,11 @@ func (m *Manager) RunFromTemplate(ctx context.Context, spec CloneSpec) (*CloneRe
 	if len(pubs) > 0 && len(t.Listen) == 0 {
 		return nil, fmt.Errorf("%w: --publish: template %s listens on no TCP port, so its clones get no address to forward to", template.ErrInvalid, t.Name)
 	}
+	if len(t.Listen) > 0 {
+		// The clones take namespaces from the pool; it fills up again
+		// once they have started, not while they restore.
+		defer ts.net.Hold()()
+	}
 	images, mf, hit, imagesDone, err := ts.cache.Images(ctx, ts.store, t)
 	if err != nil {
 		return nil, err
@@ -658,7 +667,8 @@ func (m *Manager) startClone(ctx context.Context, cl Cloner, j *store.Job, t *te
 	if lazy {
 		how = "cloned (lazy)"
 	}
-	m.log.Info("clone started", "job", j.ID, "template", t.Name, "network", netTime, "criu", res.CRIUTime, "lazy", lazy)
+	m.log.Info("clone started", "job", j.ID, "template", t.Name, "network", netTime, "pooled", att != nil && att.Pooled,
+		"criu", res.CRIUTime, "lazy", lazy)
 	j2, err := m.restored(j, "template "+t.Name, res.PID, "", how, netTime+res.CRIUTime, true)
 	if err != nil {
 		return j, err
@@ -709,8 +719,7 @@ func (m *Manager) cloneEnded(j *store.Job) {
 		return
 	}
 	m.unpublish(j.ID)
-	m.tpl().net.Detach(&template.Attachment{NS: j.NetNS, NSPath: filepath.Join("/run/netns", j.NetNS),
-		Address: j.Address, HostVeth: template.HostVeth(j.ID)})
+	m.tpl().net.Detach(template.AttachmentOf(j.NetNS, j.Address))
 }
 
 // treeRSS is the resident memory of the tree rooted at pid, in bytes.

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 )
@@ -19,6 +18,7 @@ import (
 // inside end ("eth0") gets the next free address. The host reaches every
 // clone at its address on the template's ports; clones listen on the same
 // port without clashing. Detach deletes the namespace and the pair.
+// Namespaces can be made ahead of the clones (see netpool.go).
 //
 // It runs `ip` (iproute2): namespaces and links are few and long-lived,
 // and its error messages are the ones administrators know.
@@ -29,7 +29,21 @@ type Network struct {
 	prefix string // "10.A.B."
 	used   map[string]bool
 	next   int // where the search for a free address starts (0-252)
+
+	// The pool (netpool.go): namespaces ready for clones, and how it is
+	// being filled.
+	pool     []*Attachment
+	poolSize int
+	seq      int  // the last pool namespace's number
+	holds    int  // clone runs under way: no filling meanwhile
+	filling  bool // a fill goroutine runs
+	closed   bool
+	fillErr  error
+	fills    sync.WaitGroup
 }
+
+// netnsDir is where `ip netns` keeps named namespaces.
+const netnsDir = "/run/netns"
 
 // Attachment is one clone's network.
 type Attachment struct {
@@ -39,6 +53,8 @@ type Attachment struct {
 	Address string
 	// HostVeth is the host end of the pair.
 	HostVeth string
+	// Pooled says the namespace came ready from the pool.
+	Pooled bool
 }
 
 // NewNetwork returns the clone network of the daemon whose state lives in
@@ -137,9 +153,20 @@ func (n *Network) setup() error {
 	return nil
 }
 
-// Attach creates the network namespace of clone id and returns how to
-// join and reach it.
+// Attach gives clone id a network namespace, from the pool when it holds
+// one (see netpool.go), else made now, and returns how to join and reach
+// it.
 func (n *Network) Attach(id string) (*Attachment, error) {
+	if a := n.take(); a != nil {
+		a.Pooled = true
+		return a, nil
+	}
+	return n.create("cedana-" + id)
+}
+
+// create makes namespace ns with a veth pair on the bridge and the next
+// free address.
+func (n *Network) create(ns string) (*Attachment, error) {
 	n.mu.Lock()
 	if err := n.setup(); err != nil {
 		n.mu.Unlock()
@@ -159,13 +186,12 @@ func (n *Network) Attach(id string) (*Attachment, error) {
 			break
 		}
 	}
-	br := n.bridge
+	br, prefix := n.bridge, n.prefix
 	n.mu.Unlock()
 	if addr == "" {
 		return nil, errors.New("clone network: all 253 addresses are in use")
 	}
-	a := &Attachment{NS: "cedana-" + id, Address: addr, HostVeth: HostVeth(id)}
-	a.NSPath = filepath.Join("/run/netns", a.NS)
+	a := AttachmentOf(ns, addr)
 	// Three `ip` processes, not one per step: on a busy machine each
 	// costs tens of milliseconds, and every clone pays them.
 	steps := []struct {
@@ -176,7 +202,7 @@ func (n *Network) Attach(id string) (*Attachment, error) {
 		{[]string{"-batch", "-"}, fmt.Sprintf("link add %s type veth peer name eth0 netns %s\nlink set %s master %s\nlink set %s up\nneigh flush to %s\n",
 			a.HostVeth, a.NS, a.HostVeth, br, a.HostVeth, addr)},
 		{[]string{"-n", a.NS, "-batch", "-"}, fmt.Sprintf("link set lo up\naddr add %s/24 dev eth0\nlink set eth0 up\nroute add default via %s1\n",
-			addr, n.prefix)},
+			addr, prefix)},
 	}
 	for _, s := range steps {
 		if err := ipRun(s.batch, s.args...); err != nil {
@@ -202,8 +228,10 @@ func (n *Network) Detach(a *Attachment) {
 	n.mu.Unlock()
 }
 
-// Close removes the bridge when no clone uses it any more.
+// Close removes the pool's namespaces, then the bridge when no clone
+// uses it any more.
 func (n *Network) Close() {
+	n.drain()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.bridge != "" && len(n.used) == 0 {

@@ -171,12 +171,16 @@ func TestTemplateClones(t *testing.T) {
 
 	// Kill one clone: the others keep answering, its namespace goes.
 	victim := rep.Clones[0]
+	victimNS := netnsOf(t, victim.Job.PID)
+	if victimNS == "" {
+		t.Fatalf("clone %s runs in no namespace of /run/netns", victim.Job.Name)
+	}
 	if err := syscall.Kill(victim.Job.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	d.waitJob(victim.Job.Name, 10*time.Second, "dead", func(j jobInfo) bool { return j.State != "running" })
 	eventually(t, 5*time.Second, "the dead clone's network namespace is removed", func() bool {
-		_, err := os.Stat("/run/netns/cedana-" + victim.Job.ID)
+		_, err := os.Stat("/run/netns/" + victimNS)
 		return os.IsNotExist(err)
 	})
 	for _, c := range rep.Clones[1:] {
