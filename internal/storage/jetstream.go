@@ -287,17 +287,88 @@ func (o *jsObject) Stream(off, n int64) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, o.j.err("read", o.key, err, "")
 	}
-	return &jsStream{o: o, off: off, left: n}, nil
+	s := &jsStream{o: o, off: off, left: n, last: -1}
+	if n > 0 {
+		s.last = o.part(off + n - 1)
+	}
+	return s, nil
 }
 
-// jsStream reads parts one after another. A part read to its end has its SHA-256 digest
-// checked by the client.
+// jsPrefetch is how many parts after the one being read a stream opens ahead: each
+// opening costs two requests and the start of a consumer, which the reader would
+// otherwise wait for at every part boundary. An opened part holds at most the server's
+// first flow-control window (2 MiB) until it is read, since nothing acknowledges it.
+const jsPrefetch = 2
+
+// jsOpening is a part being opened in the background.
+type jsOpening struct {
+	i    int
+	done chan struct{}
+	r    io.ReadCloser
+	err  error
+}
+
+func (o *jsObject) openAhead(i int) *jsOpening {
+	op := &jsOpening{i: i, done: make(chan struct{})}
+	go func() {
+		op.r, op.err = o.openPart(i, 0)
+		close(op.done)
+	}()
+	return op
+}
+
+// discard closes the part once its opening has finished, without waiting for it.
+func (op *jsOpening) discard() {
+	go func() {
+		<-op.done
+		if op.r != nil {
+			op.r.Close()
+		}
+	}()
+}
+
+// jsStream reads parts one after another, with the next jsPrefetch parts of the range
+// opened ahead. A part read to its end has its SHA-256 digest checked by the client
+// before its last bytes are returned.
 type jsStream struct {
-	o    *jsObject
-	off  int64
-	left int64
-	cur  io.ReadCloser
-	curN int64 // bytes left in cur
+	o     *jsObject
+	off   int64
+	left  int64
+	last  int // the last part of the range
+	cur   io.ReadCloser
+	curN  int64 // bytes left in cur
+	ahead []*jsOpening
+	next  int // the next part to open ahead (0: none opened yet)
+}
+
+// open makes the part holding s.off current and opens the ones after it ahead.
+func (s *jsStream) open() error {
+	i := s.o.part(s.off)
+	skip := s.off - s.o.starts[i]
+	var r io.ReadCloser
+	var err error
+	if len(s.ahead) > 0 && s.ahead[0].i == i && skip == 0 {
+		op := s.ahead[0]
+		s.ahead = s.ahead[1:]
+		<-op.done
+		r, err = op.r, op.err
+	} else {
+		for _, op := range s.ahead {
+			op.discard()
+		}
+		s.ahead, s.next = nil, i+1
+		r, err = s.o.openPart(i, skip)
+	}
+	if err != nil {
+		return err
+	}
+	s.cur, s.curN = r, s.o.idx.Parts[i].Size-skip
+	for ; len(s.ahead) < jsPrefetch && s.next <= s.last; s.next++ {
+		if s.o.idx.Parts[s.next].Size > 0 {
+			s.ahead = append(s.ahead, s.o.openAhead(s.next))
+		}
+	}
+	return nil
 }
 
 func (s *jsStream) Read(p []byte) (int, error) {
@@ -305,13 +376,9 @@ func (s *jsStream) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if s.cur == nil {
-		i := s.o.part(s.off)
-		skip := s.off - s.o.starts[i]
-		r, err := s.o.openPart(i, skip)
-		if err != nil {
+		if err := s.open(); err != nil {
 			return 0, err
 		}
-		s.cur, s.curN = r, s.o.idx.Parts[i].Size-skip
 	}
 	if lim := min(s.left, s.curN); int64(len(p)) > lim {
 		p = p[:lim]
@@ -353,6 +420,10 @@ func (s *jsStream) Close() error {
 		s.cur.Close()
 		s.cur = nil
 	}
+	for _, op := range s.ahead {
+		op.discard()
+	}
+	s.ahead = nil
 	return nil
 }
 
