@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"time"
 
@@ -48,14 +49,18 @@ func (o *jsObject) part(off int64) int {
 }
 
 // openPart opens part i positioned at skip bytes into it.
-func (o *jsObject) openPart(i int, skip int64) (io.ReadCloser, error) {
+func (o *jsObject) openPart(i int, skip int64) (*jsPartReader, error) {
 	r, err := o.j.readPart(o.ctx, o.key, i, o.idx.Parts[i])
 	if err != nil {
 		return nil, err
 	}
-	if err := r.skip(skip); err != nil {
-		r.Close()
-		return nil, err
+	for skip > 0 {
+		b, err := r.take(skip)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		skip -= int64(len(b))
 	}
 	return r, nil
 }
@@ -102,7 +107,7 @@ const jsPrefetch = 2
 type jsOpening struct {
 	i    int
 	done chan struct{}
-	r    io.ReadCloser
+	r    *jsPartReader
 	err  error
 }
 
@@ -127,14 +132,15 @@ func (op *jsOpening) discard() {
 
 // jsStream reads parts one after another, with the next jsPrefetch parts of the range
 // opened ahead. A part read to its end has its SHA-256 digest checked before its last
-// message's bytes are returned (jsPartReader).
+// message's bytes are returned (jsPartReader). WriteTo hands each message's bytes to the
+// writer without copying them (io.Copy uses it).
 type jsStream struct {
 	o     *jsObject
 	off   int64
 	left  int64
 	last  int // the last part of the range
-	cur   io.ReadCloser
-	curN  int64 // bytes left in cur
+	cur   *jsPartReader
+	curN  int64 // bytes of the range left in cur
 	ahead []*jsOpening
 	next  int // the next part to open ahead (0: none opened yet)
 }
@@ -143,7 +149,7 @@ type jsStream struct {
 func (s *jsStream) open() error {
 	i := s.o.part(s.off)
 	skip := s.off - s.o.starts[i]
-	var r io.ReadCloser
+	var r *jsPartReader
 	var err error
 	if len(s.ahead) > 0 && s.ahead[0].i == i && skip == 0 {
 		op := s.ahead[0]
@@ -169,57 +175,61 @@ func (s *jsStream) open() error {
 	return nil
 }
 
-func (s *jsStream) Read(p []byte) (int, error) {
+// take returns the stream's next bytes, at most max of them, from one message.
+func (s *jsStream) take(max int64) ([]byte, error) {
 	if s.left <= 0 {
-		return 0, io.EOF
+		return nil, io.EOF
 	}
 	if s.cur == nil {
 		if err := s.open(); err != nil {
-			return 0, err
+			return nil, err
 		}
 	}
-	if lim := min(s.left, s.curN); int64(len(p)) > lim {
-		p = p[:lim]
+	b, err := s.cur.take(min(max, s.left, s.curN))
+	if err == io.EOF { // not reached: the part reader counts the size in the index
+		err = s.o.j.err("read", s.o.key, withKind(ErrCorrupt, io.ErrUnexpectedEOF), "a part is shorter than its index says")
 	}
-	n, err := s.cur.Read(p)
-	s.off += int64(n)
-	s.left -= int64(n)
-	s.curN -= int64(n)
-	if err != nil && err != io.EOF {
-		return n, s.o.j.readErr(s.o.key, err)
+	if err != nil {
+		return nil, err
 	}
-	if err == io.EOF && s.curN > 0 {
-		return n, s.o.j.err("read", s.o.key, withKind(ErrCorrupt, io.ErrUnexpectedEOF), "a part is shorter than its index says")
-	}
+	s.off += int64(len(b))
+	s.left -= int64(len(b))
+	s.curN -= int64(len(b))
 	if s.curN == 0 {
-		// End of this part: read on to its EOF, which comes after its digest matched.
-		for err != io.EOF {
-			var one [1]byte
-			var m int
-			m, err = s.cur.Read(one[:])
-			if m > 0 {
-				return n, s.o.j.err("read", s.o.key, withKind(ErrCorrupt, errors.New("a part is longer than its index says")), "")
-			}
-			if err != nil && err != io.EOF {
-				return n, s.o.j.readErr(s.o.key, err)
-			}
-		}
 		s.cur.Close()
 		s.cur = nil
 	}
-	if s.left == 0 {
-		return n, io.EOF
-	}
-	return n, nil
+	return b, nil
 }
 
-// readErr returns err as it is when it is already one of this backend's errors.
-func (j *JetStream) readErr(key string, err error) error {
-	var e *Error
-	if errors.As(err, &e) {
-		return err
+func (s *jsStream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return j.classify("read", key, err)
+	b, err := s.take(int64(len(p)))
+	n := copy(p, b)
+	if err == nil && s.left == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (s *jsStream) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for {
+		b, err := s.take(math.MaxInt64)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		m, err := w.Write(b)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 func (s *jsStream) Close() error {
@@ -296,13 +306,21 @@ func (j *JetStream) readPart(ctx context.Context, key string, i int, p jsPart) (
 	if p.Size == 0 {
 		return r, nil
 	}
-	r.cons, err = j.js.OrderedConsumer(ctx, fmt.Sprintf(jsObjStream, j.cfg.Bucket), jetstream.OrderedConsumerConfig{
+	// Not cancelled with ctx: a consumer created on the server after the request was
+	// given up on would stay there until its inactive threshold.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	r.cons, err = j.js.OrderedConsumer(cctx, fmt.Sprintf(jsObjStream, j.cfg.Bucket), jetstream.OrderedConsumerConfig{
 		FilterSubjects:    []string{fmt.Sprintf(jsObjChunkSubj, j.cfg.Bucket, info.NUID)},
 		InactiveThreshold: time.Minute, // if this process dies, the server removes the consumer
 		MaxResetAttempts:  3,
 	})
+	cancel()
 	if err != nil {
 		close(r.hashq)
+		return nil, j.classify("read", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		r.Close()
 		return nil, j.classify("read", key, err)
 	}
 	if ci := r.cons.CachedInfo(); ci != nil && ci.NumPending < r.chunks {
@@ -364,36 +382,18 @@ func (r *jsPartReader) next() error {
 	return nil
 }
 
-// skip drops the part's next n bytes (hashed, not copied).
-func (r *jsPartReader) skip(n int64) error {
-	for n > 0 {
-		if err := r.next(); err != nil {
-			return err
-		}
-		if len(r.data) == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		k := min(n, int64(len(r.data)))
-		r.data = r.data[k:]
-		n -= k
-	}
-	return nil
-}
-
-// Read returns the part's bytes; io.EOF only once its digest matched.
-func (r *jsPartReader) Read(p []byte) (int, error) {
+// take returns the part's next bytes, at most max of them, from one message; io.EOF
+// at its end.
+func (r *jsPartReader) take(max int64) ([]byte, error) {
 	if err := r.next(); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if len(r.data) == 0 {
-		return 0, io.EOF
+		return nil, io.EOF
 	}
-	n := copy(p, r.data)
-	r.data = r.data[n:]
-	if len(r.data) == 0 && r.left == 0 {
-		return n, io.EOF
-	}
-	return n, nil
+	b := r.data[:min(max, int64(len(r.data)))]
+	r.data = r.data[len(b):]
+	return b, nil
 }
 
 // Close stops the consumer and removes it from the server without waiting.
