@@ -318,6 +318,10 @@ func benchJS(ctx context.Context, addr, src, work string, measure measureFunc) e
 	if err != nil {
 		return err
 	}
+	// nats.go gives a Put or Get whose context has no deadline its default timeout (5 s)
+	// for the whole transfer: a 1 GiB Get failed with "nats: timeout" on a loaded VM.
+	// The plain tool gets the time it needs, as cedana's reader does.
+	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 10*time.Minute) }
 	return measure("jetstream (nats-server, R1)", b,
 		func() error {
 			f, err := os.Open(src)
@@ -325,10 +329,14 @@ func benchJS(ctx context.Context, addr, src, work string, measure measureFunc) e
 				return err
 			}
 			defer f.Close()
+			ctx, cancel := plainCtx()
+			defer cancel()
 			_, err = obs.Put(ctx, jetstream.ObjectMeta{Name: "obj"}, f)
 			return err
 		},
 		func() error {
+			ctx, cancel := plainCtx()
+			defer cancel()
 			r, err := obs.Get(ctx, "obj")
 			if err != nil {
 				return err
