@@ -103,8 +103,12 @@ func run(size int64, rounds int, names []string, prof string) error {
 	prng := func() io.Reader {
 		return io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{9}), size), sha256.New())
 	}
+	// Without a deadline nats.go gives a whole Put or Get 5 s (as in bench/storage).
+	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 10*time.Minute) }
 	plainPut := func(name string) func(io.Reader) error {
 		return func(r io.Reader) error {
+			ctx, cancel := plainCtx()
+			defer cancel()
 			_, err := obs.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
 			return err
 		}
@@ -186,6 +190,8 @@ func run(size int64, rounds int, names []string, prof string) error {
 			return timed("cedana delete", func() error { return b.Delete(ctx, "bench/del") })
 		},
 		"plainget": func() error {
+			ctx, cancel := plainCtx()
+			defer cancel()
 			r, err := obs.Get(ctx, "get")
 			if err != nil {
 				return err
