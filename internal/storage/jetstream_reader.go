@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"sort"
 	"time"
 
@@ -132,8 +131,9 @@ func (op *jsOpening) discard() {
 
 // jsStream reads parts one after another, with the next jsPrefetch parts of the range
 // opened ahead. A part read to its end has its SHA-256 digest checked before its last
-// message's bytes are returned (jsPartReader). WriteTo hands each message's bytes to the
-// writer without copying them (io.Copy uses it).
+// message's bytes are returned (jsPartReader). (A WriteTo handing whole 512 KiB messages
+// to io.Copy cost more CPU than Read's copies into the caller's buffer when writing to a
+// file here, 2.9–3.5 against 2.2–3.0 CPU-s per GiB.)
 type jsStream struct {
 	o     *jsObject
 	off   int64
@@ -212,24 +212,6 @@ func (s *jsStream) Read(p []byte) (int, error) {
 		err = io.EOF
 	}
 	return n, err
-}
-
-func (s *jsStream) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	for {
-		b, err := s.take(math.MaxInt64)
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		m, err := w.Write(b)
-		n += int64(m)
-		if err != nil {
-			return n, err
-		}
-	}
 }
 
 func (s *jsStream) Close() error {
