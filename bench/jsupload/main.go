@@ -103,8 +103,9 @@ func run(size int64, rounds int, names []string, prof string) error {
 	prng := func() io.Reader {
 		return io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{9}), size), sha256.New())
 	}
-	// Without a deadline nats.go gives a whole Put or Get 5 s (as in bench/storage).
-	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 10*time.Minute) }
+	// Without a deadline nats.go gives a whole Put or Get 5 s; a minute here (as in
+	// bench/storage).
+	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, time.Minute) }
 	plainPut := func(name string) func(io.Reader) error {
 		return func(r io.Reader) error {
 			ctx, cancel := plainCtx()
