@@ -142,7 +142,8 @@ type jsStream struct {
 	cur   *jsPartReader
 	curN  int64 // bytes of the range left in cur
 	ahead []*jsOpening
-	next  int // the next part to open ahead (0: none opened yet)
+	next  int   // the next part to open ahead (0: none opened yet)
+	err   error // the first error, returned from then on
 }
 
 // open makes the part holding s.off current and opens the ones after it ahead.
@@ -177,6 +178,17 @@ func (s *jsStream) open() error {
 
 // take returns the stream's next bytes, at most max of them, from one message.
 func (s *jsStream) take(max int64) ([]byte, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	b, err := s.take1(max)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return b, err
+}
+
+func (s *jsStream) take1(max int64) ([]byte, error) {
 	if s.left <= 0 {
 		return nil, io.EOF
 	}
@@ -228,11 +240,11 @@ func (s *jsStream) Close() error {
 
 // How a part is read. nats.go's Get of an object makes a push consumer whose flow control
 // starts each object at a 2 MiB window and doubles it per round trip, and hands the bytes
-// over through a pipe; one Get per 16 MiB part spent most of each part in that slow start
-// (a download took 1.3–1.6× a single Get of the same bytes). A part is read instead with
-// an ordered pull consumer asking for jsWindow bytes at a time from the first one, and
-// its messages' bytes are handed to the caller directly, while a goroutine of the reader
-// hashes them. The digest is checked when the last message arrives, before any of its
+// over through a pipe; one Get per 16 MiB part ramped up again at every part, after two
+// requests the reader waited for (a download took 1.25–1.6× a single Get of the same
+// bytes). A part is read instead with an ordered pull consumer asking for jsWindow bytes
+// at a time from the first one, and its messages' bytes are copied once, into the
+// caller's buffer, while a goroutine of the reader hashes them. The digest is checked when the last message arrives, before any of its
 // bytes are returned, against the digest in the part's info message (the one the
 // object store's Get checks) and in the index.
 const (
@@ -259,7 +271,8 @@ type jsPartReader struct {
 	data    []byte // what is left of the last message
 	hashq   chan []byte
 	sum     chan []byte
-	checked bool // the digest was checked and matched
+	checked bool  // the digest was checked and matched
+	err     error // the first error, returned from then on
 }
 
 // readPart opens part i (p in the index) of key.
@@ -333,6 +346,13 @@ func (r *jsPartReader) hash() {
 // next receives the part's next message into r.data and, with the last one, checks the
 // digest.
 func (r *jsPartReader) next() error {
+	if r.err == nil {
+		r.err = r.receive()
+	}
+	return r.err
+}
+
+func (r *jsPartReader) receive() error {
 	for len(r.data) == 0 && r.left > 0 {
 		if r.chunks == 0 {
 			return r.j.err("read", r.key, withKind(ErrCorrupt, fmt.Errorf("part %d is shorter than its index says", r.i)), "")

@@ -73,6 +73,9 @@ func TestJetStreamDamagedParts(t *testing.T) {
 		if !bytes.Equal(got, data[:len(got)]) {
 			t.Fatalf("%s: the bytes before the error differ from the archive's", key)
 		}
+		if n, again := r.Read(make([]byte, 100)); n != 0 || !errors.Is(again, ErrCorrupt) {
+			t.Fatalf("%s: a Read after the error = %d, %v; want the error again", key, n, again)
+		}
 		return got, err
 	}
 
