@@ -12,8 +12,7 @@
 // cedanaprng (the bytes come from a producer that costs CPU, as a compressor does:
 // ChaCha8 hashed on the way, instead of a file), plaindel, cedanadel (upload, then the
 // delete is timed alone), plainget, cedanaget (a download of an object uploaded once
-// before the first round, written to a file as bench/storage does: io.CopyBuffer),
-// cedanagetread (the same through the stream's Read alone, hiding its WriteTo). The
+// before the first round, written to a file as bench/storage does: io.CopyBuffer). The
 // order of the modes rotates from round to round. nats-server comes from the cache
 // scripts/setup-servers.sh fills (CEDANA_SERVER_CACHE, default /var/cache/cedana/bin) and
 // listens on 127.0.0.1 only.
@@ -200,13 +199,11 @@ func run(size int64, rounds int, names []string, prof string) error {
 			defer r.Close()
 			return download(r)
 		},
-		"cedanaget":     func() error { return cedanaGet(download) },
-		"cedanagetread": func() error { return cedanaGet(func(r io.Reader) error { return download(struct{ io.Reader }{r}) }) },
+		"cedanaget": func() error { return cedanaGet(download) },
 	}
 	prepare := map[string]func() error{
-		"plainget":      func() error { return once("get", plainPut("get")) },
-		"cedanaget":     func() error { return once("bench/get", cedanaPut("bench/get")) },
-		"cedanagetread": func() error { return once("bench/get", cedanaPut("bench/get")) },
+		"plainget":  func() error { return once("get", plainPut("get")) },
+		"cedanaget": func() error { return once("bench/get", cedanaPut("bench/get")) },
 	}
 	for _, n := range names {
 		if ops[n] == nil {
