@@ -1,8 +1,9 @@
-// Command jsupload alternates uploads of the same bytes to one nats-server — one plain
-// nats.go object Put, and cedana's jetstream backend — and reports for each the wall time
-// and the CPU time of both processes: the client (getrusage of this process) and the
-// server (/proc/PID/stat of nats-server). It is the probe behind the JetStream upload
-// paragraph of docs/benchmarks.md; bench/storage gives the figures the bar is judged on.
+// Command jsupload alternates uploads (or downloads) of the same bytes to (from) one
+// nats-server — one plain nats.go object Put (Get), and cedana's jetstream backend — and
+// reports for each the wall time and the CPU time of both processes: the client (getrusage
+// of this process) and the server (/proc/PID/stat of nats-server). It is the probe behind
+// the JetStream upload and download paragraphs of docs/benchmarks.md; bench/storage gives
+// the figures the bars are judged on.
 //
 //	go run ./bench/jsupload [-size 268435456] [-rounds 5] [-modes plain,cedana] [-cpuprofile FILE]
 //
@@ -10,9 +11,11 @@
 // replaces the previous one), plainfresh, cedanafresh (a new key each time), plainprng,
 // cedanaprng (the bytes come from a producer that costs CPU, as a compressor does:
 // ChaCha8 hashed on the way, instead of a file), plaindel, cedanadel (upload, then the
-// delete is timed alone). The order of the modes rotates from round to round. nats-server
-// comes from the cache scripts/setup-servers.sh fills (CEDANA_SERVER_CACHE, default
-// /var/cache/cedana/bin) and listens on 127.0.0.1 only.
+// delete is timed alone), plainget, cedanaget (a download of an object uploaded once
+// before the first round, written to a file as bench/storage does: io.CopyBuffer). The
+// order of the modes rotates from round to round. nats-server comes from the cache
+// scripts/setup-servers.sh fills (CEDANA_SERVER_CACHE, default /var/cache/cedana/bin) and
+// listens on 127.0.0.1 only.
 package main
 
 import (
@@ -39,7 +42,7 @@ import (
 )
 
 func main() {
-	size := flag.Int64("size", 256<<20, "bytes per upload")
+	size := flag.Int64("size", 256<<20, "bytes per upload or download")
 	rounds := flag.Int("rounds", 5, "rounds (each runs every mode once)")
 	modes := flag.String("modes", "plain,cedana", "comma-separated modes (see the package doc)")
 	prof := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
@@ -99,8 +102,13 @@ func run(size int64, rounds int, names []string, prof string) error {
 	prng := func() io.Reader {
 		return io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{9}), size), sha256.New())
 	}
+	// Without a deadline nats.go gives a whole Put or Get 5 s; a minute here (as in
+	// bench/storage).
+	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, time.Minute) }
 	plainPut := func(name string) func(io.Reader) error {
 		return func(r io.Reader) error {
+			ctx, cancel := plainCtx()
+			defer cancel()
 			_, err := obs.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
 			return err
 		}
@@ -123,6 +131,37 @@ func run(size int64, rounds int, names []string, prof string) error {
 		err := f()
 		fmt.Printf("  %s %.3f s\n", what, time.Since(t0).Seconds())
 		return err
+	}
+	// download reads r whole into a file, as bench/storage's downloads do.
+	download := func(r io.Reader) error {
+		f, err := os.Create(filepath.Join(work, "down"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.CopyBuffer(f, r, make([]byte, 1<<20))
+		return err
+	}
+	cedanaGet := func(f func(io.Reader) error) error {
+		obj, err := b.Open(ctx, "bench/get")
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		r, err := obj.Stream(0, -1)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return f(r)
+	}
+	uploaded := map[string]bool{}
+	once := func(key string, put func(io.Reader) error) error {
+		if uploaded[key] {
+			return nil
+		}
+		uploaded[key] = true
+		return fromFile(put)
 	}
 	seq := 0
 	ops := map[string]func() error{
@@ -150,10 +189,30 @@ func run(size int64, rounds int, names []string, prof string) error {
 			}
 			return timed("cedana delete", func() error { return b.Delete(ctx, "bench/del") })
 		},
+		"plainget": func() error {
+			ctx, cancel := plainCtx()
+			defer cancel()
+			r, err := obs.Get(ctx, "get")
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			return download(r)
+		},
+		"cedanaget": func() error { return cedanaGet(download) },
+	}
+	prepare := map[string]func() error{
+		"plainget":  func() error { return once("get", plainPut("get")) },
+		"cedanaget": func() error { return once("bench/get", cedanaPut("bench/get")) },
 	}
 	for _, n := range names {
 		if ops[n] == nil {
 			return fmt.Errorf("unknown mode %q", n)
+		}
+		if p := prepare[n]; p != nil {
+			if err := p(); err != nil {
+				return fmt.Errorf("%s: %w", n, err)
+			}
 		}
 	}
 	if prof != "" {
@@ -166,7 +225,7 @@ func run(size int64, rounds int, names []string, prof string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	fmt.Printf("%.2f GiB per upload, nats-server PID %d\n", float64(size)/(1<<30), srv)
+	fmt.Printf("%.2f GiB per transfer, nats-server PID %d\n", float64(size)/(1<<30), srv)
 	res := map[string][]sample{}
 	for r := 0; r < rounds; r++ {
 		for i := range names {

@@ -318,6 +318,29 @@ func benchJS(ctx context.Context, addr, src, work string, measure measureFunc) e
 	if err != nil {
 		return err
 	}
+	// nats.go gives a Put or Get whose context has no deadline its default timeout (5 s)
+	// for the whole transfer: a 1 GiB Get failed with "nats: timeout" on a loaded VM.
+	// The plain tool gets a minute (a Get of an object whose Put failed waits that long).
+	plainCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, time.Minute) }
+	// The plain download reads an object of its own, stored before (up to 3 tries, not
+	// timed): the timed Put of 1 GiB often fails with "429 too many requests", and a Get
+	// of what a failed Put left behind waits for chunks that never come.
+	var stored error
+	for try := 0; try < 3; try++ {
+		if stored = func() error {
+			f, err := os.Open(src)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			ctx, cancel := plainCtx()
+			defer cancel()
+			_, err = obs.Put(ctx, jetstream.ObjectMeta{Name: "get"}, f)
+			return err
+		}(); stored == nil {
+			break
+		}
+	}
 	return measure("jetstream (nats-server, R1)", b,
 		func() error {
 			f, err := os.Open(src)
@@ -325,11 +348,18 @@ func benchJS(ctx context.Context, addr, src, work string, measure measureFunc) e
 				return err
 			}
 			defer f.Close()
+			ctx, cancel := plainCtx()
+			defer cancel()
 			_, err = obs.Put(ctx, jetstream.ObjectMeta{Name: "obj"}, f)
 			return err
 		},
 		func() error {
-			r, err := obs.Get(ctx, "obj")
+			ctx, cancel := plainCtx()
+			defer cancel()
+			if stored != nil {
+				return fmt.Errorf("storing the object to download: %w", stored)
+			}
+			r, err := obs.Get(ctx, "get")
 			if err != nil {
 				return err
 			}
