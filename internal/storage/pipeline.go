@@ -7,6 +7,7 @@ type cryptJob struct {
 	idx   uint64
 	final bool
 	in    []byte
+	at    int64 // where fn reads in from, when it does (lentStream)
 	out   []byte
 	err   error
 	done  chan struct{} // closed when fn has run

@@ -206,6 +206,57 @@ func (c *ReadCache) StreamRange(off, n int64) (io.ReadCloser, error) {
 	return &countedStream{ReadCloser: r, n: &c.fetched}, nil
 }
 
+// LendRange is StreamRange for a reader that can use the bytes where they
+// lie (archive.LendingSource): when the object can lend them (an encrypted
+// object opens its chunks into memory the reader borrows from, see
+// encObject.Lend), the reader returned has Peek, Skip, Return, Stop and
+// Window besides Read; otherwise it is StreamRange's.
+func (c *ReadCache) LendRange(off, n int64, window int) (io.ReadCloser, error) {
+	lo, ok := c.obj.(interface {
+		Lend(off, n int64, window int) (io.ReadCloser, error)
+	})
+	if !ok {
+		return c.StreamRange(off, n)
+	}
+	r, err := lo.Lend(off, n, window)
+	if err != nil {
+		return nil, err
+	}
+	if l, ok := r.(lender); ok {
+		return &countedLender{lender: l, n: &c.fetched}, nil
+	}
+	return &countedStream{ReadCloser: r, n: &c.fetched}, nil
+}
+
+// lender is a reader whose bytes can be borrowed in place (archive.Lender).
+type lender interface {
+	io.ReadCloser
+	Peek(n int) ([]byte, error)
+	Skip(n int)
+	Return(n int)
+	Stop()
+	Window() int
+}
+
+var _ lender = (*lentStream)(nil)
+
+// countedLender adds what is read or skipped to n.
+type countedLender struct {
+	lender
+	n *atomic.Int64
+}
+
+func (s *countedLender) Read(p []byte) (int, error) {
+	k, err := s.lender.Read(p)
+	s.n.Add(int64(k))
+	return k, err
+}
+
+func (s *countedLender) Skip(k int) {
+	s.lender.Skip(k)
+	s.n.Add(int64(k))
+}
+
 // countedStream adds what is read to n.
 type countedStream struct {
 	io.ReadCloser
