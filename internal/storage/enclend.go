@@ -64,6 +64,16 @@ func (o *encObject) Lend(off, n int64, window int) (io.ReadCloser, error) {
 	return s, nil
 }
 
+// cacheHint asks a ReadCache for blocks of about 1 MiB (whole chunks) and
+// one read ahead when the object is a local file: a positioned read then
+// costs one chunk's decryption, not a round trip.
+func (o *encObject) cacheHint() (int64, int) {
+	if _, ok := o.inner.(interface{ File() *os.File }); !ok {
+		return 0, 0
+	}
+	return (1<<20 + o.h.chunkSize - 1) / o.h.chunkSize * o.h.chunkSize, 1
+}
+
 // lentStream is a range of an encrypted object opened into a ring of
 // memory mapped twice in a row, so that any size bytes from any position
 // are contiguous: a record that straddles the ring's end is lent in one

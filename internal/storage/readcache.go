@@ -75,9 +75,20 @@ func cacheBudget() int64 {
 }
 
 // NewReadCache returns a ReadCache over obj with the default block size and bounds.
+// An object that reads any range cheaply (an encrypted file on local disk,
+// whose reads cost only the chunks they decrypt) asks for smaller blocks
+// and less read-ahead with cacheHint: opening an archive and extracting
+// its small entries then decrypts a few MiB, not 16 MiB blocks and the two
+// after them.
 func NewReadCache(obj Object) *ReadCache {
-	return &ReadCache{obj: obj, size: obj.Size(), blockSize: cacheBlockSize,
-		maxBlocks: int(cacheBudget() / cacheBlockSize), ahead: cacheAhead, blocks: map[int64]*cacheBlock{}}
+	bs, ahead := int64(cacheBlockSize), cacheAhead
+	if h, ok := obj.(interface{ cacheHint() (int64, int) }); ok {
+		if b, a := h.cacheHint(); b > 0 {
+			bs, ahead = b, a
+		}
+	}
+	return &ReadCache{obj: obj, size: obj.Size(), blockSize: bs,
+		maxBlocks: int(max(cacheBudget()/bs, cacheMinBlocks)), ahead: ahead, blocks: map[int64]*cacheBlock{}}
 }
 
 // Size is the object's size.
