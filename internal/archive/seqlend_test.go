@@ -310,3 +310,34 @@ func TestLentWriterFails(t *testing.T) {
 	}
 	pw.Close()
 }
+
+// TestLentFallback: a lent stream that stops being Cedana's frames part
+// of the way through is decoded as a stream from there, as through the
+// copying path (TestSequentialFallback), and a damaged frame is refused.
+func TestLentFallback(t *testing.T) {
+	a, b := randomBytes(1, frameSize), textBytes(100_000)
+	skip := []byte{0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 'x', 'x', 'x', 'x'} // skippable frame, 4 bytes
+	raw := appendRawFrame(nil, a)
+	raw = append(raw, skip...)
+	raw = appendRawFrame(raw, b)
+	path := hostileZip{entries: []zipEntry{{name: "images/pages-1.img", raw: raw, rawSize: uint64(len(a) + len(b)), method: methodZstd}}}.write(t)
+	r, src := openLend(t, path)
+	var got bytes.Buffer
+	if err := r.StreamEntry("images/pages-1.img", &got); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if !bytes.Equal(got.Bytes(), append(bytes.Clone(a), b...)) || len(src.lent) == 0 {
+		t.Fatalf("got %d bytes, want %d (%d lent)", got.Len(), len(a)+len(b), len(src.lent))
+	}
+	bad := bytes.Clone(raw)
+	bad[len(appendRawFrame(nil, a))+len(skip)+4] = 0xff // the second frame's descriptor: reserved bit
+	path = hostileZip{entries: []zipEntry{{name: "images/pages-1.img", raw: bad, rawSize: uint64(len(a) + len(b)), method: methodZstd}}}.write(t)
+	r, _ = openLend(t, path)
+	defer r.Close()
+	got.Reset()
+	wantErr(t, r.StreamEntry("images/pages-1.img", &got), ErrCorrupt)
+	if got.Len() >= len(a)+len(b) {
+		t.Fatal("the whole entry reached the consumer")
+	}
+}

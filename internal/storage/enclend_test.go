@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // lendTest writes data encrypted in 64 KiB chunks to a directory (dir:
@@ -215,5 +216,42 @@ func TestEncryptedLendStop(t *testing.T) {
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEncryptedDirReadCacheBlocks: a ReadCache over an encrypted file in a
+// directory reads 1 MiB blocks and one ahead, so that a small read near the
+// end (an archive's directory) decrypts about 1 MiB, not 16 MiB blocks.
+func TestEncryptedDirReadCacheBlocks(t *testing.T) {
+	ctx := context.Background()
+	d, err := NewDir("dir", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key := testKey(t)
+	e, err := NewEncrypted(d, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(40<<20+5, 8)
+	if err := Put(ctx, e, "o", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := e.Open(ctx, "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewReadCache(obj)
+	defer c.Close()
+	p := make([]byte, 100)
+	if _, err := c.ReadAt(p, int64(len(data))-200); err != nil || !bytes.Equal(p, data[len(data)-200:len(data)-100]) {
+		t.Fatalf("ReadAt: %v", err)
+	}
+	if _, err := c.ReadAt(p, 3<<20); err != nil || !bytes.Equal(p, data[3<<20:3<<20+100]) {
+		t.Fatalf("ReadAt: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // the read ahead
+	if f := c.Fetched(); f > 4<<20 {  // blocks 39, 40 (5 bytes), 3 and 4 ahead
+		t.Fatalf("two small reads fetched %d bytes", f)
 	}
 }
