@@ -188,10 +188,14 @@ func (s *feed) runSequential(src SequentialSource) error {
 		err error
 		fs  frameSource
 	)
+	d := checksFor(s.e.info, false)
+	hashed := false // d gets the stored bytes from the source
 	if ls, ok := src.(LendingSource); ok {
 		window := (frameBufs + 1) * maxStoredFrame
-		rc, err = ls.LendRange(s.e.dataOffset, s.e.compSize, window)
-		if l, ok := rc.(Lender); err == nil && ok && int64(l.Window()) >= min(int64(window), s.e.compSize) {
+		rc, err = ls.LendRange(s.e.dataOffset, s.e.compSize, window, d)
+		l, ok := rc.(Lender)
+		hashed = err == nil && ok
+		if hashed && int64(l.Window()) >= min(int64(window), s.e.compSize) {
 			fs = newLentFrames(l, frameBufs, stop)
 		}
 	} else {
@@ -221,7 +225,7 @@ func (s *feed) runSequential(src SequentialSource) error {
 	wg.Go(func() {
 		defer close(frames)
 		defer close(todo)
-		readErr = s.readFrames(fs, frames, todo, stop)
+		readErr = s.readFrames(fs, d, hashed, frames, todo, stop)
 	})
 
 	bufs := make(chan []byte, 2*workers+1) // decoded frames in flight
@@ -367,13 +371,12 @@ func (s *feed) vmspliceSpans(b []byte, spans []span) error {
 }
 
 // readFrames reads the stored stream frame by frame from fs, hashing it
-// on the way, and sends each frame to frames (and compressed ones to todo
-// too). The last frame is sent only once the stream has ended where the
-// entry does and its digest matches the manifest's. A stream that is not
-// made of Cedana's frames ends with a fallback frame at the first frame
-// that is not.
-func (s *feed) readFrames(fs frameSource, frames, todo chan<- *seqFrame, stop <-chan struct{}) error {
-	d := checksFor(s.e.info, false)
+// into d on the way (unless the source did: hashed), and sends each frame
+// to frames (and compressed ones to todo too). The last frame is sent only
+// once the stream has ended where the entry does and its digest matches
+// the manifest's. A stream that is not made of Cedana's frames ends with a
+// fallback frame at the first frame that is not.
+func (s *feed) readFrames(fs frameSource, d *digests, hashed bool, frames, todo chan<- *seqFrame, stop <-chan struct{}) error {
 	size := s.e.compSize
 	maxFrames := s.e.info.Size/(64<<10) + 16 // as split
 	var total, off, n int64
@@ -407,7 +410,9 @@ func (s *feed) readFrames(fs frameSource, frames, todo chan<- *seqFrame, stop <-
 			}
 			return fmt.Errorf("%w: read stored bytes: %w", ErrCorrupt, err)
 		}
-		d.Write(j.stored)
+		if !hashed {
+			d.Write(j.stored)
+		}
 		j.off, j.done = off, make(chan struct{})
 		off += int64(len(j.stored))
 		if total += j.size; total > s.e.info.Size {

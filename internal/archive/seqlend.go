@@ -15,8 +15,11 @@ type LendingSource interface {
 	// LendRange returns a reader of the n bytes at offset off, which
 	// implements Lender with a window of at least window bytes (or all n)
 	// when the source can lend them; otherwise an ordinary reader, as
-	// StreamRange's.
-	LendRange(off, n int64, window int) (io.ReadCloser, error)
+	// StreamRange's. A Lender writes every byte of the range to sum, in
+	// order, before Peek or Read returns it (the source does it where the
+	// bytes are still in a core's cache: right after decrypting them); an
+	// ordinary reader leaves sum alone.
+	LendRange(off, n int64, window int, sum io.Writer) (io.ReadCloser, error)
 }
 
 // Lender is a reader whose bytes are borrowed in place. The bytes it lends

@@ -26,7 +26,7 @@ type lendSource struct {
 	smallWd bool // LendRange lends with a window smaller than asked
 }
 
-func (s *lendSource) LendRange(off, n int64, window int) (io.ReadCloser, error) {
+func (s *lendSource) LendRange(off, n int64, window int, sum io.Writer) (io.ReadCloser, error) {
 	if s.noLend {
 		return s.StreamRange(off, n)
 	}
@@ -42,7 +42,7 @@ func (s *lendSource) LendRange(off, n int64, window int) (io.ReadCloser, error) 
 	if s.smallWd {
 		window /= 2
 	}
-	l := &testLender{t: s.t, mem: mem[:n], window: int(min(int64(window), n)), failAfter: s.failAfter}
+	l := &testLender{t: s.t, mem: mem[:n], window: int(min(int64(window), n)), failAfter: s.failAfter, sum: sum}
 	s.lent = append(s.lent, l)
 	return l, nil
 }
@@ -53,6 +53,8 @@ type testLender struct {
 	mem       []byte
 	window    int
 	failAfter int64 // > 0: bytes from there on fail (errInjected)
+	sum       io.Writer
+	summed    int // bytes written to sum
 
 	mu             sync.Mutex
 	pos, freed     int
@@ -74,6 +76,10 @@ func (l *testLender) Peek(n int) ([]byte, error) {
 		return nil, errInjected
 	case l.pos+n > len(l.mem):
 		return nil, io.ErrUnexpectedEOF
+	}
+	if l.pos+n > l.summed {
+		l.sum.Write(l.mem[l.summed : l.pos+n])
+		l.summed = l.pos + n
 	}
 	return l.mem[l.pos : l.pos+n : l.pos+n], nil
 }

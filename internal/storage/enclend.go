@@ -20,7 +20,13 @@ import (
 // ciphertext itself (a positioned read into a reused buffer: cheaper here
 // than opening the chunks from a mapping of the file, whose pages AES-GCM
 // reads at less than half its speed on cached buffers).
-func (o *encObject) Lend(off, n int64, window int) (io.ReadCloser, error) {
+//
+// sum, when not nil, gets every byte of the range in order before Peek or
+// Read returns it: the workers pass each chunk on right after opening it,
+// so a digest of the range (the archive's) reads bytes still in the
+// core's cache rather than again from memory. An ordinary Stream (when
+// the ring cannot be made) leaves sum alone.
+func (o *encObject) Lend(off, n int64, window int, sum io.Writer) (io.ReadCloser, error) {
 	off, n, err := clampRange(off, n, o.h.size)
 	if err != nil {
 		return nil, o.e.err("read", o.key, err, "")
@@ -45,8 +51,8 @@ func (o *encObject) Lend(off, n int64, window int) (io.ReadCloser, error) {
 	if size < span {
 		lendable = min(size-cs, n)
 	}
-	s := &lentStream{o: o, mem: mem, size: size, first: first, pos: skip, end: skip + n,
-		window: int(lendable), freed: skip, done: make(chan struct{})}
+	s := &lentStream{o: o, mem: mem, size: size, first: first, pos: skip, pos0: skip, end: skip + n,
+		window: int(lendable), freed: skip, done: make(chan struct{}), sum: sum}
 	s.cond = sync.NewCond(&s.mu)
 	ctOff, _ := o.ctRange(first)
 	lastOff, lastN := o.ctRange(last)
@@ -89,6 +95,11 @@ type lentStream struct {
 	done   chan struct{} // closed when fill returns
 	ferr   error         // fill's error, read after done
 	window int
+	// sum gets the range's bytes in order (see Lend); sumFailed is set,
+	// in that order too, once a chunk failed.
+	sum       io.Writer
+	sumFailed bool
+	pos0      int64 // the range's start
 
 	// The consumer's side (one goroutine).
 	ready int64 // ring bytes opened and authenticated, in order
@@ -103,8 +114,12 @@ type lentStream struct {
 }
 
 // open is the workers' function: read the chunk's ciphertext (positioned
-// reads of a file) and open it into its room in the ring.
+// reads of a file) and open it into its room in the ring, then pass its
+// bytes of the range to sum once the chunk before it has been.
 func (s *lentStream) open(j *cryptJob) {
+	if s.sum != nil {
+		defer s.hash(j)
+	}
 	if s.file != nil {
 		if n, err := s.file.ReadAt(j.in, j.at); n < len(j.in) {
 			if err == nil || errors.Is(err, io.EOF) {
@@ -116,6 +131,27 @@ func (s *lentStream) open(j *cryptJob) {
 	}
 	// j.out has exactly the plaintext's capacity: Open writes it there.
 	_, j.err = s.o.open(j.out, int64(j.idx), j.in)
+}
+
+// hash writes the range's bytes of chunk j to sum, in order: after the
+// chunk before it (the workers take chunks in order, so the oldest never
+// waits), while they are still in this core's cache. Nothing more is
+// written after a chunk that failed.
+func (s *lentStream) hash(j *cryptJob) {
+	if j.prev != nil {
+		<-j.prev
+	}
+	if j.err != nil {
+		s.sumFailed = true
+	}
+	if !s.sumFailed {
+		from := (int64(j.idx) - s.first) * s.o.h.chunkSize
+		lo, hi := max(from, s.pos0), min(from+int64(cap(j.out)), s.end)
+		if lo < hi {
+			s.sum.Write(j.out[lo-from : hi-from : hi-from])
+		}
+	}
+	close(j.hashed)
 }
 
 // room waits until the ring bytes [from, to) were given back and returns
@@ -138,6 +174,7 @@ func (s *lentStream) fill(first, last int64) {
 	defer close(s.done)
 	defer s.pipe.close()
 	cs := s.o.h.chunkSize
+	var prev chan struct{} // closed once the chunk before was hashed
 	for i := first; i <= last; i++ {
 		ctOff, ctN := s.o.ctRange(i)
 		k := i - first
@@ -150,6 +187,10 @@ func (s *lentStream) fill(first, last int64) {
 			j.in = make([]byte, ctN)
 		}
 		j.in, j.out, j.idx, j.at = j.in[:ctN], out, uint64(i), ctOff
+		if s.sum != nil {
+			j.prev, j.hashed = prev, make(chan struct{})
+			prev = j.hashed
+		}
 		if s.file == nil {
 			if _, err := io.ReadFull(s.src, j.in); err != nil {
 				s.ferr = err

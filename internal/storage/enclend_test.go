@@ -14,7 +14,9 @@ import (
 // lendTest writes data encrypted in 64 KiB chunks to a directory (dir:
 // the workers read the file) or to memory (the ciphertext is streamed),
 // and returns a function that lends a range of it.
-func lendTest(t *testing.T, inDir bool, data []byte) (lend func(off, n int64, window int) lender, path string) {
+// What it lent is also written to sum, which a caller may read once the
+// last byte was peeked.
+func lendTest(t *testing.T, inDir bool, data []byte) (lend func(off, n int64, window int, sum io.Writer) lender, path string) {
 	t.Helper()
 	ctx := context.Background()
 	var inner Backend = NewMemory()
@@ -37,14 +39,14 @@ func lendTest(t *testing.T, inDir bool, data []byte) (lend func(off, n int64, wi
 	if err := Put(ctx, e, "m/obj", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	return func(off, n int64, window int) lender {
+	return func(off, n int64, window int, sum io.Writer) lender {
 		t.Helper()
 		obj, err := e.Open(ctx, "m/obj")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { obj.Close() })
-		r, err := NewReadCache(obj).LendRange(off, n, window)
+		r, err := NewReadCache(obj).LendRange(off, n, window, sum)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +77,8 @@ func TestEncryptedLend(t *testing.T) {
 			{int64(len(data)) - 5, 5, 1 << 20},
 			{5, int64(len(data)) - 5, 150_000},
 		} {
-			l := lend(c.off, c.n, c.window)
+			var sum bytes.Buffer
+			l := lend(c.off, c.n, c.window, &sum)
 			end := int64(len(data))
 			if c.n >= 0 {
 				end = c.off + c.n
@@ -117,10 +120,14 @@ func TestEncryptedLend(t *testing.T) {
 			if _, err := l.Peek(1); err == nil {
 				t.Fatalf("%+v: peek past the end succeeded", c)
 			}
+			if !bytes.Equal(sum.Bytes(), want) {
+				t.Fatalf("%+v, dir %v: sum got %d bytes, not the range's", c, inDir, sum.Len())
+			}
 			// And as a plain reader.
-			got, err := io.ReadAll(lend(c.off, c.n, c.window))
-			if err != nil || !bytes.Equal(got, want) {
-				t.Fatalf("%+v, dir %v: Read: %d bytes, %v", c, inDir, len(got), err)
+			sum.Reset()
+			got, err := io.ReadAll(lend(c.off, c.n, c.window, &sum))
+			if err != nil || !bytes.Equal(got, want) || !bytes.Equal(sum.Bytes(), want) {
+				t.Fatalf("%+v, dir %v: Read: %d bytes, %v; sum got %d", c, inDir, len(got), err, sum.Len())
 			}
 		}
 	}
@@ -144,7 +151,7 @@ func TestEncryptedLendTampered(t *testing.T) {
 	if err := os.WriteFile(path, tampered, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l := lend(0, -1, 256<<10)
+	l := lend(0, -1, 256<<10, nil)
 	pos := 0
 	for ; ; pos += 4096 {
 		b, err := l.Peek(4096)
@@ -167,7 +174,7 @@ func TestEncryptedLendTampered(t *testing.T) {
 	if err := os.WriteFile(path, orig, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l = lend(0, -1, 256<<10)
+	l = lend(0, -1, 256<<10, nil)
 	if _, err := l.Peek(4096); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +205,7 @@ func TestEncryptedLendTampered(t *testing.T) {
 func TestEncryptedLendStop(t *testing.T) {
 	data := randBytes(4<<20, 7)
 	lend, _ := lendTest(t, true, data)
-	l := lend(0, -1, 128<<10)
+	l := lend(0, -1, 128<<10, io.Discard)
 	if _, err := l.Peek(100 << 10); err != nil {
 		t.Fatal(err)
 	}

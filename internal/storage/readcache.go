@@ -221,15 +221,16 @@ func (c *ReadCache) StreamRange(off, n int64) (io.ReadCloser, error) {
 // lie (archive.LendingSource): when the object can lend them (an encrypted
 // object opens its chunks into memory the reader borrows from, see
 // encObject.Lend), the reader returned has Peek, Skip, Return, Stop and
-// Window besides Read; otherwise it is StreamRange's.
-func (c *ReadCache) LendRange(off, n int64, window int) (io.ReadCloser, error) {
+// Window besides Read, and sum got every byte it returns; otherwise it is
+// StreamRange's.
+func (c *ReadCache) LendRange(off, n int64, window int, sum io.Writer) (io.ReadCloser, error) {
 	lo, ok := c.obj.(interface {
-		Lend(off, n int64, window int) (io.ReadCloser, error)
+		Lend(off, n int64, window int, sum io.Writer) (io.ReadCloser, error)
 	})
 	if !ok {
 		return c.StreamRange(off, n)
 	}
-	r, err := lo.Lend(off, n, window)
+	r, err := lo.Lend(off, n, window, sum)
 	if err != nil {
 		return nil, err
 	}
