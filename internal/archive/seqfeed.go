@@ -55,7 +55,52 @@ type seqFrame struct {
 	// the writer decodes the rest of the entry as a stream.
 	fallback bool
 	off      int64
+	// lent frames (see lentFrames): the stored length, and whether the
+	// frame was released (under lentFrames.mu).
+	lent     int
+	released bool
 }
+
+// frameSource gives readFrames the stored bytes of each frame: read into
+// buffers of its own (copyFrames) or lent in place by the source
+// (lentFrames).
+type frameSource interface {
+	// next reads the next frame, of at most left stored bytes, with
+	// readFrame's checks and errors; errStopped once the feed stops.
+	next(left int64) (*seqFrame, error)
+	// release gives back the stored bytes of a frame next returned, once
+	// nothing reads them any more; any goroutine, once per frame.
+	release(j *seqFrame)
+	// vmsplicable reports whether stored bytes may be vmspliced.
+	vmsplicable() bool
+}
+
+// copyFrames reads each frame into a buffer of pool.
+type copyFrames struct {
+	r    io.Reader
+	pool *storedPool
+}
+
+func (c *copyFrames) next(left int64) (*seqFrame, error) {
+	buf := c.pool.get()
+	if buf == nil {
+		return nil, errStopped
+	}
+	j, err := readFrame(func(n int) ([]byte, error) {
+		have := len(buf)
+		buf = buf[:n]
+		_, err := io.ReadFull(c.r, buf[have:])
+		return buf, err
+	}, left)
+	if err != nil {
+		c.pool.put(buf)
+		return nil, err
+	}
+	return j, nil
+}
+
+func (c *copyFrames) release(j *seqFrame) { c.pool.put(j.stored) }
+func (c *copyFrames) vmsplicable() bool   { return c.pool.vmsplicable() }
 
 // maxStoredFrame bounds the stored size of a frame the sequential feed
 // accepts: a frame of frameSize bytes of content stored as raw blocks
@@ -135,20 +180,44 @@ func (p *storedPool) unmap() {
 // runSequential streams the entry from src in one pass (see
 // SequentialSource).
 func (s *feed) runSequential(src SequentialSource) error {
-	rc, err := src.StreamRange(s.e.dataOffset, s.e.compSize)
+	workers := concurrency(0)
+	frameBufs := workers + 4 // stored frames in flight
+	stop := make(chan struct{})
+	var (
+		rc  io.ReadCloser
+		err error
+		fs  frameSource
+	)
+	d := checksFor(s.e.info, false)
+	hashed := false // d gets the stored bytes from the source
+	if ls, ok := src.(LendingSource); ok {
+		window := (frameBufs + 1) * maxStoredFrame
+		rc, err = ls.LendRange(s.e.dataOffset, s.e.compSize, window, d)
+		l, ok := rc.(Lender)
+		hashed = err == nil && ok
+		if hashed && int64(l.Window()) >= min(int64(window), s.e.compSize) {
+			fs = newLentFrames(l, frameBufs, stop)
+		}
+	} else {
+		rc, err = src.StreamRange(s.e.dataOffset, s.e.compSize)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: read stored bytes: %w", ErrCorrupt, err)
 	}
 	defer rc.Close()
-	workers := concurrency(0)
-	stop := make(chan struct{})
+	if fs == nil {
+		pool := newStoredPool(frameBufs, stop)
+		defer pool.unmap() // after the goroutines have stopped (deferred below)
+		fs = &copyFrames{r: rc, pool: pool}
+	}
 	var wg sync.WaitGroup
 	defer func() {
 		close(stop)
+		if l, ok := fs.(*lentFrames); ok {
+			l.l.Stop() // a Peek waiting for room that will not be given back
+		}
 		wg.Wait()
 	}()
-	pool := newStoredPool(workers+4, stop)
-	defer pool.unmap() // after the goroutines have stopped (deferred above)
 
 	frames := make(chan *seqFrame, workers+2) // in stream order, to the writer
 	todo := make(chan *seqFrame, workers+2)   // compressed frames, to the decoders
@@ -156,7 +225,7 @@ func (s *feed) runSequential(src SequentialSource) error {
 	wg.Go(func() {
 		defer close(frames)
 		defer close(todo)
-		readErr = s.readFrames(rc, pool, frames, todo, stop)
+		readErr = s.readFrames(fs, d, hashed, frames, todo, stop)
 	})
 
 	bufs := make(chan []byte, 2*workers+1) // decoded frames in flight
@@ -188,30 +257,30 @@ func (s *feed) runSequential(src SequentialSource) error {
 					out = alloc.get()
 				}
 				j.out, j.err = decodeFrame(fd, j.stored, out[:cap(out)], j.size)
-				pool.put(j.stored)
+				fs.release(j)
 				j.stored = nil
 				close(j.done)
 			}
 		})
 	}
-	return s.writeSequential(frames, bufs, pool, alloc, &readErr)
+	return s.writeSequential(frames, bufs, fs, alloc, &readErr)
 }
 
 // writeSequential writes the frames in order as they come, the last one
 // only once the reader has checked the digest (it sends the last frame
 // after the check).
-func (s *feed) writeSequential(frames <-chan *seqFrame, bufs chan<- []byte, pool *storedPool, alloc *frameAllocator, readErr *error) error {
+func (s *feed) writeSequential(frames <-chan *seqFrame, bufs chan<- []byte, fs frameSource, alloc *frameAllocator, readErr *error) error {
 	type held struct {
 		b      []byte
 		end    int64
-		stored bool // a stored frame's buffer (else a decoded one)
+		stored *seqFrame // a stored frame (else b is a decoded one)
 	}
 	var hold []held
 	var written int64
 	release := func() {
 		for len(hold) > 0 && s.pushed-hold[0].end >= s.pipeCap {
-			if hold[0].stored {
-				pool.put(hold[0].b)
+			if hold[0].stored != nil {
+				fs.release(hold[0].stored)
 			} else {
 				bufs <- hold[0].b[:0]
 			}
@@ -228,24 +297,24 @@ func (s *feed) writeSequential(frames <-chan *seqFrame, bufs chan<- []byte, pool
 		}
 		var err error
 		switch {
-		case j.raw != nil && s.pipe != nil && pool.vmsplicable() && j.size >= s.pipeCap:
+		case j.raw != nil && s.pipe != nil && fs.vmsplicable() && j.size >= s.pipeCap:
 			err = s.vmspliceSpans(j.stored, j.raw)
-			hold = append(hold, held{j.stored, s.pushed, true})
+			hold = append(hold, held{nil, s.pushed, j})
 		case j.raw != nil:
 			for _, sp := range j.raw {
 				if err = s.write(j.stored[sp.off : sp.off+sp.n]); err != nil {
 					break
 				}
 			}
-			pool.put(j.stored)
+			fs.release(j)
 		case alloc.vmsplice.Load() && int64(len(j.out)) >= s.pipeCap:
 			err = s.vmsplice(j.out)
-			hold = append(hold, held{j.out, s.pushed, false})
+			hold = append(hold, held{j.out, s.pushed, nil})
 		default:
 			err = s.write(j.out)
 			bufs <- j.out[:0]
 		}
-		j.out, j.stored = nil, nil
+		j.out = nil // (stored stays: a held frame is released later)
 		if err != nil {
 			s.writeErr = err
 			return err
@@ -301,17 +370,13 @@ func (s *feed) vmspliceSpans(b []byte, spans []span) error {
 	return nil
 }
 
-// readFrames reads the stored stream rc frame by frame, hashing it on the
-// way, and sends each frame to frames (and compressed ones to todo too).
-// The last frame is sent only once the stream has ended where the entry
-// does and its digest matches the manifest's. A stream that is not made
-// of Cedana's frames ends with a fallback frame at the first frame that
-// is not.
-func (s *feed) readFrames(rc io.Reader, pool *storedPool, frames, todo chan<- *seqFrame, stop <-chan struct{}) error {
-	d := checksFor(s.e.info, false)
-	// No buffering: sources hand out their own buffers' bytes (a copy
-	// each), and a buffer here would copy most bytes twice.
-	br := io.TeeReader(rc, d)
+// readFrames reads the stored stream frame by frame from fs, hashing it
+// into d on the way (unless the source did: hashed), and sends each frame
+// to frames (and compressed ones to todo too). The last frame is sent only
+// once the stream has ended where the entry does and its digest matches
+// the manifest's. A stream that is not made of Cedana's frames ends with a
+// fallback frame at the first frame that is not.
+func (s *feed) readFrames(fs frameSource, d *digests, hashed bool, frames, todo chan<- *seqFrame, stop <-chan struct{}) error {
 	size := s.e.compSize
 	maxFrames := s.e.info.Size/(64<<10) + 16 // as split
 	var total, off, n int64
@@ -328,18 +393,15 @@ func (s *feed) readFrames(rc io.Reader, pool *storedPool, frames, todo chan<- *s
 			send(frames, &seqFrame{fallback: true, off: off})
 			return nil
 		}
-		buf := pool.get()
-		if buf == nil {
-			return errStopped
-		}
-		j, err := readFrame(br, buf, size-off)
+		j, err := fs.next(size - off)
 		if errors.Is(err, errFrameLayout) {
-			pool.put(buf)
 			send(frames, &seqFrame{fallback: true, off: off})
 			return nil
 		}
 		if err != nil {
-			pool.put(buf)
+			if errors.Is(err, errStopped) {
+				return err
+			}
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 				return fmt.Errorf("%w: truncated frame at compressed offset %d", ErrCorrupt, off)
 			}
@@ -348,21 +410,24 @@ func (s *feed) readFrames(rc io.Reader, pool *storedPool, frames, todo chan<- *s
 			}
 			return fmt.Errorf("%w: read stored bytes: %w", ErrCorrupt, err)
 		}
+		if !hashed {
+			d.Write(j.stored)
+		}
 		j.off, j.done = off, make(chan struct{})
 		off += int64(len(j.stored))
 		if total += j.size; total > s.e.info.Size {
-			pool.put(buf)
+			fs.release(j)
 			return fmt.Errorf("%w: decompresses to more than the %d bytes declared", ErrCorrupt, s.e.info.Size)
 		}
 		if off == size {
 			// The whole entry has been read (and hashed): check it before
 			// the last frame goes out.
 			if total != s.e.info.Size {
-				pool.put(buf)
+				fs.release(j)
 				return fmt.Errorf("%w: truncated: %d of %d bytes", ErrCorrupt, total, s.e.info.Size)
 			}
 			if err := d.verify(s.e.info); err != nil {
-				pool.put(buf)
+				fs.release(j)
 				return err
 			}
 			j.last = true
@@ -382,16 +447,17 @@ func (s *feed) readFrames(rc io.Reader, pool *storedPool, frames, todo chan<- *s
 // errCorruptFrame marks a frame that breaks the zstd format.
 var errCorruptFrame = errors.New("damaged zstd frame")
 
-// readFrame reads one frame, of at most left stored bytes, from br into
-// buf (capacity maxStoredFrame), with the checks split and walkBlocks
-// make. It returns errFrameLayout for a frame that is not one of Cedana's
-// (the caller falls back) and an error wrapping errCorruptFrame for a
-// damaged one.
-func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
-	limit := int(min(left, int64(cap(buf))))
+// readFrame reads one frame, of at most left stored bytes, through grow,
+// which returns the frame's first n stored bytes (n grows from call to
+// call, up to maxStoredFrame), with the checks split and walkBlocks make.
+// It returns errFrameLayout for a frame that is not one of Cedana's (the
+// caller falls back) and an error wrapping errCorruptFrame for a damaged
+// one.
+func readFrame(grow func(n int) ([]byte, error), left int64) (*seqFrame, error) {
+	limit := int(min(left, maxStoredFrame))
 	// The fixed part of the header says how long the rest is.
-	head := buf[:min(5, limit)]
-	if _, err := io.ReadFull(br, head); err != nil {
+	head, err := grow(min(5, limit))
+	if err != nil {
 		return nil, err
 	}
 	if len(head) >= 4 && binary.LittleEndian.Uint32(head)&skippableMagicMask == skippableMagic {
@@ -411,8 +477,8 @@ func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 	if hl+fcs > limit {
 		return nil, io.ErrUnexpectedEOF
 	}
-	buf = buf[:hl+fcs]
-	if _, err := io.ReadFull(br, buf[5:]); err != nil {
+	buf, err := grow(hl + fcs)
+	if err != nil {
 		return nil, err
 	}
 	fh, err := parseFrameHeader(buf)
@@ -431,10 +497,9 @@ func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 		}
 		pos := len(buf)
 		if pos+blockHeaderLen > limit {
-			return nil, tooLong(limit, cap(buf))
+			return nil, tooLong(limit)
 		}
-		buf = buf[:pos+blockHeaderLen]
-		if _, err := io.ReadFull(br, buf[pos:]); err != nil {
+		if buf, err = grow(pos + blockHeaderLen); err != nil {
 			return nil, err
 		}
 		v := uint32(buf[pos]) | uint32(buf[pos+1])<<8 | uint32(buf[pos+2])<<16
@@ -454,10 +519,9 @@ func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 			return nil, fmt.Errorf("%w: zstd block larger than 128 KiB", errCorruptFrame)
 		}
 		if pos+blockHeaderLen+n > limit {
-			return nil, tooLong(limit, cap(buf))
+			return nil, tooLong(limit)
 		}
-		buf = buf[:pos+blockHeaderLen+n]
-		if _, err := io.ReadFull(br, buf[pos+blockHeaderLen:]); err != nil {
+		if buf, err = grow(pos + blockHeaderLen + n); err != nil {
 			return nil, err
 		}
 		if last {
@@ -467,10 +531,9 @@ func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 	if fh.checksum {
 		pos := len(buf)
 		if pos+frameChecksumLen > limit {
-			return nil, tooLong(limit, cap(buf))
+			return nil, tooLong(limit)
 		}
-		buf = buf[:pos+frameChecksumLen]
-		if _, err := io.ReadFull(br, buf[pos:]); err != nil {
+		if buf, err = grow(pos + frameChecksumLen); err != nil {
 			return nil, err
 		}
 	}
@@ -483,8 +546,8 @@ func readFrame(br io.Reader, buf []byte, left int64) (*seqFrame, error) {
 
 // tooLong is why a frame does not fit in limit bytes: the entry ends
 // first (truncated), or the frame is longer than Cedana writes them.
-func tooLong(limit, capacity int) error {
-	if limit < capacity {
+func tooLong(limit int) error {
+	if limit < maxStoredFrame {
 		return io.ErrUnexpectedEOF
 	}
 	return errFrameLayout

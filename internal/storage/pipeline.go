@@ -7,9 +7,13 @@ type cryptJob struct {
 	idx   uint64
 	final bool
 	in    []byte
-	out   []byte
-	err   error
-	done  chan struct{} // closed when fn has run
+	at    int64 // where fn reads in from, when it does (lentStream)
+	// lentStream's hashing in order: prev is closed once the chunk before
+	// was hashed, hashed once this one was.
+	prev, hashed chan struct{}
+	out          []byte
+	err          error
+	done         chan struct{} // closed when fn has run
 }
 
 // pipeline runs fn on jobs on several goroutines and hands them back in the order they

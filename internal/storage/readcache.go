@@ -75,9 +75,20 @@ func cacheBudget() int64 {
 }
 
 // NewReadCache returns a ReadCache over obj with the default block size and bounds.
+// An object that reads any range cheaply (an encrypted file on local disk,
+// whose reads cost only the chunks they decrypt) asks for smaller blocks
+// and less read-ahead with cacheHint: opening an archive and extracting
+// its small entries then decrypts a few MiB, not 16 MiB blocks and the two
+// after them.
 func NewReadCache(obj Object) *ReadCache {
-	return &ReadCache{obj: obj, size: obj.Size(), blockSize: cacheBlockSize,
-		maxBlocks: int(cacheBudget() / cacheBlockSize), ahead: cacheAhead, blocks: map[int64]*cacheBlock{}}
+	bs, ahead := int64(cacheBlockSize), cacheAhead
+	if h, ok := obj.(interface{ cacheHint() (int64, int) }); ok {
+		if b, a := h.cacheHint(); b > 0 {
+			bs, ahead = b, a
+		}
+	}
+	return &ReadCache{obj: obj, size: obj.Size(), blockSize: bs,
+		maxBlocks: int(max(cacheBudget()/bs, cacheMinBlocks)), ahead: ahead, blocks: map[int64]*cacheBlock{}}
 }
 
 // Size is the object's size.
@@ -204,6 +215,58 @@ func (c *ReadCache) StreamRange(off, n int64) (io.ReadCloser, error) {
 		return nil, err
 	}
 	return &countedStream{ReadCloser: r, n: &c.fetched}, nil
+}
+
+// LendRange is StreamRange for a reader that can use the bytes where they
+// lie (archive.LendingSource): when the object can lend them (an encrypted
+// object opens its chunks into memory the reader borrows from, see
+// encObject.Lend), the reader returned has Peek, Skip, Return, Stop and
+// Window besides Read, and sum got every byte it returns; otherwise it is
+// StreamRange's.
+func (c *ReadCache) LendRange(off, n int64, window int, sum io.Writer) (io.ReadCloser, error) {
+	lo, ok := c.obj.(interface {
+		Lend(off, n int64, window int, sum io.Writer) (io.ReadCloser, error)
+	})
+	if !ok {
+		return c.StreamRange(off, n)
+	}
+	r, err := lo.Lend(off, n, window, sum)
+	if err != nil {
+		return nil, err
+	}
+	if l, ok := r.(lender); ok {
+		return &countedLender{lender: l, n: &c.fetched}, nil
+	}
+	return &countedStream{ReadCloser: r, n: &c.fetched}, nil
+}
+
+// lender is a reader whose bytes can be borrowed in place (archive.Lender).
+type lender interface {
+	io.ReadCloser
+	Peek(n int) ([]byte, error)
+	Skip(n int)
+	Return(n int)
+	Stop()
+	Window() int
+}
+
+var _ lender = (*lentStream)(nil)
+
+// countedLender adds what is read or skipped to n.
+type countedLender struct {
+	lender
+	n *atomic.Int64
+}
+
+func (s *countedLender) Read(p []byte) (int, error) {
+	k, err := s.lender.Read(p)
+	s.n.Add(int64(k))
+	return k, err
+}
+
+func (s *countedLender) Skip(k int) {
+	s.lender.Skip(k)
+	s.n.Add(int64(k))
 }
 
 // countedStream adds what is read to n.
