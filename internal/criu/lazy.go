@@ -8,7 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -37,6 +39,10 @@ type LazyServer struct {
 	done    chan struct{}
 	err     error
 	logPath string
+	// hold keeps the tree's userfaultfds open past the server's death
+	// (lazyhold.go); set once the restore returned, before done closes.
+	holdMu sync.Mutex
+	hold   *uffdHold
 }
 
 // Done is closed when the server has exited: every page was copied in,
@@ -56,6 +62,43 @@ func (l *LazyServer) Stop() {
 		_ = l.cmd.Process.Kill()
 	}
 	<-l.done
+	l.holding().release()
+}
+
+// holding is the server's hold of the tree's userfaultfds, or nil.
+func (l *LazyServer) holding() *uffdHold {
+	l.holdMu.Lock()
+	defer l.holdMu.Unlock()
+	return l.hold
+}
+
+// Held is how many of the tree's userfaultfds Cedana holds (for logs and
+// tests).
+func (l *LazyServer) Held() int { return l.holding().held() }
+
+// holdFaults takes the hold once the restore of the tree rooted at root
+// returned (lazyhold.go).
+func (l *LazyServer) holdFaults(root int) {
+	if l.cmd.Process == nil {
+		return
+	}
+	want := 1
+	if n, err := processCount(root); err == nil && n > 0 {
+		want = n
+	}
+	h := holdFaults(l.cmd.Process.Pid, want, time.Second)
+	l.holdMu.Lock()
+	l.hold = h
+	l.holdMu.Unlock()
+	select {
+	case <-l.done:
+		// It ended while the hold was taken: as in the server's own
+		// goroutine, a clean end lets go at once.
+		if l.err == nil {
+			h.release()
+		}
+	default:
+	}
 }
 
 // startLazyServer starts `criu lazy-pages` for the images in o.ImagesDir
@@ -78,8 +121,14 @@ func startLazyServer(criuPath string, o RestoreOptions) (*LazyServer, error) {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
 	go func() {
-		l.err = cmd.Wait()
+		err := cmd.Wait()
+		l.err = err
 		close(l.done)
+		if err == nil {
+			l.holding().release() // every page is in
+		} else if h := l.holding(); h != nil {
+			time.AfterFunc(uffdHoldMax, h.release) // Stop releases sooner
+		}
 	}()
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		if _, err := os.Stat(sock); err == nil {
@@ -156,5 +205,45 @@ func (c *Client) RestoreDetached(o RestoreOptions) (*RestoreResult, *LazyServer,
 		}
 		return nil, nil, &Error{Op: "restore", Err: err, LogPath: logPath}
 	}
+	if lazy != nil {
+		lazy.holdFaults(pid)
+	}
 	return &RestoreResult{PID: pid, LogPath: logPath}, lazy, nil
+}
+
+// processCount is the number of processes in the tree rooted at pid.
+func processCount(pid int) (int, error) {
+	n, queue := 0, []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		n++
+		kids, err := childrenOf(p)
+		if err != nil {
+			return n, err
+		}
+		queue = append(queue, kids...)
+	}
+	return n, nil
+}
+
+// childrenOf lists pid's children (every thread's).
+func childrenOf(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", t.Name(), "children"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
 }

@@ -88,12 +88,16 @@ func (m *Manager) watchLazy(j *store.Job, srv lazyLoad) {
 	m.lazy[j.ID] = l
 	m.mu.Unlock()
 	start := time.Now()
+	if h, ok := srv.(interface{ Held() int }); ok {
+		m.log.Info("memory arriving lazily", "job", j.ID, "userfaultfds_held", h.Held())
+	}
 	go func() {
 		<-srv.Done()
 		err := srv.Err()
 		if err != nil {
 			err = fmt.Errorf("the job's memory stopped arriving from the source: %w", err)
 			m.killLazy(j)
+			srv.Stop() // lets go of the tree's userfaultfds (criu/lazyhold.go) once it is killed
 			m.event(j.ID, "migrate-failed", "%v; its copy here was killed rather than run without it", err)
 		} else {
 			m.event(j.ID, "memory-arrived", "all of the job's memory arrived from the source in %v", time.Since(start).Round(time.Millisecond))
