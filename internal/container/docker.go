@@ -212,13 +212,16 @@ func (d *dockerDriver) startFrom(ctx context.Context, id, imagesDir string) erro
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		case <-time.After(min(100*time.Millisecond<<(attempt-1), 2*time.Second)):
 		}
 	}
 }
 
-// checkpointUploadAttempts bounds the retries of isCheckpointUploadRace.
-const checkpointUploadAttempts = 4
+// checkpointUploadAttempts bounds the retries of isCheckpointUploadRace:
+// 7 attempts over about 5 s (0.1, 0.2, 0.4, 0.8, 1.6 and 2 s apart). With
+// Docker 28 the race once outlasted 4 attempts over 0.6 s (a clean-clone
+// run of TestDaemonManageDocker, under the whole suite's load).
+const checkpointUploadAttempts = 7
 
 // isCheckpointUploadRace recognizes the engine failing to store a
 // checkpoint in containerd's content store because that content "already
