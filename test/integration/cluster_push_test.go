@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,13 +20,9 @@ import (
 // going back), and the restarted target removes the partial archive it was
 // receiving.
 func TestClusterPushTargetDies(t *testing.T) {
-	python := requireBinary(t, "python3")
 	ds, _ := embeddedCluster(t, "a", "b")
 	a, b := ds[0], ds[1]
-	ctr := filepath.Join(t.TempDir(), "counter")
-	marker := fmt.Sprintf("cedana-test-marker-%d-pushdies", time.Now().UnixNano())
-	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
-	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	j, ctr, marker := bigJob(t, a, "pushdies")
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
@@ -60,13 +57,7 @@ func TestClusterPushTargetDies(t *testing.T) {
 		t.Fatalf("after its restart b still holds partial archives: %v", parts)
 	}
 	// And the job still migrates there.
-	before := readCounter(ctr)
-	m := migrate(t, a, "big", "b")
-	b.trackJobs([]jobInfo{m.Job})
-	checkContinues(t, ctr, before)
-	if cs := runningCopies(marker); len(cs) != 1 {
-		t.Fatalf("copies after the migration: %v", cs)
-	}
+	migratesAgain(t, a, b, ctr, marker)
 }
 
 // TestClusterPushTargetFrozen: the target's daemon is frozen (SIGSTOP,
@@ -75,30 +66,16 @@ func TestClusterPushTargetDies(t *testing.T) {
 // there; once thawed, the target never runs the job, lists nothing, and
 // removes the partial archive by itself; the job still migrates to it.
 func TestClusterPushTargetFrozen(t *testing.T) {
-	python := requireBinary(t, "python3")
 	ds, _ := embeddedCluster(t, "a", "b")
 	a, b := ds[0], ds[1]
-	ctr := filepath.Join(t.TempDir(), "counter")
-	marker := fmt.Sprintf("cedana-test-marker-%d-pushfrozen", time.Now().UnixNano())
-	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
-	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	j, ctr, marker := bigJob(t, a, "pushfrozen")
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
 	part, size, res := midPush(t, a, b)
-	bpid := b.pid()
-	if err := syscall.Kill(bpid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	frozen, thawed := time.Now(), false
-	thaw := func() {
-		if !thawed {
-			thawed = true
-			_ = syscall.Kill(bpid, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(thaw)
-	t.Logf("froze b (PID %d) with %d bytes of the archive in %s", bpid, size, part)
+	thaw := freeze(t, b)
+	frozen := time.Now()
+	t.Logf("froze b with %d bytes of the archive in %s", size, part)
 
 	var r result
 	select {
@@ -137,13 +114,7 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
 	}
 
-	before := readCounter(ctr)
-	m := migrate(t, a, "big", "b")
-	b.trackJobs([]jobInfo{m.Job})
-	checkContinues(t, ctr, before)
-	if cs := runningCopies(marker); len(cs) != 1 {
-		t.Fatalf("copies after the migration: %v", cs)
-	}
+	migratesAgain(t, a, b, ctr, marker)
 }
 
 // TestClusterTargetFrozenDuringRestore: the target's daemon is frozen
@@ -153,27 +124,23 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 // answers — and the job runs on as the same process; once thawed, the
 // target never resumes its copy, removes it, and lists nothing.
 func TestClusterTargetFrozenDuringRestore(t *testing.T) {
-	python := requireBinary(t, "python3")
 	ds, _ := embeddedCluster(t, "a", "b")
 	a, b := ds[0], ds[1]
-	ctr := filepath.Join(t.TempDir(), "counter")
-	marker := fmt.Sprintf("cedana-test-marker-%d-restorefrozen", time.Now().UnixNano())
-	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
-	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	j, ctr, marker := bigJob(t, a, "restorefrozen")
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
 	res := make(chan result, 1)
 	go func() { res <- a.cli("migrate", "big", "--to", "b") }()
-	bpid := b.pid()
-	var frozen time.Time
+	var (
+		frozen time.Time
+		thaw   func()
+	)
 	for deadline := time.Now().Add(60 * time.Second); frozen.IsZero(); time.Sleep(2 * time.Millisecond) {
 		if arrived, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "migrated-from-a-*.cedana")); len(arrived) > 0 {
-			if err := syscall.Kill(bpid, syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
+			thaw = freeze(t, b)
 			frozen = time.Now()
-			t.Logf("froze b (PID %d) once %s had arrived", bpid, arrived[0])
+			t.Logf("froze b once %s had arrived", arrived[0])
 		}
 		select {
 		case r := <-res:
@@ -184,15 +151,6 @@ func TestClusterTargetFrozenDuringRestore(t *testing.T) {
 			t.Fatal("the archive never arrived whole on b")
 		}
 	}
-	thawed := false
-	thaw := func() {
-		if !thawed {
-			thawed = true
-			_ = syscall.Kill(bpid, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(thaw)
-
 	var r result
 	select {
 	case r = <-res:
@@ -234,15 +192,11 @@ func TestClusterTargetFrozenDuringRestore(t *testing.T) {
 // job runs there (as before, or resumed by its recovery) and the target
 // has removed the partial archive by itself (its source went silent).
 func TestClusterPushSourceDies(t *testing.T) {
-	python := requireBinary(t, "python3")
 	nc := startNATSCluster(t, "127.0.0.1")
 	a := startNode(t, "a", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
 	b := startNode(t, "b", map[string]any{"nats_urls": nc.url(), "node_timeout": "10s"}, nil)
 	waitNodes(t, a, 2)
-	ctr := filepath.Join(t.TempDir(), "counter")
-	marker := fmt.Sprintf("cedana-test-marker-%d-pushsrcdies", time.Now().UnixNano())
-	a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
-	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	_, ctr, marker := bigJob(t, a, "pushsrcdies")
 
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
@@ -310,4 +264,44 @@ func midPush(t *testing.T, a, b *testDaemon) (string, int64, <-chan result) {
 		return false
 	})
 	return part, size, res
+}
+
+// bigJob runs job "big" on a: a Python process holding 512 MiB that
+// counts in a file (in its own PID namespace, so that it can migrate),
+// and waits until it counts.
+func bigJob(t *testing.T, a *testDaemon, tag string) (jobInfo, string, string) {
+	t.Helper()
+	python := requireBinary(t, "python3")
+	ctr := filepath.Join(t.TempDir(), "counter")
+	marker := fmt.Sprintf("cedana-test-marker-%d-%s", time.Now().UnixNano(), tag)
+	j := a.runJob("big", []string{"--pid-namespace"}, python, "-c", memLoopScript(ctr, 512), marker)
+	eventually(t, 60*time.Second, "the counter to start", func() bool { return readCounter(ctr) >= 3 })
+	return j, ctr, marker
+}
+
+// freeze stops d's daemon (SIGSTOP, as a hung or paused VM) and returns
+// what thaws it; the test thaws it at its end in any case.
+func freeze(t *testing.T, d *testDaemon) (thaw func()) {
+	t.Helper()
+	pid := d.pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	thaw = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(thaw)
+	return thaw
+}
+
+// migratesAgain: after a failed migration job "big" still migrates from a
+// to b, its counter going on, one copy running.
+func migratesAgain(t *testing.T, a, b *testDaemon, ctr, marker string) {
+	t.Helper()
+	before := readCounter(ctr)
+	m := migrate(t, a, "big", "b")
+	b.trackJobs([]jobInfo{m.Job})
+	checkContinues(t, ctr, before)
+	if cs := runningCopies(marker); len(cs) != 1 {
+		t.Fatalf("copies after the migration: %v", cs)
+	}
 }
