@@ -66,10 +66,12 @@ type Templates struct {
 	// routes set up) the daemon keeps ready for clones of templates that
 	// listen on TCP ports, so that a clone does not make its own while it
 	// starts. It fills once such a template is made or cloned; 0 (the
-	// default) turns it off. At most 64. Off by default: with two daemons
-	// on one machine cloning at once, a clone was once left unreachable
-	// at its address with the pool on (not understood yet; never seen
-	// with it off), and the pool saves each clone ~15 ms.
+	// default) turns it off. At most 64. Off by default until it has more
+	// runs behind it: with it on, a clone was left unreachable at its
+	// address (1 in 4 runs of two daemons cloning side by side), most
+	// likely the clone bridge's MAC changing as veths came and went
+	// (fixed: the bridge now has a fixed address; 0 in 16 such runs
+	// since). It saves each clone ~15 ms.
 	NetnsPool int `json:"netns_pool"`
 }
 

@@ -138,7 +138,13 @@ func (n *Network) setup() error {
 	if prefix == "" {
 		return errors.New("no free private /24 for the clone bridge")
 	}
-	if err := ipCmd("link", "add", br, "type", "bridge"); err != nil {
+	// A bridge with no address of its own takes the lowest MAC of its
+	// ports and changes it when ports come and go: a clone that resolved
+	// the gateway to the MAC of a veth since deleted sends its answers
+	// nowhere until its ARP entry expires. A set address stays (as
+	// container runtimes do).
+	mac := fmt.Sprintf("02:cd:%02x:%02x:%02x:%02x", byte(seed>>24), byte(seed>>16), byte(seed>>8), byte(seed))
+	if err := ipCmd("link", "add", br, "address", mac, "type", "bridge"); err != nil {
 		return err
 	}
 	if err := ipCmd("addr", "add", prefix+"1/24", "dev", br); err != nil {
