@@ -8,10 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cedana/cedana/internal/proc"
 )
 
 // Template clones are restored with the `criu` command from a directory
@@ -83,8 +84,8 @@ func (l *LazyServer) holdFaults(root int) {
 		return
 	}
 	want := 1
-	if n, err := processCount(root); err == nil && n > 0 {
-		want = n
+	if tree, err := proc.Tree(root); err == nil {
+		want = len(tree)
 	}
 	h := holdFaults(l.cmd.Process.Pid, want, time.Second)
 	l.holdMu.Lock()
@@ -209,41 +210,4 @@ func (c *Client) RestoreDetached(o RestoreOptions) (*RestoreResult, *LazyServer,
 		lazy.holdFaults(pid)
 	}
 	return &RestoreResult{PID: pid, LogPath: logPath}, lazy, nil
-}
-
-// processCount is the number of processes in the tree rooted at pid.
-func processCount(pid int) (int, error) {
-	n, queue := 0, []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		n++
-		kids, err := childrenOf(p)
-		if err != nil {
-			return n, err
-		}
-		queue = append(queue, kids...)
-	}
-	return n, nil
-}
-
-// childrenOf lists pid's children (every thread's).
-func childrenOf(pid int) ([]int, error) {
-	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, t := range tasks {
-		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", t.Name(), "children"))
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				out = append(out, c)
-			}
-		}
-	}
-	return out, nil
 }
