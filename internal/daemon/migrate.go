@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -173,7 +172,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 	if rec.Owner != self {
 		return nil, fmt.Errorf("%w: the cluster's record says node %s owns job %s (epoch %d), not this node", errMigrationFailed, rec.Owner, j.Name, rec.Epoch)
 	}
-	attempt := newAttempt()
+	attempt := randomToken()
 	var (
 		newEpoch  uint64
 		resumed   migrateResumeReply
@@ -417,13 +416,6 @@ func (c *clusterNode) abortAttempt(to, id, attempt string) {
 	}
 }
 
-// newAttempt names a migration attempt.
-func newAttempt() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // Ways a migration moves the archive (cluster.transfer).
 const (
 	transferStream      = "stream"
@@ -598,7 +590,7 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	}
 	c.log.Info("migrated job restored, stopped until the hand-over", "job", in.ID, "from", in.From, "fetch", tFetch, "restore", time.Since(t0)-tFetch)
 	c.mu.Lock()
-	if c.aborted[[2]string{in.ID, in.Attempt}].IsZero() || in.Attempt == "" {
+	if !c.abortedLocked(in.ID, in.Attempt) {
 		c.pending[in.ID] = &pendingImport{epoch: in.Epoch, attempt: in.Attempt, timer: time.AfterFunc(pendingTimeout, func() { c.settle(in.ID) })}
 		c.mu.Unlock()
 		return migrateInReply{PID: j.PID}, nil
@@ -617,12 +609,14 @@ var errAttemptAborted = errors.New("the source gave up on this migration attempt
 
 // wasAborted reports whether the source gave up on attempt of job id.
 func (c *clusterNode) wasAborted(id, attempt string) bool {
-	if attempt == "" {
-		return false
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.aborted[[2]string{id, attempt}].IsZero()
+	return c.abortedLocked(id, attempt)
+}
+
+// abortedLocked is wasAborted with c.mu held.
+func (c *clusterNode) abortedLocked(id, attempt string) bool {
+	return attempt != "" && !c.aborted[[2]string{id, attempt}].IsZero()
 }
 
 // take removes a pending import, so that exactly one of resume, abort

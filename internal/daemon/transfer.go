@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -39,9 +37,7 @@ func (c *clusterNode) serveBlob(path string) (subject string, stop func(), err e
 	if err != nil {
 		return "", nil, err
 	}
-	var tok [16]byte
-	_, _ = rand.Read(tok[:])
-	subject = "cedana.node." + c.node.Name() + ".blob." + hex.EncodeToString(tok[:])
+	subject = "cedana.node." + c.node.Name() + ".blob." + randomToken()
 	pool := sync.Pool{New: func() any { b := make([]byte, blobChunk); return &b }}
 	sub, err := c.node.Conn().Subscribe(subject, func(m *nats.Msg) {
 		reply := nats.NewMsg(m.Reply)

@@ -106,9 +106,15 @@ func newTunnel(nc *nats.Conn, node string) *tunnel {
 
 // tunnelSubject is a fresh subject for node to receive a tunnel on.
 func tunnelSubject(node string) string {
+	return "cedana.node." + node + ".tunnel." + randomToken()
+}
+
+// randomToken is 128 random bits in hex: fresh subjects and migration
+// attempt IDs.
+func randomToken() string {
 	var tok [16]byte
 	_, _ = rand.Read(tok[:])
-	return "cedana.node." + node + ".tunnel." + hex.EncodeToString(tok[:])
+	return hex.EncodeToString(tok[:])
 }
 
 // serveTunnel is the source's end: it listens on a fresh subject and, when
