@@ -305,11 +305,7 @@ func (s *lentStream) Close() error {
 	if s.src != nil {
 		err = s.src.Close()
 	}
-	for {
-		if _, ok := s.pipe.next(); !ok {
-			break
-		}
-	}
+	s.pipe.drain()
 	// Every queued chunk has been opened: no worker writes the ring now.
 	if s.mem != nil {
 		unmapRing(s.mem)

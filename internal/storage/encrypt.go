@@ -587,11 +587,7 @@ func (s *decStream) Close() error {
 	if s.src != nil {
 		err = s.src.Close()
 	}
-	for {
-		if _, ok := s.pipe.next(); !ok {
-			break
-		}
-	}
+	s.pipe.drain()
 	// Every queued chunk has been opened: no worker reads the mapping now.
 	if s.mapping != nil {
 		_ = unix.Munmap(s.mapping)

@@ -85,6 +85,16 @@ func (p *pipeline) next() (*cryptJob, bool) {
 	return j, true
 }
 
+// drain waits until every queued job has run, discarding them: after it
+// no worker touches the jobs' buffers. The producer must be done.
+func (p *pipeline) drain() {
+	for {
+		if _, ok := p.next(); !ok {
+			return
+		}
+	}
+}
+
 // close is called by the producer after its last submit.
 func (p *pipeline) close() {
 	p.closeOnce.Do(func() { close(p.order); close(p.work) })
