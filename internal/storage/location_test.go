@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // ReadCache reads the same bytes as the object at any offset and length,
@@ -122,4 +124,71 @@ func TestLocations(t *testing.T) {
 			t.Errorf("Locate(%q) accepted a location that names no archive", bad)
 		}
 	}
+}
+
+// TestReadCacheSmallFirstRead: the small reads that open an archive (a
+// local header at offset 0, the directory at the end) fetch a window each,
+// not whole blocks and the ones after them; a second read in the same block
+// takes the block, so a reader going on in small steps makes few requests.
+func TestReadCacheSmallFirstRead(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	data := make([]byte, 3*cacheBlockSize+12345)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	if err := Put(ctx, m, "a", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := m.Open(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streams atomic.Int64
+	c := NewReadCache(&countingObject{Object: obj, streams: &streams})
+	defer c.Close()
+	read := func(off int64, n int) {
+		t.Helper()
+		p := make([]byte, n)
+		got, err := c.ReadAt(p, off)
+		want := min(n, len(data)-int(off))
+		if got != want || !bytes.Equal(p[:got], data[off:off+int64(got)]) || (got < n && err != io.EOF) || (got == n && err != nil) {
+			t.Fatalf("ReadAt(%d bytes at %d) = %d, %v; want %d bytes equal to the object", n, off, got, err, want)
+		}
+	}
+	size := int64(len(data))
+	read(0, 30)                       // the first entry's local header
+	read(size-1024, 1024)             // the end of the directory
+	read(size-3000, 2000)             // the rest of it, in the same window
+	read(size-100, 200)               // past the end: io.EOF
+	time.Sleep(50 * time.Millisecond) // any read ahead
+	if f := c.Fetched(); f > 2*peekSize {
+		t.Fatalf("opening reads fetched %d bytes, want at most %d", f, 2*peekSize)
+	}
+	read(peekSize-10, 20)             // a second read in block 0 takes the block
+	time.Sleep(50 * time.Millisecond) // the read ahead
+	if f, max := c.Fetched(), int64(2*peekSize+cacheBlockSize+cacheAhead*cacheBlockSize); f > max {
+		t.Fatalf("fetched %d bytes, want at most %d", f, max)
+	}
+	if f := c.Fetched(); f < cacheBlockSize {
+		t.Fatalf("fetched %d bytes: the second read in block 0 did not take the block", f)
+	}
+	before := streams.Load()
+	for off := int64(0); off < cacheBlockSize; off += 4096 { // small steps through block 0
+		read(off, 4096)
+	}
+	if n := streams.Load() - before; n != 0 {
+		t.Fatalf("reading a fetched block in small steps made %d requests", n)
+	}
+	// Small reads straddling a block boundary are ordinary reads.
+	read(2*cacheBlockSize-10, 20)
+}
+
+// countingObject counts the Streams opened on an object.
+type countingObject struct {
+	Object
+	streams *atomic.Int64
+}
+
+func (o *countingObject) Stream(off, n int64) (io.ReadCloser, error) {
+	o.streams.Add(1)
+	return o.Object.Stream(off, n)
 }

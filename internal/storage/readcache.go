@@ -30,9 +30,11 @@ type ReadCache struct {
 	maxBlocks int
 	ahead     int
 
-	mu     sync.Mutex
-	blocks map[int64]*cacheBlock
-	tick   uint64
+	mu      sync.Mutex
+	blocks  map[int64]*cacheBlock
+	tick    uint64
+	touched map[int64]bool // blocks a read has landed in (see small)
+	peeks   []*peekWindow  // the last few small windows, newest last
 
 	fetched atomic.Int64
 
@@ -54,6 +56,27 @@ const (
 	cacheMinBlocks = 12
 	cacheAhead     = 2
 )
+
+// A small read that is the first to land in its block fetches only the
+// peekSize-aligned window around it, not the block and the ones after it:
+// opening an archive reads the local header of its first entry (30-odd
+// bytes at offset 0) and the directory at the end, and the entries around
+// them are streamed past the cache (StreamRange) — with whole blocks, a
+// restore from S3 fetched 48 MiB more than the archive (block 0 and two
+// read ahead), and decrypted them when encrypted. A second read in the
+// same block takes the whole block, so a reader that goes on in small
+// steps is not left making a request per window. The last peekKeep
+// windows stay in memory (the directory is read in several small reads).
+const (
+	peekSize = 64 << 10
+	peekKeep = 4
+)
+
+// peekWindow is a small fetched window [off, off+len(data)).
+type peekWindow struct {
+	off  int64
+	data []byte
+}
 
 // cacheBudget is how much memory a ReadCache may hold: a quarter of the memory available
 // now, at most 4 GiB, at least cacheMinBlocks blocks.
@@ -88,7 +111,8 @@ func NewReadCache(obj Object) *ReadCache {
 		}
 	}
 	return &ReadCache{obj: obj, size: obj.Size(), blockSize: bs,
-		maxBlocks: int(max(cacheBudget()/bs, cacheMinBlocks)), ahead: ahead, blocks: map[int64]*cacheBlock{}}
+		maxBlocks: int(max(cacheBudget()/bs, cacheMinBlocks)), ahead: ahead,
+		blocks: map[int64]*cacheBlock{}, touched: map[int64]bool{}}
 }
 
 // Size is the object's size.
@@ -109,6 +133,13 @@ func (c *ReadCache) ReadAt(p []byte, off int64) (int, error) {
 			return n, io.EOF
 		}
 		i := off / c.blockSize
+		if k, ok, err := c.small(p, off, i); ok {
+			n += k
+			if err == nil && k < len(p) {
+				err = io.EOF
+			}
+			return n, err
+		}
 		b := c.block(i, true)
 		<-b.done
 		if b.err != nil {
@@ -119,6 +150,51 @@ func (c *ReadCache) ReadAt(p []byte, off int64) (int, error) {
 		p, off, n = p[k:], off+int64(k), n+k
 	}
 	return n, nil
+}
+
+// small serves a read of at most peekSize bytes from a small window when
+// the window is in memory, or when it is the first read to land in block i
+// and the block is not in memory (see peekSize); ok is false otherwise.
+func (c *ReadCache) small(p []byte, off, i int64) (n int, ok bool, err error) {
+	end := min(off+int64(len(p)), c.size)
+	if len(p) == 0 || len(p) > peekSize || c.blockSize <= peekSize || (end-1)/c.blockSize != i {
+		return 0, false, nil
+	}
+	c.mu.Lock()
+	for k := len(c.peeks) - 1; k >= 0; k-- {
+		w := c.peeks[k]
+		if off >= w.off && end <= w.off+int64(len(w.data)) {
+			c.mu.Unlock()
+			return copy(p, w.data[off-w.off:end-w.off]), true, nil
+		}
+	}
+	_, cached := c.blocks[i]
+	first := !c.touched[i]
+	c.touched[i] = true
+	c.mu.Unlock()
+	if cached || !first {
+		return 0, false, nil
+	}
+	lo := off / peekSize * peekSize
+	hi := min((end+peekSize-1)/peekSize*peekSize, c.size, (i+1)*c.blockSize)
+	r, err := c.obj.Stream(lo, hi-lo)
+	if err != nil {
+		return 0, true, err
+	}
+	data := make([]byte, hi-lo)
+	_, err = io.ReadFull(r, data)
+	r.Close()
+	if err != nil {
+		return 0, true, err
+	}
+	c.fetched.Add(hi - lo)
+	c.mu.Lock()
+	if len(c.peeks) == peekKeep {
+		c.peeks = append(c.peeks[:0], c.peeks[1:]...)
+	}
+	c.peeks = append(c.peeks, &peekWindow{off: lo, data: data})
+	c.mu.Unlock()
+	return copy(p, data[off-lo:end-lo]), true, nil
 }
 
 // block returns block i, starting its fetch (and, when read, those of the blocks after
@@ -284,7 +360,7 @@ func (s *countedStream) Read(p []byte) (int, error) {
 // Close closes the object and drops the cached blocks.
 func (c *ReadCache) Close() error {
 	c.mu.Lock()
-	c.blocks = map[int64]*cacheBlock{}
+	c.blocks, c.peeks = map[int64]*cacheBlock{}, nil
 	c.mu.Unlock()
 	if c.OnClose != nil {
 		c.OnClose(c.fetched.Load())
