@@ -117,6 +117,63 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 	migratesAgain(t, a, b, ctr, marker)
 }
 
+// TestClusterPushTargetCutOff: the target's network link goes down while
+// it receives a 512 MiB job's archive (its daemon in its own network
+// namespace, NATS on the other side: nothing reaches it, its processes run
+// on). The source sees it down within the node timeout and the job keeps
+// running there, the same process; when the link comes back the target
+// never runs the job, lists nothing, and removes the partial archive by
+// itself (the abort sent while it was cut off is lost with core NATS); the
+// job still migrates to it.
+func TestClusterPushTargetCutOff(t *testing.T) {
+	ds, ns := failoverNodes(t, 2, true)
+	a, b := ds[0], ds[1]
+	j, ctr, marker := bigJob(t, a, "pushcut")
+
+	stop := make(chan struct{})
+	seen := watchCopies(marker, ctr, stop)
+	part, size, res := midPush(t, a, b)
+	setLink(t, ns[1], "down")
+	t.Cleanup(func() { setLink(t, ns[1], "up") })
+	cut := time.Now()
+	t.Logf("cut b off with %d bytes of the archive in %s", size, part)
+
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(25 * time.Second):
+		t.Fatal("migrate still waits 25 s after its target was cut off")
+	}
+	took := time.Since(cut)
+	t.Logf("migrate returned %v after the target was cut off: %s", took.Round(time.Millisecond), r)
+	if took > 9*time.Second {
+		t.Errorf("migrate returned %v after its target was cut off; want it within the node timeout and a few seconds", took)
+	}
+	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
+		t.Fatalf("migrate to a target cut off mid-transfer: %s; want a non-zero exit saying the job still runs on a", r)
+	}
+	stillOn(t, a, "big", "a", j.PID, marker, ctr)
+
+	setLink(t, ns[1], "up")
+	b.waitReady()
+	eventually(t, 2*pushSilenceForTests, "b to remove the partial archive", func() bool {
+		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
+		return len(parts) == 0
+	})
+	if js := clusterJobs(t, b, "--node", "b"); len(js) != 0 {
+		t.Fatalf("b lists %+v; the job never moved", js)
+	}
+	close(stop)
+	if what := <-seen; what != "" {
+		t.Fatal(what)
+	}
+	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
+		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
+	}
+
+	migratesAgain(t, a, b, ctr, marker)
+}
+
 // TestClusterTargetFrozenDuringRestore: the target's daemon is frozen
 // the moment the whole archive has arrived, as it starts the restore (or
 // just before): it answers nothing. The migration fails within the node
