@@ -204,6 +204,19 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 		if !live(j) {
 			return true
 		}
+		// The lease first (epoch 1, the record's first): a record that
+		// names this node owner of a running job while no lease exists is
+		// what a survivor claims once this node looks down (rule 4), and
+		// a node cut off between the two writes would run the job
+		// unfenced.
+		if !held {
+			l, err := f.leases.Acquire(ctx, j.ID, 1)
+			if err != nil {
+				return false
+			}
+			f.fencer.Hold(l)
+			held = true
+		}
 		rec, err = c.records.Create(ctx, cluster.JobRecord{ID: j.ID, Name: j.Name, Spec: spec(j), Failover: f.canFailOver(j)})
 		if err != nil {
 			return false

@@ -135,7 +135,16 @@ func (c *clusterNode) settleLazySource(ctx context.Context, id, to string, epoch
 		rec, gerr := c.records.Get(gctx, id)
 		gcancel()
 		if gerr == nil && rec.Owner == me && rec.Epoch > epoch {
-			return false, true
+			// Resumed here only under a lease this node renews (see
+			// holdLease); the target's, released when it handed the job
+			// back, expires within a lease period if that failed.
+			lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+			lerr := c.holdLease(lctx, id, rec.Epoch)
+			lcancel()
+			if lerr == nil {
+				return false, true
+			}
+			c.log.Warn("lazy migration: the job came back, its lease is not free yet", "job", id, "err", lerr)
 		}
 		if errors.Is(gerr, context.Canceled) {
 			break

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -639,6 +640,61 @@ func (c *clusterNode) takeAttempt(id, attempt string) *pendingImport {
 	return p
 }
 
+// holdLease takes job id's lease at epoch and has the fencer renew it,
+// unless this node holds it already. An imported copy resumes only under a
+// lease this node renews: the hand-over moves the record, not the lease
+// (the source releases its own), and a target cut off right after it
+// resumed its copy, before it took the lease, would run it unfenced while
+// a survivor, seeing the target down and no lease, claims the job (rule
+// 4) — two copies. With the lease taken first, a cut-off target freezes
+// its copy at the lease's deadline (rule 3), before the lease expires and
+// a survivor may claim. ErrLeaseHeld: another node holds it (a survivor
+// claimed the job), or the source's lease was not released and has not
+// expired yet.
+//
+// A store that does not answer (a NATS server of the cluster just died and
+// its streams elect a new leader, seconds) is asked again for up to
+// leaseRetry, and so is a lease still held: the source released its own
+// just before, and a replica may not have seen that yet.
+func (c *clusterNode) holdLease(ctx context.Context, id string, epoch uint64) error {
+	if slices.Contains(c.fo.fencer.Holding(), id) {
+		return nil
+	}
+	deadline := time.Now().Add(leaseRetry)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		l, err := c.fo.leases.Acquire(actx, id, epoch)
+		cancel()
+		if err == nil {
+			c.fo.fencer.Hold(l)
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// leaseRetry is how long holdLease keeps asking for a lease.
+const leaseRetry = 8 * time.Second
+
+// putBack returns an imported copy taken with take to the pending ones,
+// to be settled from the record later.
+func (c *clusterNode) putBack(id string, p *pendingImport) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending[id] != nil {
+		return // another import of the job arrived meanwhile
+	}
+	p.timer = time.AfterFunc(pendingTimeout/4, func() { c.settle(id) })
+	c.pending[id] = p
+}
+
 // handleMigrateResume is the target's step 5: resume only as the owner.
 func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessage) (any, error) {
 	t0 := time.Now()
@@ -667,6 +723,10 @@ func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessa
 			return nil, err
 		}
 		return migrateResumeReply{PID: j.PID}, nil
+	}
+	if err := c.holdLease(ctx, r.ID, r.Epoch); err != nil {
+		c.putBack(r.ID, p)
+		return nil, fmt.Errorf("job %s: not resumed: %w", r.ID, err)
 	}
 	resumedAfter := time.Since(t0)
 	j, err := c.m.Resume(ctx, r.ID, resumeSettle)
@@ -750,6 +810,11 @@ func (c *clusterNode) settle(id string) {
 		return
 	}
 	if rec.Owner == c.node.Name() {
+		if err := c.holdLease(ctx, id, rec.Epoch); err != nil {
+			c.log.Warn("settle an imported job: its lease is not free yet; trying again later", "job", id, "err", err)
+			c.putBack(id, p)
+			return
+		}
 		if _, err := c.m.Resume(ctx, id, resumeSettle); err != nil {
 			c.log.Error("resume an imported job this node owns", "job", id, "err", err)
 		}

@@ -410,6 +410,42 @@ func TestFailoverCutOff(t *testing.T) {
 	checkContinues(t, ctr, readCounter(ctr))
 }
 
+// TestFailoverCutOffRightAfterMigrate: a failover job migrates from a to
+// b, and b's link goes down the moment `migrate` returns. The hand-over
+// moves the job's record, not its lease (a releases its own): b must hold a
+// lease of its own before it resumes its copy, or, cut off, it would run
+// the copy unfenced while another node, seeing b down and no lease, claims
+// the job. With it, b freezes its copy at the lease's deadline, another
+// node restores the job only once the lease expired, at no sample do two
+// copies run, and b kills its stale copy when its link is back.
+func TestFailoverCutOffRightAfterMigrate(t *testing.T) {
+	nodes, ns := failoverNodes(t, 3, true)
+	a, b := nodes[0], nodes[1]
+	ctr, marker, _ := counterJob(t, a, "fm", true)
+	sampler := sampleCopies(marker)
+	m := migrate(t, a, "fm", "b")
+	setLink(t, ns[1], "down")
+	t.Cleanup(func() { setLink(t, ns[1], "up") })
+	b.trackJobs([]jobInfo{m.Job})
+	pid := m.Job.PID
+	moved := waitFailover(t, a, "fm", "b", nodeTimeout+30*time.Second)
+	progressAfter(t, ctr, 10*time.Second)
+	if st := procState(pid); startTime(pid) != 0 && st != 'T' && st != 't' {
+		t.Errorf("b's copy (PID %d) is in state %c while b is cut off and the job runs on %s: not stopped", pid, st, moved.Node)
+	}
+	setLink(t, ns[1], "up")
+	eventually(t, 30*time.Second, "b's stale copy to be killed once b reaches NATS again", func() bool {
+		return startTime(pid) == 0 || exiting(pid)
+	})
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v) with b cut off right after the migration", n, twin)
+	}
+	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
+		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
 // setLink sets the network link (not lo) of namespace ns up or down.
 func setLink(t *testing.T, ns, state string) {
 	t.Helper()
