@@ -356,6 +356,14 @@ func (f *failover) gate(ctx context.Context, j *store.Job) error {
 	if holder != "" && holder != me {
 		return fmt.Errorf("%w: node %s holds the job's lease (epoch %d): it is taking the job over", jobs.ErrOwnedElsewhere, holder, epoch)
 	}
+	if holder == "" {
+		// The lease expired (an outage of the store while the job was
+		// down): take it before the job runs again, as a migration's
+		// target does (holdLease), so that the copy is never unfenced.
+		if err := f.c.holdLease(ctx, j.ID, rec.Epoch); err != nil {
+			return fmt.Errorf("take the job's lease before it runs again here: %w", err)
+		}
+	}
 	return nil
 }
 
