@@ -154,7 +154,9 @@ func TestResumeConfirmsTheCopyRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 		pid := cmd.Process.Pid
-		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL); _ = cmd.Wait() })
+		reaped := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(reaped) }() // reap it when it dies, as the daemon does
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL); <-reaped })
 		var s *proc.Stat
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 			var err error
@@ -165,7 +167,6 @@ func TestResumeConfirmsTheCopyRuns(t *testing.T) {
 				t.Fatalf("PID %d never stopped itself", pid)
 			}
 		}
-		go func() { _ = cmd.Wait() }() // reap it when it dies, as the daemon does
 		j := &store.Job{ID: id, Name: id, PID: pid, StartTime: s.StartTime, State: string(Running)}
 		if err := st.CreateJob(ctx, j); err != nil {
 			t.Fatal(err)
