@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,7 +39,15 @@ type Fencer struct {
 	deadlines map[string]time.Time
 }
 
+// held is one lease the fencer keeps. Run's deadline check and the
+// goroutine that renews it (at most one at a time: busy) share it under mu;
+// no network call is made with mu held, so that a renewal that hangs (a
+// NATS connection wedged behind a large publish to a cut-off server) never
+// delays the freezing of the copy at its deadline.
 type held struct {
+	busy atomic.Bool
+
+	mu     sync.Mutex
 	lease  *Lease
 	frozen bool
 }
@@ -73,7 +82,10 @@ func (f *Fencer) Drop(ctx context.Context, job string) {
 	delete(f.held, job)
 	f.mu.Unlock()
 	if h != nil {
-		_ = f.leases.Release(ctx, h.lease)
+		h.mu.Lock()
+		l := *h.lease
+		h.mu.Unlock()
+		_ = f.leases.Release(ctx, &l)
 	}
 }
 
@@ -111,15 +123,20 @@ func (f *Fencer) Run(ctx context.Context, events chan<- Fenced) {
 		f.mu.Unlock()
 		now := time.Now()
 		for _, h := range jobs {
+			h.mu.Lock()
 			if !h.frozen && now.After(h.lease.Deadline()) {
 				f.freeze(h, "no lease renewal before the deadline")
 			}
+			h.mu.Unlock()
 		}
-		var wg sync.WaitGroup
+		// Renewals run beside the rounds: one still in flight (hung) is
+		// not started again, and never holds up the next round's check.
 		for _, h := range jobs {
-			wg.Add(1)
+			if !h.busy.CompareAndSwap(false, true) {
+				continue
+			}
 			go func() {
-				defer wg.Done()
+				defer h.busy.Store(false)
 				if ev, ok := f.check(ctx, h); ok && events != nil {
 					select {
 					case events <- ev:
@@ -128,42 +145,57 @@ func (f *Fencer) Run(ctx context.Context, events chan<- Fenced) {
 				}
 			}()
 		}
-		wg.Wait()
-		f.mu.Lock()
-		f.deadlines = make(map[string]time.Time, len(jobs))
+		deadlines := make(map[string]time.Time, len(jobs))
 		for _, h := range jobs {
-			if _, ok := f.held[h.lease.Job]; ok && !h.frozen {
-				f.deadlines[h.lease.Job] = h.lease.Deadline()
+			h.mu.Lock()
+			if !h.frozen {
+				deadlines[h.lease.Job] = h.lease.Deadline()
+			}
+			h.mu.Unlock()
+		}
+		f.mu.Lock()
+		for j := range deadlines {
+			if _, ok := f.held[j]; !ok {
+				delete(deadlines, j)
 			}
 		}
+		f.deadlines = deadlines
 		f.mu.Unlock()
 	}
 }
 
-// check renews one lease and decides the copy's fate. Only the round's
-// goroutine for h touches h.
+// check renews one lease and decides the copy's fate. One check of h runs
+// at a time (h.busy); Run's deadline check may freeze h meanwhile.
 func (f *Fencer) check(ctx context.Context, h *held) (Fenced, bool) {
-	l := h.lease
-	if !h.frozen && time.Since(l.sent) < f.leases.period/4 {
+	h.mu.Lock()
+	l, frozen := *h.lease, h.frozen
+	h.mu.Unlock()
+	if !frozen && time.Since(l.sent) < f.leases.period/4 {
 		// Renewed recently enough: renewals go every quarter period
 		// (rule 2), deadlines are checked every eighth.
 		return Fenced{}, false
 	}
 	rctx, cancel := context.WithTimeout(ctx, f.tick)
-	err := f.leases.Renew(rctx, l)
+	err := f.leases.Renew(rctx, &l) // a copy: h.lease changes only under h.mu
 	cancel()
 	switch {
 	case err == nil:
-		if h.frozen {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.lease.rev, h.lease.sent = l.rev, l.sent
+		if h.frozen && time.Now().Before(h.lease.Deadline()) {
 			// Renewed by CAS from our revision: nobody took the lease, so
-			// the epoch is still ours.
+			// the epoch is still ours. (A renewal that came back after
+			// its own deadline thaws nothing: the next one will.)
 			f.thaw(h)
 		}
 		return Fenced{}, false
 	case errors.Is(err, ErrLeaseLost):
+		h.mu.Lock()
 		if !h.frozen {
 			f.freeze(h, "lease lost")
 		}
+		h.mu.Unlock()
 		return f.resolve(ctx, h)
 	default:
 		// NATS unreachable: keep trying; Run's deadline check fences.
@@ -176,7 +208,9 @@ func (f *Fencer) check(ctx context.Context, h *held) (Fenced, bool) {
 // then the copy is killed; if not, the lease is taken again and the copy
 // thawed; if that cannot be known yet, it stays frozen.
 func (f *Fencer) resolve(ctx context.Context, h *held) (Fenced, bool) {
-	l := h.lease
+	h.mu.Lock()
+	l := *h.lease
+	h.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, f.tick)
 	defer cancel()
 	rec, err := f.jobs.Get(rctx, l.Job)
@@ -207,11 +241,14 @@ func (f *Fencer) resolve(ctx context.Context, h *held) (Fenced, bool) {
 		_ = f.leases.Release(rctx, nl)
 		return Fenced{Job: l.Job}, true
 	}
+	h.mu.Lock()
 	h.lease = nl
 	f.thaw(h)
+	h.mu.Unlock()
 	return Fenced{}, false
 }
 
+// freeze and thaw are called with h.mu held.
 func (f *Fencer) freeze(h *held, why string) {
 	if err := f.fence.Freeze(h.lease.Job); err != nil {
 		f.log.Error("FREEZE FAILED: the job may run in two places", "job", h.lease.Job, "err", err)

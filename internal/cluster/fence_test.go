@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // blackhole is a TCP proxy that can cut a node off: while cut it forwards
@@ -284,5 +287,69 @@ func TestFenceManyJobs(t *testing.T) {
 	// which was at the cut at the latest.
 	if d := time.Since(cutAt); d >= period {
 		t.Errorf("the last of %d copies froze %v after the cut, want before the lease period %v", jobs, d, period)
+	}
+}
+
+// hangingKV is a lease bucket whose Update (a renewal) hangs, whatever
+// its context says, until release is closed: a NATS connection wedged
+// behind a large publish to a server that was cut off holds every other
+// call of the connection for as long as the write blocks.
+type hangingKV struct {
+	jetstream.KeyValue
+	hang    atomic.Bool
+	release chan struct{}
+}
+
+func (k *hangingKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	if k.hang.Load() {
+		<-k.release
+		return 0, context.DeadlineExceeded
+	}
+	return k.KeyValue.Update(ctx, key, value, last)
+}
+
+// TestFenceRenewalHangs: a renewal that hangs past its own timeout does
+// not hold up the fencer's rounds: the copy is frozen at its deadline, as
+// when the renewal fails at once.
+func TestFenceRenewalHangs(t *testing.T) {
+	const period = 2 * time.Second
+	addr := freeAddr(t)
+	n := join(t, Options{Node: "a", StateDir: t.TempDir(), Listen: addr, NodeTimeout: period}, Capacity{})
+	ctx := context.Background()
+	ls, err := n.Leases(ctx, period)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := n.Jobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &hangingKV{KeyValue: ls.kv, release: make(chan struct{})}
+	ls.kv = kv
+	t.Cleanup(func() { close(kv.release) })
+	fence := &recordingFence{}
+	f := NewFencer(ls, js, fence, nil)
+	rec, err := js.Create(ctx, JobRecord{ID: "job-h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ls.Acquire(ctx, rec.ID, rec.Epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Hold(l)
+	fctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go f.Run(fctx, nil)
+	time.Sleep(period)
+	if ops := fence.ops(); len(ops) != 0 {
+		t.Fatalf("fenced a healthy lease: %v", ops)
+	}
+	kv.hang.Store(true)
+	hungAt := time.Now()
+	eventually(t, 2*period, "the copy frozen while its renewal hangs", func() bool { _, ok := fence.first("freeze"); return ok })
+	at, _ := fence.first("freeze")
+	if d := at.Sub(hungAt); d > period {
+		t.Errorf("frozen %v after the renewals began to hang, want within one lease period (%v)", d, period)
 	}
 }

@@ -120,8 +120,23 @@ func (ls *Leases) Renew(ctx context.Context, l *Lease) error {
 
 // Release gives the lease up (after the job stopped or moved), so that
 // another node need not wait for it to expire.
+//
+// A renewal in flight when the caller copied l may have moved the lease to
+// a newer revision: then the lease is deleted at that revision if it still
+// names this node and l's epoch (it would otherwise stand in a migration
+// target's way until it expired).
 func (ls *Leases) Release(ctx context.Context, l *Lease) error {
 	err := ls.kv.Delete(ctx, l.Job, jetstream.LastRevision(l.rev))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		if e, gerr := ls.kv.Get(ctx, l.Job); gerr == nil {
+			var v leaseValue
+			if json.Unmarshal(e.Value(), &v) == nil && v.Node == l.Node && v.Epoch == l.Epoch && e.Revision() != l.rev {
+				err = ls.kv.Delete(ctx, l.Job, jetstream.LastRevision(e.Revision()))
+			}
+		} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			err = nil
+		}
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("release the lease of job %s: %w", l.Job, err)
 	}
