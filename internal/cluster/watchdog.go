@@ -73,7 +73,17 @@ type watched struct {
 	WatchJob
 	deadline time.Time
 	stopped  bool
+	// starts holds the start time of each PID stopped (from the update,
+	// not the cgroup), so that stopping it again never hits a process
+	// that reused the PID; restopped is when that was last done.
+	starts    map[int]uint64
+	restopped time.Time
 }
+
+// restopEvery is how often a job past its deadline is stopped again:
+// something may have resumed it (CRIU, resuming a tree after a dump that
+// failed; a user's SIGCONT) while the daemon's own fencer cannot act.
+const restopEvery = 250 * time.Millisecond
 
 type watchdog struct {
 	mu   sync.Mutex
@@ -108,24 +118,65 @@ func (w *watchdog) fence(now time.Time) int {
 	waiting := 0
 	for id, j := range w.jobs {
 		if j.stopped {
+			// Until a newer update: whatever resumed it is stopped again.
+			if now.Sub(j.restopped) >= restopEvery {
+				stopAll(j.WatchJob, j.starts)
+				j.restopped = now
+				w.jobs[id] = j
+			}
 			continue
 		}
 		if now.Before(j.deadline) {
 			waiting++
 			continue
 		}
-		n := stopAll(j.WatchJob)
-		j.stopped = true
+		j.starts = map[int]uint64{}
+		for _, p := range j.PIDs {
+			if st, ok := startTime(p); ok {
+				j.starts[p] = st
+			}
+		}
+		n := stopAll(j.WatchJob, nil)
+		j.stopped, j.restopped = true, now
 		w.jobs[id] = j
 		fmt.Fprintf(os.Stderr, "fence-watchdog: job %s: no lease renewal from the daemon before its deadline: stopped %d process(es)\n", id, n)
 	}
 	return waiting
 }
 
+// startTime is the start time of process pid (field 22 of its stat file).
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(f[19], 10, 64)
+	return v, err == nil
+}
+
 // stopAll sends SIGSTOP to the job's processes: those of its cgroup, and
-// the PIDs of the last update.
-func stopAll(j WatchJob) int {
-	pids := append([]int(nil), j.PIDs...)
+// the PIDs of the last update — with starts not nil, only those of them
+// that still have the start time it gives (a PID not in it is skipped).
+func stopAll(j WatchJob, starts map[int]uint64) int {
+	var pids []int
+	for _, p := range j.PIDs {
+		if starts != nil {
+			if want, ok := starts[p]; !ok {
+				continue
+			} else if got, ok := startTime(p); !ok || got != want {
+				continue
+			}
+		}
+		pids = append(pids, p)
+	}
 	if j.Cgroup != "" {
 		if b, err := os.ReadFile(filepath.Join(j.Cgroup, "cgroup.procs")); err == nil {
 			for _, f := range strings.Fields(string(b)) {

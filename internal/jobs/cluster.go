@@ -93,6 +93,16 @@ func (m *Manager) Freeze(id string) error {
 	return err
 }
 
+// refreeze stops job id's tree again if the fencer froze it while
+// something that held the tree stopped resumed it after (CRIU at the end
+// of a leave-running dump, a migration that failed): the copy must stay
+// stopped until the fencer holds the lease again and thaws it.
+func (m *Manager) refreeze(id string) {
+	if m.isFrozen(id) {
+		_, _ = m.signalJob(id, syscall.SIGSTOP)
+	}
+}
+
 // Thaw lets a frozen copy run again.
 func (m *Manager) Thaw(id string) error {
 	if j, err := m.store.GetJob(context.Background(), id); err == nil && ((State(j.State) == Dumping && !j.DumpLeaveRunning) || m.isHeldStopped(id)) {

@@ -147,6 +147,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 		_ = push.Abort() // a dump that failed before its archive began never did
 	}
 	if err != nil {
+		m.refreeze(j.ID) // the failed dump resumed a tree the fencer froze meanwhile
 		m.setState(j.ID, Running, "")
 		m.event(j.ID, "migrate-failed", "migration not started: the checkpoint failed (the job kept running here): %v", err)
 		m.afterLeaveRunning(j)
@@ -174,6 +175,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 		res.Lazy.Abort()
 		if back {
 			rerr := res.Stopped.Resume()
+			m.refreeze(j.ID)
 			m.setState(j.ID, Running, "")
 			_ = removeArchive(res.Path)
 			m.event(j.ID, "migrate-failed", "lazy migration failed after the hand-over: the job's memory did not all reach the target, whose copy was killed; the job runs here again from the moment it was checkpointed")
@@ -186,6 +188,7 @@ func (m *Manager) MigrateOut(ctx context.Context, ref string, o MigrateOptions, 
 	}
 	if !handed {
 		rerr := res.Stopped.Resume()
+		m.refreeze(j.ID) // the fencer froze it meanwhile (this node was cut off)
 		m.setState(j.ID, Running, "")
 		_ = removeArchive(res.Path)
 		m.event(j.ID, "migrate-failed", "migration failed; the job runs here again: %v", merr)

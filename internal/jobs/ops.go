@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -108,10 +107,7 @@ func (m *Manager) dumpJob(ctx context.Context, j *store.Job, leaveRunning bool, 
 		}
 	}
 	elapsed, daemonCPU := time.Since(start), selfCPU()-cpu0
-	if m.isFrozen(j.ID) {
-		// Frozen by the fencer while CRIU held the tree: CRIU resumed it.
-		_, _ = m.signalJob(j.ID, syscall.SIGSTOP)
-	}
+	m.refreeze(j.ID) // frozen by the fencer while CRIU held the tree: CRIU resumed it
 	if derr == nil {
 		m.crashpoint(fault.CrashAfterKillBeforeCommit)
 	}

@@ -174,6 +174,54 @@ func TestClusterPushTargetCutOff(t *testing.T) {
 	migratesAgain(t, a, b, ctr, marker)
 }
 
+// TestClusterPushSourceCutOff: the source's network link goes down while
+// it pushes a 512 MiB job's archive to the target. Cut off, the source
+// cannot renew the job's lease and its fencer freezes the (already
+// stopped) tree at the deadline; when the migration then fails, the
+// source resumes its tree and must stop it again at once: a cut-off node
+// never runs a job whose lease it does not hold. The target never runs
+// it, and at no sample do two copies run.
+func TestClusterPushSourceCutOff(t *testing.T) {
+	ds, ns := failoverNodes(t, 2, true)
+	a, b := ds[0], ds[1]
+	j, _, marker := bigJob(t, a, "pushsrccut")
+	eventually(t, 20*time.Second, "a to hold the job's lease", func() bool {
+		r := b.cli("ps", "-o", "json")
+		return r.code == 0 && strings.Contains(r.stdout, `"big"`)
+	})
+	sampler := sampleCopies(marker)
+	_, size, res := midPush(t, a, b)
+	setLink(t, ns[0], "down")
+	t.Cleanup(func() { setLink(t, ns[0], "up") })
+	t.Logf("cut a off with %d bytes of the archive pushed", size)
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(90 * time.Second):
+		t.Fatal("migrate still waits 90 s after its source was cut off")
+	}
+	t.Logf("migrate: %s", r)
+	if r.code == 0 {
+		t.Fatalf("migrate from a cut-off source succeeded: %s", r)
+	}
+	// Still cut off, past the lease's deadline: the tree stays stopped.
+	for range 10 {
+		if st := procState(j.PID); st != 'T' && st != 't' {
+			t.Fatalf("a's copy (PID %d) is in state %c while a is cut off and holds no lease", j.PID, st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	setLink(t, ns[0], "up")
+	a.waitReady()
+	time.Sleep(2 * nodeTimeout) // a settles the job with the cluster
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v)", n, twin)
+	}
+	if js := clusterJobs(t, b, "--node", "b"); len(js) != 0 {
+		t.Fatalf("b lists %+v; the job never moved", js)
+	}
+}
+
 // TestClusterTargetFrozenDuringRestore: the target's daemon is frozen
 // the moment the whole archive has arrived, as it starts the restore (or
 // just before): it answers nothing. The migration fails within the node
