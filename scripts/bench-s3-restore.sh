@@ -34,7 +34,9 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && brea
 export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=bench-secret-key
 export CEDANA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$port" CEDANA_STORAGE_S3_PATH_STYLE=true CEDANA_STORAGE_S3_REGION=us-east-1
 keyenv() { case $1 in *+enc) echo "CEDANA_STORAGE_ENCRYPTION_KEY_FILE=$B/key" ;; *) echo "CEDANA_BENCH_PLAIN=1" ;; esac; }
-gone() { while [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; do sleep 0.02; done; }
+# gone waits until PID $1 is free again (reaped, not only dead): the next
+# restore brings the process back under the same PID.
+gone() { for _ in $(seq 500); do [ -e "/proc/$1" ] || return 0; sleep 0.02; done; echo "PID $1 still taken" >&2; exit 1; }
 declare -A loc times
 for c in s3 s3+enc; do
   ready="$B/ready.$RANDOM"
