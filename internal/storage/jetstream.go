@@ -74,6 +74,12 @@ type jsPart struct {
 	Name   string `json:"name"`
 	Size   int64  `json:"size"`
 	Digest string `json:"digest"` // as the object store reports it ("SHA-256=…")
+	// NUID names the part's chunk subject and Chunks counts its messages, as its info
+	// message does. With them a reader needs no info request per part and reads
+	// consecutive parts with one consumer (jetstream_reader.go). Indexes written before
+	// 2026-12-07 lack them; version 1 readers ignore them.
+	NUID   string `json:"nuid,omitempty"`
+	Chunks uint32 `json:"chunks,omitempty"`
 }
 
 // NewJetStream connects to NATS and opens (or, with CreateBucket, creates) the object store.

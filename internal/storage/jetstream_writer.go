@@ -249,7 +249,7 @@ func (w *jsWriter) finishPart() error {
 	if err := w.publishMsg(m); err != nil {
 		return err
 	}
-	p.parts = append(p.parts, jsPart{Name: name, Size: p.psize, Digest: info.Digest})
+	p.parts = append(p.parts, jsPart{Name: name, Size: p.psize, Digest: info.Digest, NUID: p.nuid, Chunks: p.chunks})
 	p.size += p.psize
 	p.nuid, p.psize, p.chunks = "", 0, 0
 	p.h.Reset()
