@@ -67,37 +67,47 @@ func TestClusterPushTargetDies(t *testing.T) {
 // removes the partial archive by itself; the job still migrates to it.
 func TestClusterPushTargetFrozen(t *testing.T) {
 	ds, _ := embeddedCluster(t, "a", "b")
-	a, b := ds[0], ds[1]
-	j, ctr, marker := bigJob(t, a, "pushfrozen")
+	var thaw func()
+	targetLostMidPush(t, ds[0], ds[1], "froze", func() { thaw = freeze(t, ds[1]) }, func() { thaw() })
+}
 
+// targetLostMidPush migrates job "big" (512 MiB) from a to b and, once b
+// receives the archive, makes b lose touch (lose: frozen, cut off). The
+// migration must fail within the node timeout and a few seconds — not
+// after the 10 s of a courtesy abort that a lost node never answers —
+// saying the job still runs on a, where it runs on as the same process;
+// once b is back (back), it neither runs the job nor keeps what it
+// received, and the job still migrates to it. At no sample do two copies
+// run.
+func targetLostMidPush(t *testing.T, a, b *testDaemon, how string, lose, back func()) {
+	t.Helper()
+	j, ctr, marker := bigJob(t, a, "push"+strings.ReplaceAll(how, " ", ""))
 	stop := make(chan struct{})
 	seen := watchCopies(marker, ctr, stop)
 	part, size, res := midPush(t, a, b)
-	thaw := freeze(t, b)
-	frozen := time.Now()
-	t.Logf("froze b with %d bytes of the archive in %s", size, part)
+	lose()
+	lost := time.Now()
+	t.Logf("%s b with %d bytes of the archive in %s", how, size, part)
 
 	var r result
 	select {
 	case r = <-res:
 	case <-time.After(25 * time.Second):
-		t.Fatal("migrate still waits 25 s after its target froze")
+		t.Fatalf("migrate still waits 25 s after its target was %s", how)
 	}
-	took := time.Since(frozen)
-	t.Logf("migrate returned %v after the target froze: %s", took.Round(time.Millisecond), r)
-	// The node timeout (3 s) and the watch's second, not the 10 s of a
-	// courtesy abort that a frozen node never answers.
+	took := time.Since(lost)
+	t.Logf("migrate returned %v after the target was %s: %s", took.Round(time.Millisecond), how, r)
 	if took > 9*time.Second {
-		t.Errorf("migrate returned %v after its target froze; want it within the node timeout and a few seconds", took)
+		t.Errorf("migrate returned %v after its target was %s; want it within the node timeout and a few seconds", took, how)
 	}
 	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
-		t.Fatalf("migrate to a target frozen mid-transfer: %s; want a non-zero exit saying the job still runs on a", r)
+		t.Fatalf("migrate to a target %s mid-transfer: %s; want a non-zero exit saying the job still runs on a", how, r)
 	}
 	stillOn(t, a, "big", "a", j.PID, marker, ctr)
 
-	// Thawed, b catches up with whatever was queued for it and must
+	// Back, b catches up with whatever was queued for it and must
 	// neither run the job nor keep what it received.
-	thaw()
+	back()
 	b.waitReady()
 	eventually(t, 2*pushSilenceForTests, "b to remove the partial archive", func() bool {
 		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
@@ -113,7 +123,6 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
 		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
 	}
-
 	migratesAgain(t, a, b, ctr, marker)
 }
 
@@ -127,51 +136,8 @@ func TestClusterPushTargetFrozen(t *testing.T) {
 // job still migrates to it.
 func TestClusterPushTargetCutOff(t *testing.T) {
 	ds, ns := failoverNodes(t, 2, true)
-	a, b := ds[0], ds[1]
-	j, ctr, marker := bigJob(t, a, "pushcut")
-
-	stop := make(chan struct{})
-	seen := watchCopies(marker, ctr, stop)
-	part, size, res := midPush(t, a, b)
-	setLink(t, ns[1], "down")
 	t.Cleanup(func() { setLink(t, ns[1], "up") })
-	cut := time.Now()
-	t.Logf("cut b off with %d bytes of the archive in %s", size, part)
-
-	var r result
-	select {
-	case r = <-res:
-	case <-time.After(25 * time.Second):
-		t.Fatal("migrate still waits 25 s after its target was cut off")
-	}
-	took := time.Since(cut)
-	t.Logf("migrate returned %v after the target was cut off: %s", took.Round(time.Millisecond), r)
-	if took > 9*time.Second {
-		t.Errorf("migrate returned %v after its target was cut off; want it within the node timeout and a few seconds", took)
-	}
-	if r.code == 0 || !strings.Contains(r.stderr, "still runs on node a") {
-		t.Fatalf("migrate to a target cut off mid-transfer: %s; want a non-zero exit saying the job still runs on a", r)
-	}
-	stillOn(t, a, "big", "a", j.PID, marker, ctr)
-
-	setLink(t, ns[1], "up")
-	b.waitReady()
-	eventually(t, 2*pushSilenceForTests, "b to remove the partial archive", func() bool {
-		parts, _ := filepath.Glob(filepath.Join(b.ckptDir, "*", "*.part"))
-		return len(parts) == 0
-	})
-	if js := clusterJobs(t, b, "--node", "b"); len(js) != 0 {
-		t.Fatalf("b lists %+v; the job never moved", js)
-	}
-	close(stop)
-	if what := <-seen; what != "" {
-		t.Fatal(what)
-	}
-	if cs := runningCopies(marker); len(cs) != 1 || cs[0] != j.PID {
-		t.Fatalf("copies running: %v; want exactly a's PID %d", cs, j.PID)
-	}
-
-	migratesAgain(t, a, b, ctr, marker)
+	targetLostMidPush(t, ds[0], ds[1], "cut off", func() { setLink(t, ns[1], "down") }, func() { setLink(t, ns[1], "up") })
 }
 
 // TestClusterPushSourceCutOff: the source's network link goes down while
