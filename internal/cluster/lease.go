@@ -143,6 +143,31 @@ func (ls *Leases) Release(ctx context.Context, l *Lease) error {
 	return nil
 }
 
+// Adopt takes over a lease this node holds at epoch already — one a
+// previous daemon of the node took and renewed, found by a daemon that
+// restarted while the job ran on — by renewing it from its current
+// revision: from then on this Leases renews it and the caller's fencer
+// counts its deadline. ErrLeaseHeld when the lease names another node or
+// epoch, ErrLeaseLost when there is none (Acquire it instead).
+func (ls *Leases) Adopt(ctx context.Context, job string, epoch uint64) (*Lease, error) {
+	e, err := ls.kv.Get(ctx, job)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("job %s: %w", job, ErrLeaseLost)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the lease of job %s: %w", job, err)
+	}
+	var v leaseValue
+	if err := json.Unmarshal(e.Value(), &v); err != nil || v.Node != ls.node || v.Epoch != epoch {
+		return nil, fmt.Errorf("job %s: %w", job, ErrLeaseHeld)
+	}
+	l := &Lease{Job: job, Node: ls.node, Epoch: epoch, rev: e.Revision(), period: ls.period}
+	if err := ls.Renew(ctx, l); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
 // Holder says who holds the job's lease now ("" when nobody does).
 func (ls *Leases) Holder(ctx context.Context, job string) (node string, epoch uint64, err error) {
 	e, err := ls.kv.Get(ctx, job)

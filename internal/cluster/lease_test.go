@@ -147,3 +147,41 @@ func TestLeaseRelease(t *testing.T) {
 		t.Errorf("renewing a released lease: %v, want ErrLeaseLost", err)
 	}
 }
+
+// TestLeaseAdopt: a restarted daemon (a new Leases of the same node) takes
+// over the lease its predecessor held, at its epoch only; another node
+// cannot, and a lease that is gone is lost.
+func TestLeaseAdopt(t *testing.T) {
+	la, lb := twoNodes(t, 5*time.Second)
+	ctx := context.Background()
+	old, err := la.Acquire(ctx, "job-4", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := &Leases{node: la.node, period: la.period, kv: la.kv} // the next daemon of node a
+	if _, err := again.Adopt(ctx, "job-4", 2); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("adopt at another epoch: %v, want ErrLeaseHeld", err)
+	}
+	if _, err := lb.Adopt(ctx, "job-4", 3); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("another node adopts: %v, want ErrLeaseHeld", err)
+	}
+	l, err := again.Adopt(ctx, "job-4", 3)
+	if err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	if time.Until(l.Deadline()) <= 0 {
+		t.Errorf("adopted lease's deadline %v is past", l.Deadline())
+	}
+	if err := again.Renew(ctx, l); err != nil {
+		t.Fatalf("renew the adopted lease: %v", err)
+	}
+	if err := la.Renew(ctx, old); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("the old daemon's handle still renews: %v, want ErrLeaseLost", err)
+	}
+	if err := again.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := again.Adopt(ctx, "job-4", 3); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("adopt a released lease: %v, want ErrLeaseLost", err)
+	}
+}

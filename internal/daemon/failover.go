@@ -210,11 +210,9 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 		// a node cut off between the two writes would run the job
 		// unfenced.
 		if !held {
-			l, err := f.leases.Acquire(ctx, j.ID, 1)
-			if err != nil {
+			if err := c.takeLease(ctx, j.ID, 1); err != nil {
 				return false
 			}
-			f.fencer.Hold(l)
 			held = true
 		}
 		rec, err = c.records.Create(ctx, cluster.JobRecord{ID: j.ID, Name: j.Name, Spec: spec(j), Failover: f.canFailOver(j)})
@@ -243,12 +241,10 @@ func (f *failover) syncJob(ctx context.Context, j *store.Job, me string, held bo
 	want := rec
 	if live(j) {
 		if !held {
-			l, err := f.leases.Acquire(ctx, j.ID, rec.Epoch)
-			if err == nil {
-				f.fencer.Hold(l)
-			} else {
-				// ErrLeaseHeld: the previous epoch's holder (a migration's
-				// source) releases it or it expires within a lease period.
+			// Taken, or adopted from this node's previous daemon. Else
+			// (ErrLeaseHeld) the previous epoch's holder (a migration's
+			// source) releases it or it expires within a lease period.
+			if err := c.takeLease(ctx, j.ID, rec.Epoch); err != nil {
 				settled = false
 			}
 		}
@@ -356,13 +352,13 @@ func (f *failover) gate(ctx context.Context, j *store.Job) error {
 	if holder != "" && holder != me {
 		return fmt.Errorf("%w: node %s holds the job's lease (epoch %d): it is taking the job over", jobs.ErrOwnedElsewhere, holder, epoch)
 	}
-	if holder == "" {
-		// The lease expired (an outage of the store while the job was
-		// down): take it before the job runs again, as a migration's
-		// target does (holdLease), so that the copy is never unfenced.
-		if err := f.c.holdLease(ctx, j.ID, rec.Epoch); err != nil {
-			return fmt.Errorf("take the job's lease before it runs again here: %w", err)
-		}
+	// Not held by this daemon's fencer (the lease expired in an outage of
+	// the store while the job was down, or this node's previous daemon
+	// held it): take or adopt it before the job runs again, as a
+	// migration's target does (holdLease), so that the copy is never
+	// unfenced.
+	if err := f.c.holdLease(ctx, j.ID, rec.Epoch); err != nil {
+		return fmt.Errorf("take the job's lease before it runs again here: %w", err)
 	}
 	return nil
 }

@@ -657,16 +657,12 @@ func (c *clusterNode) takeAttempt(id, attempt string) *pendingImport {
 // leaseRetry, and so is a lease still held: the source released its own
 // just before, and a replica may not have seen that yet.
 func (c *clusterNode) holdLease(ctx context.Context, id string, epoch uint64) error {
-	if slices.Contains(c.fo.fencer.Holding(), id) {
-		return nil
-	}
 	deadline := time.Now().Add(leaseRetry)
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		l, err := c.fo.leases.Acquire(actx, id, epoch)
+		err := c.takeLease(actx, id, epoch)
 		cancel()
 		if err == nil {
-			c.fo.fencer.Hold(l)
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -678,6 +674,28 @@ func (c *clusterNode) holdLease(ctx context.Context, id string, epoch uint64) er
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// takeLease is one try of holdLease: the fencer holds job id's lease at
+// epoch when it returns nil — taken, or adopted when this node holds it
+// already but the fencer does not (a previous daemon of the node took it,
+// and the job ran on while the daemon restarted).
+func (c *clusterNode) takeLease(ctx context.Context, id string, epoch uint64) error {
+	if slices.Contains(c.fo.fencer.Holding(), id) {
+		return nil
+	}
+	l, err := c.fo.leases.Acquire(ctx, id, epoch)
+	if errors.Is(err, cluster.ErrLeaseHeld) {
+		l, err = c.fo.leases.Adopt(ctx, id, epoch)
+		if errors.Is(err, cluster.ErrLeaseLost) { // released meanwhile
+			l, err = c.fo.leases.Acquire(ctx, id, epoch)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	c.fo.fencer.Hold(l)
+	return nil
 }
 
 // leaseRetry is how long holdLease keeps asking for a lease.
