@@ -22,6 +22,7 @@ import (
 	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/cluster"
 	"github.com/cedana/cedana/internal/criu"
+	"github.com/cedana/cedana/internal/fault"
 	"github.com/cedana/cedana/internal/jobs"
 	"github.com/cedana/cedana/internal/store"
 )
@@ -143,8 +144,16 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		if rec.Owner == self {
 			return nil, err
 		}
+		// Forwarded to the owner, watched: an owner that dies meanwhile
+		// never answers.
+		wctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go c.watchNode(wctx, rec.Owner, func() { cancel(fmt.Errorf("node %s, which runs the job, went down during the migration", rec.Owner)) })
 		var out pb.MigrateResponse
-		if err := c.callUnary(ctx, rec.Owner, "migrate", r, &out); err != nil {
+		if err := c.callUnary(wctx, rec.Owner, "migrate", r, &out); err != nil {
+			if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				return nil, cause
+			}
 			return nil, err
 		}
 		return &out, nil
@@ -246,8 +255,13 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 			c.log.Info("migration phases", "job", j.ID, "to", to, "upload", tUp, "target_fetch_restore", tIn,
 				"hand_over", resumeAt.Sub(t0)-tUp-tIn, "resume_confirmed", time.Since(resumeAt))
 		}()
-		if err := c.node.Call(ctx, to, "migrate-resume", migrateResume{ID: j.ID, Epoch: moved.Epoch}, &resumed); err != nil {
-			return true, fmt.Errorf("job %s now belongs to node %s (epoch %d), which did not confirm that it runs: %w; it resumes its copy by itself within %v", j.Name, to, moved.Epoch, err, pendingTimeout)
+		// Watched: a target that dies while it resumes never answers, and
+		// the job is its own by now (the source ends its copy either way).
+		rctx, rcancel := context.WithTimeout(ctx, resumeCallTimeout)
+		err = c.callWatching(rctx, to, "migrate-resume", migrateResume{ID: j.ID, Epoch: moved.Epoch}, &resumed)
+		rcancel()
+		if err != nil {
+			return true, fmt.Errorf("job %s now belongs to node %s (epoch %d), which did not confirm that it runs: %w; a live %s resumes its copy by itself within %v, and if %s is lost the job fails over from its latest committed checkpoint (with restore on failure) or is marked lost", j.Name, to, moved.Epoch, err, to, pendingTimeout, to)
 		}
 		return true, nil
 	}
@@ -279,7 +293,9 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 		out.MemoryMs = memoryAt.Sub(resumeAt).Milliseconds()
 	}
 	var job pb.Job
-	if err := c.callUnary(ctx, to, "get", &pb.GetJobRequest{Job: j.ID}, &job); err == nil {
+	gctx, gcancel := context.WithTimeout(ctx, 10*time.Second) // the target may die right after
+	defer gcancel()
+	if err := c.callUnary(gctx, to, "get", &pb.GetJobRequest{Job: j.ID}, &job); err == nil {
 		job.Node = to
 		out.Job = &job
 	}
@@ -401,6 +417,11 @@ func (c *clusterNode) abortLater(to, id, attempt string) {
 	case <-time.After(abortWait):
 	}
 }
+
+// resumeCallTimeout bounds the source's wait for the target to resume and
+// confirm (the target's handler takes at most ~20 s: the record reaching
+// the epoch, its lease, the confirmation).
+const resumeCallTimeout = 45 * time.Second
 
 // abortWait is how long a failed migration waits for its target to
 // confirm an abort.
@@ -746,6 +767,7 @@ func (c *clusterNode) handleMigrateResume(ctx context.Context, raw json.RawMessa
 		c.putBack(r.ID, p)
 		return nil, fmt.Errorf("job %s: not resumed: %w", r.ID, err)
 	}
+	c.m.Crashpoint(fault.CrashMigrateBeforeResume)
 	resumedAfter := time.Since(t0)
 	j, err := c.m.Resume(ctx, r.ID, resumeSettle)
 	if err != nil {

@@ -63,6 +63,10 @@ const (
 	CrashRestoreAfterEngine = "restore-after-engine"
 	// fault.CrashAutoRestoreBackoff: a failed job awaits its automatic restore.
 	CrashAutoRestoreBackoff = "auto-restore-backoff"
+	// fault.CrashMigrateBeforeResume: a migration's target owns the job
+	// (the hand-over happened) and holds its lease; its restored copy is
+	// stopped, not yet resumed.
+	CrashMigrateBeforeResume = "migrate-before-resume"
 )
 
 // ErrInjected marks an injected failure.

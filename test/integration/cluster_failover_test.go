@@ -12,6 +12,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/cedana/cedana/internal/fault"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -442,6 +443,51 @@ func TestFailoverCutOffRightAfterMigrate(t *testing.T) {
 	}
 	if cs := liveCopies(marker); len(cs) != 1 || cs[0] != moved.PID {
 		t.Errorf("copies running: %v; want only PID %d on %s", cs, moved.PID, moved.Node)
+	}
+	checkContinues(t, ctr, readCounter(ctr))
+}
+
+// TestClusterTargetDiesAfterHandOver: a migration's target daemon dies
+// (SIGKILL) the moment it holds the job's lease after the hand-over, with
+// its restored copy still stopped. migrate says the job now belongs to the
+// target; the source ends its own copy; the target's copy never runs; once
+// the lease expires another node restores the job from its latest
+// committed checkpoint; the restarted target ends its stale stopped copy.
+// At no sample do two copies run.
+func TestClusterTargetDiesAfterHandOver(t *testing.T) {
+	nodes, _ := failoverNodes(t, 3, false)
+	a, b := nodes[0], nodes[1]
+	b.setCrashpoint(fault.CrashMigrateBeforeResume)
+	b.restartDaemon()
+	waitNodes(t, a, 3)
+	ctr, marker, j := counterJob(t, a, "hd", true)
+	sampler := sampleCopies(marker)
+	r := a.cli("migrate", "hd", "--to", "b")
+	t.Logf("migrate: %s", r)
+	if r.code == 0 || !strings.Contains(r.stderr, "now belongs to node b") {
+		t.Fatalf("migrate to a target that died after the hand-over: %s; want a non-zero exit saying the job now belongs to b", r)
+	}
+	var stale []int // b's restored copy, stopped
+	for _, pid := range liveCopies(marker) {
+		if pid != j.PID {
+			stale = append(stale, pid)
+		}
+	}
+	moved := waitFailover(t, a, "hd", "b", nodeTimeout+30*time.Second)
+	progressAfter(t, ctr, 10*time.Second)
+	for _, pid := range stale {
+		if st := procState(pid); startTime(pid) != 0 && st != 'T' && st != 't' {
+			t.Errorf("b's copy (PID %d) is in state %c: it ran although b's daemon died before resuming it", pid, st)
+		}
+	}
+	b.setCrashpoint("")
+	b.restartDaemon()
+	eventually(t, 30*time.Second, "b's stale stopped copy to be ended", func() bool {
+		cs := liveCopies(marker)
+		return len(cs) == 1 && cs[0] == moved.PID
+	})
+	if n, twin := sampler.finish(); n > 1 {
+		t.Errorf("%d copies ran at once (for %v)", n, twin)
 	}
 	checkContinues(t, ctr, readCounter(ctr))
 }
