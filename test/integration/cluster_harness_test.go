@@ -94,7 +94,9 @@ type natsCluster struct {
 }
 
 // startNATSCluster starts three nats-server processes listening on host
-// (clients and routes).
+// (clients and routes). A server that exits before it listens (a port
+// freePort handed out was taken meanwhile, or handed out twice) makes the
+// whole cluster start again on new ports, up to three times.
 func startNATSCluster(t *testing.T, host string) *natsCluster {
 	t.Helper()
 	if _, err := os.Stat(natsServerBin); err != nil {
@@ -103,16 +105,41 @@ func startNATSCluster(t *testing.T, host string) *natsCluster {
 		}
 		t.Skipf("%s is missing: run make setup (scripts/setup-servers.sh)", natsServerBin)
 	}
+	var why string
+	for attempt := 1; attempt <= 3; attempt++ {
+		nc, err := tryNATSCluster(t, host)
+		if err == nil {
+			return nc
+		}
+		why = err.Error()
+		t.Logf("NATS cluster, attempt %d: %v", attempt, err)
+	}
+	t.Fatalf("no NATS cluster after 3 attempts: %s", why)
+	return nil
+}
+
+func tryNATSCluster(t *testing.T, host string) (*natsCluster, error) {
+	t.Helper()
 	nc := &natsCluster{t: t, user: "cedana", pass: "pw-" + fmt.Sprint(time.Now().UnixNano())}
 	dir := t.TempDir()
 	var client, route [3]int
+	taken := map[int]bool{}
+	pick := func() int {
+		for {
+			if p := freePort(t); !taken[p] {
+				taken[p] = true
+				return p
+			}
+		}
+	}
 	for i := range 3 {
-		client[i], route[i] = freePort(t), freePort(t)
+		client[i], route[i] = pick(), pick()
 	}
 	var routes []string
 	for i := range 3 {
 		routes = append(routes, fmt.Sprintf("nats-route://%s:%d", host, route[i]))
 	}
+	exited := make([]chan struct{}, 3)
 	for i := range 3 {
 		conf := fmt.Sprintf(`server_name: n%[1]d
 listen: %[8]s:%[2]d
@@ -138,25 +165,39 @@ cluster { name: cedana-test, listen: %[8]s:%[6]d, routes: [%[7]s] }
 		nc.procs = append(nc.procs, cmd)
 		nc.ports = append(nc.ports, client[i])
 		nc.urls = append(nc.urls, fmt.Sprintf("nats://%s:%s@%s:%d", nc.user, nc.pass, host, client[i]))
-		go func() { _ = cmd.Wait() }()
+		exited[i] = make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited[i]) }()
 	}
-	t.Cleanup(func() {
-		for _, p := range nc.procs {
+	stopAll := func() {
+		for i, p := range nc.procs {
 			_ = p.Process.Kill() // by PID
+			<-exited[i]
 		}
-	})
+	}
 	// Daemons give up when no server answers: wait until all listen.
 	for i := range 3 {
 		addr := net.JoinHostPort(host, fmt.Sprint(client[i]))
-		eventually(t, 30*time.Second, "nats-server n"+fmt.Sprint(i)+" to listen on "+addr, func() bool {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 				c.Close()
+				break
 			}
-			return err == nil
-		})
+			select {
+			case <-exited[i]:
+				log, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("n%d.log", i)))
+				stopAll()
+				return nil, fmt.Errorf("nats-server n%d exited before it listened on %s:\n%s", i, addr, log)
+			default:
+			}
+			if time.Now().After(deadline) {
+				log, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("n%d.log", i)))
+				stopAll()
+				return nil, fmt.Errorf("nats-server n%d did not listen on %s within 30 s:\n%s", i, addr, log)
+			}
+		}
 	}
-	return nc
+	t.Cleanup(stopAll)
+	return nc, nil
 }
 
 // kill stops server i with SIGKILL.
