@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cedana/cedana/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -144,22 +145,13 @@ func (w *watchdog) fence(now time.Time) int {
 	return waiting
 }
 
-// startTime is the start time of process pid (field 22 of its stat file).
+// startTime is the start time of process pid.
 func startTime(pid int) (uint64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return 0, false
 	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, false
-	}
-	v, err := strconv.ParseUint(f[19], 10, 64)
-	return v, err == nil
+	return st.StartTime, true
 }
 
 // stopAll sends SIGSTOP to the job's processes: those of its cgroup, and
