@@ -60,6 +60,7 @@ const (
 	maxWrapLen        = 64 << 10
 	encDataKeyLen     = 32
 	encPipelineFactor = 2
+	encHeaderGuess    = 4 << 10 // bytes read at once to find the header
 )
 
 // NewEncrypted returns a backend that encrypts objects with key before they reach inner
@@ -278,13 +279,20 @@ type encHeader struct {
 // readHeader parses and authenticates the header of an encrypted object: a wrong key,
 // a plaintext object or a damaged header is reported here, before any data is read.
 func (e *Encrypted) readHeader(obj Object, key string) (*encHeader, error) {
-	fixed := make([]byte, encFixedHeader)
-	if _, err := obj.ReadAt(fixed, 0); err != nil {
+	// One read usually takes the whole header (an age file for one
+	// X25519 recipient is ~230 bytes): on S3 each read is a request.
+	first := make([]byte, min(obj.Size(), encHeaderGuess))
+	n, err := obj.ReadAt(first, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(first)) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("too short to be an encrypted object")), "")
+			return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("shorter than its stated size")), "")
 		}
 		return nil, err
 	}
+	if n < encFixedHeader {
+		return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("too short to be an encrypted object")), "")
+	}
+	fixed := first[:encFixedHeader]
 	if string(fixed[:8]) != encMagic {
 		return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("not encrypted by Cedana")),
 			"this object was written without storage.encryption, or replaced; encrypted storage only restores encrypted archives")
@@ -295,12 +303,14 @@ func (e *Encrypted) readHeader(obj Object, key string) (*encHeader, error) {
 		return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("bad encryption header")), "")
 	}
 	hdr := make([]byte, encFixedHeader+wl)
-	copy(hdr, fixed)
-	if _, err := obj.ReadAt(hdr[encFixedHeader:], encFixedHeader); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("truncated encryption header")), "")
+	got := copy(hdr, first[:n])
+	if got < len(hdr) {
+		if _, err := obj.ReadAt(hdr[got:], int64(got)); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, e.err("open", key, withKind(ErrCorrupt, errors.New("truncated encryption header")), "")
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	r, err := age.Decrypt(bytes.NewReader(hdr[encFixedHeader:]), e.key.id)
 	if err != nil {
@@ -348,7 +358,7 @@ func (e *Encrypted) Open(ctx context.Context, key string) (Object, error) {
 		return nil, err
 	}
 	o := &encObject{e: e, key: key, inner: obj, h: h}
-	if _, err := o.chunk(h.chunks-1, nil); err != nil {
+	if o.tail, err = o.chunk(h.chunks-1, nil); err != nil {
 		obj.Close()
 		return nil, err
 	}
@@ -360,6 +370,9 @@ type encObject struct {
 	key   string
 	inner Object
 	h     *encHeader
+	// tail is the last chunk's plaintext, opened by Open: an archive's
+	// index lies there, and readers ask for it first.
+	tail []byte
 }
 
 func (o *encObject) Size() int64  { return o.h.size }
@@ -401,21 +414,33 @@ func (o *encObject) ReadAt(p []byte, off int64) (int, error) {
 	}
 	want := min(int64(len(p)), o.h.size-off)
 	first, last := off/o.h.chunkSize, (off+want-1)/o.h.chunkSize
-	ctOff, _ := o.ctRange(first)
-	lastOff, lastN := o.ctRange(last)
-	ct := make([]byte, lastOff+lastN-ctOff)
-	if _, err := o.inner.ReadAt(ct, ctOff); err != nil && !(err == io.EOF && lastOff+lastN == o.inner.Size()) {
-		return 0, err
+	fetchLast := last
+	if last == o.h.chunks-1 {
+		fetchLast-- // the tail was opened already
+	}
+	var ct []byte
+	if first <= fetchLast {
+		ctOff, _ := o.ctRange(first)
+		lastOff, lastN := o.ctRange(fetchLast)
+		ct = make([]byte, lastOff+lastN-ctOff)
+		if _, err := o.inner.ReadAt(ct, ctOff); err != nil && !(err == io.EOF && lastOff+lastN == o.inner.Size()) {
+			return 0, err
+		}
 	}
 	full := o.h.chunkSize + encTag
-	pt := make([]byte, 0, o.h.chunkSize)
+	var buf []byte // one chunk's plaintext, reused
 	n := 0
 	for i := first; i <= last; i++ {
-		s := (i - first) * full
-		var err error
-		pt, err = o.open(pt, i, ct[s:min(s+full, int64(len(ct)))])
-		if err != nil {
-			return n, err
+		pt := o.tail
+		if i <= fetchLast {
+			if buf == nil {
+				buf = make([]byte, 0, o.h.chunkSize)
+			}
+			s := (i - first) * full
+			var err error
+			if pt, err = o.open(buf, i, ct[s:min(s+full, int64(len(ct)))]); err != nil {
+				return n, err
+			}
 		}
 		skip := int64(0)
 		if i == first {

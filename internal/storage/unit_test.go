@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,5 +206,82 @@ func TestDirFailures(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(mnt); len(ents) != 0 {
 		t.Fatalf("a failed upload left %d files", len(ents))
+	}
+}
+
+// readsCounted counts the ReadAts made on the objects of a Memory.
+type readsCounted struct {
+	*Memory
+	reads *int
+}
+
+func (b readsCounted) Open(ctx context.Context, key string) (Object, error) {
+	o, err := b.Memory.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return readCountedObject{o, b.reads}, nil
+}
+
+type readCountedObject struct {
+	Object
+	reads *int
+}
+
+func (o readCountedObject) ReadAt(p []byte, off int64) (int, error) {
+	*o.reads++
+	return o.Object.ReadAt(p, off)
+}
+
+// Opening an encrypted object costs two reads of the store (on S3, two
+// requests): its header and its last chunk, which an archive's index
+// lies in; reads of that chunk are then served without another.
+func TestEncryptedOpenReads(t *testing.T) {
+	ctx := context.Background()
+	reads := 0
+	inner := readsCounted{NewMemory(), &reads}
+	_, key := testKey(t)
+	e, err := NewEncrypted(inner, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetChunkSize(minEncChunk); err != nil {
+		t.Fatal(err)
+	}
+	cs := minEncChunk
+	for _, size := range []int{1, cs - 1, cs, cs + 1, 5*cs + 123, 6 * cs} {
+		data := randBytes(size, uint64(size))
+		if err := Put(ctx, e, "obj", bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		reads = 0
+		obj, err := e.Open(ctx, "obj")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reads != 2 {
+			t.Errorf("size %d: Open made %d reads, want 2 (header, last chunk)", size, reads)
+		}
+		tailStart := (size - 1) / cs * cs
+		reads = 0
+		p := make([]byte, size-tailStart)
+		if n, err := obj.ReadAt(p, int64(tailStart)); n != len(p) || (err != nil && err != io.EOF) || !bytes.Equal(p, data[tailStart:]) {
+			t.Fatalf("size %d: ReadAt of the last chunk = %d, %v", size, n, err)
+		}
+		if reads != 0 {
+			t.Errorf("size %d: reading the last chunk made %d reads, want 0", size, reads)
+		}
+		// Every range, across chunk boundaries and into the last chunk.
+		for off := 0; off < size; off += max(1, cs/3) {
+			for _, n := range []int{1, cs / 2, cs, 2*cs + 7, size} {
+				n = min(n, size-off)
+				p := make([]byte, n)
+				got, err := obj.ReadAt(p, int64(off))
+				if got != n || (err != nil && !(err == io.EOF && off+n == size)) || !bytes.Equal(p, data[off:off+n]) {
+					t.Fatalf("size %d: ReadAt(%d bytes at %d) = %d, %v", size, n, off, got, err)
+				}
+			}
+		}
+		obj.Close()
 	}
 }
