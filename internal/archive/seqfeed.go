@@ -31,6 +31,20 @@ type SequentialSource interface {
 	StreamRange(off, n int64) (io.ReadCloser, error)
 }
 
+// AuthenticatedSource is a source that authenticates every byte before
+// returning it: it returns nothing it cannot prove is what its writer
+// wrote, and fails instead. An encrypted object is one: each of its chunks
+// carries an AES-GCM tag over its bytes, its index and whether it is the
+// last (see storage.Encrypted). StreamEntry then does not hash the stored
+// bytes of the entry again: any change that a digest would find (a flipped
+// bit, a truncation, a block moved) fails authentication first, in the
+// chunk where it is, before any of its bytes reaches the consumer. The
+// digests were never a defence against a writer: whoever can write an
+// archive can write its manifest (see the package doc).
+type AuthenticatedSource interface {
+	Authenticated() bool
+}
+
 // sequential returns r's source as a SequentialSource when StreamEntry
 // should read it in one pass: never for a local file (mmap and splice are
 // cheaper still).
@@ -190,12 +204,17 @@ func (s *feed) runSequential(src SequentialSource) error {
 	)
 	d := checksFor(s.e.info, false)
 	hashed := false // d gets the stored bytes from the source
+	var sum io.Writer = d
+	if a, ok := src.(AuthenticatedSource); ok && a.Authenticated() {
+		d, sum, hashed = &digests{}, nil, true // nothing to check after the source's own checks
+	}
 	if ls, ok := src.(LendingSource); ok {
 		window := (frameBufs + 1) * maxStoredFrame
-		rc, err = ls.LendRange(s.e.dataOffset, s.e.compSize, window, d)
-		l, ok := rc.(Lender)
-		hashed = err == nil && ok
-		if hashed && int64(l.Window()) >= min(int64(window), s.e.compSize) {
+		rc, err = ls.LendRange(s.e.dataOffset, s.e.compSize, window, sum)
+		l, lent := rc.(Lender)
+		lent = lent && err == nil
+		hashed = hashed || lent
+		if lent && int64(l.Window()) >= min(int64(window), s.e.compSize) {
 			fs = newLentFrames(l, frameBufs, stop)
 		}
 	} else {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,9 +25,17 @@ type lendSource struct {
 	lent    []*testLender
 	noLend  bool // LendRange returns a plain stream
 	smallWd bool // LendRange lends with a window smaller than asked
+	authed  bool // Authenticated says so
+	sums    int  // LendRange calls given a digest to feed
 }
 
+// Authenticated implements AuthenticatedSource.
+func (s *lendSource) Authenticated() bool { return s.authed }
+
 func (s *lendSource) LendRange(off, n int64, window int, sum io.Writer) (io.ReadCloser, error) {
+	if sum != nil {
+		s.sums++
+	}
 	if s.noLend {
 		return s.StreamRange(off, n)
 	}
@@ -77,7 +86,7 @@ func (l *testLender) Peek(n int) ([]byte, error) {
 	case l.pos+n > len(l.mem):
 		return nil, io.ErrUnexpectedEOF
 	}
-	if l.pos+n > l.summed {
+	if l.sum != nil && l.pos+n > l.summed {
 		l.sum.Write(l.mem[l.summed : l.pos+n])
 		l.summed = l.pos + n
 	}
@@ -171,9 +180,10 @@ func TestLentStreamEntry(t *testing.T) {
 	images := smallImages()
 	images["pages-9.img"] = content
 	path := createArchive(t, images, nil)
-	for _, mode := range []string{"lend", "no lend", "small window"} {
+	for _, mode := range []string{"lend", "no lend", "small window", "authenticated", "authenticated, no lend"} {
 		r, src := openLend(t, path)
-		src.noLend, src.smallWd = mode == "no lend", mode == "small window"
+		src.noLend, src.smallWd = strings.HasSuffix(mode, "no lend"), mode == "small window"
+		src.authed = strings.HasPrefix(mode, "authenticated")
 		for name, want := range images {
 			if !r.Streamable(ImagesPrefix+name) || len(want) == 0 {
 				continue
@@ -202,6 +212,13 @@ func TestLentStreamEntry(t *testing.T) {
 		}
 		if mode == "lend" && len(src.lent) == 0 {
 			t.Errorf("nothing was lent")
+		}
+		// A source that authenticates its bytes is not hashed again.
+		if src.authed && src.sums != 0 {
+			t.Errorf("%s: %d streams were given a digest to feed, want none", mode, src.sums)
+		}
+		if !src.authed && src.sums == 0 {
+			t.Errorf("%s: no stream was given the entry's digest", mode)
 		}
 		r.Close()
 	}

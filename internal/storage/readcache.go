@@ -316,6 +316,15 @@ func (c *ReadCache) LendRange(off, n int64, window int, sum io.Writer) (io.ReadC
 	return &countedStream{ReadCloser: r, n: &c.fetched}, nil
 }
 
+// Authenticated reports whether every byte read from the object is
+// authenticated before it is returned (an encrypted object), so that an
+// archive read through c need not hash a streamed entry again
+// (archive.AuthenticatedSource).
+func (c *ReadCache) Authenticated() bool {
+	a, ok := c.obj.(interface{ Authenticated() bool })
+	return ok && a.Authenticated()
+}
+
 // lender is a reader whose bytes can be borrowed in place (archive.Lender).
 type lender interface {
 	io.ReadCloser

@@ -209,7 +209,7 @@ func TestDirFailures(t *testing.T) {
 	}
 }
 
-// readsCounted counts the ReadAts made on the objects of a Memory.
+// readsCounted counts the reads (ReadAt, Stream) made on the objects of a Memory.
 type readsCounted struct {
 	*Memory
 	reads *int
@@ -233,9 +233,15 @@ func (o readCountedObject) ReadAt(p []byte, off int64) (int, error) {
 	return o.Object.ReadAt(p, off)
 }
 
+func (o readCountedObject) Stream(off, n int64) (io.ReadCloser, error) {
+	*o.reads++
+	return o.Object.Stream(off, n)
+}
+
 // Opening an encrypted object costs two reads of the store (on S3, two
 // requests): its header and its last chunk, which an archive's index
-// lies in; reads of that chunk are then served without another.
+// lies in; reads and streams of that chunk are then served without
+// another.
 func TestEncryptedOpenReads(t *testing.T) {
 	ctx := context.Background()
 	reads := 0
@@ -279,6 +285,19 @@ func TestEncryptedOpenReads(t *testing.T) {
 				got, err := obj.ReadAt(p, int64(off))
 				if got != n || (err != nil && !(err == io.EOF && off+n == size)) || !bytes.Equal(p, data[off:off+n]) {
 					t.Fatalf("size %d: ReadAt(%d bytes at %d) = %d, %v", size, n, off, got, err)
+				}
+				reads = 0
+				r, err := obj.Stream(int64(off), int64(n))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got2, err := io.ReadAll(r)
+				r.Close()
+				if err != nil || !bytes.Equal(got2, data[off:off+n]) {
+					t.Fatalf("size %d: Stream(%d bytes at %d) = %d bytes, %v", size, n, off, len(got2), err)
+				}
+				if off >= tailStart && reads != 0 {
+					t.Errorf("size %d: streaming from the last chunk made %d reads, want 0", size, reads)
 				}
 			}
 		}
