@@ -46,7 +46,7 @@ import (
 //	kill            KillJobRequest → Job               KillJob
 //	remove          RemoveJobRequest → RemoveJobResponse RemoveJob
 //	migrate         MigrateRequest → MigrateResponse   Migrate (on the job's owner)
-//	migrate-in      migrateIn → migrateInReply         (target side, migrate.go)
+//	migrate-in      migrateIn → migrateInReply         (target side, migrate_target.go)
 //	migrate-resume  migrateResume → Job                (target side)
 //	migrate-abort   migrateAbort → {}                  (target side)
 //	run             RunRequest → Job                   Run (node = this node)
