@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -22,14 +21,9 @@ func newNodesCmd(g *globals) *cobra.Command {
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.ListNodes, &pb.ListNodesRequest{})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.ListNodes(context.Background(), &pb.ListNodesRequest{})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetNodes())
@@ -77,14 +71,9 @@ fs.pipe-max-size ≥ 4194304 (make setup sets it).`,
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.Migrate, &pb.MigrateRequest{Job: args[0], To: to, Lazy: lazy})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.Migrate(context.Background(), &pb.MigrateRequest{Job: args[0], To: to, Lazy: lazy})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProto(resp)

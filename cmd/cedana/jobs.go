@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -70,6 +71,23 @@ func (g *globals) client() (pb.CedanaClient, func(), error) {
 		return nil, nil, err
 	}
 	return pb.NewCedanaClient(conn), func() { conn.Close() }, nil
+}
+
+// call makes one call to the daemon: method (an RPC of pb.CedanaClient,
+// e.g. pb.CedanaClient.Manage) with req, over a connection of its own;
+// the daemon's error comes back as the user's (rpcError).
+func call[Req, Resp any](g *globals, method func(pb.CedanaClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	var none Resp
+	c, done, err := g.client()
+	if err != nil {
+		return none, err
+	}
+	defer done()
+	resp, err := method(c, context.Background(), req)
+	if err != nil {
+		return none, g.rpcError(err)
+	}
+	return resp, nil
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -155,14 +173,9 @@ func newManageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			j, err := call(g, pb.CedanaClient.Manage, &pb.ManageRequest{Pid: int32(pid), Name: name, Policy: pol})
 			if err != nil {
 				return err
-			}
-			defer done()
-			j, err := c.Manage(context.Background(), &pb.ManageRequest{Pid: int32(pid), Name: name, Policy: pol})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			return g.printJob(j)
 		},
@@ -191,14 +204,9 @@ the container when it no longer exists. Policies work as for processes.`,
 			if err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			j, err := call(g, pb.CedanaClient.ManageContainer, &pb.ManageContainerRequest{Runtime: runtime, Container: args[0], Name: name, Policy: pol})
 			if err != nil {
 				return err
-			}
-			defer done()
-			j, err := c.ManageContainer(context.Background(), &pb.ManageContainerRequest{Runtime: runtime, Container: args[0], Name: name, Policy: pol})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			return g.printJob(j)
 		},
@@ -220,14 +228,9 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			j, err := call(g, pb.CedanaClient.UpdatePolicy, &pb.UpdatePolicyRequest{Job: args[0], Policy: pol})
 			if err != nil {
 				return err
-			}
-			defer done()
-			j, err := c.UpdatePolicy(context.Background(), &pb.UpdatePolicyRequest{Job: args[0], Policy: pol})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			return g.printJob(j)
 		},
@@ -247,14 +250,9 @@ func newPsCmd(g *globals) *cobra.Command {
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.ListJobs, &pb.ListJobsRequest{Node: node})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.ListJobs(context.Background(), &pb.ListJobsRequest{Node: node})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetJobs())
@@ -341,14 +339,9 @@ func newKillCmd(g *globals) *cobra.Command {
 		Short: "Kill a job's processes (its checkpoints remain)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
+			j, err := call(g, pb.CedanaClient.KillJob, &pb.KillJobRequest{Job: args[0]})
 			if err != nil {
 				return err
-			}
-			defer done()
-			j, err := c.KillJob(context.Background(), &pb.KillJobRequest{Job: args[0]})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			return g.printJob(j)
 		},
@@ -422,14 +415,9 @@ func newDumpJobCmd(g *globals) *cobra.Command {
 		Short: "Checkpoint a managed job now (through the daemon)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
+			ck, err := call(g, pb.CedanaClient.DumpJob, &pb.DumpJobRequest{Job: args[0], LeaveRunning: leaveRunning})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ck, err := c.DumpJob(context.Background(), &pb.DumpJobRequest{Job: args[0], LeaveRunning: leaveRunning})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProto(ck)
@@ -451,14 +439,9 @@ func newRestoreJobCmd(g *globals) *cobra.Command {
 		Short: "Restore a managed job from its latest checkpoint (or --checkpoint ID)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
+			j, err := call(g, pb.CedanaClient.RestoreJob, &pb.RestoreJobRequest{Job: args[0], CheckpointId: ckpt})
 			if err != nil {
 				return err
-			}
-			defer done()
-			j, err := c.RestoreJob(context.Background(), &pb.RestoreJobRequest{Job: args[0], CheckpointId: ckpt})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			return g.printJob(j)
 		},
@@ -474,18 +457,13 @@ func newCheckpointsCmd(g *globals) *cobra.Command {
 		Short: "List checkpoints, newest first (of one job, or all)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
 			job := ""
 			if len(args) == 1 {
 				job = args[0]
 			}
-			resp, err := c.ListCheckpoints(context.Background(), &pb.ListCheckpointsRequest{Job: job})
+			resp, err := call(g, pb.CedanaClient.ListCheckpoints, &pb.ListCheckpointsRequest{Job: job})
 			if err != nil {
-				return g.rpcError(err)
+				return err
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetCheckpoints())
@@ -514,13 +492,8 @@ func newCheckpointCmd(g *globals) *cobra.Command {
 		Short: "Delete a checkpoint and its archive",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
-			if err != nil {
+			if _, err := call(g, pb.CedanaClient.DeleteCheckpoint, &pb.DeleteCheckpointRequest{Id: args[0]}); err != nil {
 				return err
-			}
-			defer done()
-			if _, err := c.DeleteCheckpoint(context.Background(), &pb.DeleteCheckpointRequest{Id: args[0]}); err != nil {
-				return g.rpcError(err)
 			}
 			fmt.Fprintf(os.Stderr, "Deleted checkpoint %s.\n", args[0])
 			return nil
@@ -536,14 +509,9 @@ func newEventsCmd(g *globals) *cobra.Command {
 		Short: "Show a job's history: starts, checkpoints, deaths, restores",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.ListEvents, &pb.ListEventsRequest{Job: args[0]})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.ListEvents(context.Background(), &pb.ListEventsRequest{Job: args[0]})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetEvents())

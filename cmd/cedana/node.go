@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -39,14 +38,9 @@ Works from any node: the command reaches NODE's daemon, which must run.`,
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.DrainNode, &pb.DrainNodeRequest{Node: args[0]})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.DrainNode(context.Background(), &pb.DrainNodeRequest{Node: args[0]})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			stayed := 0
 			for _, j := range resp.GetJobs() {
@@ -106,14 +100,9 @@ moved away during the drain stay where they are. Works from any node.`,
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.ResumeNode, &pb.ResumeNodeRequest{Node: args[0]})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.ResumeNode(context.Background(), &pb.ResumeNodeRequest{Node: args[0]})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProto(resp)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,15 +48,10 @@ func newTemplateCmd(g *globals) *cobra.Command {
 				}
 				from = abs // the daemon opens it
 			}
-			c, done, err := g.client()
+			start := time.Now()
+			t, err := call(g, pb.CedanaClient.CreateTemplate, &pb.CreateTemplateRequest{Name: args[0], Job: job, Pid: int32(pid), From: from})
 			if err != nil {
 				return err
-			}
-			defer done()
-			start := time.Now()
-			t, err := c.CreateTemplate(context.Background(), &pb.CreateTemplateRequest{Name: args[0], Job: job, Pid: int32(pid), From: from})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProto(t)
@@ -79,14 +73,9 @@ func newTemplateCmd(g *globals) *cobra.Command {
 			if err := g.checkOutput(); err != nil {
 				return err
 			}
-			c, done, err := g.client()
+			resp, err := call(g, pb.CedanaClient.ListTemplates, &pb.ListTemplatesRequest{})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := c.ListTemplates(context.Background(), &pb.ListTemplatesRequest{})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if g.output == "json" {
 				return printProtoList(resp.GetTemplates())
@@ -120,13 +109,8 @@ func newTemplateCmd(g *globals) *cobra.Command {
 		Short: "Remove a template, from the shared store if it is in one (its running clones go on)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, done, err := g.client()
-			if err != nil {
+			if _, err := call(g, pb.CedanaClient.RemoveTemplate, &pb.RemoveTemplateRequest{Name: args[0]}); err != nil {
 				return err
-			}
-			defer done()
-			if _, err := c.RemoveTemplate(context.Background(), &pb.RemoveTemplateRequest{Name: args[0]}); err != nil {
-				return g.rpcError(err)
 			}
 			fmt.Printf("template %s removed\n", args[0])
 			return nil
@@ -154,15 +138,10 @@ func (g *globals) runFromTemplate(cf cloneFlags, prefix string, pol *pb.Policy) 
 	if cf.count < 1 {
 		return usagef("--count must be at least 1")
 	}
-	c, done, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := c.RunFromTemplate(context.Background(), &pb.RunFromTemplateRequest{Template: cf.template, Count: int32(cf.count),
+	resp, err := call(g, pb.CedanaClient.RunFromTemplate, &pb.RunFromTemplateRequest{Template: cf.template, Count: int32(cf.count),
 		Prefix: prefix, Ready: cf.ready, ReadyTimeoutMs: cf.timeout.Milliseconds(), Lazy: cf.lazy, Policy: pol, Publish: cf.publish})
 	if err != nil {
-		return g.rpcError(err)
+		return err
 	}
 	failed := 0
 	for _, cl := range resp.GetClones() {
