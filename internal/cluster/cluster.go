@@ -26,6 +26,9 @@ type Node struct {
 	nodes  jetstream.KeyValue
 	report func() Capacity
 
+	lastMu sync.Mutex
+	last   NodeInfo // as this node's last heartbeat described it
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }

@@ -85,11 +85,15 @@ func TestMembership(t *testing.T) {
 	}
 }
 
-// TestDraining shows a node that reports draining as draining.
+// TestDraining shows a node that reports draining as draining, to the
+// others and to itself (Self, without reading the bucket).
 func TestDraining(t *testing.T) {
-	a := join(t, Options{Node: "a", StateDir: t.TempDir(), NodeTimeout: time.Second}, Capacity{Draining: true})
+	a := join(t, Options{Node: "a", StateDir: t.TempDir(), NodeTimeout: time.Second}, Capacity{Draining: true, CPUs: 3})
 	if got := nodeStates(t, a)["a"].State; got != StateDraining {
 		t.Errorf("state %q, want draining", got)
+	}
+	if self := a.Self(); self.Name != "a" || self.State != StateDraining || self.CPUs != 3 || time.Since(self.Heartbeat) > time.Minute {
+		t.Errorf("Self = %+v, want a draining with 3 CPUs, its heartbeat just sent", self)
 	}
 }
 

@@ -103,10 +103,28 @@ func (n *Node) heartbeat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sent := time.Now()
 	if _, err := n.nodes.Put(ctx, n.opts.Node, b); err != nil {
 		return fmt.Errorf("heartbeat of node %s: %w", n.opts.Node, err)
 	}
+	self := NodeInfo{Name: n.opts.Node, State: StateReady, Heartbeat: sent, Capacity: c}
+	if c.Draining {
+		self.State = StateDraining
+	}
+	n.lastMu.Lock()
+	n.last = self
+	n.lastMu.Unlock()
 	return nil
+}
+
+// Self is this node as its last heartbeat described it, as the others
+// read it from the nodes bucket (the heartbeat's time is this node's
+// clock): a node's view of itself needs no read of the bucket, which a
+// replicated bucket may answer late or from a replica behind the write.
+func (n *Node) Self() NodeInfo {
+	n.lastMu.Lock()
+	defer n.lastMu.Unlock()
+	return n.last
 }
 
 // Beat sends a heartbeat now, so that a change of this node's capacity
