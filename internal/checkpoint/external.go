@@ -67,10 +67,6 @@ func (c *ImageCollector) FinishDir() error {
 	return nil
 }
 
-// StreamedEntry reports whether a restore serves an archive entry to
-// CRIU straight from the archive instead of extracting it.
-func StreamedEntry(r *archive.Reader, entry string) bool { return streamedEntry(r, entry) }
-
 // ArchiveImages serves a streamed restore: the pages from r, verified
 // while they stream, the other images from dir, where they were
 // extracted.

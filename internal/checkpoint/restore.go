@@ -106,32 +106,11 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	}
 	lazy := req.LazyPageServer != ""
 	stream := s.set.Stream && m.Options.Streamable && pagesSize(m) >= streamMinBytes && !lazy
-	var skip func(string) bool
-	extractSize := m.TotalSize()
-	if stream {
-		skip = func(name string) bool { return streamedEntry(r, name) }
-		extractSize = 0
-		for _, e := range m.Entries {
-			if skip(e.Name) {
-				// Check its digest from now on, on a core of its own,
-				// rather than when CRIU asks for it.
-				r.VerifyAhead(e.Name)
-			} else {
-				extractSize += e.Size
-			}
-		}
-	}
-	staging, err := s.StagingDir("", stagingParent, extractSize)
+	staging, err := s.Stage(r, stream, "", stagingParent, req.Path, prog)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", extractSize)
-	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Skip: skip})
-	prog.Done()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
-	}
 	extractTime := time.Since(start)
 
 	var verified func() error // the streamed entries, before the host changes

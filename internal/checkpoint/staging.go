@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/cedana/cedana/internal/archive"
 	"github.com/cedana/cedana/internal/proc"
 )
 
@@ -44,6 +46,41 @@ func (s *Service) StagingDir(preferred, fallback string, need int64) (string, er
 	dir, err := os.MkdirTemp(parent, stagingPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return "", fmt.Errorf("create staging dir in %s: %w", parent, err)
+	}
+	return dir, nil
+}
+
+// Stage verifies and extracts the entries of r that a restore reads from
+// disk into a new staging directory (chosen as StagingDir chooses, from
+// preferred and fallback) and returns it; the caller removes it. With
+// stream, the memory pages stay in the archive, to be fed to CRIU through
+// pipes (ArchiveImages), and their digests are checked from now on, on a
+// core of their own, rather than when CRIU asks for them. what names the
+// archive in errors.
+func (s *Service) Stage(r *archive.Reader, stream bool, preferred, fallback, what string, prog Progress) (string, error) {
+	var skip func(string) bool
+	need := r.Manifest.TotalSize()
+	if stream {
+		skip = func(name string) bool { return streamedEntry(r, name) }
+		need = 0
+		for _, e := range r.Manifest.Entries {
+			if skip(e.Name) {
+				r.VerifyAhead(e.Name)
+			} else {
+				need += e.Size
+			}
+		}
+	}
+	dir, err := s.StagingDir(preferred, fallback, need)
+	if err != nil {
+		return "", err
+	}
+	prog.Start("verifying and extracting", need)
+	err = r.Extract(dir, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Skip: skip})
+	prog.Done()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("%s: %w (nothing was restored)", what, err)
 	}
 	return dir, nil
 }

@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/cedana/cedana/internal/archive"
@@ -277,30 +276,11 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (*RestoreResu
 	// entry is extracted and verified first.
 	_, streams := d.(memoryStreamer)
 	streams = streams && s.eng.StreamsRestore(m)
-	var skip func(string) bool
-	extractSize := m.TotalSize()
-	if streams {
-		skip = func(name string) bool { return checkpoint.StreamedEntry(r, name) }
-		extractSize = 0
-		for _, e := range m.Entries {
-			if skip(e.Name) {
-				r.VerifyAhead(e.Name)
-			} else {
-				extractSize += e.Size
-			}
-		}
-	}
-	staging, err := s.eng.StagingDir(preferred, filepath.Dir(req.Path), extractSize)
+	staging, err := s.eng.Stage(r, streams, preferred, filepath.Dir(req.Path), req.Path, prog)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	prog.Start("verifying and extracting", extractSize)
-	err = r.Extract(staging, archive.ExtractOptions{Progress: prog.Advance, Concurrency: runtime.NumCPU(), Skip: skip})
-	prog.Done()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w (nothing was restored)", req.Path, err)
-	}
 	extractTime := time.Since(start)
 	if err := s.eng.RunHook(ctx, "pre-restore", m.RootPID, req.Path, req.HookEnv); err != nil {
 		return nil, fmt.Errorf("restore not started: %w", err)
