@@ -16,23 +16,17 @@ BINS=${BINS:-$PWD/bin/cedana}
 SIZE_MIB=${SIZE_MIB:-1024}
 ROUNDS=${ROUNDS:-8}
 B=${BENCH_DIR:-/var/tmp/cedana-s3-restore-bench}
-VGW=${CEDANA_SERVER_CACHE:-/var/cache/cedana/bin}/versitygw-v1.8.0
 PY=$(command -v python3)
 export PATH=/usr/local/go/bin:/usr/local/sbin:$PATH
+. scripts/lib/versitygw.sh
 [ -x "$VGW" ] || { echo "versitygw missing at $VGW: run scripts/setup-servers.sh" >&2; exit 1; }
-rm -rf "$B"; mkdir -p "$B/s3data/bench" "$B/home"; export HOME=$B/home
+rm -rf "$B"; mkdir -p "$B/home"; export HOME=$B/home
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$B"; }
 trap cleanup EXIT
 first=${BINS%% *}
 "$first" storage keygen "$B/key" >/dev/null 2>&1
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-(cd "$B" && exec env -i PATH=/usr/bin:/bin HOME="$B" "$VGW" --access benchaccess --secret bench-secret-key \
-  --port "127.0.0.1:$port" --region us-east-1 --quiet posix "$B/s3data" >"$B/vgw.log" 2>&1) &
-pids+=("$!")
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=bench-secret-key
-export CEDANA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$port" CEDANA_STORAGE_S3_PATH_STYLE=true CEDANA_STORAGE_S3_REGION=us-east-1
+start_versitygw "$B"
 keyenv() { case $1 in *+enc) echo "CEDANA_STORAGE_ENCRYPTION_KEY_FILE=$B/key" ;; *) echo "CEDANA_BENCH_PLAIN=1" ;; esac; }
 # gone waits until PID $1 is free again (reaped, not only dead): the next
 # restore brings the process back under the same PID.
@@ -62,7 +56,6 @@ for r in $(seq "$ROUNDS"); do
     done
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "| binary | restore s3 | restore s3+enc | s3+enc / s3 (bar ≤ 1.10×) |"
 echo "| --- | --- | --- | --- |"

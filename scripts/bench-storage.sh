@@ -31,10 +31,9 @@ BIN=${CEDANA_BIN:-$PWD/bin/cedana}
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cedana-storage-bench}
-CACHE=${CEDANA_SERVER_CACHE:-/var/cache/cedana/bin}
-VGW="$CACHE/versitygw-v1.8.0"
 PY=$(command -v python3)
 export PATH=/usr/local/go/bin:/usr/local/sbin:$PATH
+. scripts/lib/versitygw.sh
 
 [ -x "$VGW" ] || { echo "versitygw missing at $VGW: run scripts/setup-servers.sh" >&2; exit 1; }
 rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
@@ -51,19 +50,12 @@ fi
 
 # --- processes ---
 export HOME="$BENCH_DIR/home"
-mkdir -p "$HOME" "$BENCH_DIR/local" "$BENCH_DIR/shared" "$BENCH_DIR/s3data/bench"
+mkdir -p "$HOME" "$BENCH_DIR/local" "$BENCH_DIR/shared"
 "$BIN" storage keygen "$BENCH_DIR/key" >/dev/null 2>&1
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-(cd "$BENCH_DIR" && exec env -i PATH=/usr/bin:/bin HOME="$BENCH_DIR" "$VGW" --access benchaccess --secret bench-secret-key \
-  --port "127.0.0.1:$port" --region us-east-1 --quiet posix "$BENCH_DIR/s3data" >"$BENCH_DIR/vgw.log" 2>&1) &
-pids+=("$!")
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=bench-secret-key
-export CEDANA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$port" CEDANA_STORAGE_S3_PATH_STYLE=true CEDANA_STORAGE_S3_REGION=us-east-1
+start_versitygw "$BENCH_DIR"
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 start_hog() {
   local ready="$BENCH_DIR/ready.$RANDOM"
   setsid "$PY" bench/memhog.py "$ready" "$SIZE_MIB" </dev/null >/dev/null 2>&1 &
