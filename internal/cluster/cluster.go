@@ -18,11 +18,15 @@ import (
 // Node is this daemon's membership of the cluster. It is safe for
 // concurrent use.
 type Node struct {
-	opts   Options
-	log    *slog.Logger
-	srv    *server.Server // nil when connected to an external cluster
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	opts Options
+	log  *slog.Logger
+	srv  *server.Server // nil when connected to an external cluster
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	// bulk carries archive bytes (BulkConn), so that they never hold
+	// back the heartbeats and lease renewals on nc.
+	bulk   *nats.Conn
+	bulkJS jetstream.JetStream
 	nodes  jetstream.KeyValue
 	report func() Capacity
 
@@ -64,22 +68,20 @@ func Join(ctx context.Context, o Options, report func() Capacity, log *slog.Logg
 		if n.srv, err = startEmbedded(o); err != nil {
 			return nil, err
 		}
-		// Over loopback TCP rather than nats.InProcessServer: the
-		// in-process pipe is unbuffered and moved archives at a fraction
-		// of the speed (docs/cluster.md, measurements).
-		n.nc, err = nats.Connect(n.srv.ClientURL(), nats.Token(o.Token), nats.Name("cedana "+o.Node),
-			nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
-	} else {
-		if err := checkURLs(o.URLs, o.CredsFile); err != nil {
-			return nil, err
-		}
-		n.nc, err = connect(o)
+	} else if err := checkURLs(o.URLs, o.CredsFile); err != nil {
+		return nil, err
+	}
+	if n.nc, err = n.connect(""); err == nil {
+		n.bulk, err = n.connect(" bulk")
 	}
 	if err != nil {
 		n.Close()
 		return nil, err
 	}
-	if n.js, err = jetstream.New(n.nc); err != nil {
+	if n.js, err = jetstream.New(n.nc); err == nil {
+		n.bulkJS, err = jetstream.New(n.bulk)
+	}
+	if err != nil {
 		n.Close()
 		return nil, fmt.Errorf("JetStream: %w", err)
 	}
@@ -98,10 +100,23 @@ func Join(ctx context.Context, o Options, report func() Capacity, log *slog.Logg
 	return n, nil
 }
 
+// connect opens one of the node's connections (named "cedana NODE" and
+// suffix): to its embedded server, or to an external cluster.
+func (n *Node) connect(suffix string) (*nats.Conn, error) {
+	if n.srv != nil {
+		// Over loopback TCP rather than nats.InProcessServer: the
+		// in-process pipe is unbuffered and moved archives at a fraction
+		// of the speed (docs/cluster.md, measurements).
+		return nats.Connect(n.srv.ClientURL(), nats.Token(n.opts.Token), nats.Name("cedana "+n.opts.Node+suffix),
+			nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	}
+	return connect(n.opts, suffix)
+}
+
 // connect dials an external NATS cluster.
-func connect(o Options) (*nats.Conn, error) {
+func connect(o Options, suffix string) (*nats.Conn, error) {
 	opts := []nats.Option{
-		nats.Name("cedana " + o.Node),
+		nats.Name("cedana " + o.Node + suffix),
 		nats.MaxReconnects(-1), // keep trying: leases, not the connection, decide ownership
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(5 * time.Second),
@@ -158,8 +173,20 @@ func (n *Node) ServerURL() string { return n.nc.ConnectedUrlRedacted() }
 // JetStream is the node's JetStream context, for the layers above.
 func (n *Node) JetStream() jetstream.JetStream { return n.js }
 
-// Conn is the node's NATS connection.
+// Conn is the node's NATS connection for control: heartbeats, leases,
+// job records, requests between daemons.
 func (n *Node) Conn() *nats.Conn { return n.nc }
+
+// BulkConn is the node's connection for archive bytes (migration
+// tunnels and transfers), and BulkJetStream its JetStream context (the
+// cluster's object stores). nats.go writes a publish under the
+// connection's lock, and a large one to a slow or stalled link holds it
+// for as long as the write blocks: on one connection, every heartbeat
+// and lease renewal would wait behind the archive (TestBulkConnStalled).
+func (n *Node) BulkConn() *nats.Conn { return n.bulk }
+
+// BulkJetStream is JetStream over BulkConn.
+func (n *Node) BulkJetStream() jetstream.JetStream { return n.bulkJS }
 
 // Close stops heartbeating (the others see this node down after the node
 // timeout), disconnects, and stops the embedded server.
@@ -168,8 +195,10 @@ func (n *Node) Close() {
 		n.cancel()
 	}
 	n.wg.Wait()
-	if n.nc != nil {
-		n.nc.Close()
+	for _, c := range []*nats.Conn{n.bulk, n.nc} {
+		if c != nil {
+			c.Close()
+		}
 	}
 	if n.srv != nil {
 		n.srv.Shutdown()

@@ -163,7 +163,7 @@ func startCluster(ctx context.Context, cfg config.Config, engine *checkpoint.Ser
 		n.Close()
 		return nil, err
 	}
-	c.objects, err = storage.OpenJetStreamShared(ctx, n.JetStream(), storage.JetStreamConfig{
+	c.objects, err = storage.OpenJetStreamShared(ctx, n.BulkJetStream(), storage.JetStreamConfig{
 		URL: n.Describe(), Bucket: ArchivesBucket, CreateBucket: true, Replicas: n.Replicas(),
 	})
 	if err != nil {

@@ -198,7 +198,7 @@ func (c *clusterNode) migrate(ctx context.Context, r *pb.MigrateRequest) (*pb.Mi
 			Policy: j.Policy, Size: size, Runtime: j.Runtime, Container: j.Container, Attempt: attempt}
 		if out.PageServer != "" {
 			var err error
-			if tun, err = serveTunnel(c.node.Conn(), self, dialTCP(out.PageServer, "page server")); err != nil {
+			if tun, err = serveTunnel(c.node.BulkConn(), self, dialTCP(out.PageServer, "page server")); err != nil {
 				return false, err
 			}
 			in.Pages = tun.self

@@ -137,7 +137,7 @@ func (c *clusterNode) handleMigrateIn(ctx context.Context, raw json.RawMessage) 
 	}
 	var proxy *pageServerProxy
 	if in.Pages != "" {
-		if proxy, err = listenPageServer(c.node.Conn(), c.node.Name(), in.Pages); err != nil {
+		if proxy, err = listenPageServer(c.node.BulkConn(), c.node.Name(), in.Pages); err != nil {
 			_ = os.Remove(path)
 			_ = os.Remove(dir)
 			return nil, err

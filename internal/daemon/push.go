@@ -61,7 +61,7 @@ type migratePush struct {
 func (c *clusterNode) pushTo(ctx context.Context, to, id string, epoch uint64, attempt string) (archive.Destination, string, error) {
 	pr, pw := io.Pipe()
 	src := &pipeConn{pr: pr}
-	t, err := serveTunnel(c.node.Conn(), c.node.Name(), func() (io.ReadWriteCloser, error) { return src, nil })
+	t, err := serveTunnel(c.node.BulkConn(), c.node.Name(), func() (io.ReadWriteCloser, error) { return src, nil })
 	if err != nil {
 		return nil, "", err
 	}
@@ -240,7 +240,7 @@ func (c *clusterNode) handleMigratePush(ctx context.Context, raw json.RawMessage
 	}
 	c.pushes[r.ID] = p
 	c.mu.Unlock()
-	if p.t, err = dialTunnel(c.node.Conn(), c.node.Name(), r.Subject, p); err != nil {
+	if p.t, err = dialTunnel(c.node.BulkConn(), c.node.Name(), r.Subject, p); err != nil {
 		c.dropPush(r.ID, p)
 		return nil, err
 	}

@@ -42,7 +42,7 @@ func (c *clusterNode) shareTemplates(ctx context.Context, cfg config.Config) err
 		c.m.SetTemplateStorage(nil, names, c.node.Name()) // the configured backend
 		return nil
 	}
-	js, err := storage.OpenJetStreamShared(ctx, c.node.JetStream(), storage.JetStreamConfig{
+	js, err := storage.OpenJetStreamShared(ctx, c.node.BulkJetStream(), storage.JetStreamConfig{
 		URL: c.node.ServerURL(), Bucket: TemplatesBucket, CreateBucket: true, Replicas: c.node.Replicas(),
 	})
 	if err != nil {

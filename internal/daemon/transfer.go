@@ -39,7 +39,7 @@ func (c *clusterNode) serveBlob(path string) (subject string, stop func(), err e
 	}
 	subject = "cedana.node." + c.node.Name() + ".blob." + randomToken()
 	pool := sync.Pool{New: func() any { b := make([]byte, blobChunk); return &b }}
-	sub, err := c.node.Conn().Subscribe(subject, func(m *nats.Msg) {
+	sub, err := c.node.BulkConn().Subscribe(subject, func(m *nats.Msg) {
 		reply := nats.NewMsg(m.Reply)
 		off, err := strconv.ParseInt(string(m.Data), 10, 64)
 		if err == nil && off < 0 {
@@ -65,7 +65,7 @@ func (c *clusterNode) serveBlob(path string) (subject string, stop func(), err e
 		f.Close()
 		return "", nil, fmt.Errorf("serve the archive: %w", err)
 	}
-	if err := c.node.Conn().Flush(); err != nil {
+	if err := c.node.BulkConn().Flush(); err != nil {
 		sub.Unsubscribe()
 		f.Close()
 		return "", nil, fmt.Errorf("serve the archive: %w", err)
@@ -86,7 +86,7 @@ func (c *clusterNode) fetchBlob(ctx context.Context, subject string, size int64,
 			defer wg.Done()
 			for off := range offsets {
 				rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := c.node.Conn().RequestWithContext(rctx, subject, []byte(strconv.FormatInt(off, 10)))
+				m, err := c.node.BulkConn().RequestWithContext(rctx, subject, []byte(strconv.FormatInt(off, 10)))
 				rcancel()
 				if err == nil && m.Header.Get(blobErrHeader) != "" {
 					err = errors.New("the source could not read its archive: " + m.Header.Get(blobErrHeader))
