@@ -129,7 +129,7 @@ func sampleCopies(marker string) *copySampler {
 				return
 			default:
 			}
-			cs := runningCopies(marker)
+			cs := confirmedRunning(marker)
 			n := len(cs)
 			s.mu.Lock()
 			if n > 1 && s.firstTwin == "" {

@@ -192,7 +192,7 @@ func TestClusterLazyMigrateMemoryLost(t *testing.T) {
 				return
 			default:
 			}
-			most = max(most, len(runningCopies(marker)))
+			most = max(most, len(confirmedRunning(marker)))
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
