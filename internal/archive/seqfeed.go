@@ -203,10 +203,13 @@ func (s *feed) runSequential(src SequentialSource) error {
 		fs  frameSource
 	)
 	d := checksFor(s.e.info, false)
-	hashed := false // d gets the stored bytes from the source
+	// hashed: readFrames need not feed d, because the source does (a
+	// Lender writes to sum) or because there is nothing to compute (the
+	// source authenticates every byte itself).
+	hashed := false
 	var sum io.Writer = d
 	if a, ok := src.(AuthenticatedSource); ok && a.Authenticated() {
-		d, sum, hashed = &digests{}, nil, true // nothing to check after the source's own checks
+		d, sum, hashed = &digests{}, nil, true
 	}
 	if ls, ok := src.(LendingSource); ok {
 		window := (frameBufs + 1) * maxStoredFrame

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cedana/cedana/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cedana/cedana/internal/proc"
 )
 
 // The fence watchdog (docs/cluster.md, "daemon killed, jobs keep

@@ -17,11 +17,11 @@ type Engine interface {
 
 var _ Engine = (*checkpoint.Service)(nil)
 
-// crashpoint kills the daemon at step name when a test asks for it
-// (fault.Injector.Crash: binaries built with -tags faults, CEDANA_FAULT).
 // Crashpoint is crashpoint for the cluster layer's steps.
 func (m *Manager) Crashpoint(name string) { m.crashpoint(name) }
 
+// crashpoint kills the daemon at step name when a test asks for it
+// (fault.Injector.Crash: binaries built with -tags faults, CEDANA_FAULT).
 func (m *Manager) crashpoint(name string) {
 	if m.fault.At(name) != nil {
 		m.log.Warn("crash point reached: killing the daemon (test only)", "crashpoint", name)
