@@ -128,13 +128,10 @@ func (ls *Leases) Renew(ctx context.Context, l *Lease) error {
 func (ls *Leases) Release(ctx context.Context, l *Lease) error {
 	err := ls.kv.Delete(ctx, l.Job, jetstream.LastRevision(l.rev))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		if e, gerr := ls.kv.Get(ctx, l.Job); gerr == nil {
-			var v leaseValue
-			if json.Unmarshal(e.Value(), &v) == nil && v.Node == l.Node && v.Epoch == l.Epoch && e.Revision() != l.rev {
-				err = ls.kv.Delete(ctx, l.Job, jetstream.LastRevision(e.Revision()))
-			}
-		} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		if v, rev, rerr := ls.read(ctx, l.Job); rerr == nil && rev == 0 {
 			err = nil
+		} else if rerr == nil && v.Node == l.Node && v.Epoch == l.Epoch && rev != l.rev {
+			err = ls.kv.Delete(ctx, l.Job, jetstream.LastRevision(rev))
 		}
 	}
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -150,18 +147,18 @@ func (ls *Leases) Release(ctx context.Context, l *Lease) error {
 // counts its deadline. ErrLeaseHeld when the lease names another node or
 // epoch, ErrLeaseLost when there is none (Acquire it instead).
 func (ls *Leases) Adopt(ctx context.Context, job string, epoch uint64) (*Lease, error) {
-	e, err := ls.kv.Get(ctx, job)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	v, rev, err := ls.read(ctx, job)
+	switch {
+	case errors.Is(err, errUnreadableLease):
+		return nil, fmt.Errorf("job %s: %w", job, ErrLeaseHeld)
+	case err != nil:
+		return nil, err
+	case rev == 0:
 		return nil, fmt.Errorf("job %s: %w", job, ErrLeaseLost)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the lease of job %s: %w", job, err)
-	}
-	var v leaseValue
-	if err := json.Unmarshal(e.Value(), &v); err != nil || v.Node != ls.node || v.Epoch != epoch {
+	case v.Node != ls.node || v.Epoch != epoch:
 		return nil, fmt.Errorf("job %s: %w", job, ErrLeaseHeld)
 	}
-	l := &Lease{Job: job, Node: ls.node, Epoch: epoch, rev: e.Revision(), period: ls.period}
+	l := &Lease{Job: job, Node: ls.node, Epoch: epoch, rev: rev, period: ls.period}
 	if err := ls.Renew(ctx, l); err != nil {
 		return nil, err
 	}
@@ -170,16 +167,25 @@ func (ls *Leases) Adopt(ctx context.Context, job string, epoch uint64) (*Lease, 
 
 // Holder says who holds the job's lease now ("" when nobody does).
 func (ls *Leases) Holder(ctx context.Context, job string) (node string, epoch uint64, err error) {
+	v, _, err := ls.read(ctx, job)
+	return v.Node, v.Epoch, err
+}
+
+// read returns the job's lease and its revision, 0 (and a zero value)
+// when nobody holds it. A value that does not decode is errUnreadableLease.
+func (ls *Leases) read(ctx context.Context, job string) (leaseValue, uint64, error) {
 	e, err := ls.kv.Get(ctx, job)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", 0, nil
+		return leaseValue{}, 0, nil
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("read the lease of job %s: %w", job, err)
+		return leaseValue{}, 0, fmt.Errorf("read the lease of job %s: %w", job, err)
 	}
 	var v leaseValue
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
-		return "", 0, fmt.Errorf("lease of job %s is unreadable: %w", job, err)
+		return leaseValue{}, 0, fmt.Errorf("lease of job %s is %w: %v", job, errUnreadableLease, err)
 	}
-	return v.Node, v.Epoch, nil
+	return v, e.Revision(), nil
 }
+
+var errUnreadableLease = errors.New("unreadable")

@@ -107,10 +107,7 @@ func (n *Node) heartbeat(ctx context.Context) error {
 	if _, err := n.nodes.Put(ctx, n.opts.Node, b); err != nil {
 		return fmt.Errorf("heartbeat of node %s: %w", n.opts.Node, err)
 	}
-	self := NodeInfo{Name: n.opts.Node, State: StateReady, Heartbeat: sent, Capacity: c}
-	if c.Draining {
-		self.State = StateDraining
-	}
+	self := decodeNode(n.opts.Node, b, sent, sent, n.opts.NodeTimeout) // as a reader sees it
 	n.lastMu.Lock()
 	n.last = self
 	n.lastMu.Unlock()
