@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,12 +17,16 @@ import (
 
 // blackhole is a TCP proxy that can cut a node off: while cut it forwards
 // nothing (connections stay open, as in a partition, and new ones hang);
-// healing closes what it held so that clients reconnect cleanly.
+// healing closes what it held so that clients reconnect cleanly. It can
+// also stall the connections a client names (setStall): it stops reading
+// what they send, so the client's writes block once the socket buffers
+// are full, as on a link far slower than the sender.
 type blackhole struct {
 	l      net.Listener
 	target string
 	mu     sync.Mutex
 	cut    bool
+	stall  []byte // `"name":"…"` of the NATS connections not read from
 	conns  []net.Conn
 }
 
@@ -32,7 +37,7 @@ func newBlackhole(t *testing.T, target string) *blackhole {
 		t.Fatal(err)
 	}
 	b := &blackhole{l: l, target: target}
-	t.Cleanup(func() { l.Close(); b.closeAll() })
+	t.Cleanup(func() { l.Close(); b.setStall(""); b.closeAll() })
 	go b.serve()
 	return b
 }
@@ -54,17 +59,26 @@ func (b *blackhole) serve() {
 			b.mu.Lock()
 			b.conns = append(b.conns, c, up)
 			b.mu.Unlock()
-			go b.pipe(up, c)
-			b.pipe(c, up)
+			go b.pipe(up, c, true)
+			b.pipe(c, up, false)
 		}()
 	}
 }
 
-// pipe copies src to dst, dropping everything while cut.
-func (b *blackhole) pipe(dst, src net.Conn) {
+// pipe copies src to dst, dropping everything while cut. From a client,
+// it stops reading while the connection's CONNECT (its first line) names
+// the stalled connection.
+func (b *blackhole) pipe(dst, src net.Conn, fromClient bool) {
 	buf := make([]byte, 32<<10)
+	var first []byte // from a client, until its first line is complete
 	for {
+		for fromClient && first != nil && b.stalled(first) {
+			time.Sleep(10 * time.Millisecond)
+		}
 		n, err := src.Read(buf)
+		if fromClient && n > 0 && (first == nil || !bytes.Contains(first, []byte("\r\n"))) {
+			first = append(first, buf[:n]...)
+		}
 		if n > 0 {
 			b.mu.Lock()
 			cut := b.cut
@@ -81,6 +95,25 @@ func (b *blackhole) pipe(dst, src net.Conn) {
 			}
 			return
 		}
+	}
+}
+
+// stalled reports whether the connection whose first bytes are first is
+// to be stalled now.
+func (b *blackhole) stalled(first []byte) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	line, _, complete := bytes.Cut(first, []byte("\r\n"))
+	return complete && b.stall != nil && bytes.Contains(line, b.stall)
+}
+
+// setStall stalls the connections named name ("": none).
+func (b *blackhole) setStall(name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.stall = nil
+	if name != "" {
+		b.stall = []byte(`"name":"` + name + `"`)
 	}
 }
 
