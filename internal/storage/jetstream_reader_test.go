@@ -58,31 +58,7 @@ func TestJetStreamDamagedParts(t *testing.T) {
 		}
 		return m
 	}
-	// readUntilErr streams key and returns what came before the error.
-	readUntilErr := func(key string) ([]byte, error) {
-		t.Helper()
-		obj, err := b.Open(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer obj.Close()
-		r, _ := obj.Stream(0, -1)
-		defer r.Close()
-		got, err := io.ReadAll(r)
-		if err == nil {
-			t.Fatalf("%s: read %d bytes without an error", key, len(got))
-		}
-		if !errors.Is(err, ErrCorrupt) {
-			t.Fatalf("%s: err = %v, want ErrCorrupt", key, err)
-		}
-		if !bytes.Equal(got, data[:len(got)]) {
-			t.Fatalf("%s: the bytes before the error differ from the archive's", key)
-		}
-		if n, again := r.Read(make([]byte, 100)); n != 0 || !errors.Is(again, ErrCorrupt) {
-			t.Fatalf("%s: a Read after the error = %d, %v; want the error again", key, n, again)
-		}
-		return got, err
-	}
+	readUntilErr := func(key string) ([]byte, error) { return readUntilCorrupt(t, b, key, data) }
 
 	// A chunk's bytes changed (same length, same count): the digest check.
 	idx := put("changed")
@@ -314,24 +290,7 @@ func TestJetStreamRuns(t *testing.T) {
 	waitNoConsumers()
 
 	// Damaged middle parts, in each kind of archive.
-	readErr := func(key string) ([]byte, error) {
-		t.Helper()
-		obj, err := b.Open(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer obj.Close()
-		r, _ := obj.Stream(0, -1)
-		defer r.Close()
-		got, err := io.ReadAll(r)
-		if err == nil || !errors.Is(err, ErrCorrupt) {
-			t.Fatalf("%s: read %d bytes, err = %v; want ErrCorrupt", key, len(got), err)
-		}
-		if !bytes.Equal(got, data[:len(got)]) {
-			t.Fatalf("%s: the bytes before the error differ from the archive's", key)
-		}
-		return got, err
-	}
+	readErr := func(key string) ([]byte, error) { return readUntilCorrupt(t, b, key, data) }
 	if got, err := readErr("old-wrong-digest"); len(got) > 2<<20 || !strings.Contains(err.Error(), "part 2 has digest") {
 		t.Fatalf("old index, wrong digest: %d bytes, %v", len(got), err)
 	}
@@ -382,4 +341,32 @@ func TestJetStreamRuns(t *testing.T) {
 		t.Fatalf("old index, part 2 deleted: %d bytes, %v", len(got), err)
 	}
 	waitNoConsumers()
+}
+
+// readUntilCorrupt streams key from b, whose content is data, and returns
+// what came before the error. The error must be ErrCorrupt, come after
+// data's first bytes only, and come again at the next Read.
+func readUntilCorrupt(t *testing.T, b Backend, key string, data []byte) ([]byte, error) {
+	t.Helper()
+	obj, err := b.Open(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	r, _ := obj.Stream(0, -1)
+	defer r.Close()
+	got, err := io.ReadAll(r)
+	if err == nil {
+		t.Fatalf("%s: read %d bytes without an error", key, len(got))
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("%s: err = %v, want ErrCorrupt", key, err)
+	}
+	if !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("%s: the bytes before the error differ from the archive's", key)
+	}
+	if n, again := r.Read(make([]byte, 100)); n != 0 || !errors.Is(again, ErrCorrupt) {
+		t.Fatalf("%s: a Read after the error = %d, %v; want the error again", key, n, again)
+	}
+	return got, err
 }
