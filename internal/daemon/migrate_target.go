@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"syscall"
 	"time"
 
@@ -220,67 +219,6 @@ func (c *clusterNode) takeAttempt(id, attempt string) *pendingImport {
 	}
 	return p
 }
-
-// holdLease takes job id's lease at epoch and has the fencer renew it,
-// unless this node holds it already. An imported copy resumes only under a
-// lease this node renews: the hand-over moves the record, not the lease
-// (the source releases its own), and a target cut off right after it
-// resumed its copy, before it took the lease, would run it unfenced while
-// a survivor, seeing the target down and no lease, claims the job (rule
-// 4) — two copies. With the lease taken first, a cut-off target freezes
-// its copy at the lease's deadline (rule 3), before the lease expires and
-// a survivor may claim. ErrLeaseHeld: another node holds it (a survivor
-// claimed the job), or the source's lease was not released and has not
-// expired yet.
-//
-// A store that does not answer (a NATS server of the cluster just died and
-// its streams elect a new leader, seconds) is asked again for up to
-// leaseRetry, and so is a lease still held: the source released its own
-// just before, and a replica may not have seen that yet.
-func (c *clusterNode) holdLease(ctx context.Context, id string, epoch uint64) error {
-	deadline := time.Now().Add(leaseRetry)
-	for {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := c.takeLease(actx, id, epoch)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
-// takeLease is one try of holdLease: the fencer holds job id's lease at
-// epoch when it returns nil — taken, or adopted when this node holds it
-// already but the fencer does not (a previous daemon of the node took it,
-// and the job ran on while the daemon restarted).
-func (c *clusterNode) takeLease(ctx context.Context, id string, epoch uint64) error {
-	if slices.Contains(c.fo.fencer.Holding(), id) {
-		return nil
-	}
-	l, err := c.fo.leases.Acquire(ctx, id, epoch)
-	if errors.Is(err, cluster.ErrLeaseHeld) {
-		l, err = c.fo.leases.Adopt(ctx, id, epoch)
-		if errors.Is(err, cluster.ErrLeaseLost) { // released meanwhile
-			l, err = c.fo.leases.Acquire(ctx, id, epoch)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	c.fo.fencer.Hold(l)
-	return nil
-}
-
-// leaseRetry is how long holdLease keeps asking for a lease.
-const leaseRetry = 8 * time.Second
 
 // putBack returns an imported copy taken with take to the pending ones,
 // to be settled from the record later.
